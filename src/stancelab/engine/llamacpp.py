@@ -1,0 +1,163 @@
+"""In-process llama.cpp engine through xllamacpp: parallel slots, prefix cache, logprobs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from stancelab.engine.base import (
+    Generation,
+    GenerationRequest,
+    LanguageModel,
+    Prompt,
+    TopTokens,
+)
+from stancelab.errors import EngineError
+
+
+class LlamaCppEngine(LanguageModel):
+    """llama.cpp's server running inside this process (continuous batching over slots)."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        name: str | None = None,
+        n_parallel: int = 4,
+        ctx_per_slot: int = 4096,
+        threads: int | None = None,
+        cache_ram_mib: int = 8192,
+        fingerprint: str | None = None,
+    ) -> None:
+        super().__init__()
+        import xllamacpp
+
+        self.name = name or model_path.stem
+        self.model_path = model_path
+        self.n_parallel = n_parallel
+        self.fingerprint = fingerprint
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path)
+        params.n_parallel = n_parallel
+        params.n_ctx = ctx_per_slot * n_parallel
+        n_threads = threads or max(1, os.cpu_count() or 1)
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+        params.cache_ram_mib = cache_ram_mib
+        params.cache_prompt = True
+        params.cont_batching = True
+        params.warmup = False
+        params.verbosity = -1
+        self._settings = {
+            "n_parallel": n_parallel,
+            "ctx_per_slot": ctx_per_slot,
+            "threads": n_threads,
+            "cache_ram_mib": cache_ram_mib,
+            "xllamacpp": getattr(xllamacpp, "__version__", "unknown"),
+        }
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:  # the binding raises plain RuntimeError on a bad file
+            raise EngineError(f"llama.cpp could not load {model_path}: {exc}") from exc
+        # More workers than slots keeps the queue full while a slot finishes.
+        self._pool = ThreadPoolExecutor(max_workers=n_parallel * 2, thread_name_prefix="llama")
+
+    def describe(self) -> dict[str, Any]:
+        """Model name, file and hash, and the engine settings."""
+        return {
+            "name": self.name,
+            "engine": "llama.cpp (xllamacpp)",
+            "path": str(self.model_path),
+            "sha256": self.fingerprint,
+            **self._settings,
+        }
+
+    def _call(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
+        handler = self._server.handle_chat_completions if chat else self._server.handle_completions
+        response = handler(payload)
+        if not isinstance(response, dict):
+            raise EngineError(f"llama.cpp returned an unexpected answer: {str(response)[:200]}")
+        if "error" in response:
+            error = response["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise EngineError(f"llama.cpp rejected a request: {message}")
+        usage = response.get("usage", {})
+        self.stats.requests += 1
+        self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
+        self.stats.completion_tokens += int(usage.get("completion_tokens", 0))
+        self.stats.cached_tokens += int(response.get("timings", {}).get("cache_n", 0))
+        return response
+
+    @staticmethod
+    def _payload(prompt: Prompt) -> tuple[dict[str, Any], bool]:
+        if isinstance(prompt, str):
+            return {"prompt": prompt}, False
+        return {"messages": list(prompt)}, True
+
+    def _generate_one(self, request: GenerationRequest) -> Generation:
+        payload, chat = self._payload(request.prompt)
+        payload.update(
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            cache_prompt=True,
+        )
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        start = time.perf_counter()
+        response = self._call(payload, chat)
+        latency = time.perf_counter() - start
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        usage = response.get("usage", {})
+        return Generation(
+            text=text or "",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            cached_tokens=int(response.get("timings", {}).get("cache_n", 0)),
+            latency_s=latency,
+            finish_reason=str(choice.get("finish_reason", "stop")),
+        )
+
+    def _next_one(self, prompt: Prompt, top_k: int) -> TopTokens:
+        payload, chat = self._payload(prompt)
+        payload.update(max_tokens=1, temperature=0.0, cache_prompt=True)
+        if chat:
+            payload.update(logprobs=True, top_logprobs=top_k)
+        else:
+            payload["n_probs"] = top_k
+        start = time.perf_counter()
+        response = self._call(payload, chat)
+        latency = time.perf_counter() - start
+        try:
+            content = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EngineError("llama.cpp returned no log-probabilities") from exc
+        tokens = [(str(t["token"]), float(t["logprob"])) for t in content]
+        usage = response.get("usage", {})
+        prompt_n = int(response.get("timings", {}).get("prompt_n", usage.get("prompt_tokens", 0)))
+        return TopTokens(tokens=tokens, prompt_tokens=prompt_n, latency_s=latency)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Run all requests concurrently over the engine's slots."""
+        return list(self._pool.map(self._generate_one, requests))
+
+    def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
+        """Top-k next tokens for every prompt, concurrently."""
+        return list(self._pool.map(lambda p: self._next_one(p, top_k), prompts))
+
+    def close(self) -> None:
+        """Stop the worker threads; the server is freed with the object."""
+        self._pool.shutdown(wait=True)
+
+
+def load_engine(model: str, **kwargs: Any) -> LlamaCppEngine:
+    """Resolve a model name or GGUF path and start the in-process engine on it."""
+    from stancelab.models import model_fingerprint, resolve_model
+
+    name, path = resolve_model(model)
+    return LlamaCppEngine(path, name=name, fingerprint=model_fingerprint(path), **kwargs)

@@ -1,0 +1,1 @@
+"""Versioned prompt templates (text files beside this module)."""

@@ -1,0 +1,58 @@
+"""The real in-process llama.cpp engine on the embedded SmolLM2-135M model."""
+
+from __future__ import annotations
+
+import pytest
+
+from stancelab.engine.base import ChoiceRequest, GenerationRequest
+from stancelab.engine.llamacpp import LlamaCppEngine
+from stancelab.survey import SCALE
+
+pytestmark = pytest.mark.engine
+
+PROMPT = (
+    "You are an American.\n\nThis is a debate about racism. Complete your next reply. "
+    "Keep your reply shorter than 50 words.\n\nSystem: On a scale of 0 to 10, how much do "
+    "you think that racism is a big problem?\nMe:"
+)
+
+
+def test_generate_batch_with_stop_and_seed(small_engine: LlamaCppEngine) -> None:
+    requests = [
+        GenerationRequest("The capital of France is", temperature=0.0, max_tokens=8),
+        GenerationRequest("Count: one, two,", temperature=1.0, max_tokens=12, seed=7,
+                          stop=(",",)),
+        GenerationRequest([{"role": "user", "content": "Say hello."}], temperature=0.0,
+                          max_tokens=8),
+    ]
+    first = small_engine.generate(requests)
+    assert "Paris" in first[0].text
+    assert "," not in first[1].text
+    assert first[2].text.strip()
+    assert all(g.completion_tokens > 0 for g in first)
+    again = small_engine.generate(requests[:2])
+    assert again[0].text == first[0].text
+    # The repeated prompt is served from the prefix cache.
+    assert again[0].cached_tokens > 0
+
+
+def test_scores_sum_to_one_and_ten_has_its_own_mass(small_engine: LlamaCppEngine) -> None:
+    [scores] = small_engine.score_choices([ChoiceRequest(PROMPT, SCALE)])
+    assert sum(scores.probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < scores.coverage <= 1.0
+    assert scores.requests >= 2
+
+
+def test_ten_is_not_mistaken_for_one(small_engine: LlamaCppEngine) -> None:
+    prompt = ("Scores run from 0 to 10. A perfect film gets 10.\n"
+              "Film: flawless masterpiece. Score: 10\nFilm: flawless, perfect. Score:")
+    [s] = small_engine.score_choices([ChoiceRequest(prompt, SCALE)])
+    assert s.probabilities[10] > s.probabilities[1]
+    assert s.most_likely == "10"
+
+
+def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEngine) -> None:
+    from stancelab.errors import EngineError
+
+    with pytest.raises(EngineError):
+        small_engine._call({"no_prompt": True}, chat=False)
