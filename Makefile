@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/stancelab debate --topic "climate change" --agents republican,democrat,default --iterations 9
+	$(BIN)/stancelab run examples/quick.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

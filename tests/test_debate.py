@@ -35,7 +35,7 @@ def test_surveys_at_zero_and_after_every_cycle_and_never_in_history() -> None:
     debate = make_debate()
     run_debates(model, [debate])
     assert len(debate.turns) == 9
-    iterations = sorted({it for it, _, _ in debate.surveys})
+    iterations = sorted({it for it, _, _, _ in debate.surveys})
     assert iterations == [0, 3, 6, 9]
     assert len(debate.surveys) == 4 * 3
     assert all(a.score == pytest.approx(7.0) for a in debate.surveys.values())

@@ -26,7 +26,7 @@ def stored_run(tmp_path: Path) -> tuple[Store, str]:
     debate_id = store.add_debate(run_id, debate, key="0")
     events = DebateEvents(
         on_turn=lambda d, t: store.add_turn(debate_id, d, t),
-        on_survey=lambda d, a: store.add_surveys(debate_id, d.question, a),
+        on_survey=lambda d, a: store.add_surveys(debate_id, a),
     )
     model = ScriptedModel(reply=lambda r: " 6" if r.temperature == 0 else "A fine point.",
                           continuations=lambda p: {" 3\n": 0.5, " 9\n": 0.5})

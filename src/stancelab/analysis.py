@@ -23,7 +23,7 @@ def attitude_frame(store: Store, run_id: str) -> pd.DataFrame:
         select(
             DebateRow.id.label("debate_id"), DebateRow.topic, DebateRow.setup,
             DebateRow.repetition, SurveyRow.iteration, SurveyRow.agent_index, AgentRow.name,
-            AgentRow.kind, SurveyRow.mode, SurveyRow.ok, SurveyRow.score,
+            AgentRow.kind, SurveyRow.question_id, SurveyRow.mode, SurveyRow.ok, SurveyRow.score,
             SurveyRow.most_likely, SurveyRow.entropy_bits, SurveyRow.coverage,
         )
         .join(SurveyRow, SurveyRow.debate_id == DebateRow.id)
@@ -42,6 +42,8 @@ def mean_attitudes(frame: pd.DataFrame) -> pd.DataFrame:
     Failed answers (no number) are left out of the mean and counted in ``failed``.
     """
     keys = ["topic", "setup", "kind", "mode", "iteration"]
+    if "question_id" in frame:
+        frame = frame[frame["question_id"] == "attitude"]
     ok = frame[frame["ok"].astype(bool)]
     grouped = ok.groupby(keys)["score"]
     table = grouped.agg(mean="mean", sem="sem", n="count").reset_index()

@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and prepare the embedded models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -96,12 +98,9 @@ def debate(
                                                  )] = None,
 ) -> None:
     """Run one debate, streaming the transcript, and store and plot the attitudes."""
-    from stancelab.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep, run_debates
-    from stancelab.engine.llamacpp import LlamaCppEngine
-    from stancelab.models import model_fingerprint, resolve_model
+    from stancelab.debate import DebateSpec
     from stancelab.personas import personas_for
-    from stancelab.store import Store
-    from stancelab.survey import SurveyAnswer, parse_modes
+    from stancelab.survey import parse_modes
     from stancelab.templates import load_prompts
 
     kinds = [k.strip().lower() for k in agents.split(",") if k.strip()]
@@ -113,19 +112,30 @@ def debate(
     spec = DebateSpec(topic=topic.strip(), personas=tuple(personas_for(kinds)),
                       iterations=iterations, seed=seed, word_limit=word_limit,
                       survey_modes=parse_modes(survey_mode))
-    the_debate = Debate(spec, prompt_set)
-    model_name, model_path = resolve_model(model)
-    ensure_writable_dir(out)
-    with console.status(f"loading {model_name}…"):
-        engine = LlamaCppEngine(model_path, name=model_name, n_parallel=parallel,
-                                fingerprint=model_fingerprint(model_path))
-    run_dir = ensure_writable_dir(out / time.strftime("debate-%Y%m%d-%H%M%S"))
-    store = Store(db or run_dir / "stancelab.db")
     config = {"command": "debate", "topic": spec.topic, "agents": kinds,
               "iterations": iterations, "model": model, "survey_modes": list(spec.survey_modes),
-              "seed": seed, "word_limit": word_limit, "question": the_debate.question}
+              "seed": seed, "word_limit": word_limit}
+    _run_streamed(spec, prompt_set, model, parallel, out, db, config)
+
+
+def _run_streamed(spec: Any, prompt_set: Any, model: str, parallel: int, out: Path,
+                  db: str | None, config: dict[str, Any]) -> None:
+    """Run one debate with the transcript streaming to the terminal; store and plot it."""
+    from stancelab.debate import Debate, DebateEvents, Turn, TurnStep, run_debates
+    from stancelab.engine.factory import ModelConfig, open_model
+    from stancelab.store import Store
+    from stancelab.survey import SurveyAnswer
+
+    the_debate = Debate(spec, prompt_set)
+    ensure_writable_dir(out)
+    model_config = ModelConfig(name=model, parallel=parallel)
+    with console.status(f"loading {model}…"):
+        engine = open_model(model_config)
+    run_dir = ensure_writable_dir(out / time.strftime(f"{config['command']}-%Y%m%d-%H%M%S"))
+    store = Store(db or run_dir / "stancelab.db")
+    config = {**config, "question": the_debate.question}
     run_id = store.start_run(config, versions_snapshot(engine.describe(), prompt_set.describe(),
-                                                       seed))
+                                                       spec.seed))
     debate_id = store.add_debate(run_id, the_debate, key="0")
     names = [p.name for p in spec.personas]
     console.print(f"[bold]run {run_id}[/] · {spec.topic} · "
@@ -139,19 +149,22 @@ def debate(
         style = KIND_STYLE.get(persona.kind, "white")
         note = f" [dim](attempt {turn.attempts})[/]" if turn.attempts > 1 else ""
         console.print(f"[dim]{turn.iteration:>3}/{d.spec.iterations}[/] [{style}]{persona.name}"
-                      f"[/]: {turn.text}{note}")
+                      f"[/]: {turn.text}{note}", highlight=False)
 
     def on_survey(d: Debate, answers: list[SurveyAnswer]) -> None:
-        store.add_surveys(debate_id, d.question, answers)
+        store.add_surveys(debate_id, answers)
         cells = []
         for a in answers:
-            value = f"{a.score:.2f}" if a.score is not None else "failed"
-            cells.append(f"{d.spec.personas[a.agent_index].name} {value}")
-        console.print(f"[dim]    survey @ {answers[0].iteration}: " + " · ".join(cells) + "[/]")
+            value = (f"{a.score:.2f}" if a.score is not None
+                     else (a.raw_text or "").strip()[:40] if a.ok else "failed")
+            label = "" if a.question_id == "attitude" else f"{a.question_id} "
+            cells.append(f"{d.spec.personas[a.agent_index].name} {label}{value}")
+        console.print(f"[dim]    survey @ {answers[0].iteration}: " + " · ".join(cells) + "[/]",
+                      highlight=False)
 
     def on_retry(d: Debate, step: TurnStep, attempt: int, raw: str) -> None:
         console.print(f"[yellow]    unusable reply from {names[step.speaker]} "
-                      f"(attempt {attempt}): {raw[:40]!r}; retrying[/]")
+                      f"(attempt {attempt}): {raw[:40]!r}; retrying[/]", highlight=False)
 
     events = DebateEvents(on_turn=on_turn, on_survey=on_survey, on_retry=on_retry)
     start = time.perf_counter()
@@ -169,26 +182,57 @@ def debate(
     _finish_debate_run(store, run_id, run_dir, the_debate, elapsed, engine.stats)
 
 
+@app.command()
+@friendly_errors
+def sauce(
+    file: Annotated[Path, typer.Argument(help="A SAUCE experiment file (JSON).")],
+    model: Annotated[str, typer.Option(help="Embedded model name or path to a GGUF file."
+                                       )] = "qwen2.5-coder-0.5b",
+    topic: Annotated[str | None, typer.Option(help="Topic for the built-in attitude question "
+                                              "when the file asks none.")] = None,
+    survey_mode: Annotated[str, typer.Option(help="distribution, generate, or both."
+                                             )] = "distribution",
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder under which the run folder is made."
+                                      )] = Path("runs"),
+    db: Annotated[str | None, typer.Option(help="Database URL instead of RUN/stancelab.db."
+                                           )] = None,
+    parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
+) -> None:
+    """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
+    from stancelab.sauce import load_sauce
+    from stancelab.survey import parse_modes
+    from stancelab.templates import load_prompts
+
+    spec = load_sauce(file, seed=seed, survey_modes=parse_modes(survey_mode), topic=topic)
+    config = {"command": "sauce", "file": str(file), "model": model, "seed": seed,
+              "iterations": spec.iterations, "survey_modes": list(spec.survey_modes)}
+    _run_streamed(spec, load_prompts(), model, parallel, out, db, config)
+
+
 def _finish_debate_run(store: Any, run_id: str, run_dir: Path, the_debate: Any,
                        elapsed: float, stats: Any) -> None:
     from stancelab.analysis import attitude_frame, plot_attitudes
 
     frame = attitude_frame(store, run_id)
-    table = Table(title=f"attitude (0-10) on {the_debate.spec.topic!r}")
-    table.add_column("agent")
-    table.add_column("mode")
-    iterations = sorted(set(frame["iteration"]))
+    scale = frame[frame["score"].notna() | ~frame["ok"].astype(bool)]
+    table = Table(title=f"survey answers (0-10) · {the_debate.spec.topic!r}")
+    for column in ("agent", "question", "mode"):
+        table.add_column(column)
+    iterations = sorted(set(scale["iteration"]))
     for it in iterations:
         table.add_column(f"it {it}", justify="right")
-    for (agent, mode), rows in frame.groupby(["agent_index", "mode"], sort=True):
+    for (agent, qid, mode), rows in scale.groupby(["agent_index", "question_id", "mode"]):
         persona = the_debate.spec.personas[int(str(agent))]
         by_it = dict(zip(rows["iteration"], rows["score"], strict=True))
         cells = [f"{by_it[i]:.2f}" if by_it.get(i) is not None and by_it[i] == by_it[i]
                  else "–" for i in iterations]
-        table.add_row(f"{persona.name} ({persona.kind})", str(mode), *cells)
+        table.add_row(f"{persona.name} ({persona.kind})", str(qid), str(mode), *cells)
     console.print(table)
-    plot_path = plot_attitudes(frame, run_dir / "attitudes.png",
-                               title=f"{the_debate.spec.topic} · run {run_id}")
+    plot_path = None
+    if (frame["question_id"] == "attitude").any() and frame["score"].notna().any():
+        plot_path = plot_attitudes(frame, run_dir / "attitudes.png",
+                                   title=f"{the_debate.spec.topic} · run {run_id}")
     if the_debate.failed:
         store.finish_run(run_id, status="failed", error=the_debate.failed)
         raise StancelabError(f"debate stopped early: {the_debate.failed}")
@@ -196,8 +240,118 @@ def _finish_debate_run(store: Any, run_id: str, run_dir: Path, the_debate: Any,
     console.print(
         f"{len(the_debate.turns)} replies in {elapsed:.1f} s · prompt tokens "
         f"{stats.prompt_tokens} ({stats.cached_tokens} from cache) · "
-        f"results: {store.url} · plot: {plot_path}"
+        f"results: {store.url}" + (f" · plot: {plot_path}" if plot_path else "")
     )
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    file: Annotated[Path, typer.Argument(help="Experiment file (YAML).")],
+    out: Annotated[Path, typer.Option(help="Folder holding run folders.")] = Path("runs"),
+    report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+) -> None:
+    """Run an experiment file; run it again after an interruption to resume."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    from stancelab.experiment import load_experiment
+    from stancelab.runner import Progress, run_experiment
+
+    config = load_experiment(file)
+    text = file.read_text(encoding="utf-8")
+    bars = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        console=console, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def on_cell(cell: str, total: int, done: int) -> None:
+        tasks[cell] = bars.add_task(cell, total=total, completed=done)
+
+    progress = Progress(on_cell=on_cell, on_change=lambda cell, n: bars.advance(tasks[cell], n))
+    with bars:
+        result = run_experiment(config, text, out, progress,
+                                log=lambda m: console.print(
+                                    m, style="yellow" if m.startswith("WARNING") else None))
+    stats = result.stats
+    console.print(
+        f"{'resumed' if result.resumed else 'ran'} {config.name}: {result.debates} debates "
+        f"({result.failed} failed) in {result.elapsed_s:.0f} s · prompt tokens "
+        f"{stats['prompt_tokens']} ({stats['cached_tokens']} from cache), "
+        f"{stats['completion_tokens']} generated · {result.folder.path}"
+    )
+    if report:
+        from stancelab.report import write_report
+
+        path = write_report(result.folder)
+        console.print(f"report: {path}")
+
+
+@app.command()
+@friendly_errors
+def status(run: Annotated[Path, typer.Argument(help="A run folder (runs/NAME).")]) -> None:
+    """Show how far a run has got."""
+    from stancelab.runner import RunFolder, experiment_status
+
+    info = experiment_status(RunFolder(run))
+    console.print(f"run {info['run_id']} · {info['experiment']} · [bold]{info['status']}[/]"
+                  + (f" · {info['error']}" if info["error"] else ""))
+    table = Table()
+    for column in ("topic · setup", "debates", "complete", "failed", "turns"):
+        table.add_column(column)
+    expected = info["expected_turns_per_cell"]
+    for cell, counts in sorted(info["cells"].items()):
+        table.add_row(cell, str(counts["debates"]), str(counts.get("complete", 0)),
+                      str(counts.get("failed", 0)), f"{counts.get('turns', 0)}/{expected}")
+    console.print(table)
+    console.print(f"survey answers stored: {info['survey_answers']}")
+
+
+@app.command("report")
+@friendly_errors
+def report_command(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/NAME).")],
+) -> None:
+    """Write the HTML report (figures, statistics, sample transcripts) of a run."""
+    from stancelab.report import write_report
+    from stancelab.runner import RunFolder
+
+    console.print(str(write_report(RunFolder(run))))
+
+
+@personas_app.command("generate")
+@friendly_errors
+def personas_generate(
+    out: Annotated[Path, typer.Option(help="Persona file to write (YAML).")],
+    per_party: Annotated[int, typer.Option(help="Stories per party.")] = 40,
+    model: Annotated[str, typer.Option(help="Model that writes the stories.")] = (
+        "qwen2.5-coder-0.5b"),
+    topics: Annotated[str, typer.Option(help="Comma list of topics for the ideology.")] = (
+        "climate change,racism,gun violence,illegal immigration"),
+    seed: Annotated[int, typer.Option(help="Seed for names and sampling.")] = 0,
+) -> None:
+    """Write background stories with the paper's meta-prompt (Figure 1)."""
+    from stancelab.engine.factory import open_model
+    from stancelab.personas import generate_personas, paper_topic
+
+    if per_party < 1:
+        raise ConfigError(f"--per-party must be at least 1, got {per_party}")
+    chosen = [paper_topic(t) for t in topics.split(",") if t.strip()]
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    with console.status(f"writing {2 * per_party} stories with {model}…"):
+        engine = open_model(model)
+        try:
+            personas = generate_personas(engine, per_party, chosen, seed=seed)
+        finally:
+            engine.close()
+    personas.save(out)
+    console.print(f"{len(personas.personas)} personas → {out}")
 
 
 @app.command()

@@ -13,10 +13,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stancelab.engine.base import GenerationRequest, LanguageModel
+from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
 from stancelab.errors import ConfigError
 from stancelab.personas import Persona
-from stancelab.survey import SurveyAnswer, SurveyItem, SurveyMode, ask
+from stancelab.survey import ATTITUDE, SurveyAnswer, SurveyItem, SurveyMode, SurveyQuestion, ask
 from stancelab.templates import PromptSet
 
 _GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
@@ -35,6 +35,12 @@ class DebateSpec:
     max_retries: int = 3
     max_tokens: int = 96
     temperature: float = 1.0
+    questions: tuple[SurveyQuestion, ...] = ()
+    """Survey questions; empty means the paper's attitude question from the templates."""
+    scenario: str | None = None
+    """Replaces the topic line of the context (SAUCE's "scenario"); None keeps it."""
+    first_speaker: int | None = None
+    """Fixed first speaker (SAUCE's start_person_index); None draws it from the seed."""
 
     def __post_init__(self) -> None:
         if not self.topic.strip():
@@ -52,6 +58,12 @@ class DebateSpec:
             raise ConfigError(f"agent names must be distinct, got {names}")
         if not self.survey_modes:
             raise ConfigError("at least one survey mode is needed")
+        if self.first_speaker is not None and not 0 <= self.first_speaker < len(self.personas):
+            raise ConfigError(f"first speaker {self.first_speaker} is not one of the "
+                              f"{len(self.personas)} agents")
+        ids = [q.id for q in self.questions]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"survey question ids must be distinct, got {ids}")
 
 
 @dataclass
@@ -98,22 +110,29 @@ class Debate:
         self.spec = spec
         self.prompts = prompts
         n = len(spec.personas)
-        self.first_speaker = random.Random(derive_seed(spec.seed, "first")).randrange(n)
+        if spec.first_speaker is not None:
+            self.first_speaker = spec.first_speaker
+        else:
+            self.first_speaker = random.Random(derive_seed(spec.seed, "first")).randrange(n)
         self.turns: list[Turn] = []
-        self.surveys: dict[tuple[int, int, SurveyMode], SurveyAnswer] = {}
+        self.surveys: dict[tuple[int, int, str, SurveyMode], SurveyAnswer] = {}
         self.failed: str | None = None
         self.question = prompts.survey_question.format(topic=spec.topic)
-        self._headers = [
-            prompts.debate_context.format(
-                background=p.background.strip(), topic=spec.topic, word_limit=spec.word_limit
-            )
-            for p in spec.personas
-        ]
+        self.questions = spec.questions or (SurveyQuestion(ATTITUDE, self.question),)
+        self._headers = [self._header(p) for p in spec.personas]
         names = "|".join(re.escape(p.name) for p in spec.personas)
         self._speaker_line = re.compile(
             rf"\n\s*(?:Me|System|{names}|{_GENERIC_SPEAKER})\s*:", re.MULTILINE
         )
         self._stops = ("\nMe:", "\nSystem:", *(f"\n{p.name}:" for p in spec.personas))
+
+    def _header(self, persona: Persona) -> str:
+        if self.spec.scenario is None:
+            return self.prompts.debate_context.format(
+                background=persona.background.strip(), topic=self.spec.topic,
+                word_limit=self.spec.word_limit,
+            )
+        return f"{persona.background.strip()}\n\n{self.spec.scenario.strip()}\n\n"
 
     @property
     def n_agents(self) -> int:
@@ -126,8 +145,31 @@ class Debate:
 
     @property
     def survey_iterations(self) -> list[int]:
-        """Iteration 0 and the end of every full round-robin cycle."""
-        return list(range(0, self.spec.iterations + 1, self.n_agents))
+        """Iterations at which any question is asked."""
+        return [i for i in range(self.spec.iterations + 1) if self.questions_at(i)]
+
+    def questions_at(self, iteration: int) -> list[SurveyQuestion]:
+        """The questions asked after ``iteration`` replies."""
+        last = self.spec.iterations
+        asked = []
+        for q in self.questions:
+            if q.iterations is None:
+                hit = iteration % self.n_agents == 0
+            elif q.iterations == "always":
+                hit = True
+            else:
+                hit = iteration in q.iterations or (-1 in q.iterations and iteration == last)
+            if hit:
+                asked.append(q)
+        return asked
+
+    def _missing(self, iteration: int, agent: int) -> list[tuple[SurveyQuestion, SurveyMode]]:
+        missing = []
+        for q in self.questions_at(iteration):
+            modes = self.spec.survey_modes if q.kind == "scale" else (SurveyMode.GENERATE,)
+            missing += [(q, m) for m in modes
+                        if (iteration, agent, q.id, m) not in self.surveys]
+        return missing
 
     def _history(self, agent: int) -> str:
         lines = []
@@ -144,9 +186,10 @@ class Debate:
         """Prompt asking the agent for its next reply (paper Fig. 2b)."""
         return self.context(agent) + self.prompts.debate_turn
 
-    def survey_prompt(self, agent: int) -> str:
-        """Prompt asking the survey question on a copy of the context (Fig. 2c)."""
-        return self.context(agent) + self.prompts.survey_prompt.format(question=self.question)
+    def survey_prompt(self, agent: int, question: str | None = None) -> str:
+        """Prompt asking a survey question on a copy of the context (Fig. 2c)."""
+        text = self.question if question is None else question
+        return self.context(agent) + self.prompts.survey_prompt.format(question=text)
 
     @property
     def done(self) -> bool:
@@ -158,11 +201,7 @@ class Debate:
         if self.failed is not None:
             return None
         iteration = len(self.turns)
-        if iteration in self.survey_iterations and any(
-            (iteration, a, m) not in self.surveys
-            for a in range(self.n_agents)
-            for m in self.spec.survey_modes
-        ):
+        if any(self._missing(iteration, a) for a in range(self.n_agents)):
             return SurveyStep(iteration)
         if iteration < self.spec.iterations:
             return TurnStep(iteration + 1, self.speaker_at(iteration + 1))
@@ -192,7 +231,8 @@ class Debate:
 
     def record_survey(self, answer: SurveyAnswer) -> None:
         """Store a survey answer; it never enters any history."""
-        self.surveys[(answer.iteration, answer.agent_index, answer.mode)] = answer
+        key = (answer.iteration, answer.agent_index, answer.question_id, answer.mode)
+        self.surveys[key] = answer
 
 
 def clean_reply(
@@ -237,26 +277,46 @@ class DebateEvents:
     on_survey: Callable[[Debate, list[SurveyAnswer]], None] | None = None
     on_failure: Callable[[Debate, str], None] | None = None
     on_retry: Callable[[Debate, TurnStep, int, str], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    """Checked before every step; True ends the run early (finished work is kept)."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _run_surveys(lm: LanguageModel, work: list[tuple[Debate, SurveyStep]],
-                 events: DebateEvents) -> None:
-    by_modes: dict[tuple[SurveyMode, ...], list[tuple[Debate, SurveyItem]]] = {}
+ModelChoice = LanguageModel | Callable[[Debate, int], LanguageModel]
+"""One model for every agent, or a function (debate, agent index) -> model."""
+
+
+def _chooser(models: ModelChoice) -> Callable[[Debate, int], LanguageModel]:
+    if isinstance(models, LanguageModel):
+        return lambda debate, agent: models
+    return models
+
+
+def _run_surveys(choose: Callable[[Debate, int], LanguageModel],
+                 work: list[tuple[Debate, SurveyStep]], events: DebateEvents) -> None:
+    # Items for the same model that need the same modes are batched across debates.
+    groups: dict[tuple[int, tuple[SurveyMode, ...]], list[tuple[Debate, SurveyItem]]] = {}
+    engines: dict[int, LanguageModel] = {}
     for debate, step in work:
         for agent in range(debate.n_agents):
-            missing = tuple(
-                m for m in debate.spec.survey_modes
-                if (step.iteration, agent, m) not in debate.surveys
-            )
-            if missing:
-                item = SurveyItem(step.iteration, agent, debate.survey_prompt(agent))
-                by_modes.setdefault(missing, []).append((debate, item))
+            by_question: dict[str, list[SurveyMode]] = {}
+            questions = {}
+            for q, mode in debate._missing(step.iteration, agent):
+                by_question.setdefault(q.id, []).append(mode)
+                questions[q.id] = q
+            for qid, modes in by_question.items():
+                q = questions[qid]
+                item = SurveyItem(step.iteration, agent, debate.survey_prompt(agent, q.text),
+                                  question_id=q.id, question=q.text, kind=q.kind)
+                lm = choose(debate, agent)
+                engines[id(lm)] = lm
+                groups.setdefault((id(lm), tuple(modes)), []).append((debate, item))
     answered: dict[int, list[SurveyAnswer]] = {}
-    for modes, pairs in by_modes.items():
-        answers = ask(lm, [item for _, item in pairs], modes)
-        for k, (debate, _) in enumerate(pairs):
-            for answer in answers[k * len(modes) : (k + 1) * len(modes)]:
+    for (engine_id, group_modes), pairs in groups.items():
+        answers = iter(ask(engines[engine_id], [item for _, item in pairs], group_modes))
+        for debate, item in pairs:  # ask() keeps item-then-mode order
+            for _ in range(len(group_modes) if item.kind == "scale" else 1):
+                answer = next(answers)
                 debate.record_survey(answer)
                 answered.setdefault(id(debate), []).append(answer)
     for debate, _ in work:
@@ -264,12 +324,28 @@ def _run_surveys(lm: LanguageModel, work: list[tuple[Debate, SurveyStep]],
             events.on_survey(debate, answered[id(debate)])
 
 
-def _run_turns(lm: LanguageModel, work: list[tuple[Debate, TurnStep]],
-               events: DebateEvents) -> None:
+def _generate_grouped(choose: Callable[[Debate, int], LanguageModel],
+                      pending: list[tuple[Debate, TurnStep, int]]) -> list[Generation]:
+    """Send each turn to its speaker's model, one batch per model, answers in order."""
+    groups: dict[int, list[int]] = {}
+    engines: dict[int, LanguageModel] = {}
+    for k, (debate, step, _) in enumerate(pending):
+        lm = choose(debate, step.speaker)
+        engines[id(lm)] = lm
+        groups.setdefault(id(lm), []).append(k)
+    out: list[Generation | None] = [None] * len(pending)
+    for engine_id, indices in groups.items():
+        requests = [pending[k][0].turn_request(pending[k][1], pending[k][2]) for k in indices]
+        for k, gen in zip(indices, engines[engine_id].generate(requests), strict=True):
+            out[k] = gen
+    return [g for g in out if g is not None]
+
+
+def _run_turns(choose: Callable[[Debate, int], LanguageModel],
+               work: list[tuple[Debate, TurnStep]], events: DebateEvents) -> None:
     pending = [(debate, step, 1) for debate, step in work]
     while pending:
-        requests = [d.turn_request(s, attempt) for d, s, attempt in pending]
-        generations = lm.generate(requests)
+        generations = _generate_grouped(choose, pending)
         retry = []
         for (debate, step, attempt), gen in zip(pending, generations, strict=True):
             text, truncated = debate.clean_reply(gen.text, step.speaker)
@@ -299,11 +375,12 @@ def _run_turns(lm: LanguageModel, work: list[tuple[Debate, TurnStep]],
 
 
 def run_debates(
-    lm: LanguageModel, debates: Sequence[Debate], events: DebateEvents | None = None
+    models: ModelChoice, debates: Sequence[Debate], events: DebateEvents | None = None
 ) -> None:
-    """Advance all debates together until each is done or failed."""
+    """Advance all debates together until each is done, failed, or asked to stop."""
     events = events or DebateEvents()
-    while True:
+    choose = _chooser(models)
+    while not (events.should_stop and events.should_stop()):
         surveys: list[tuple[Debate, SurveyStep]] = []
         turns: list[tuple[Debate, TurnStep]] = []
         for debate in debates:
@@ -315,6 +392,6 @@ def run_debates(
         if not surveys and not turns:
             return
         if surveys:
-            _run_surveys(lm, surveys, events)
+            _run_surveys(choose, surveys, events)
         if turns:
-            _run_turns(lm, turns, events)
+            _run_turns(choose, turns, events)

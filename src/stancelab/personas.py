@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stancelab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stancelab.engine.base import LanguageModel
 
 DEFAULT_BACKGROUND = "You are an American."
 KNOWN_KINDS = ("republican", "democrat", "default")
@@ -103,3 +108,215 @@ def personas_for(kinds: list[str]) -> list[Persona]:
         seen[kind] = n + 1
         personas.append(persona)
     return personas
+
+
+# ---------------------------------------------------------------------------
+# Topics, persona sets and LLM-written personas (paper section 4.2, Figure 1)
+
+PARTIES = ("republican", "democrat")
+PAPER_TOPICS = {
+    "gun violence": "democrat",
+    "racism": "democrat",
+    "climate change": "democrat",
+    "illegal immigration": "republican",
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A debate topic and the party that calls it a big problem (None: unknown)."""
+
+    name: str
+    big_problem_for: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("a topic needs a non-empty name")
+        if self.big_problem_for not in (None, *PARTIES):
+            raise ConfigError(
+                f"topic {self.name!r}: big_problem_for must be republican or democrat"
+            )
+
+    def believes(self, party: str) -> bool | None:
+        """Whether a partisan of ``party`` believes the topic is a big problem."""
+        if self.big_problem_for is None:
+            return None
+        return party == self.big_problem_for
+
+
+def paper_topic(name: str) -> Topic:
+    """A topic with the paper's party positions when it is one of the four Pew topics."""
+    return Topic(name, PAPER_TOPICS.get(name.strip().lower()))
+
+
+def ideology_lines(party: str, topics: list[Topic]) -> str:
+    """The meta-prompt's ideology bullets, e.g. '- Believes racism is a big problem.'"""
+    lines = []
+    for topic in topics:
+        belief = topic.believes(party)
+        if belief is None:
+            continue
+        lines.append(f"- Believes {topic.name} is a big problem." if belief
+                     else f"- Doesn't believe that {topic.name} is a big problem.")
+    return "\n".join(lines)
+
+
+@dataclass
+class PersonaSet:
+    """A reusable, versioned set of personas (a YAML file users can read and edit)."""
+
+    personas: list[Persona]
+    meta: dict[str, object]
+
+    FORMAT_VERSION = 1
+
+    def of_kind(self, kind: str) -> list[Persona]:
+        """The personas of one kind, in file order."""
+        return [p for p in self.personas if p.kind == kind]
+
+    def save(self, path: Path) -> None:
+        """Write the set as YAML (atomically: a crash never leaves half a file)."""
+        import yaml
+
+        data = {
+            "format_version": self.FORMAT_VERSION,
+            **self.meta,
+            "personas": [{"name": p.name, "kind": p.kind, "background": p.background}
+                         for p in self.personas],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> PersonaSet:
+        """Read a persona file; every error names the file and the entry."""
+        import yaml
+
+        if not path.is_file():
+            raise ConfigError(f"persona file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"persona file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("personas"), list):
+            raise ConfigError(f"persona file {path} needs a 'personas:' list")
+        if data.get("format_version", 1) != cls.FORMAT_VERSION:
+            raise ConfigError(f"persona file {path} has format_version "
+                              f"{data.get('format_version')}; this stancelab reads "
+                              f"{cls.FORMAT_VERSION}")
+        personas = []
+        for k, entry in enumerate(data["personas"]):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: persona #{k + 1} must be a mapping")
+            missing = {"name", "kind", "background"} - set(entry)
+            if missing:
+                raise ConfigError(f"{path}: persona #{k + 1} lacks {sorted(missing)}")
+            try:
+                personas.append(Persona(str(entry["name"]), str(entry["kind"]).lower(),
+                                        str(entry["background"] or "")))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: persona #{k + 1}: {exc}") from exc
+        names = [p.name for p in personas]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"{path}: persona names must be distinct; repeated: {dupes}")
+        meta = {k: v for k, v in data.items() if k not in ("personas", "format_version")}
+        return cls(personas, meta)
+
+
+def persona_names(count: int, seed: int, exclude: set[str]) -> list[str]:
+    """``count`` distinct first names drawn reproducibly from the shipped list."""
+    import random
+    from importlib import resources
+
+    pool = [n.strip() for n in resources.files("stancelab.prompts").joinpath("names.txt")
+            .read_text(encoding="utf-8").splitlines() if n.strip() and n.strip() not in exclude]
+    if count > len(pool):
+        raise ConfigError(f"{count} personas need {count} distinct names; the name list has "
+                          f"{len(pool)} (write a persona file for more)")
+    rng = random.Random(seed)
+    rng.shuffle(pool)
+    return pool[:count]
+
+
+def _clean_story(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines()]
+    # Drop a chatty opener such as "Sure! Here's a background story:".
+    if lines and lines[0].endswith(":") and len(lines[0].split()) < 12:
+        lines = lines[1:]
+    story = " ".join(line for line in lines if line).strip().strip('"')
+    # A story cut by the token limit ends at its last full sentence.
+    end = max(story.rfind(". "), story.rfind("! "), story.rfind("? "))
+    if story[-1:] not in ".!?" and end > len(story) // 2:
+        story = story[: end + 1]
+    return story
+
+
+def generate_personas(
+    lm: LanguageModel,
+    per_party: int,
+    topics: list[Topic],
+    seed: int = 0,
+    max_tokens: int = 200,
+    max_retries: int = 3,
+    prompt_folder: Path | None = None,
+) -> PersonaSet:
+    """Write ``per_party`` Republican and Democrat stories with the paper's meta-prompt at
+    temperature 1.0 (one request each, batched), each under a distinct name."""
+    from stancelab.debate import derive_seed
+    from stancelab.engine.base import GenerationRequest
+
+    if per_party < 1:
+        raise ConfigError(f"per_party must be at least 1, got {per_party}")
+    meta_template, background_template = _persona_templates(prompt_folder)
+    names = persona_names(2 * per_party, seed, exclude={BUILTIN_PERSONAS["default"][0].name})
+    slots = [(party, i) for party in PARTIES for i in range(per_party)]
+    prompts = {
+        party: meta_template.format(party=party.capitalize(),
+                                    ideology=ideology_lines(party, topics))
+        for party in PARTIES
+    }
+    stories: dict[tuple[str, int], str] = {}
+    attempt = 0
+    while len(stories) < len(slots) and attempt <= max_retries:
+        todo = [s for s in slots if s not in stories]
+        requests = [
+            GenerationRequest([{"role": "user", "content": prompts[party]}], temperature=1.0,
+                              max_tokens=max_tokens, seed=derive_seed(seed, party, i, attempt))
+            for party, i in todo
+        ]
+        for slot, gen in zip(todo, lm.generate(requests), strict=True):
+            story = _clean_story(gen.text)
+            if len(story.split()) >= 15:
+                stories[slot] = story
+        attempt += 1
+    if len(stories) < len(slots):
+        raise ConfigError(f"the model wrote only {len(stories)} usable stories of "
+                          f"{len(slots)} after {max_retries + 1} attempts")
+    personas = [
+        Persona(names[k], party, background_template.format(name=names[k],
+                                                            story=stories[(party, i)]))
+        for k, (party, i) in enumerate(slots)
+    ]
+    meta: dict[str, object] = {
+        "model": lm.describe().get("name"),
+        "seed": seed,
+        "meta_prompt": {p: prompts[p] for p in PARTIES},
+        "prompt_version": "persona_meta.v1",
+        "temperature": 1.0,
+    }
+    return PersonaSet(personas, meta)
+
+
+def _persona_templates(folder: Path | None) -> tuple[str, str]:
+    from importlib import resources
+
+    texts = []
+    for name in ("persona_meta.v1.txt", "persona_background.v1.txt"):
+        if folder is not None and (folder / name).is_file():
+            texts.append((folder / name).read_text(encoding="utf-8"))
+        else:
+            texts.append(resources.files("stancelab.prompts").joinpath(name)
+                         .read_text(encoding="utf-8"))
+    return texts[0].strip(), texts[1].strip()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    event,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from stancelab.debate import Debate, Turn
 from stancelab.errors import StoreError
-from stancelab.survey import SurveyAnswer
+from stancelab.survey import SurveyAnswer, SurveyMode
 
 SCHEMA_VERSION = 1
 
@@ -116,6 +117,7 @@ class SurveyRow(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     agent_index: Mapped[int] = mapped_column(Integer)
     mode: Mapped[str] = mapped_column(String(16))
+    question_id: Mapped[str] = mapped_column(String(100), default="attitude")
     question: Mapped[str] = mapped_column(Text)
     ok: Mapped[bool] = mapped_column()
     score: Mapped[float | None] = mapped_column(Float)
@@ -126,7 +128,22 @@ class SurveyRow(Base):
     raw_text: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
-    __table_args__ = (UniqueConstraint("debate_id", "iteration", "agent_index", "mode"),)
+    __table_args__ = (
+        UniqueConstraint("debate_id", "iteration", "agent_index", "question_id", "mode"),
+    )
+
+
+class PersonaCheckRow(Base):
+    """A persona's pre-debate attitude on a topic (the fidelity check)."""
+
+    __tablename__ = "persona_checks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    persona: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(50))
+    topic: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    coverage: Mapped[float | None] = mapped_column(Float)
 
 
 def database_url(target: str | Path) -> str:
@@ -135,13 +152,25 @@ def database_url(target: str | Path) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class Store:
     """Open (and create) a results database and write runs into it."""
 
     def __init__(self, target: str | Path) -> None:
         self.url = database_url(target)
         try:
-            self.engine = create_engine(self.url)
+            if self.url.startswith("sqlite"):
+                # Wait for a writer instead of failing; WAL lets readers (status) run alongside.
+                self.engine = create_engine(self.url, connect_args={"timeout": 60})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(self.url, pool_pre_ping=True)
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open results database {self.url}: {exc.__cause__ or exc}"
@@ -198,13 +227,14 @@ class Store:
             ))
             s.commit()
 
-    def add_surveys(self, debate_id: int, question: str, answers: list[SurveyAnswer]) -> None:
+    def add_surveys(self, debate_id: int, answers: list[SurveyAnswer]) -> None:
         """Commit survey answers."""
         with self.session() as s:
             for a in answers:
                 s.add(SurveyRow(
                     debate_id=debate_id, iteration=a.iteration, agent_index=a.agent_index,
-                    mode=str(a.mode), question=question, ok=a.ok, score=a.score,
+                    mode=str(a.mode), question_id=a.question_id, question=a.question,
+                    ok=a.ok, score=a.score,
                     most_likely=a.most_likely, entropy_bits=a.entropy_bits, coverage=a.coverage,
                     distribution=a.distribution, raw_text=a.raw_text,
                     prompt_tokens=a.prompt_tokens, latency_s=a.latency_s,
@@ -220,13 +250,75 @@ class Store:
                 row.error = error
                 s.commit()
 
+    def add_persona_checks(self, run_id: str, rows: list[Any]) -> None:
+        """Commit fidelity-check rows (objects with persona, kind, topic, score, coverage)."""
+        with self.session() as s:
+            for r in rows:
+                s.add(PersonaCheckRow(run_id=run_id, persona=r.persona, kind=r.kind,
+                                      topic=r.topic, score=r.score, coverage=r.coverage))
+            s.commit()
+
+    def persona_checks(self, run_id: str) -> list[PersonaCheckRow]:
+        """Fidelity-check rows of a run."""
+        with self.session() as s:
+            return list(s.scalars(select(PersonaCheckRow).where(PersonaCheckRow.run_id == run_id)
+                                  .order_by(PersonaCheckRow.id)))
+
+    def debates(self, run_id: str) -> list[DebateRow]:
+        """Debates of a run, in insertion order."""
+        with self.session() as s:
+            return list(s.scalars(select(DebateRow).where(DebateRow.run_id == run_id)
+                                  .order_by(DebateRow.id)))
+
+    def restore(self, debate_id: int, debate: Debate) -> None:
+        """Replay a stored debate's turns and survey answers into a fresh Debate object."""
+        with self.session() as s:
+            # Surveys first: record_turn checks that each turn's surveys are done.
+            for a in s.scalars(select(SurveyRow).where(SurveyRow.debate_id == debate_id)):
+                debate.record_survey(SurveyAnswer(
+                    iteration=a.iteration, agent_index=a.agent_index, mode=SurveyMode(a.mode),
+                    ok=a.ok, score=a.score, most_likely=a.most_likely,
+                    entropy_bits=a.entropy_bits, coverage=a.coverage,
+                    distribution=a.distribution, raw_text=a.raw_text,
+                    prompt_tokens=a.prompt_tokens, latency_s=a.latency_s,
+                    question_id=a.question_id, question=a.question,
+                ))
+            messages = s.scalars(select(MessageRow).where(MessageRow.debate_id == debate_id)
+                                 .order_by(MessageRow.iteration))
+            for m in messages:
+                debate.record_turn(Turn(
+                    iteration=m.iteration, speaker=m.agent_index, text=m.text,
+                    raw_text=m.raw_text, attempts=m.attempts, truncated=m.truncated,
+                    prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
+                    cached_tokens=m.cached_tokens, latency_s=m.latency_s,
+                ))
+            row = s.get(DebateRow, debate_id)
+            if row is not None and row.status == "failed" and row.error:
+                debate.failed = row.error
+
+    def get_run(self, run_id: str) -> RunRow:
+        """One run by id."""
+        with self.session() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise StoreError(f"no run {run_id!r} in {self.url}")
+            return row
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Set a run back to 'running' when it resumes."""
+        with self.session() as s:
+            row = s.get(RunRow, run_id)
+            if row is not None:
+                row.status, row.error, row.finished_at = status, None, None
+                s.commit()
+
     def runs(self) -> list[RunRow]:
         """All runs, newest first."""
         with self.session() as s:
             return list(s.scalars(select(RunRow).order_by(RunRow.created_at.desc())))
 
 
-TABLES = ("runs", "debates", "agents", "messages", "survey_answers")
+TABLES = ("runs", "debates", "agents", "messages", "survey_answers", "persona_checks")
 
 
 def export_tables(store: Store, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")

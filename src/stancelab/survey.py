@@ -40,9 +40,37 @@ def parse_modes(text: str | Sequence[str]) -> tuple[SurveyMode, ...]:
     return tuple(dict.fromkeys(modes))
 
 
+ATTITUDE = "attitude"
+
+
+@dataclass(frozen=True)
+class SurveyQuestion:
+    """A question asked on a copy of every agent's context.
+
+    ``iterations`` None follows the paper: before the debate and after every full
+    round-robin cycle. Otherwise "always" (before every reply and at the end) or a
+    tuple of message counts at which to ask, where -1 means at the end (SAUCE's rule).
+    ``kind`` "scale" reads a 0-10 answer; "text" stores the greedy reply as it is.
+    """
+
+    id: str
+    text: str
+    kind: str = "scale"
+    iterations: tuple[int, ...] | str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id.strip() or not self.text.strip():
+            raise ConfigError("a survey question needs a non-empty id and text")
+        if self.kind not in ("scale", "text"):
+            raise ConfigError(f"survey question {self.id!r}: kind must be scale or text")
+        if isinstance(self.iterations, str) and self.iterations != "always":
+            raise ConfigError(f"survey question {self.id!r}: iterations must be a list of "
+                              "numbers, 'always', or omitted")
+
+
 @dataclass
 class SurveyAnswer:
-    """One agent's answer at one survey iteration in one mode."""
+    """One agent's answer to one question at one survey iteration in one mode."""
 
     iteration: int
     agent_index: int
@@ -57,6 +85,8 @@ class SurveyAnswer:
     raw_text: str | None = None
     prompt_tokens: int = 0
     latency_s: float = 0.0
+    question_id: str = ATTITUDE
+    question: str = ""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -68,59 +98,70 @@ def parse_rating(text: str) -> float | None:
 
 @dataclass(frozen=True)
 class SurveyItem:
-    """One survey to ask: which iteration and agent, and the prompt to ask it on."""
+    """One survey to ask: which iteration, agent and question, and the prompt to ask it on."""
 
     iteration: int
     agent_index: int
     prompt: Prompt
+    question_id: str = ATTITUDE
+    question: str = ""
+    kind: str = "scale"
 
 
 def ask(
     lm: LanguageModel, items: Sequence[SurveyItem], modes: Sequence[SurveyMode]
 ) -> list[SurveyAnswer]:
-    """Ask every item in every mode, batched; returns answers in item-then-mode order."""
-    by_mode: dict[SurveyMode, list[SurveyAnswer]] = {}
-    if SurveyMode.DISTRIBUTION in modes:
-        scores = lm.score_choices([ChoiceRequest(i.prompt, SCALE) for i in items])
-        answers = []
-        for item, s in zip(items, scores, strict=True):
+    """Ask every item in every mode, batched; answers come in item-then-mode order.
+
+    Text questions are answered once, greedily (mode ``generate``), whatever the modes.
+    """
+    answers: dict[tuple[int, SurveyMode], SurveyAnswer] = {}
+    scale = [k for k, item in enumerate(items) if item.kind == "scale"]
+    text = [k for k, item in enumerate(items) if item.kind == "text"]
+
+    def base(item: SurveyItem, mode: SurveyMode) -> dict[str, object]:
+        return {"iteration": item.iteration, "agent_index": item.agent_index, "mode": mode,
+                "question_id": item.question_id, "question": item.question}
+
+    if SurveyMode.DISTRIBUTION in modes and scale:
+        scores = lm.score_choices([ChoiceRequest(items[k].prompt, SCALE) for k in scale])
+        for k, s in zip(scale, scores, strict=True):
             ok = s.coverage > 0
-            answers.append(
-                SurveyAnswer(
-                    iteration=item.iteration,
-                    agent_index=item.agent_index,
-                    mode=SurveyMode.DISTRIBUTION,
-                    ok=ok,
-                    score=s.expected_value() if ok else None,
-                    most_likely=int(s.most_likely) if ok else None,
-                    entropy_bits=s.entropy_bits() if ok else None,
-                    coverage=s.coverage,
-                    distribution=list(s.probabilities),
-                    prompt_tokens=s.prompt_tokens,
-                    latency_s=s.latency_s,
-                )
+            answers[(k, SurveyMode.DISTRIBUTION)] = SurveyAnswer(
+                **base(items[k], SurveyMode.DISTRIBUTION),  # type: ignore[arg-type]
+                ok=ok,
+                score=s.expected_value() if ok else None,
+                most_likely=int(s.most_likely) if ok else None,
+                entropy_bits=s.entropy_bits() if ok else None,
+                coverage=s.coverage,
+                distribution=list(s.probabilities),
+                prompt_tokens=s.prompt_tokens,
+                latency_s=s.latency_s,
             )
-        by_mode[SurveyMode.DISTRIBUTION] = answers
-    if SurveyMode.GENERATE in modes:
-        gens = lm.generate(
-            [GenerationRequest(i.prompt, temperature=0.0, max_tokens=8, stop=("\n",))
-             for i in items]
-        )
-        answers = []
-        for item, g in zip(items, gens, strict=True):
-            rating = parse_rating(g.text)
-            answers.append(
-                SurveyAnswer(
-                    iteration=item.iteration,
-                    agent_index=item.agent_index,
-                    mode=SurveyMode.GENERATE,
-                    ok=rating is not None,
-                    score=rating,
-                    most_likely=round(rating) if rating is not None else None,
-                    raw_text=g.text,
-                    prompt_tokens=g.prompt_tokens - g.cached_tokens,
-                    latency_s=g.latency_s,
-                )
+    greedy = (scale if SurveyMode.GENERATE in modes else []) + text
+    if greedy:
+        gens = lm.generate([
+            GenerationRequest(items[k].prompt, temperature=0.0,
+                              max_tokens=8 if items[k].kind == "scale" else 96, stop=("\n",))
+            for k in greedy
+        ])
+        for k, g in zip(greedy, gens, strict=True):
+            item = items[k]
+            mode = SurveyMode.GENERATE
+            if item.kind == "scale":
+                rating = parse_rating(g.text)
+                ok, score = rating is not None, rating
+            else:
+                ok, score, rating = bool(g.text.strip()), None, None
+            answers[(k, mode)] = SurveyAnswer(
+                **base(item, mode),  # type: ignore[arg-type]
+                ok=ok, score=score,
+                most_likely=round(rating) if rating is not None else None,
+                raw_text=g.text, prompt_tokens=g.prompt_tokens - g.cached_tokens,
+                latency_s=g.latency_s,
             )
-        by_mode[SurveyMode.GENERATE] = answers
-    return [by_mode[m][k] for k in range(len(items)) for m in modes]
+    return [
+        answers[(k, m)]
+        for k, item in enumerate(items)
+        for m in (modes if item.kind == "scale" else (SurveyMode.GENERATE,))
+    ]

@@ -1,0 +1,160 @@
+"""Debate throughput three ways on one fixed workload, in one process.
+
+(a) naive: one request at a time, no prefix reuse, surveys generated and parsed — the
+    way most research scripts drive a model;
+(b) stancelab: the experiment runner (all debates at once, prefix cache, surveys scored);
+(c) ceiling: the engine's raw batched throughput on the same number of prompt and
+    generated tokens (unique prompts, fixed lengths, all slots busy).
+
+Run: python benchmarks/throughput.py [--topics 4 --repetitions 8 --iterations 9]
+The issue's full workload is --topics 4 --repetitions 8 --iterations 9 (about an hour
+here, mostly the naive baseline); the default is a smaller one with the same shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from stancelab.debate import Debate, DebateSpec, Turn, TurnStep
+from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
+from stancelab.experiment import load_experiment, plan_debates
+from stancelab.personas import BUILTIN_PERSONAS, PAPER_TOPICS, Persona, PersonaSet
+from stancelab.runner import ModelPool, run_experiment
+from stancelab.survey import parse_rating
+from stancelab.templates import load_prompts
+
+
+def personas(n: int) -> PersonaSet:
+    """Fixed hand-written personas so all three ways debate the same people."""
+    out = []
+    for i in range(n):
+        out.append(Persona(f"Rep{i}", "republican", (
+            f"Your name is Rep{i}. You are a passionate Republican from district {i}. You "
+            "believe illegal immigration is a big problem. You don't believe that climate "
+            "change, racism or gun violence are big problems. You run a small business and "
+            "distrust federal mandates.")))
+        out.append(Persona(f"Dem{i}", "democrat", (
+            f"Your name is Dem{i}. You are a passionate Democrat from district {i}. You believe "
+            "climate change, racism and gun violence are big problems. You don't believe that "
+            "illegal immigration is a big problem. You work as a nurse in a public hospital.")))
+    return PersonaSet(out, {"source": "benchmark"})
+
+
+def naive(engine: LlamaCppEngine, debates: list[Debate]) -> tuple[float, int]:
+    """One debate after another, one request at a time, no prompt cache, parsed surveys."""
+    server = engine._server  # the raw llama.cpp server, as a plain script would use it
+    generated = 0
+    start = time.perf_counter()
+    for debate in debates:
+        n = debate.n_agents
+        for iteration in range(debate.spec.iterations + 1):
+            if iteration % n == 0:
+                for agent in range(n):
+                    r = server.handle_completions({
+                        "prompt": debate.survey_prompt(agent), "temperature": 0,
+                        "max_tokens": 8, "stop": ["\n"], "cache_prompt": False})
+                    parse_rating(r["choices"][0]["text"])
+                    generated += r["usage"]["completion_tokens"]
+            if iteration == debate.spec.iterations:
+                break
+            step = TurnStep(iteration + 1, debate.speaker_at(iteration + 1))
+            request = debate.turn_request(step, 1)
+            r = server.handle_completions({
+                "prompt": request.prompt, "temperature": 1.0, "max_tokens": request.max_tokens,
+                "seed": request.seed, "stop": list(request.stop), "cache_prompt": False})
+            text, _ = debate.clean_reply(r["choices"][0]["text"], step.speaker)
+            debate.turns.append(Turn(step.iteration, step.speaker, text or "...", text))
+            generated += r["usage"]["completion_tokens"]
+    return time.perf_counter() - start, generated
+
+
+def ceiling(engine: LlamaCppEngine, requests: int, prompt_tokens: int,
+            completion_tokens: int) -> float:
+    """Seconds the engine needs for this many unique prompt and generated tokens, with
+    every request in flight at once and exact lengths (end-of-text ignored)."""
+    per_prompt = max(8, prompt_tokens // max(1, requests))
+    per_completion = max(1, completion_tokens // max(1, requests))
+    payloads = [{"prompt": " ".join(f"w{k}x{i}" for i in range(per_prompt // 3)),
+                 "temperature": 1.0, "seed": k, "max_tokens": per_completion,
+                 "ignore_eos": True, "cache_prompt": False} for k in range(requests)]
+    start = time.perf_counter()
+    list(engine._pool.map(lambda p: engine._call(p, chat=False), payloads))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--topics", type=int, default=2)
+    parser.add_argument("--repetitions", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    topics = list(PAPER_TOPICS)[: args.topics]
+    work = Path(tempfile.mkdtemp(prefix="stancelab-bench-"))
+    personas(args.repetitions).save(work / "personas.yaml")
+    experiment = {
+        "name": "bench", "model": {"name": args.model, "parallel": args.parallel},
+        "topics": topics, "setups": ["three-way"], "repetitions": args.repetitions,
+        "iterations": args.iterations, "personas": {"file": "personas.yaml",
+                                                    "check_fidelity": False},
+        "survey": {"modes": ["distribution"]},
+    }
+    path = work / "bench.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    config = load_experiment(path)
+    engine = load_engine(args.model, n_parallel=args.parallel)
+    pool = ModelPool(opener=lambda cfg: engine)
+
+    # (b) stancelab
+    result = run_experiment(config, path.read_text(), work / "runs", log=lambda m: None,
+                            models=pool)
+    stats = result.stats
+    b_time = result.elapsed_s
+    generated = stats["completion_tokens"]
+    recomputed = stats["prompt_tokens"] - stats["cached_tokens"]
+    turns = len(config.topics) * args.repetitions * args.iterations
+
+    # (c) ceiling on the same token counts
+    c_time = ceiling(engine, turns, recomputed, generated)
+
+    # (a) naive, on a fresh engine with no prompt cache, one slot
+    a_time = a_generated = None
+    if not args.skip_naive:
+        engine.close()
+        naive_engine = LlamaCppEngine(engine.model_path, n_parallel=1, cache_ram_mib=0)
+        prompts = load_prompts()
+        planned = plan_debates(config, {k: personas(args.repetitions).of_kind(k)
+                                        for k in ("republican", "democrat")},
+                               BUILTIN_PERSONAS["default"][0])
+        debates = [Debate(DebateSpec(p.topic, p.personas, args.iterations, seed=p.seed),
+                          prompts) for p in planned]
+        a_time, a_generated = naive(naive_engine, debates)
+        naive_engine.close()
+    else:
+        engine.close()
+
+    print(f"workload: {len(topics)} topics x {args.repetitions} repetitions x three-way x "
+          f"{args.iterations} iterations = {turns} turns, model {args.model}, "
+          f"{args.parallel} slots")
+    print(f"{'way':<28}{'seconds':>10}{'gen tok/s':>12}")
+    if a_time is not None and a_generated is not None:
+        print(f"{'(a) naive':<28}{a_time:>10.1f}{a_generated / a_time:>12.1f}")
+    print(f"{'(b) stancelab':<28}{b_time:>10.1f}{generated / b_time:>12.1f}")
+    print(f"{'(c) engine ceiling':<28}{c_time:>10.1f}{generated / c_time:>12.1f}")
+    print(f"prompt tokens sent {stats['prompt_tokens']}, served from cache "
+          f"{stats['cached_tokens']}, recomputed {recomputed}; generated {generated}; "
+          f"recomputed prompt tokens per generated token: {recomputed / max(1, generated):.2f}")
+    if a_time is not None:
+        print(f"stancelab vs naive: {a_time / b_time:.1f}x faster")
+    print(f"stancelab / ceiling: {c_time / b_time:.0%} of the engine's batched throughput")
+
+
+if __name__ == "__main__":
+    main()
