@@ -21,6 +21,7 @@ demo: setup
 	$(BIN)/stancelab run examples/quick.yaml
 
 test: setup
+	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -q
 
 lint: setup

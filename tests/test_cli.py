@@ -53,7 +53,7 @@ def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
                  "--iterations", "4", "--model", "smollm2-135m", "--survey-mode",
                  "distribution,generate", "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "attitude (0-10)" in result.stdout
+    assert "survey answers (0-10)" in result.stdout
     [run_dir] = list((tmp_path / "runs").glob("debate-*"))
     assert (run_dir / "attitudes.png").stat().st_size > 1000
     db = sqlite3.connect(run_dir / "stancelab.db")
@@ -72,3 +72,32 @@ def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "exp" / "survey_answers.parquet").is_file()
     assert (tmp_path / "exp" / "messages.csv").read_text().count("\n") >= 5
+
+
+@pytest.mark.engine
+def test_sauce_file_runs_on_embedded_model(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "sauce-debate.json"
+    result = run("sauce", str(example), "--model", "smollm2-135m", "--out",
+                 str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = list((tmp_path / "runs").glob("sauce-*"))
+    db = sqlite3.connect(run_dir / "stancelab.db")
+    assert db.execute("select count(*) from messages").fetchone()[0] == 6
+    asked = db.execute("select question_id, iteration, count(*) from survey_answers "
+                       "group by 1, 2 order by 1, 2").fetchall()
+    assert asked == [("attitude", 0, 3), ("attitude", 3, 3), ("attitude", 6, 3),
+                     ("conclusion", 6, 3)]
+    first = db.execute("select speaker from messages where iteration = 1").fetchone()[0]
+    assert first == "Aaron"  # start_person_index 1
+
+
+def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: smollm2-135m\ntopics: [racism]\nsetups: [three-way]\n"
+                   "repetitions: 0\niterations: 3\npersonas: {generate: 2}\n")
+    result = run("run", str(bad), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "repetitions: Input should be greater than or equal to 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+    missing = run("status", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "not a stancelab run folder" in missing.stderr

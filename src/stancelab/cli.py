@@ -15,6 +15,7 @@ from rich.table import Table
 
 from stancelab import __version__
 from stancelab.errors import ConfigError, StancelabError
+from stancelab.study.cli import audit_command, study_app
 
 app = typer.Typer(
     help="Measure how opinions move in multi-turn conversations with and between LLMs.",
@@ -26,6 +27,8 @@ models_app = typer.Typer(help="List and prepare the embedded models.", no_args_i
 app.add_typer(models_app, name="models")
 personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
+app.add_typer(study_app, name="study")
+app.command("audit")(audit_command)
 console = Console()
 err_console = Console(stderr=True)
 

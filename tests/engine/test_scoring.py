@@ -82,3 +82,20 @@ def test_expected_value_and_entropy() -> None:
     [s] = model.score_choices([ChoiceRequest("Me:", SCALE)])
     assert s.expected_value() == pytest.approx(5.0)
     assert s.entropy_bits() == pytest.approx(1.0)
+
+
+def test_empty_tokens_do_not_loop() -> None:
+    calls: list[str] = []
+
+    def next_tokens(prompts, top_k):  # type: ignore[no-untyped-def]
+        out = []
+        for p in prompts:
+            calls.append(p)
+            suffix = p[len("Q:"):]
+            table = {"": [("", 0.3), (" 4", 0.7)]}.get(suffix, [("\n", 1.0)])
+            out.append(TopTokens([(t, math.log(q)) for t, q in table]))
+        return out
+
+    [s] = score_by_token_tree(next_tokens, [ChoiceRequest("Q:", SCALE)])
+    assert s.probabilities[4] == pytest.approx(1.0)
+    assert calls == ["Q:"]

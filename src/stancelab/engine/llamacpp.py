@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,7 @@ class LlamaCppEngine(LanguageModel):
             self._server = xllamacpp.Server(params)
         except Exception as exc:  # the binding raises plain RuntimeError on a bad file
             raise EngineError(f"llama.cpp could not load {model_path}: {exc}") from exc
+        self._stats_lock = threading.Lock()
         # More workers than slots keeps the queue full while a slot finishes.
         self._pool = ThreadPoolExecutor(max_workers=n_parallel * 2, thread_name_prefix="llama")
 
@@ -85,10 +87,11 @@ class LlamaCppEngine(LanguageModel):
             message = error.get("message", error) if isinstance(error, dict) else error
             raise EngineError(f"llama.cpp rejected a request: {message}")
         usage = response.get("usage", {})
-        self.stats.requests += 1
-        self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
-        self.stats.completion_tokens += int(usage.get("completion_tokens", 0))
-        self.stats.cached_tokens += int(response.get("timings", {}).get("cache_n", 0))
+        with self._stats_lock:  # many worker threads count into one total
+            self.stats.requests += 1
+            self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
+            self.stats.completion_tokens += int(usage.get("completion_tokens", 0))
+            self.stats.cached_tokens += int(response.get("timings", {}).get("cache_n", 0))
         return response
 
     @staticmethod

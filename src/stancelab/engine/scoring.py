@@ -50,6 +50,8 @@ def _expand(state: _State, prefix: str, logp: float, top: TopTokens) -> dict[str
         state.mass[stripped_prefix] = state.mass.get(stripped_prefix, 0.0) + math.exp(logp) * p_end
     children: dict[str, float] = {}
     for token, token_lp in top.tokens:
+        if not token:
+            continue  # an empty piece (a special token) cannot spell any candidate
         text = prefix + token
         path_lp = logp + token_lp
         if math.exp(path_lp) < MIN_PATH_PROB:

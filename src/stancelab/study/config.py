@@ -1,0 +1,243 @@
+"""A study is one YAML file, validated here: topics, conditions, turns, model and every wording."""
+
+from __future__ import annotations
+
+import string
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stancelab.engine.factory import ModelConfig
+from stancelab.errors import ConfigError
+
+
+class Condition(StrEnum):
+    """The three arms of the study (PROTOCOL.md part C)."""
+
+    STANDARD = "standard"
+    """A chatbot that knows nothing about the participant."""
+    PERSONALISED = "personalised"
+    """A chatbot whose system prompt holds the participant's answers about themselves."""
+    STATIC = "static"
+    """No chat: the participant reads fixed statements."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Topic(_Strict):
+    """One controversial topic and the fixed statements of the static condition."""
+
+    name: str = Field(min_length=1, max_length=200)
+    statements: list[str] = Field(default_factory=list)
+
+
+class DemographicQuestion(_Strict):
+    """One question of the 'about you' page."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    label: str = Field(min_length=1)
+    kind: Literal["text", "number", "choice"] = "text"
+    choices: list[str] = Field(default_factory=list)
+    required: bool = True
+
+    @model_validator(mode="after")
+    def _choices_for_choice(self) -> DemographicQuestion:
+        if self.kind == "choice" and not self.choices:
+            raise ValueError(f"question {self.id!r} is a choice but lists no choices")
+        return self
+
+
+def _default_demographics() -> list[DemographicQuestion]:
+    return [
+        DemographicQuestion(id="age", label="How old are you?", kind="number"),
+        DemographicQuestion(id="gender", label="What is your gender?", kind="choice",
+                            choices=["Woman", "Man", "Non-binary", "Prefer not to say"]),
+        DemographicQuestion(id="education", label="Highest level of education", kind="choice",
+                            choices=["Secondary school", "Some college", "Bachelor's degree",
+                                     "Graduate degree", "Prefer not to say"]),
+        DemographicQuestion(id="politics", label="Politically, how do you describe yourself?",
+                            kind="choice", choices=["Liberal", "Moderate", "Conservative",
+                                                    "Other", "Prefer not to say"]),
+    ]
+
+
+class Questions(_Strict):
+    """Every wording a participant reads. ``{topic}`` is filled in where shown."""
+
+    title: str = "A conversation about a current issue"
+    consent: str = (
+        "You are invited to a research study about conversations with an AI chatbot. You "
+        "will answer a few questions, talk with a chatbot (or read a few statements) about "
+        "a current issue, and answer a few questions again. It takes about 15 minutes. "
+        "Your answers are stored without your name; you may stop at any time."
+    )
+    consent_agree: str = "I have read the above and agree to take part."
+    demographics: list[DemographicQuestion] = Field(default_factory=_default_demographics)
+    background: str = (
+        "In two or three sentences, tell us about yourself: what you do, where you live, "
+        "and what matters to you."
+    )
+    stance: str = "On a scale of 0 to 10, how much do you think that {topic} is a big problem?"
+    scale_low: str = "Not a problem at all"
+    scale_high: str = "A very big problem"
+    reason: str = "In a sentence or two, why?"
+    chat_intro: str = (
+        "Please talk with the chatbot about {topic}. Share your view and respond to its "
+        "points. You can finish once you have sent {min_turns} messages."
+    )
+    current_stance: str = "Where do you stand right now?"
+    statements_intro: str = "Please read these statements about {topic} carefully."
+    perception_start: str = (
+        "At the START of the conversation, where did the chatbot stand? On a scale of 0 to "
+        "10, how much did it think that {topic} is a big problem?"
+    )
+    perception_end: str = (
+        "At the END of the conversation, where did the chatbot stand? On a scale of 0 to 10, "
+        "how much did it think that {topic} is a big problem?"
+    )
+    debrief: str = (
+        "Thank you for taking part. The chatbot was an AI language model; its statements "
+        "may be wrong or one-sided. The study looks at how people and chatbots influence "
+        "each other's opinions."
+    )
+
+    @field_validator("stance", "perception_start", "perception_end", "chat_intro",
+                     "statements_intro")
+    @classmethod
+    def _only_known_fields(cls, value: str) -> str:
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"bad braces: {exc}") from exc
+        unknown = used - {"topic", "min_turns", "max_turns"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: topic, "
+                             "min_turns, max_turns")
+        return value
+
+
+class Turns(_Strict):
+    """How many messages the participant sends in the conversation."""
+
+    min: int = Field(default=3, ge=1)
+    max: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Turns:
+        if self.max < self.min:
+            raise ValueError(f"turns.max ({self.max}) is below turns.min ({self.min})")
+        return self
+
+
+SurveyModeName = Literal["distribution", "generate"]
+
+
+def _default_modes() -> list[SurveyModeName]:
+    return ["distribution"]
+
+
+class Chatbot(_Strict):
+    """How the chatbot replies."""
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=160, ge=8, le=2048)
+    prompt_version: str = "v1"
+    stance_modes: list[SurveyModeName] = Field(default_factory=_default_modes)
+    """How the hidden per-turn survey reads the LLM's 0-10 answer."""
+
+
+class Limits(_Strict):
+    """Abuse limits: message length and how fast one participant may send."""
+
+    max_message_chars: int = Field(default=1000, ge=10, le=20000)
+    min_seconds_between_messages: float = Field(default=2.0, ge=0.0)
+    requests_per_minute: int = Field(default=120, ge=5)
+    new_sessions_per_minute_per_ip: int = Field(default=60, ge=1)
+
+
+class StudyConfig(_Strict):
+    """One study: validated from YAML with ``load_study``."""
+
+    study: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    topics: list[Topic] = Field(min_length=1)
+    conditions: list[Condition] = Field(
+        default_factory=lambda: [Condition.STANDARD, Condition.PERSONALISED, Condition.STATIC],
+        min_length=1)
+    turns: Turns = Field(default_factory=Turns)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="qwen2.5-coder-1.5b"))
+    chatbot: Chatbot = Field(default_factory=Chatbot)
+    questions: Questions = Field(default_factory=Questions)
+    limits: Limits = Field(default_factory=Limits)
+    completion_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{4,40}$")
+    """The platform's completion code (e.g. Prolific's); None gives each participant one."""
+    completion_url: str | None = None
+    """Where the debrief page sends the participant, e.g. the platform's completion link."""
+    resume_without_cookie: bool = False
+    """Let a known participant id resume from another browser (weaker: anyone with the id can)."""
+    seed: int = 0
+    stance_change_threshold: float = Field(default=0.5, gt=0.0)
+    """A measured LLM stance moving by at least this much counts as a change."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        return ModelConfig.parse(value) if isinstance(value, str) else value
+
+    @field_validator("conditions")
+    @classmethod
+    def _distinct(cls, value: list[Condition]) -> list[Condition]:
+        if len(set(value)) != len(value):
+            raise ValueError("conditions must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _statements_for_static(self) -> StudyConfig:
+        if Condition.STATIC in self.conditions:
+            missing = [t.name for t in self.topics if not t.statements]
+            if missing:
+                raise ValueError(f"the static condition needs statements for topic(s) {missing}")
+        names = [t.name for t in self.topics]
+        if len(set(names)) != len(names):
+            raise ValueError("topic names must be distinct")
+        return self
+
+    def topic(self, name: str) -> Topic:
+        """The topic with this name."""
+        for t in self.topics:
+            if t.name == name:
+                return t
+        raise ConfigError(f"study {self.study!r} has no topic {name!r}")
+
+    def fill(self, text: str, topic: str) -> str:
+        """A wording with the topic and turn limits filled in."""
+        return text.format(topic=topic, min_turns=self.turns.min, max_turns=self.turns.max)
+
+
+def load_study(source: Path | str | dict[str, Any]) -> StudyConfig:
+    """Read and validate a study YAML file (or an already-parsed mapping)."""
+    if isinstance(source, dict):
+        data: Any = source
+        where = "study config"
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read study config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"study config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {loc}: {first['msg']}{more}") from None

@@ -1,0 +1,361 @@
+"""The study's own tables through SQLAlchemy: SQLite by default, PostgreSQL for deployments.
+
+Every answer and every exchange is committed as soon as it exists. One exchange (the
+participant's message and the chatbot's reply) is written in one transaction, and a
+unique constraint on (participant, turn, role) makes a repeated submission fail
+instead of duplicating a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import secrets
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from stancelab.errors import StoreError
+from stancelab.store import database_url
+from stancelab.survey import SurveyAnswer
+
+STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class StudyBase(DeclarativeBase):
+    """Declarative base for the study tables (separate from the debate tables)."""
+
+
+class ParticipantRow(StudyBase):
+    """One participant's session: assignment, answers and where they are in the flow."""
+
+    __tablename__ = "study_participants"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study: Mapped[str] = mapped_column(String(100), index=True)
+    pid: Mapped[str] = mapped_column(String(100))
+    condition: Mapped[str] = mapped_column(String(20))
+    topic: Mapped[str] = mapped_column(Text)
+    step: Mapped[str] = mapped_column(String(20), default="consent")
+    session_nonce: Mapped[str] = mapped_column(String(64))
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    completion_code: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200), default="")
+    template_hash: Mapped[str] = mapped_column(String(32), default="")
+    demographics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    background: Mapped[str | None] = mapped_column(Text)
+    stance_before: Mapped[int | None] = mapped_column(Integer)
+    reason_before: Mapped[str | None] = mapped_column(Text)
+    stance_after: Mapped[int | None] = mapped_column(Integer)
+    reason_after: Mapped[str | None] = mapped_column(Text)
+    perceived_start: Mapped[int | None] = mapped_column(Integer)
+    perceived_end: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("study", "pid"),)
+
+
+class ChatMessageRow(StudyBase):
+    """One message: the participant's ('user'), the chatbot's ('assistant') or a static
+    statement shown ('statement'). ``human_stance`` is the participant's 0-10 stance they
+    reported when sending a message."""
+
+    __tablename__ = "study_messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("study_participants.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    human_stance: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    __table_args__ = (UniqueConstraint("participant_id", "turn", "role"),)
+
+
+class LlmStanceRow(StudyBase):
+    """The chatbot's hidden 0-10 stance after ``turn`` exchanges (0 = before the chat)."""
+
+    __tablename__ = "study_llm_stances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("study_participants.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    most_likely: Mapped[int | None] = mapped_column(Integer)
+    coverage: Mapped[float | None] = mapped_column(Float)
+    entropy_bits: Mapped[float | None] = mapped_column(Float)
+    distribution: Mapped[list[float] | None] = mapped_column(JSON)
+    raw_text: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (UniqueConstraint("participant_id", "turn", "mode"),)
+
+
+class StrategyLabelRow(StudyBase):
+    """An LLM judge's persuasion-strategy label for one message, with all probabilities."""
+
+    __tablename__ = "study_strategy_labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("study_messages.id"), index=True)
+    judge: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(40))
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    coverage: Mapped[float] = mapped_column(Float, default=0.0)
+    __table_args__ = (UniqueConstraint("message_id", "judge"),)
+
+
+STUDY_TABLES = ("study_participants", "study_messages", "study_llm_stances",
+                "study_strategy_labels")
+
+
+class DuplicateTurn(StoreError):
+    """The exchange for this turn is already stored (a repeated submission)."""
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class StudyStore:
+    """Open (and create) the study tables in a database and read and write them."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.url = database_url(target)
+        self._assign_lock = threading.Lock()
+        try:
+            if self.url.startswith("sqlite"):
+                self.engine = create_engine(self.url, connect_args={"timeout": 30})
+                _sqlite_pragmas(self.engine)
+            else:
+                self.engine = create_engine(self.url, pool_size=10, max_overflow=20,
+                                            pool_pre_ping=True)
+            StudyBase.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open study database {_safe_url(self.url)}: "
+                             f"{exc.__cause__ or exc}") from exc
+
+    def session(self) -> Session:
+        """A new ORM session (use as a context manager)."""
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+    # --- participants -------------------------------------------------------------
+    def create_participant(self, study: str, pid: str, conditions: Sequence[str],
+                           topics: Sequence[str], rng: random.Random, *, model: str = "",
+                           template_hash: str = "", simulated: bool = False,
+                           fixed_code: str | None = None) -> ParticipantRow:
+        """Insert a participant in the least-filled condition (then topic); ties at random."""
+        with self._assign_lock, self.session() as s:
+            existing = s.scalar(select(ParticipantRow).where(
+                ParticipantRow.study == study, ParticipantRow.pid == pid))
+            if existing is not None:
+                return existing
+            rows = s.execute(select(ParticipantRow.condition, ParticipantRow.topic,
+                                    func.count()).where(ParticipantRow.study == study)
+                             .group_by(ParticipantRow.condition, ParticipantRow.topic)).all()
+            cells = {(str(c), str(t)): int(n) for c, t, n in rows}
+            per_condition = {c: sum(n for (cc, _), n in cells.items() if cc == c)
+                             for c in conditions}
+            low = min(per_condition.values())
+            condition = rng.choice([c for c in conditions if per_condition[c] == low])
+            per_topic = {t: cells.get((condition, t), 0) for t in topics}
+            low_t = min(per_topic.values())
+            topic = rng.choice([t for t in topics if per_topic[t] == low_t])
+            row = ParticipantRow(
+                id=secrets.token_hex(16), study=study, pid=pid, condition=condition,
+                topic=topic, session_nonce=secrets.token_hex(16), simulated=simulated,
+                model=model, template_hash=template_hash,
+                completion_code=fixed_code or secrets.token_hex(4).upper(),
+            )
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:  # another server process created it first
+                s.rollback()
+                again = s.scalar(select(ParticipantRow).where(
+                    ParticipantRow.study == study, ParticipantRow.pid == pid))
+                if again is None:
+                    raise StoreError(f"cannot create participant {pid!r}") from None
+                return again
+            return row
+
+    def participant(self, participant_id: str) -> ParticipantRow | None:
+        """One participant by internal id."""
+        with self.session() as s:
+            return s.get(ParticipantRow, participant_id)
+
+    def participant_by_pid(self, study: str, pid: str) -> ParticipantRow | None:
+        """One participant by the platform's participant id."""
+        with self.session() as s:
+            return s.scalar(select(ParticipantRow).where(
+                ParticipantRow.study == study, ParticipantRow.pid == pid))
+
+    def update(self, participant_id: str, **fields: Any) -> ParticipantRow:
+        """Set fields of a participant and commit."""
+        with self.session() as s:
+            row = s.get(ParticipantRow, participant_id)
+            if row is None:
+                raise StoreError(f"no participant {participant_id!r}")
+            for key, value in fields.items():
+                if not hasattr(ParticipantRow, key):
+                    raise StoreError(f"participants have no field {key!r}")
+                setattr(row, key, value)
+            row.updated_at = _now()
+            s.commit()
+            return row
+
+    def participants(self, study: str | None = None) -> list[ParticipantRow]:
+        """All participants (of one study), oldest first."""
+        with self.session() as s:
+            query = select(ParticipantRow).order_by(ParticipantRow.created_at)
+            if study is not None:
+                query = query.where(ParticipantRow.study == study)
+            return list(s.scalars(query))
+
+    # --- messages and stances -------------------------------------------------------
+    def add_exchange(self, participant_id: str, turn: int, user_text: str,
+                     human_stance: int | None, assistant_text: str | None,
+                     latency_s: float = 0.0, role: str = "user") -> None:
+        """Commit a participant message and the chatbot's reply in one transaction."""
+        with self.session() as s:
+            s.add(ChatMessageRow(participant_id=participant_id, turn=turn, role=role,
+                                 text=user_text, human_stance=human_stance))
+            if assistant_text is not None:
+                s.add(ChatMessageRow(participant_id=participant_id, turn=turn,
+                                     role="assistant", text=assistant_text,
+                                     latency_s=latency_s))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored"
+                                    ) from None
+
+    def messages(self, participant_id: str) -> list[ChatMessageRow]:
+        """A participant's messages in order (turn, then user before assistant)."""
+        with self.session() as s:
+            rows = list(s.scalars(select(ChatMessageRow).where(
+                ChatMessageRow.participant_id == participant_id)))
+        order = {"statement": 0, "user": 1, "assistant": 2}
+        return sorted(rows, key=lambda r: (r.turn, order.get(r.role, 3), r.id))
+
+    def add_stances(self, participant_id: str, answers: Sequence[SurveyAnswer]) -> None:
+        """Commit the chatbot's hidden survey answers (iteration = turn)."""
+        with self.session() as s:
+            for a in answers:
+                s.add(LlmStanceRow(
+                    participant_id=participant_id, turn=a.iteration, mode=str(a.mode),
+                    ok=a.ok, score=a.score, most_likely=a.most_likely, coverage=a.coverage,
+                    entropy_bits=a.entropy_bits, distribution=a.distribution,
+                    raw_text=a.raw_text))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()  # measured already (a retried request): keep the first
+
+    def stances(self, participant_id: str) -> list[LlmStanceRow]:
+        """The chatbot's stances for one participant, by turn."""
+        with self.session() as s:
+            return list(s.scalars(select(LlmStanceRow).where(
+                LlmStanceRow.participant_id == participant_id).order_by(LlmStanceRow.turn)))
+
+    def add_labels(self, rows: Sequence[StrategyLabelRow]) -> None:
+        """Commit strategy labels."""
+        with self.session() as s:
+            s.add_all(rows)
+            s.commit()
+
+    def labelled_message_ids(self, judge: str) -> set[int]:
+        """Messages this judge has labelled already."""
+        with self.session() as s:
+            return set(s.scalars(select(StrategyLabelRow.message_id).where(
+                StrategyLabelRow.judge == judge)))
+
+    def all_messages(self) -> list[ChatMessageRow]:
+        """Every message of every participant."""
+        with self.session() as s:
+            return list(s.scalars(select(ChatMessageRow).order_by(ChatMessageRow.id)))
+
+
+def _safe_url(url: str) -> str:
+    """A database URL with any password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(database url)"
+
+
+def read_table(store: StudyStore, table: str) -> Any:
+    """One study table as a pandas DataFrame, JSON columns as JSON text."""
+    import pandas as pd
+
+    if table not in STUDY_TABLES:
+        raise StoreError(f"unknown study table {table!r}; use one of {', '.join(STUDY_TABLES)}")
+    with store.engine.connect() as conn:
+        frame = pd.read_sql_table(table, conn)
+    for column in frame.columns:
+        if frame[column].dtype != object or frame.empty:
+            continue
+        if frame[column].map(lambda v: isinstance(v, (dict, list))).any():
+            frame[column] = frame[column].map(
+                lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
+    if table == "study_participants" and "session_nonce" in frame.columns:
+        frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
+    return frame
+
+
+def export_study(store: StudyStore, out_dir: Path,
+                 formats: tuple[str, ...] = ("csv", "parquet")) -> list[Path]:
+    """Write every study table as CSV and/or Parquet."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create export folder {out_dir}: {exc.strerror}") from exc
+    written = []
+    for table in STUDY_TABLES:
+        frame = read_table(store, table)
+        for fmt in formats:
+            path = out_dir / f"{table}.{fmt}"
+            if fmt == "csv":
+                frame.to_csv(path, index=False)
+            elif fmt == "parquet":
+                frame.to_parquet(path, index=False)
+            else:
+                raise StoreError(f"unknown export format {fmt!r}; use csv or parquet")
+            written.append(path)
+    return written

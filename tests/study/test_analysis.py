@@ -1,0 +1,152 @@
+"""Analysis frames, strategy labelling with score_choices, and the report files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from stancelab.study.analysis import (
+    condition_summary,
+    load_frames,
+    participant_frame,
+    per_turn,
+    strategy_effects,
+    turn_frame,
+)
+from stancelab.study.fake import FakeChatModel
+from stancelab.study.report import write_report
+from stancelab.study.store import StudyStore
+from stancelab.study.strategies import LABELS, judge_prompt, label_study
+
+from .conftest import AppFactory, Participant
+
+
+def _run_study(app_client: AppFactory) -> None:
+    """Two chat participants with known answers and one static participant."""
+    conditions = {"conditions": ["standard", "personalised", "static"],
+                  "turns": {"min": 2, "max": 3}}
+    a = Participant(app_client(**conditions))
+    a.through_before("A", stance=8)           # 1st: one of the conditions
+    b = Participant(app_client(**conditions))
+    b.through_before("B", stance=1)
+    c = Participant(app_client(**conditions))
+    c.through_before("C", stance=5)
+    for p, stances in ((a, (8, 7, 7)), (b, (1, 1, 2)), (c, (5, 5, 5))):
+        if 'data-role="statement"' in p.html:
+            p.finish(after=stances[0])  # no change in the static condition
+            continue
+        p.say("I feel scared for my kids.", stance=stances[0])
+        p.say("What do you think?", stance=stances[1])
+        p.say("Fine.", stance=stances[2])
+        p.finish(after=6, perceived=(3, 4))
+
+
+def test_participant_and_turn_frames(app_client: AppFactory, store: StudyStore) -> None:
+    _run_study(app_client)
+    frames = load_frames(store, "pilot")
+    people = participant_frame(frames).set_index("pid")
+    chat = people[people["condition"] != "static"]
+    assert len(people) == 3 and len(chat) == 2
+    # the fake chatbot: stance 3 before the chat, +1 per exchange, 3 exchanges
+    assert list(chat["llm_start"]) == [3.0, 3.0] and list(chat["llm_end"]) == [6.0, 6.0]
+    assert list(chat["llm_change"]) == [3.0, 3.0]
+    assert list(chat["perceived_change"]) == [1.0, 1.0]
+    assert list(chat["perception_error"]) == [-2.0, -2.0]  # perceived 1, measured 3
+    for pid, row in chat.iterrows():
+        before = {"A": 8, "B": 1, "C": 5}[str(pid)]
+        assert row["stance_before"] == before and row["human_change"] == 6 - before
+        assert row["gap_start"] == abs(before - 3.0) and row["gap_end"] == 0.0
+    static = people[people["condition"] == "static"].iloc[0]
+    assert math.isnan(static["llm_start"]) and static["human_change"] == 0.0
+
+    turns = turn_frame(frames, threshold=0.5)
+    assert set(turns["turn"]) == {0, 1, 2, 3}
+    first = turns[turns["participant_id"] == chat.loc[chat.index[0], "participant_id"]]
+    assert list(first["llm"]) == [3.0, 4.0, 5.0, 6.0]
+    assert list(first["llm_changed"].iloc[1:]) == [1.0, 1.0, 1.0]
+    # human at turn k is the stance sent with message k+1; the last is 'stance after'
+    pid = str(chat.index[0])
+    sent = {"A": [8, 7, 7], "B": [1, 1, 2], "C": [5, 5, 5]}[pid]
+    assert list(first["human"]) == [float({"A": 8, "B": 1, "C": 5}[pid]), *sent[1:], 6.0]
+    table = per_turn(turns)
+    assert set(table["turn"]) == {0, 1, 2, 3}
+    assert table[table["turn"] > 0]["p_llm_change"].eq(1.0).all()
+    summary = condition_summary(participant_frame(frames)).set_index("condition")
+    assert set(summary.index) == {"standard", "personalised", "static"}
+    assert summary.loc["standard", "llm_change"] == 3.0
+
+
+def _judge(base: str) -> dict[str, float]:
+    """A scripted judge: fear is an emotional appeal, a question mark a question."""
+    if "scared" in base:
+        return {"emotional appeal": 0.7, "personal story": 0.3}
+    message = base.split('"""')[1] if base.count('"""') >= 2 else ""
+    if "?" in message:
+        return {"question": 0.9, "other": 0.1}
+    return {"other": 1.0}
+
+
+def test_strategy_labels_from_score_choices(app_client: AppFactory, store: StudyStore) -> None:
+    _run_study(app_client)
+    judge = FakeChatModel(continuations=_judge)
+    assert label_study(store, judge, judge="scripted") == 12  # 2 chats x 3 turns x 2 sides
+    assert label_study(store, judge, judge="scripted") == 0   # idempotent
+    frames = load_frames(store)
+    labels = frames["labels"].merge(frames["messages"], left_on="message_id", right_on="id")
+    scared = labels[labels["text"] == "I feel scared for my kids."]
+    assert set(scared["label"]) == {"emotional appeal"}
+    import json
+
+    probs = json.loads(scared["probabilities"].iloc[0])
+    assert set(probs) == set(LABELS)
+    assert probs["emotional appeal"] == pytest.approx(0.7, abs=1e-6)
+    assert probs["personal story"] == pytest.approx(0.3, abs=1e-6)
+    question = labels[labels["text"] == "What do you think?"]
+    assert set(question["label"]) == {"question"}
+    effects = strategy_effects(frames, turn_frame(frames)).set_index(["speaker", "strategy"])
+    # the fake chatbot moves after every message, so each human strategy precedes a change
+    assert effects.loc[("human", "emotional appeal"), "n_top"] == 2
+    assert effects.loc[("human", "emotional appeal"), "p_other_changed"] == 1.0
+    assert effects.loc[("human", "emotional appeal"), "weighted_n"] == pytest.approx(1.4)
+    assert effects.loc[("human", "question"), "n_top"] == 2
+    assert effects.loc[("human", "other"), "n_top"] == 2  # "Fine."
+    assert effects.loc[("llm", "emotional appeal"), "n_top"] == 2  # the echoed fear
+
+
+def test_judge_prompt_carries_codebook_and_message() -> None:
+    prompt = judge_prompt("gun violence", "user", 'He said """stop""".')
+    body = prompt[0]["content"]
+    for label in LABELS:
+        assert f"- {label}:" in body
+    assert "Message from the person" in body and "gun violence" in body
+    assert 'He said \'\'\'stop\'\'\'.' in body
+
+
+def test_report_writes_figures_tables_and_escaped_html(app_client: AppFactory,
+                                                       store: StudyStore,
+                                                       tmp_path: Path) -> None:
+    _run_study(app_client)
+    label_study(store, FakeChatModel(continuations=_judge), judge="scripted")
+    store.update(store.participants()[0].id, topic="<script>x</script>")
+    paths = write_report(store, tmp_path / "report", study="pilot")
+    names = {p.name for p in paths}
+    assert {"participants.csv", "turns.csv", "conditions.csv", "per_turn.csv",
+            "strategy_effects.csv", "strategy_counts.csv", "stance_per_turn.png",
+            "opinion_gap.png", "change_likelihood.png", "conditions.png", "strategies.png",
+            "index.html"} <= names
+    for p in paths:
+        assert p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<script>x" not in page
+    assert "stance_per_turn.png" in page and "strategy effects" in page
+
+
+def test_report_on_empty_database_is_a_clear_error(store: StudyStore, tmp_path: Path) -> None:
+    from stancelab.errors import StoreError
+
+    with pytest.raises(StoreError, match="no participants"):
+        write_report(store, tmp_path / "r")
