@@ -54,6 +54,7 @@ def test_valid_file_and_presets(tmp_path: Path) -> None:
         ({"name": "bad name!"}, "name: String should match pattern"),
         ({"personas": {}}, "give personas.file, personas.generate, or both"),
         ({"models": {"green": "smollm2-135m"}}, "unknown agent kind 'green'"),
+        ({"personas": {"generate": 1}}, "2 repetitions need 2 distinct republican personas"),
     ],
 )
 def test_bad_files_name_the_field(tmp_path: Path, changes: dict[str, object],

@@ -104,7 +104,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path) -> None:
     with pytest.raises(Crash):
         run(path, tmp_path / "runs", CountingModel(crash_after=20))
     db = tmp_path / "runs" / "exp" / "stancelab.db"
-    partial_messages, partial_surveys = dump(db)
+    partial_messages, _ = dump(db)
     assert 0 < len(partial_messages) < len(expected[0])
     con = sqlite3.connect(db)
     assert con.execute("select status from runs").fetchone()[0] == "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import time
@@ -99,6 +100,12 @@ def debate(
                                                  )] = None,
     question: Annotated[str | None, typer.Option(help="Survey question; {topic} is filled in."
                                                  )] = None,
+    backend: Annotated[str, typer.Option(help="llamacpp (in-process), openai (a server) or "
+                                         "transformers.")] = "llamacpp",
+    base_url: Annotated[list[str] | None, typer.Option(help="OpenAI-compatible server URL "
+                                                       "(repeat for several).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the "
+                                                    "API key.")] = None,
 ) -> None:
     """Run one debate, streaming the transcript, and store and plot the attitudes."""
     from stancelab.debate import DebateSpec
@@ -109,31 +116,55 @@ def debate(
     kinds = [k.strip().lower() for k in agents.split(",") if k.strip()]
     if not kinds:
         raise ConfigError("no agents given; use e.g. --agents republican,democrat,default")
-    if parallel < 1:
-        raise ConfigError(f"--parallel must be at least 1, got {parallel}")
+    model_config = _model_config(model, backend, base_url, api_key_env, parallel)
     prompt_set = load_prompts(prompts).with_question(question)
     spec = DebateSpec(topic=topic.strip(), personas=tuple(personas_for(kinds)),
                       iterations=iterations, seed=seed, word_limit=word_limit,
                       survey_modes=parse_modes(survey_mode))
     config = {"command": "debate", "topic": spec.topic, "agents": kinds,
-              "iterations": iterations, "model": model, "survey_modes": list(spec.survey_modes),
-              "seed": seed, "word_limit": word_limit}
-    _run_streamed(spec, prompt_set, model, parallel, out, db, config)
+              "iterations": iterations, "model": model_config.model_dump(mode="json"),
+              "survey_modes": list(spec.survey_modes), "seed": seed, "word_limit": word_limit}
+    _run_streamed(spec, prompt_set, model_config, parallel, out, db, config)
 
 
-def _run_streamed(spec: Any, prompt_set: Any, model: str, parallel: int, out: Path,
+def _model_config(model: str, backend: str, base_urls: list[str] | None,
+                  api_key_env: str | None, parallel: int) -> Any:
+    """A validated ModelConfig from command-line options, with one-line errors."""
+    from pydantic import ValidationError
+
+    from stancelab.engine.factory import ModelConfig
+
+    if parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1, got {parallel}")
+    try:
+        return ModelConfig.model_validate({
+            "name": model, "backend": backend, "base_urls": base_urls or [],
+            "api_key_env": api_key_env, "parallel": parallel})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _run_streamed(spec: Any, prompt_set: Any, model: Any, parallel: int, out: Path,
                   db: str | None, config: dict[str, Any]) -> None:
     """Run one debate with the transcript streaming to the terminal; store and plot it."""
     from stancelab.debate import Debate, DebateEvents, Turn, TurnStep, run_debates
+    from stancelab.engine.capabilities import survey_modes_for
     from stancelab.engine.factory import ModelConfig, open_model
     from stancelab.store import Store
     from stancelab.survey import SurveyAnswer
 
-    the_debate = Debate(spec, prompt_set)
     ensure_writable_dir(out)
-    model_config = ModelConfig(name=model, parallel=parallel)
-    with console.status(f"loading {model}…"):
+    model_config = model if isinstance(model, ModelConfig) else ModelConfig(
+        name=model, parallel=parallel)
+    with console.status(f"loading {model_config.name}…"):
         engine = open_model(model_config)
+    modes, note = survey_modes_for(engine, spec.survey_modes)
+    if note:
+        console.print(f"[yellow]WARNING: {note}[/]")
+        spec = dataclasses.replace(spec, survey_modes=modes)
+        config = {**config, "survey_modes": [str(m) for m in modes], "note": note}
+    the_debate = Debate(spec, prompt_set)
     run_dir = ensure_writable_dir(out / time.strftime(f"{config['command']}-%Y%m%d-%H%M%S"))
     store = Store(db or run_dir / "stancelab.db")
     config = {**config, "question": the_debate.question}
@@ -201,16 +232,24 @@ def sauce(
     db: Annotated[str | None, typer.Option(help="Database URL instead of RUN/stancelab.db."
                                            )] = None,
     parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
+    backend: Annotated[str, typer.Option(help="llamacpp, openai or transformers."
+                                         )] = "llamacpp",
+    base_url: Annotated[list[str] | None, typer.Option(help="OpenAI-compatible server URL "
+                                                       "(repeat for several).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the "
+                                                    "API key.")] = None,
 ) -> None:
     """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
     from stancelab.sauce import load_sauce
     from stancelab.survey import parse_modes
     from stancelab.templates import load_prompts
 
+    model_config = _model_config(model, backend, base_url, api_key_env, parallel)
     spec = load_sauce(file, seed=seed, survey_modes=parse_modes(survey_mode), topic=topic)
-    config = {"command": "sauce", "file": str(file), "model": model, "seed": seed,
-              "iterations": spec.iterations, "survey_modes": list(spec.survey_modes)}
-    _run_streamed(spec, load_prompts(), model, parallel, out, db, config)
+    config = {"command": "sauce", "file": str(file), "model": model_config.model_dump(
+        mode="json"), "seed": seed, "iterations": spec.iterations,
+              "survey_modes": list(spec.survey_modes)}
+    _run_streamed(spec, load_prompts(), model_config, parallel, out, db, config)
 
 
 def _finish_debate_run(store: Any, run_id: str, run_dir: Path, the_debate: Any,

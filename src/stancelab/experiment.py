@@ -177,6 +177,23 @@ class ExperimentConfig(_Strict):
         for kind in self.models:
             if kind not in KNOWN_KINDS:
                 raise ValueError(f"models: unknown agent kind {kind!r}")
+        generated = self.personas.generate
+        if generated is not None and (self.personas.file is None
+                                      or not Path(self.personas.file).exists()):
+            # Personas still to be written: refuse an impossible design before the model
+            # spends minutes writing them.
+            for setup in self.setups:
+                for kind in ("republican", "democrat"):
+                    m = setup.agents.count(kind)
+                    if m > generated:
+                        raise ValueError(f"setup {setup.name!r} needs {m} {kind} personas; "
+                                         f"personas.generate is {generated}")
+                    if m and not self.personas.reuse_across_repetitions and (
+                            self.repetitions > generated):
+                        raise ValueError(
+                            f"{self.repetitions} repetitions need {self.repetitions} distinct "
+                            f"{kind} personas; personas.generate is {generated} (or set "
+                            "personas.reuse_across_repetitions: true)")
         return self
 
     def topic_objects(self) -> list[Topic]:
@@ -185,7 +202,10 @@ class ExperimentConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (names of run folders excepted)."""
-        data = self.model_dump(mode="json", exclude={"workers"})
+        # The persona file's location does not change results (the run keeps its own
+        # copy), so moving the project does not block a resume.
+        data = self.model_dump(mode="json", exclude={"workers": True,
+                                                     "personas": {"file"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_for(self, kind: str) -> ModelConfig:
@@ -212,17 +232,16 @@ def load_experiment(path: Path) -> ExperimentConfig:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of settings")
-    try:
-        config = ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc)) from None
     # Relative paths inside the file are relative to the file.
     base = path.resolve().parent
-    if config.personas.file is not None and not config.personas.file.is_absolute():
-        config.personas.file = base / config.personas.file
-    if config.prompts.folder is not None and not config.prompts.folder.is_absolute():
-        config.prompts.folder = base / config.prompts.folder
-    return config
+    for section, key in (("personas", "file"), ("prompts", "folder")):
+        entry = data.get(section)
+        if isinstance(entry, dict) and isinstance(entry.get(key), str):
+            entry[key] = str(base / Path(entry[key]).expanduser())
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
 
 
 @dataclass(frozen=True)
@@ -244,7 +263,7 @@ def plan_debates(config: ExperimentConfig, pools: dict[str, list[Persona]],
 
     plan = []
     for setup in config.setups:
-        counts = {k: setup.agents.count(k) for k in set(setup.agents) if k != "default"}
+        counts = {k: setup.agents.count(k) for k in dict.fromkeys(setup.agents) if k != "default"}
         for kind, m in counts.items():
             pool = pools.get(kind, [])
             if len(pool) < m:

@@ -19,6 +19,7 @@ from typing import Any
 from stancelab import __version__
 from stancelab.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.engine.base import LanguageModel
+from stancelab.engine.capabilities import survey_modes_for
 from stancelab.engine.factory import ModelConfig, open_model
 from stancelab.errors import ConfigError
 from stancelab.experiment import ExperimentConfig, PlannedDebate, plan_debates
@@ -230,13 +231,22 @@ def _run(config: ExperimentConfig, prompts: PromptSet, modes: tuple[SurveyMode, 
     plan = plan_debates(config, pools, default)
     engines = {kind: models.get(config.model_for(kind))
                for kind in ("republican", "democrat", "default")}
+    # A server without token log-probabilities cannot score answers: fall back to
+    # generated answers for every agent (one instrument per run) and record it.
+    notes: list[str] = []
+    for engine in {id(e): e for e in engines.values()}.values():
+        fallback, note = survey_modes_for(engine, modes)
+        if note:
+            modes, notes = fallback, [*notes, note]
+            log(f"WARNING: {note}")
 
     if resumed:
         run_id = str(folder.read_meta()["run_id"])
         store.set_run_status(run_id, "running")
     else:
         versions = {"stancelab": __version__, "models": models.describe(),
-                    "prompts": prompts.describe(), "seed": config.seed}
+                    "prompts": prompts.describe(), "seed": config.seed,
+                    "survey_modes_used": [str(m) for m in modes], "notes": notes}
         run_id = store.start_run(config.model_dump(mode="json"), versions, kind="experiment")
         meta = {"run_id": run_id, "fingerprint": config.fingerprint(), "stancelab": __version__,
                 "compatible": COMPATIBLE, "schema_version": SCHEMA_VERSION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +21,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
-    backend: Literal["llamacpp"] = "llamacpp"
+    backend: Literal["llamacpp", "openai", "transformers"] = "llamacpp"
+    base_urls: list[str] = Field(default_factory=list)
+    """Servers speaking the OpenAI wire protocol (backend ``openai``)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself)."""
     parallel: int = Field(default=4, ge=1)
     """Requests in flight (engine slots for llama.cpp)."""
     ctx_per_slot: int = Field(default=4096, ge=256)
@@ -37,12 +42,28 @@ class ModelConfig(BaseModel):
         return cls.model_validate(value)
 
 
-def open_model(config: ModelConfig | str) -> LanguageModel:
+def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
     """Start the engine a model config names."""
     config = ModelConfig.parse(config)
+    if config.backend != "openai" and (config.base_urls or config.api_key_env):
+        raise ConfigError(f"model {config.name!r}: base_urls and api_key_env need "
+                          "backend: openai")
     if config.backend == "llamacpp":
         from stancelab.engine.llamacpp import load_engine
 
         return load_engine(config.name, n_parallel=config.parallel,
                            ctx_per_slot=config.ctx_per_slot, **config.options)
+    if config.backend == "openai":
+        from stancelab.engine.openai_compat import OpenAICompatModel
+
+        return OpenAICompatModel(config.name, config.base_urls, api_key_env=config.api_key_env,
+                                 parallel=config.parallel, options=config.options)
+    if config.backend == "transformers":
+        from stancelab.engine.transformers_backend import load_transformers
+
+        try:  # a misspelt option must be a ConfigError, not a TypeError deep in the call
+            inspect.signature(load_transformers).bind(config.name, **config.options)
+        except TypeError as exc:
+            raise ConfigError(f"model {config.name!r}: bad transformers option: {exc}") from None
+        return load_transformers(config.name, **{"parallel": config.parallel, **config.options})
     raise ConfigError(f"model backend {config.backend!r} is not available in this version")

@@ -17,7 +17,16 @@ from stancelab.engine.base import (
     Prompt,
     TopTokens,
 )
-from stancelab.errors import EngineError
+from stancelab.errors import ConfigError, EngineError
+
+
+def _threads_from_env() -> int:
+    value = os.environ.get("STANCELAB_THREADS", "")
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"STANCELAB_THREADS must be a positive whole number, got {value!r}")
+    return int(value)
 
 
 class LlamaCppEngine(LanguageModel):
@@ -44,7 +53,7 @@ class LlamaCppEngine(LanguageModel):
         params.model.path = str(model_path)
         params.n_parallel = n_parallel
         params.n_ctx = ctx_per_slot * n_parallel
-        n_threads = threads or max(1, os.cpu_count() or 1)
+        n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
         params.cache_ram_mib = cache_ram_mib
