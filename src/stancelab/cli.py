@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stancelab import __version__
+from stancelab.console import console, friendly_errors
 from stancelab.errors import ConfigError, StancelabError
 from stancelab.study.cli import audit_command, study_app
 
@@ -30,27 +28,8 @@ personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help
 app.add_typer(personas_app, name="personas")
 app.add_typer(study_app, name="study")
 app.command("audit")(audit_command)
-console = Console()
-err_console = Console(stderr=True)
 
 KIND_STYLE = {"republican": "red", "democrat": "blue", "default": "white"}
-
-
-def friendly_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Turn errors a user can fix into one line on stderr and exit status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except StancelabError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; finished work is stored")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def ensure_writable_dir(folder: Path) -> Path:

@@ -29,6 +29,26 @@ def _threads_from_env() -> int:
     return int(value)
 
 
+def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads: int | None,
+                  cache_ram_mib: int) -> Any:
+    """llama.cpp settings stancelab uses everywhere: slots, prefix and RAM prompt cache."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    params.n_parallel = n_parallel
+    params.n_ctx = ctx_per_slot * n_parallel
+    n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
+    params.cpuparams.n_threads = n_threads
+    params.cpuparams_batch.n_threads = n_threads
+    params.cache_ram_mib = cache_ram_mib
+    params.cache_prompt = True
+    params.cont_batching = True
+    params.warmup = False
+    params.verbosity = -1
+    return params
+
+
 class LlamaCppEngine(LanguageModel):
     """llama.cpp's server running inside this process (continuous batching over slots)."""
 
@@ -49,18 +69,8 @@ class LlamaCppEngine(LanguageModel):
         self.model_path = model_path
         self.n_parallel = n_parallel
         self.fingerprint = fingerprint
-        params = xllamacpp.CommonParams()
-        params.model.path = str(model_path)
-        params.n_parallel = n_parallel
-        params.n_ctx = ctx_per_slot * n_parallel
-        n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
-        params.cpuparams.n_threads = n_threads
-        params.cpuparams_batch.n_threads = n_threads
-        params.cache_ram_mib = cache_ram_mib
-        params.cache_prompt = True
-        params.cont_batching = True
-        params.warmup = False
-        params.verbosity = -1
+        params = engine_params(model_path, n_parallel, ctx_per_slot, threads, cache_ram_mib)
+        n_threads = params.cpuparams.n_threads
         self._settings = {
             "n_parallel": n_parallel,
             "ctx_per_slot": ctx_per_slot,

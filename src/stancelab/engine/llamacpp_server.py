@@ -9,7 +9,6 @@ tests and benchmarks start it in a subprocess so it can be killed and restarted.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -31,21 +30,11 @@ def start_server(
     """Load a model and start llama.cpp's HTTP listener; returns (server, base address)."""
     import xllamacpp
 
+    from stancelab.engine.llamacpp import engine_params
     from stancelab.models import resolve_model
 
     name, path = resolve_model(model)
-    params = xllamacpp.CommonParams()
-    params.model.path = str(path)
-    params.n_parallel = n_parallel
-    params.n_ctx = ctx_per_slot * n_parallel
-    n_threads = threads or max(1, os.cpu_count() or 1)
-    params.cpuparams.n_threads = n_threads
-    params.cpuparams_batch.n_threads = n_threads
-    params.cache_ram_mib = cache_ram_mib
-    params.cache_prompt = True
-    params.cont_batching = True
-    params.warmup = False
-    params.verbosity = -1
+    params = engine_params(path, n_parallel, ctx_per_slot, threads, cache_ram_mib)
     params.hostnames = [host]
     params.port = port
     # The alias is the model id the server lists, so clients can check the name they use.

@@ -9,38 +9,17 @@ Register in stancelab/cli.py with::
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from stancelab.console import console, err_console, friendly_errors
 from stancelab.errors import ConfigError, StancelabError
 
 study_app = typer.Typer(help="Human-LLM study: serve the web app, simulate participants, "
                         "write the report.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _friendly(command: Callable[..., None]) -> Callable[..., None]:
-    """Errors a user can fix become one line on stderr and exit status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except StancelabError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; finished work is stored")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _model_override(config: Any, model: str | None) -> Any:
@@ -52,7 +31,7 @@ def _model_override(config: Any, model: str | None) -> Any:
 
 
 @study_app.command("serve")
-@_friendly
+@friendly_errors
 def serve(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study YAML file.")],
     db: Annotated[str, typer.Option(help="SQLite path or database URL "
@@ -99,7 +78,7 @@ def serve(
 
 
 @study_app.command("simulate")
-@_friendly
+@friendly_errors
 def simulate_command(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study YAML file.")],
     participants: Annotated[int, typer.Option(help="Simulated participants.")] = 6,
@@ -132,7 +111,7 @@ def simulate_command(
 
 
 @study_app.command("report")
-@_friendly
+@friendly_errors
 def report_command(
     db: Annotated[str, typer.Argument(help="Study database (SQLite path or URL).")],
     out: Annotated[Path, typer.Option(help="Folder for figures, tables and index.html."
@@ -162,7 +141,7 @@ def report_command(
         console.print(str(path))
 
 
-@_friendly
+@friendly_errors
 def audit_command(
     model: Annotated[str, typer.Option(help="Embedded model name or GGUF path.")
                      ] = "qwen2.5-coder-1.5b",
