@@ -14,6 +14,7 @@ from rich.table import Table
 from stancelab import __version__
 from stancelab.console import console, friendly_errors
 from stancelab.errors import ConfigError, StancelabError
+from stancelab.finetune.cli import evaluate_command, finetune_command, table_command
 from stancelab.study.cli import audit_command, study_app
 
 app = typer.Typer(
@@ -28,6 +29,9 @@ personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help
 app.add_typer(personas_app, name="personas")
 app.add_typer(study_app, name="study")
 app.command("audit")(audit_command)
+app.command("finetune")(finetune_command)
+app.command("evaluate")(evaluate_command)
+app.command("table")(table_command)
 
 KIND_STYLE = {"republican": "red", "democrat": "blue", "default": "white"}
 

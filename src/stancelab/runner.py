@@ -215,11 +215,13 @@ def run_experiment(config: ExperimentConfig, config_text: str, out: Path,
     modes = parse_modes(config.survey.modes)
     folder, resumed = open_run_folder(config, config_text, out)
     store = Store(folder.db)
-    models = models or ModelPool()
+    owned = models is None  # a caller's pool stays open for the caller
+    pool = ModelPool() if models is None else models
     try:
-        return _run(config, prompts, modes, folder, resumed, store, models, progress, log)
+        return _run(config, prompts, modes, folder, resumed, store, pool, progress, log)
     finally:
-        models.close()
+        if owned:
+            pool.close()
 
 
 def _run(config: ExperimentConfig, prompts: PromptSet, modes: tuple[SurveyMode, ...],

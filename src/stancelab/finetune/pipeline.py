@@ -1,0 +1,171 @@
+"""``run_finetune``: questions -> datasets -> NWP (ranks x seeds) -> DPO -> GGUF export ->
+debates on base and tuned models -> benchmarks -> Table-1 summary, from one YAML file.
+
+Every stage writes its output under ``output_dir`` and is skipped when that output
+exists, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stancelab.finetune.config import FinetuneConfig
+
+
+def _log(message: str) -> None:
+    print(f"[finetune {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_finetune(config_file: Path | FinetuneConfig,
+                 log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run the whole self-fine-tuning loop described by a YAML file; returns the results."""
+    from stancelab.engine.llamacpp import load_engine
+    from stancelab.finetune import datasets as ds
+    from stancelab.finetune.export import export_lora_gguf
+    from stancelab.finetune.hf import set_offline
+    from stancelab.finetune.questions import (
+        generate_questions,
+        load_questions,
+        save_questions,
+        seed_questions,
+    )
+    from stancelab.finetune.report import default_attitude, table
+    from stancelab.finetune.train import train_dpo, train_nwp
+    from stancelab.models import model_fingerprint, resolve_model
+
+    config = (config_file if isinstance(config_file, FinetuneConfig)
+              else FinetuneConfig.load(config_file))
+    allow_network = bool(config.evaluation and config.evaluation.allow_network)
+    set_offline(allow_network)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _, base_gguf = resolve_model(config.model)
+    base_sha = model_fingerprint(base_gguf)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1-2. Question bank and self-generated answers (the base model writes both).
+    q = config.questions
+    qfile = q.file or out / "questions.yaml"
+    data_dir = out / "data"
+    t0 = time.perf_counter()
+    with load_engine(config.model, n_parallel=config.generation_parallel,
+                     ctx_per_slot=1024) as lm:
+        bank = load_questions(qfile) if qfile.is_file() else seed_questions()
+        if len(bank) < q.count:
+            bank = generate_questions(lm, q.count, start=bank, per_request=q.per_request,
+                                      threshold=q.similarity, parallel=config.generation_parallel,
+                                      max_rounds=q.max_rounds, temperature=q.temperature,
+                                      max_tokens=q.max_tokens,
+                                      progress=lambda r, n: log(f"questions: round {r}, {n}"))
+            save_questions(bank, qfile)
+        log(f"question bank: {len(bank)} questions in {qfile}")
+        summaries = {}
+        for party in sorted(set(config.dataset.parties) | {config.party}):
+            d = config.dataset
+            summaries[party] = ds.generate_answers(
+                lm, bank, party, data_dir / f"{party}.jsonl",
+                answers_per_question=d.answers_per_question, temperature=d.temperature,
+                max_tokens=d.max_tokens, min_words=d.min_words,
+                batch=config.generation_parallel * 4)
+            log(f"dataset {party}: {summaries[party]['usable']} usable of "
+                f"{summaries[party]['generated']} (filtered {summaries[party]['filtered']})")
+    timings["data_s"] = time.perf_counter() - t0
+
+    own = ds.load_answers(data_dir / f"{config.party}.jsonl")
+    other_party = "democrat" if config.party == "republican" else "republican"
+
+    # 3. Next-token training: every rank, every seed.
+    t0 = time.perf_counter()
+    variants: list[dict[str, Any]] = []
+    texts = ds.training_texts(own, config.nwp.text_format)
+    for rank in config.ranks:
+        lora = config.nwp.lora.model_copy(update={"r": rank})
+        settings = config.nwp.model_copy(update={"lora": lora})
+        for seed in config.seeds:
+            label = f"nwp-r{rank}-s{seed}"
+            result = train_nwp(config.model, texts, out / "adapters" / label, settings, seed,
+                               allow_network)
+            log(f"{label}: {result.steps} steps, loss {result.final_loss}, "
+                f"{'reused' if result.skipped else f'{result.seconds:.0f} s'}")
+            variants.append({"label": label, "kind": "nwp", "rank": rank, "seed": seed,
+                             "adapters": [result.adapter_dir]})
+    timings["nwp_s"] = time.perf_counter() - t0
+
+    # 4. DPO on top of the NWP adapter of dpo_rank (same seed).
+    t0 = time.perf_counter()
+    if config.dpo is not None:
+        other = ds.load_answers(data_dir / f"{other_party}.jsonl")
+        pairs = ds.dpo_pairs(own, other, config.dpo.pairs_per_question)
+        dpo_rank = config.dpo_rank or config.ranks[0]
+        for seed in config.seeds:
+            nwp_dir = out / "adapters" / f"nwp-r{dpo_rank}-s{seed}" / "adapter"
+            label = f"dpo-r{config.dpo.lora.r}-s{seed}"
+            result = train_dpo(config.model, pairs, nwp_dir, out / "adapters" / label,
+                               config.dpo, seed, allow_network)
+            log(f"{label}: {result.steps} steps, loss {result.final_loss}")
+            variants.append({"label": label, "kind": "dpo", "rank": config.dpo.lora.r,
+                             "seed": seed, "adapters": [nwp_dir, result.adapter_dir]})
+    timings["dpo_s"] = time.perf_counter() - t0
+
+    # 5. Export every adapter to GGUF for the llama.cpp engine.
+    for v in variants:
+        v["gguf"] = []
+        for adapter in v["adapters"]:
+            target = out / "gguf" / f"{adapter.parent.name}.gguf"
+            if not target.is_file():
+                export_lora_gguf(adapter, base_gguf, target, base_sha)
+            v["gguf"].append(target)
+
+    rows: list[dict[str, Any]] = [{"label": "base", "kind": "base", "rank": 0, "seed": None,
+                                   "adapters": [], "gguf": []}, *variants]
+
+    # 6. Debates on base and tuned models (same personas and seeds).
+    t0 = time.perf_counter()
+    if config.debates is not None:
+        from stancelab.finetune.engine import open_tuned
+
+        deb = config.debates
+        for row in rows:
+            opener = (load_engine(config.model, n_parallel=deb.parallel, ctx_per_slot=2048)
+                      if not row["gguf"] else
+                      open_tuned(config.model, row["gguf"], n_parallel=deb.parallel,
+                                 ctx_per_slot=2048))
+            with opener as lm:
+                att = default_attitude(lm, deb.topics, deb.setup, deb.repetitions,
+                                       deb.iterations)
+            row["attitude"] = att["default_final"]
+            row["attitude_start"] = att["default_start"]
+            row["debates"] = att
+            log(f"{row['label']}: Default agent {att['default_start']} -> "
+                f"{att['default_final']}")
+    timings["debates_s"] = time.perf_counter() - t0
+
+    # 7. Capability checks.
+    t0 = time.perf_counter()
+    if config.evaluation is not None:
+        from stancelab.finetune.evaluate import evaluate
+
+        e = config.evaluation
+        for row in rows:
+            scores = evaluate(config.model, e.tasks, e.data_dir, adapters=row["adapters"],
+                              limit=e.limit, num_fewshot=e.num_fewshot,
+                              batch_size=e.batch_size, allow_network=e.allow_network)
+            row.update(scores)
+            log(f"{row['label']}: {scores}")
+    timings["evaluation_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+
+    final: dict[str, Any] = {"name": config.name, "model": config.model, "party": config.party,
+              "datasets": summaries, "timings": timings,
+              "rows": [{k: (v if not isinstance(v, list) else [str(x) for x in v])
+                        for k, v in row.items()} for row in rows]}
+    (out / "results.json").write_text(json.dumps(final, indent=2, default=str))
+    text = table(final["rows"])
+    (out / "table.txt").write_text(text + "\n")
+    log("\n" + text)
+    return final
