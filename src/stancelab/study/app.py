@@ -309,15 +309,24 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
         return row
 
     # --- steps -------------------------------------------------------------------------
-    @app.post("/study/consent")
-    async def consent(request: Request) -> Response:
-        """Record consent."""
-        row = step_guard(request, "consent")
+
+    async def guarded_form(request: Request, step: str
+                           ) -> tuple[ParticipantRow, dict[str, str]] | Response:
+        """The participant at this step and their CSRF-checked form, or the page to show."""
+        row = step_guard(request, step)
         if isinstance(row, Response):
             return row
         form = await checked_form(request, row)
         if form is None:
             return _error(state, "The form expired. Please go back and reload the page.", 403)
+        return row, form
+    @app.post("/study/consent")
+    async def consent(request: Request) -> Response:
+        """Record consent."""
+        guarded = await guarded_form(request, "consent")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         if form.get("agree") != "yes":
             return _page(state, "consent.html", status=400, **context(
                 row, error="Please tick the box to take part."))
@@ -327,12 +336,10 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
     @app.post("/study/about")
     async def about(request: Request) -> Response:
         """Record demographics and the personal background."""
-        row = step_guard(request, "about")
-        if isinstance(row, Response):
-            return row
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
+        guarded = await guarded_form(request, "about")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         values: dict[str, str] = {}
         errors: list[str] = []
         limit_chars = config.limits.max_message_chars
@@ -371,12 +378,10 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
     @app.post("/study/before")
     async def before(request: Request) -> Response:
         """Record the stance before the conversation and measure the chatbot's (turn 0)."""
-        row = step_guard(request, "before")
-        if isinstance(row, Response):
-            return row
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
+        guarded = await guarded_form(request, "before")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         stance, reason, errors = stance_form(form)
         if errors:
             return _page(state, "stance.html", status=400,
@@ -398,14 +403,12 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
     @app.post("/study/message")
     async def message(request: Request) -> Response:
         """One exchange: store the participant's message and the chatbot's reply together."""
-        row = step_guard(request, "conversation")
-        if isinstance(row, Response):
-            return row
+        guarded = await guarded_form(request, "conversation")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         if row.condition == Condition.STATIC:
             return to_study()
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
         text = form.get("message", "").replace("\r\n", "\n").strip()
         turn = _int_field(form, "turn", 1, 10_000)
         stance = _int_field(form, "stance")
@@ -461,12 +464,10 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
     @app.post("/study/finish-conversation")
     async def finish_conversation(request: Request) -> Response:
         """Leave the conversation (after the minimum number of turns) or the statements."""
-        row = step_guard(request, "conversation")
-        if isinstance(row, Response):
-            return row
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
+        guarded = await guarded_form(request, "conversation")
+        if isinstance(guarded, Response):
+            return guarded
+        row, _ = guarded
         if row.condition == Condition.STATIC:
             statements = config.topic(row.topic).statements
             for index, statement in enumerate(statements, start=1):
@@ -485,12 +486,10 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
     @app.post("/study/after")
     async def after(request: Request) -> Response:
         """Record the stance after the conversation."""
-        row = step_guard(request, "after")
-        if isinstance(row, Response):
-            return row
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
+        guarded = await guarded_form(request, "after")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         stance, reason, errors = stance_form(form)
         if errors:
             return _page(state, "stance.html", status=400,
@@ -509,12 +508,10 @@ def create_app(config: StudyConfig, store: StudyStore, lm: LanguageModel | None,
         """Record where the participant thinks the chatbot stood at the start and the end."""
         import datetime as dt
 
-        row = step_guard(request, "perception")
-        if isinstance(row, Response):
-            return row
-        form = await checked_form(request, row)
-        if form is None:
-            return _error(state, "The form expired. Please go back and reload the page.", 403)
+        guarded = await guarded_form(request, "perception")
+        if isinstance(guarded, Response):
+            return guarded
+        row, form = guarded
         start_value = _int_field(form, "perceived_start")
         end_value = _int_field(form, "perceived_end")
         if start_value is None or end_value is None:
