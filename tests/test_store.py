@@ -65,3 +65,10 @@ def test_export_csv_and_parquet(tmp_path: Path) -> None:
 def test_unopenable_database_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open results database"):
         Store(tmp_path / "no" / "such" / "dir" / "x.db")
+
+
+def test_unreachable_server_error_hides_the_password() -> None:
+    with pytest.raises(StoreError) as info:
+        Store("postgresql+psycopg://stance:s3cret-pw@127.0.0.1:9/results")
+    assert "s3cret-pw" not in str(info.value)
+    assert "cannot open results database postgresql+psycopg://stance:***@" in str(info.value)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -156,7 +157,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    """A SQLAlchemy engine set up for many writer threads (SQLite) or a server."""
+    if url.startswith("sqlite"):
+        # Wait for a writer instead of failing; WAL lets readers (status) run alongside.
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def safe_url(url: str) -> str:
+    """A database URL with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: show nothing rather than risk a password
+        return "(database url)"
 
 
 class Store:
@@ -165,16 +188,11 @@ class Store:
     def __init__(self, target: str | Path) -> None:
         self.url = database_url(target)
         try:
-            if self.url.startswith("sqlite"):
-                # Wait for a writer instead of failing; WAL lets readers (status) run alongside.
-                self.engine = create_engine(self.url, connect_args={"timeout": 60})
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            else:
-                self.engine = create_engine(self.url, pool_pre_ping=True)
+            self.engine = open_engine(self.url)
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open results database {self.url}: {exc.__cause__ or exc}"
-                             ) from exc
+            raise StoreError(f"cannot open results database {safe_url(self.url)}: "
+                             f"{exc.__cause__ or exc}") from exc
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""

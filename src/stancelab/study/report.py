@@ -182,6 +182,6 @@ def _html(tables: dict[str, pd.DataFrame], figures: list[tuple[str, Path]],
 
 
 def _masked(url: str) -> str:
-    from stancelab.study.store import _safe_url
+    from stancelab.store import safe_url
 
-    return _safe_url(url)
+    return safe_url(url)

@@ -21,15 +21,12 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
-    Engine,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     select,
 )
@@ -37,7 +34,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from stancelab.errors import StoreError
-from stancelab.store import database_url
+from stancelab.store import database_url, open_engine, safe_url
 from stancelab.survey import SurveyAnswer
 
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
@@ -136,16 +133,6 @@ class DuplicateTurn(StoreError):
     """The exchange for this turn is already stored (a repeated submission)."""
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-
 class StudyStore:
     """Open (and create) the study tables in a database and read and write them."""
 
@@ -153,15 +140,10 @@ class StudyStore:
         self.url = database_url(target)
         self._assign_lock = threading.Lock()
         try:
-            if self.url.startswith("sqlite"):
-                self.engine = create_engine(self.url, connect_args={"timeout": 30})
-                _sqlite_pragmas(self.engine)
-            else:
-                self.engine = create_engine(self.url, pool_size=10, max_overflow=20,
-                                            pool_pre_ping=True)
+            self.engine = open_engine(self.url)
             StudyBase.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open study database {_safe_url(self.url)}: "
+            raise StoreError(f"cannot open study database {safe_url(self.url)}: "
                              f"{exc.__cause__ or exc}") from exc
 
     def session(self) -> Session:
@@ -309,15 +291,6 @@ class StudyStore:
         with self.session() as s:
             return list(s.scalars(select(ChatMessageRow).order_by(ChatMessageRow.id)))
 
-
-def _safe_url(url: str) -> str:
-    """A database URL with any password masked."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(database url)"
 
 
 def read_table(store: StudyStore, table: str) -> Any:
