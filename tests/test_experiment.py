@@ -101,3 +101,61 @@ def test_impossible_designs_are_refused(tmp_path: Path) -> None:
     reuse = load_experiment(write(tmp_path, repetitions=5,
                                   personas={"file": "p.yaml", "reuse_across_repetitions": True}))
     assert len(plan_debates(reuse, pools(4), BUILTIN_PERSONAS["default"][0])) == 30
+
+
+def test_conditions_validate_and_resolve_adapter_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, conditions=[
+        {"name": "base"},
+        {"name": "r8-s0", "label": "r=8", "model": {"name": "smollm2-135m",
+                                                    "adapters": ["gguf/a.gguf"]}},
+        {"name": "r8-s1", "label": "r=8", "models": {"default": {
+            "name": "smollm2-135m", "adapters": [{"path": "/abs/b.gguf", "scale": 0.5}]}}},
+    ])
+    config = load_experiment(path)
+    tuned = config.condition("r8-s0")
+    assert tuned.is_tuned() and tuned.group == "r=8"
+    assert not config.condition("base").is_tuned()
+    assert config.model_for("democrat", "r8-s0").adapters[0].path == tmp_path / "gguf/a.gguf"
+    # Per-kind condition model wins; other kinds fall back to the experiment's model.
+    assert config.model_for("default", "r8-s1").adapters[0].scale == 0.5
+    assert config.model_for("republican", "r8-s1") == config.model
+    assert config.model_for("republican", "base") == config.model
+
+    with pytest.raises(ConfigError, match="conditions: names must be distinct"):
+        load_experiment(write(tmp_path, conditions=[{"name": "a"}, {"name": "a"}]))
+    with pytest.raises(ConfigError, match="unknown agent kind 'robot'"):
+        load_experiment(write(tmp_path, conditions=[{"name": "a", "models": {"robot": "x"}}]))
+    with pytest.raises(ConfigError, match=r"conditions\.0\.name"):
+        load_experiment(write(tmp_path, conditions=[{"name": "a b"}]))
+
+
+def test_conditions_share_personas_and_seeds(tmp_path: Path) -> None:
+    config = load_experiment(write(tmp_path, conditions=[{"name": "base"}, {"name": "tuned"}]))
+    pools = {"republican": [Persona(f"R{i}", "republican", "r") for i in range(4)],
+             "democrat": [Persona(f"D{i}", "democrat", "d") for i in range(4)]}
+    plan = plan_debates(config, pools, BUILTIN_PERSONAS["default"][0])
+    per_condition = len(config.topics) * len(config.setups) * config.repetitions
+    assert len(plan) == 2 * per_condition
+    base, tuned = plan[:per_condition], plan[per_condition:]
+    assert {p.condition for p in base} == {"base"} and {p.condition for p in tuned} == {"tuned"}
+    for b, t in zip(base, tuned, strict=True):
+        assert (b.topic, b.setup, b.repetition, b.personas, b.seed) == (
+            t.topic, t.setup, t.repetition, t.personas, t.seed)
+        assert t.key == f"tuned|{b.key.removeprefix('base|')}"
+
+
+def test_adapters_need_the_llamacpp_backend() -> None:
+    from stancelab.engine.factory import ModelConfig, open_model
+
+    config = ModelConfig.model_validate({"name": "m", "backend": "openai",
+                                         "base_urls": ["http://127.0.0.1:9"],
+                                         "adapters": ["a.gguf"]})
+    with pytest.raises(ConfigError, match="adapters need backend: llamacpp"):
+        open_model(config)
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml", "tuned-vs-base.yaml"])
+def test_shipped_example_files_are_valid(name: str) -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    config = load_experiment(examples / name)
+    assert config.repetitions >= 1 and config.topics

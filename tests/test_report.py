@@ -81,3 +81,55 @@ def test_html_report_of_a_run(tmp_path: Path) -> None:
     means = pd.read_csv(index.parent / "attitude_means.csv")
     assert set(means["iteration"]) == {0, 2, 4}
     assert (means["mean"] == 6.0).all()
+
+
+def test_tuned_conditions_are_averaged_over_seeds_and_drawn_dotted(tmp_path: Path) -> None:
+    from stancelab.analysis import attitude_frame, mean_attitudes
+    from stancelab.engine.factory import ModelConfig
+    from stancelab.report import setup_figure, tuning_effects
+    from stancelab.store import Store
+
+    PersonaSet([Persona(f"R{i}", "republican", f"You are R{i}.") for i in range(2)]
+               + [Persona(f"D{i}", "democrat", f"You are D{i}.") for i in range(2)],
+               {}).save(tmp_path / "p.yaml")
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ft", "model": "fake", "topics": ["racism"], "setups": ["three-way"],
+        "repetitions": 2, "iterations": 3, "personas": {"file": "p.yaml"},
+        "conditions": [{"name": "base"},
+                       {"name": "r8-s0", "label": "r=8", "model": "fake-s0", "tuned": True},
+                       {"name": "r8-s1", "label": "r=8", "model": "fake-s1", "tuned": True}]}))
+    # Every agent answers 5 on the base model, 6 and 8 on the two seeds of the tuned one.
+    scores = {"fake": " 5\n", "fake-s0": " 6\n", "fake-s1": " 8\n"}
+
+    def opener(cfg: ModelConfig) -> ScriptedModel:
+        answer = scores[cfg.name]
+        return ScriptedModel(reply=lambda r: "fine words", continuations=lambda p: {answer: 1.0})
+
+    config = load_experiment(path)
+    run_experiment(config, path.read_text(), tmp_path / "runs", log=lambda m: None,
+                   models=ModelPool(opener=opener))
+    folder = RunFolder(tmp_path / "runs" / "ft")
+    store = Store(folder.db)
+    frame = attitude_frame(store, folder.read_meta()["run_id"])
+    assert set(frame["condition"]) == {"base", "r=8"}
+    table = mean_attitudes(frame)
+    tuned = table[table["condition"] == "r=8"]
+    assert (tuned["mean"] == 7.0).all() and (tuned["n"] == 4).all()  # 2 seeds x 2 reps
+    assert (table[table["condition"] == "base"]["mean"] == 5.0).all()
+
+    effects = tuning_effects(frame)
+    assert set(effects["condition"]) == {"r=8"} and (effects["difference"] == 2.0).all()
+    assert (effects["n"] == 2).all()  # paired by repetition, seeds averaged first
+
+    fig = setup_figure(table, "three-way", "distribution", {})
+    styles = {bars.get_label(): bars.lines[0].get_linestyle()
+              for bars in fig.axes[0].containers}
+    assert styles == {"republican (base)": "-", "democrat (base)": "-", "default (base)": "-",
+                      "republican (r=8)": ":", "democrat (r=8)": ":", "default (r=8)": ":"}
+
+    index = write_report(folder)
+    html = index.read_text()
+    assert "Tuned against base models" in html
+    saved = pd.read_csv(index.parent / "tuning_effect.csv")
+    assert saved["difference"].tolist() == [2.0, 2.0, 2.0]

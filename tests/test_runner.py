@@ -185,3 +185,63 @@ def test_model_per_agent_kind(tmp_path: Path) -> None:
     assert other.turn_requests > 0 and main.turn_requests > 0
     assert all("You are an American." in r.prompt for r in other.generated)  # type: ignore[operator]
     assert not any("You are an American." in r.prompt for r in main.generated)  # type: ignore[operator]
+
+
+class ClosableModel(CountingModel):
+    """Counts requests and remembers being closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_conditions_run_one_after_another_on_their_own_models(tmp_path: Path) -> None:
+    path = write_experiment(tmp_path, setups=["three-way"], topics=["racism"], repetitions=2,
+                            conditions=[{"name": "base"},
+                                        {"name": "tuned", "model": "fake-tuned"}])
+    engines: dict[str, ClosableModel] = {}
+    order: list[str] = []
+
+    def opener(cfg: ModelConfig) -> LanguageModel:
+        label = "tuned" if cfg.name == "fake-tuned" else "base"
+        assert all(e.closed for k, e in engines.items() if k != label) or label == "base"
+        order.append(label)
+        engines[label] = ClosableModel()
+        return engines[label]
+
+    config = load_experiment(path)
+    result = run_experiment(config, path.read_text(), tmp_path / "runs", log=lambda m: None,
+                            models=ModelPool(opener=opener))
+    assert result.debates == 4 and result.failed == 0
+    assert order == ["base", "tuned"]
+    assert engines["base"].closed  # released before the tuned model was opened
+    assert engines["base"].turn_requests == engines["tuned"].turn_requests == 2 * 4
+    con = sqlite3.connect(tmp_path / "runs" / "exp" / "stancelab.db")
+    rows = con.execute("select condition, count(*) from debates group by condition").fetchall()
+    assert sorted(rows) == [("base", 2), ("tuned", 2)]
+    status = experiment_status(RunFolder(tmp_path / "runs" / "exp"))
+    assert set(status["cells"]) == {"base · racism · three-way", "tuned · racism · three-way"}
+
+
+def test_resume_in_a_later_condition_recomputes_nothing(tmp_path: Path) -> None:
+    path = write_experiment(tmp_path, setups=["two-way"], topics=["racism"], repetitions=2,
+                            conditions=[{"name": "base"},
+                                        {"name": "tuned", "model": "fake-tuned"}])
+    config = load_experiment(path)
+    # Dies in the second condition, after all 8 base turns and 3 tuned ones.
+    dying = CountingModel(crash_after=3)
+    base = CountingModel()
+    with pytest.raises(Crash):
+        run_experiment(config, path.read_text(), tmp_path / "runs", log=lambda m: None,
+                       models=ModelPool(opener=lambda c: dying if c.name == "fake-tuned"
+                                        else base))
+    assert base.turn_requests == 8
+    fresh_base, fresh_tuned = CountingModel(), CountingModel()
+    run_experiment(config, path.read_text(), tmp_path / "runs", log=lambda m: None,
+                   models=ModelPool(opener=lambda c: fresh_tuned if c.name == "fake-tuned"
+                                    else fresh_base))
+    assert fresh_base.turn_requests == 0  # the base condition was finished: nothing redone
+    assert fresh_tuned.turn_requests == 8 - 3

@@ -107,6 +107,46 @@ class PromptConfig(_Strict):
     version: str = "v1"
 
 
+class ConditionConfig(_Strict):
+    """A model condition: the same debates (same personas and seeds) on another model,
+    e.g. a fine-tuned one, so base and tuned results sit side by side in one run."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    label: str | None = None
+    """Conditions with the same label are averaged together in tables and plots (e.g.
+    adapters trained with different seeds); defaults to the name."""
+    tuned: bool | None = None
+    """Drawn dotted (after tuning) rather than solid; defaults to: its models have adapters."""
+    model: ModelConfig | None = None
+    """Replaces the experiment's model(s) for every agent kind in this condition."""
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    """Model per agent kind in this condition (wins over ``model``)."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"name": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @property
+    def group(self) -> str:
+        """The label results are averaged under."""
+        return self.label or self.name
+
+    def is_tuned(self) -> bool:
+        """Whether plots draw this condition as 'after tuning' (dotted)."""
+        if self.tuned is not None:
+            return self.tuned
+        configs = [self.model, *self.models.values()]
+        return any(m is not None and m.adapters for m in configs)
+
+
 class ExperimentConfig(_Strict):
     """One experiment file: topics x setups x repetitions debates."""
 
@@ -125,6 +165,8 @@ class ExperimentConfig(_Strict):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     workers: int | None = Field(default=None, ge=1)
     """Debates driven at once (default: twice the engine's parallel slots)."""
+    conditions: list[ConditionConfig] = Field(default_factory=list)
+    """Model conditions (e.g. base and tuned) that each run every debate; none: one."""
 
     @field_validator("model", mode="before")
     @classmethod
@@ -177,6 +219,14 @@ class ExperimentConfig(_Strict):
         for kind in self.models:
             if kind not in KNOWN_KINDS:
                 raise ValueError(f"models: unknown agent kind {kind!r}")
+        conditions = [c.name for c in self.conditions]
+        if len(set(conditions)) != len(conditions):
+            raise ValueError(f"conditions: names must be distinct, got {conditions}")
+        for condition in self.conditions:
+            for kind in condition.models:
+                if kind not in KNOWN_KINDS:
+                    raise ValueError(f"conditions: {condition.name}: models: unknown agent "
+                                     f"kind {kind!r}")
         generated = self.personas.generate
         if generated is not None and (self.personas.file is None
                                       or not Path(self.personas.file).exists()):
@@ -208,9 +258,25 @@ class ExperimentConfig(_Strict):
                                                      "personas": {"file"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    def model_for(self, kind: str) -> ModelConfig:
-        """The model an agent kind runs on."""
+    def model_for(self, kind: str, condition: str | None = None) -> ModelConfig:
+        """The model an agent kind runs on (in a condition, when the experiment has them)."""
+        if condition:
+            c = self.condition(condition)
+            chosen = c.models.get(kind) or c.model
+            if chosen is not None:
+                return chosen
         return self.models.get(kind, self.model)
+
+    def condition(self, name: str) -> ConditionConfig:
+        """A condition by name."""
+        for c in self.conditions:
+            if c.name == name:
+                return c
+        raise ConfigError(f"experiment {self.name!r} has no condition {name!r}")
+
+    def condition_names(self) -> list[str]:
+        """Names of the conditions to run, in order; one unnamed condition when none."""
+        return [c.name for c in self.conditions] or [""]
 
 
 def _format_error(path: Path, exc: ValidationError) -> str:
@@ -239,9 +305,22 @@ def load_experiment(path: Path) -> ExperimentConfig:
         if isinstance(entry, dict) and isinstance(entry.get(key), str):
             entry[key] = str(base / Path(entry[key]).expanduser())
     try:
-        return ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc)) from None
+    return _with_adapter_paths(config, base)
+
+
+def _with_adapter_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Adapter paths in every model entry, taken relative to the experiment file."""
+    conditions = [c.model_copy(update={
+        "model": c.model.resolve_paths(base) if c.model else None,
+        "models": {k: m.resolve_paths(base) for k, m in c.models.items()}})
+        for c in config.conditions]
+    return config.model_copy(update={
+        "model": config.model.resolve_paths(base),
+        "models": {k: m.resolve_paths(base) for k, m in config.models.items()},
+        "conditions": conditions})
 
 
 @dataclass(frozen=True)
@@ -254,17 +333,20 @@ class PlannedDebate:
     repetition: int
     personas: tuple[Persona, ...]
     seed: int
+    condition: str = ""
 
 
 def plan_debates(config: ExperimentConfig, pools: dict[str, list[Persona]],
                  default: Persona) -> list[PlannedDebate]:
-    """Assign personas to every topic x setup x repetition; refuse impossible designs."""
+    """Assign personas to every condition x topic x setup x repetition; refuse impossible
+    designs. Conditions come first, in order: the runner finishes one before the next."""
     from stancelab.debate import derive_seed
 
-    plan = []
+    counts: dict[str, dict[str, int]] = {}
     for setup in config.setups:
-        counts = {k: setup.agents.count(k) for k in dict.fromkeys(setup.agents) if k != "default"}
-        for kind, m in counts.items():
+        counts[setup.name] = {k: setup.agents.count(k) for k in dict.fromkeys(setup.agents)
+                              if k != "default"}
+        for kind, m in counts[setup.name].items():
             pool = pools.get(kind, [])
             if len(pool) < m:
                 raise ConfigError(f"setup {setup.name!r} needs {m} {kind} personas; the "
@@ -275,24 +357,39 @@ def plan_debates(config: ExperimentConfig, pools: dict[str, list[Persona]],
                     f"{config.repetitions} distinct {kind} personas, the set has {len(pool)}; "
                     "generate more or set personas.reuse_across_repetitions: true"
                 )
-        for topic in config.topics:
-            for rep in range(config.repetitions):
-                seen: dict[str, int] = {}
-                personas = []
-                for kind in setup.agents:
-                    j = seen.get(kind, 0)
-                    seen[kind] = j + 1
-                    if kind == "default":
-                        persona = default if j == 0 else Persona(
-                            f"{default.name}{j + 1}", "default", default.background)
-                    else:
-                        pool = pools[kind]
-                        # Slot j of repetition r: distinct within the debate, and the first
-                        # slot never repeats across repetitions (like the paper's pairs).
-                        stride = max(1, len(pool) // counts[kind])
-                        persona = pool[(rep + j * stride) % len(pool)]
-                    personas.append(persona)
-                key = f"{topic.name}|{setup.name}|{rep}"
-                plan.append(PlannedDebate(key, topic.name, setup.name, rep, tuple(personas),
-                                          derive_seed(config.seed, topic.name, setup.name, rep)))
+    plan = []
+    for condition in config.condition_names():
+        for setup in config.setups:
+            for topic in config.topics:
+                for rep in range(config.repetitions):
+                    personas = _personas_for(setup.agents, counts[setup.name], pools, default,
+                                             rep)
+                    key = f"{topic.name}|{setup.name}|{rep}"
+                    if condition:
+                        key = f"{condition}|{key}"
+                    # The seed leaves out the condition: base and tuned models debate with
+                    # the same personas, first speaker and sampling seeds (paired design).
+                    seed = derive_seed(config.seed, topic.name, setup.name, rep)
+                    plan.append(PlannedDebate(key, topic.name, setup.name, rep, personas, seed,
+                                              condition))
     return plan
+
+
+def _personas_for(agents: list[str], counts: dict[str, int], pools: dict[str, list[Persona]],
+                  default: Persona, rep: int) -> tuple[Persona, ...]:
+    seen: dict[str, int] = {}
+    personas = []
+    for kind in agents:
+        j = seen.get(kind, 0)
+        seen[kind] = j + 1
+        if kind == "default":
+            persona = default if j == 0 else Persona(
+                f"{default.name}{j + 1}", "default", default.background)
+        else:
+            pool = pools[kind]
+            # Slot j of repetition r: distinct within the debate, and the first slot never
+            # repeats across repetitions (like the paper's pairs).
+            stride = max(1, len(pool) // counts[kind])
+            persona = pool[(rep + j * stride) % len(pool)]
+        personas.append(persona)
+    return tuple(personas)

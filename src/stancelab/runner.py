@@ -20,7 +20,7 @@ from stancelab import __version__
 from stancelab.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.capabilities import survey_modes_for
-from stancelab.engine.factory import ModelConfig, open_model
+from stancelab.engine.factory import ModelConfig, check_model, open_model
 from stancelab.errors import ConfigError
 from stancelab.experiment import ExperimentConfig, PlannedDebate, plan_debates
 from stancelab.fidelity import TopicFidelity, summarise, survey_personas
@@ -30,6 +30,7 @@ from stancelab.survey import SurveyAnswer, SurveyMode, parse_modes
 from stancelab.templates import PromptSet, load_prompts
 
 RUN_META = "run.json"
+KINDS = ("republican", "democrat", "default")
 # Results are compatible across versions with the same major.minor and schema.
 COMPATIBLE = ".".join(__version__.split(".")[:2])
 
@@ -61,14 +62,20 @@ class RunFolder:
         return self.path / "report"
 
     def read_meta(self) -> dict[str, Any]:
-        """The run's metadata, or a clear error when the folder is not a run."""
+        """The run's metadata, or a clear error when the folder is not a run of this version."""
         if not self.meta.is_file():
             raise ConfigError(f"{self.path} is not a stancelab run folder (no {RUN_META})")
         try:
-            data = json.loads(self.meta.read_text())
+            data = dict(json.loads(self.meta.read_text()))
         except ValueError as exc:
             raise ConfigError(f"{self.meta} is damaged: {exc}") from exc
-        return dict(data)
+        if data.get("schema_version") != SCHEMA_VERSION or data.get("compatible") != COMPATIBLE:
+            raise ConfigError(
+                f"{self.path} was written by stancelab {data.get('stancelab')} (schema "
+                f"{data.get('schema_version')}); this is {__version__} (schema "
+                f"{SCHEMA_VERSION}): use a new --out folder rather than mix results"
+            )
+        return data
 
 
 @dataclass
@@ -116,12 +123,6 @@ def open_run_folder(config: ExperimentConfig, config_text: str, out: Path) -> tu
     folder = RunFolder(out / config.name)
     if folder.meta.is_file():
         meta = folder.read_meta()
-        if meta.get("schema_version") != SCHEMA_VERSION or meta.get("compatible") != COMPATIBLE:
-            raise ConfigError(
-                f"{folder.path} was written by stancelab {meta.get('stancelab')} (schema "
-                f"{meta.get('schema_version')}); this is {__version__} (schema "
-                f"{SCHEMA_VERSION}): use a new --out folder rather than mix results"
-            )
         if meta.get("fingerprint") != config.fingerprint():
             raise ConfigError(
                 f"{folder.path} holds a different version of experiment {config.name!r}; "
@@ -158,6 +159,12 @@ class ModelPool:
         """Summed token counts of all engines."""
         keys = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
         return {k: sum(getattr(e.stats, k) for e in self._engines.values()) for k in keys}
+
+    def release(self, keep: list[ModelConfig]) -> None:
+        """Close and forget every engine not opened for one of ``keep``."""
+        wanted = {c.model_dump_json() for c in keep}
+        for key in [k for k in self._engines if k not in wanted]:
+            self._engines.pop(key).close()
 
     def close(self) -> None:
         """Close every engine."""
@@ -213,6 +220,11 @@ def run_experiment(config: ExperimentConfig, config_text: str, out: Path,
     prompts = load_prompts(config.prompts.folder, config.prompts.version).with_question(
         config.survey.question)
     modes = parse_modes(config.survey.modes)
+    if config.conditions:  # a bad adapter in the last condition must fail now, not hours later
+        for condition in config.conditions:
+            for model in {m.model_dump_json(): m for m in
+                          (config.model_for(k, condition.name) for k in KINDS)}.values():
+                check_model(model)
     folder, resumed = open_run_folder(config, config_text, out)
     store = Store(folder.db)
     owned = models is None  # a caller's pool stays open for the caller
@@ -231,8 +243,8 @@ def _run(config: ExperimentConfig, prompts: PromptSet, modes: tuple[SurveyMode, 
     pools = {kind: personas.of_kind(kind) for kind in ("republican", "democrat")}
     default = BUILTIN_PERSONAS["default"][0]
     plan = plan_debates(config, pools, default)
-    engines = {kind: models.get(config.model_for(kind))
-               for kind in ("republican", "democrat", "default")}
+    conditions = config.condition_names()
+    engines = _engines(config, models, conditions[0])
     # A server without token log-probabilities cannot score answers: fall back to
     # generated answers for every agent (one instrument per run) and record it.
     notes: list[str] = []
@@ -257,17 +269,30 @@ def _run(config: ExperimentConfig, prompts: PromptSet, modes: tuple[SurveyMode, 
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(folder.meta)
 
+    # Personas are checked on the first condition's model (the base model, by convention).
     fidelity, fidelity_ok = _fidelity(config, personas, prompts, engines, store, run_id, log)
     debates = _debates(config, plan, prompts, modes, store, run_id)
     if progress is not None:
         for planned, debate, _ in debates:
-            progress.add(f"{planned.topic} · {planned.setup}", _steps(debate),
-                         _steps_done(debate))
+            progress.add(_cell(planned), _steps(debate), _steps_done(debate))
         progress.announce()
 
     start = time.perf_counter()
+    failed = 0
     try:
-        failed = _drive(config, debates, engines, store, progress)
+        # One condition at a time: its engines get the whole CPU/GPU (two llama.cpp engines
+        # competing for the same cores slow both down many times), then are closed.
+        for index, condition in enumerate(conditions):
+            part = [d for d in debates if d[0].condition == condition]
+            if index > 0:
+                later = [config.model_for(k, c) for c in conditions[index:] for k in KINDS]
+                models.release(keep=later)
+                if any(not d.done for _, d, _ in part):
+                    engines = _engines(config, models, condition)
+                    _check_modes(engines, modes, condition)
+                    store.update_run_versions(run_id, {f"models[{condition}]": [
+                        e.describe() for e in {id(e): e for e in engines.values()}.values()]})
+            failed += _drive(config, part, engines, store, progress, condition)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         store.finish_run(run_id, status=status, error=str(exc) or type(exc).__name__)
@@ -277,6 +302,25 @@ def _run(config: ExperimentConfig, prompts: PromptSet, modes: tuple[SurveyMode, 
                      error=f"{failed} debate(s) failed" if failed else None)
     return RunResult(folder, run_id, resumed, len(debates), failed, elapsed, fidelity,
                      fidelity_ok, models.stats())
+
+
+def _engines(config: ExperimentConfig, models: ModelPool,
+             condition: str) -> dict[str, LanguageModel]:
+    return {kind: models.get(config.model_for(kind, condition)) for kind in KINDS}
+
+
+def _check_modes(engines: dict[str, LanguageModel], modes: tuple[SurveyMode, ...],
+                 condition: str) -> None:
+    for engine in engines.values():
+        _, note = survey_modes_for(engine, modes)
+        if note:  # one survey instrument per run: a later model cannot switch it
+            raise ConfigError(f"condition {condition!r}: {note}; set survey.modes: [generate] "
+                              "so every condition is measured the same way")
+
+
+def _cell(planned: PlannedDebate) -> str:
+    cell = f"{planned.topic} · {planned.setup}"
+    return f"{planned.condition} · {cell}" if planned.condition else cell
 
 
 def _fidelity(config: ExperimentConfig, personas: PersonaSet, prompts: PromptSet,
@@ -326,7 +370,8 @@ def _debates(config: ExperimentConfig, plan: list[PlannedDebate], prompts: Promp
         row = stored.get(planned.key)
         if row is None:
             debate_id = store.add_debate(run_id, debate, key=planned.key, setup=planned.setup,
-                                         repetition=planned.repetition)
+                                         repetition=planned.repetition,
+                                         condition=planned.condition)
         else:
             debate_id = row.id
             store.restore(debate_id, debate)
@@ -335,11 +380,12 @@ def _debates(config: ExperimentConfig, plan: list[PlannedDebate], prompts: Promp
 
 
 def _drive(config: ExperimentConfig, debates: list[tuple[PlannedDebate, Debate, int]],
-           engines: dict[str, LanguageModel], store: Store, progress: Progress | None) -> int:
+           engines: dict[str, LanguageModel], store: Store, progress: Progress | None,
+           condition: str = "") -> int:
     """Run every unfinished debate in a bounded pool of threads; returns failures."""
     write_lock = threading.Lock()
     stop = threading.Event()
-    cells = {id(d): f"{p.topic} · {p.setup}" for p, d, _ in debates}
+    cells = {id(d): _cell(p) for p, d, _ in debates}
     ids = {id(d): debate_id for _, d, debate_id in debates}
 
     def on_turn(d: Debate, turn: Turn) -> None:
@@ -369,7 +415,8 @@ def _drive(config: ExperimentConfig, debates: list[tuple[PlannedDebate, Debate, 
     for _, d, debate_id in debates:  # finished before a crash but not marked
         if d.done and d.failed is None:
             store.finish_debate(debate_id)
-    workers = config.workers or 2 * max(config.model_for(k).parallel for k in engines)
+    workers = config.workers or 2 * max(config.model_for(k, condition).parallel
+                                        for k in engines)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="debate")
     futures = [pool.submit(drive, d) for d in todo]
     try:
@@ -399,23 +446,27 @@ def experiment_status(folder: RunFolder) -> dict[str, Any]:
     from stancelab.store import DebateRow, MessageRow, SurveyRow
 
     cells: dict[str, dict[str, int]] = {}
+
+    def cell_of(condition: str, topic: str, setup: str) -> str:
+        return f"{condition} · {topic} · {setup}" if condition else f"{topic} · {setup}"
+
+    keys = (DebateRow.condition, DebateRow.topic, DebateRow.setup)
     with store.session() as s:
         rows = s.execute(
-            select(DebateRow.topic, DebateRow.setup, DebateRow.status, func.count())
-            .where(DebateRow.run_id == run.id)
-            .group_by(DebateRow.topic, DebateRow.setup, DebateRow.status)
+            select(*keys, DebateRow.status, func.count())
+            .where(DebateRow.run_id == run.id).group_by(*keys, DebateRow.status)
         ).all()
-        for topic, setup, status, n in rows:
-            cell = cells.setdefault(f"{topic} · {setup}", {"debates": 0})
+        for condition, topic, setup, status, n in rows:
+            cell = cells.setdefault(cell_of(condition, topic, setup), {"debates": 0})
             cell["debates"] += n
             cell[status] = cell.get(status, 0) + n
         turns = s.execute(
-            select(DebateRow.topic, DebateRow.setup, func.count(MessageRow.id))
+            select(*keys, func.count(MessageRow.id))
             .join(MessageRow, MessageRow.debate_id == DebateRow.id)
-            .where(DebateRow.run_id == run.id).group_by(DebateRow.topic, DebateRow.setup)
+            .where(DebateRow.run_id == run.id).group_by(*keys)
         ).all()
-        for topic, setup, n in turns:
-            cells[f"{topic} · {setup}"]["turns"] = n
+        for condition, topic, setup, n in turns:
+            cells[cell_of(condition, topic, setup)]["turns"] = n
         surveys = s.execute(
             select(func.count(SurveyRow.id)).join(DebateRow, SurveyRow.debate_id == DebateRow.id)
             .where(DebateRow.run_id == run.id)

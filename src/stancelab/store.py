@@ -33,7 +33,8 @@ from stancelab.debate import Debate, Turn
 from stancelab.errors import StoreError
 from stancelab.survey import SurveyAnswer, SurveyMode
 
-SCHEMA_VERSION = 1
+# 2: debates.condition (base and tuned models side by side in one run).
+SCHEMA_VERSION = 2
 
 
 def _now() -> dt.datetime:
@@ -69,6 +70,7 @@ class DebateRow(Base):
     topic: Mapped[str] = mapped_column(Text)
     setup: Mapped[str] = mapped_column(String(200), default="")
     repetition: Mapped[int] = mapped_column(Integer, default=0)
+    condition: Mapped[str] = mapped_column(String(100), default="")
     seed: Mapped[int] = mapped_column(Integer)
     iterations: Mapped[int] = mapped_column(Integer)
     first_speaker: Mapped[int] = mapped_column(Integer)
@@ -207,6 +209,15 @@ class Store:
             s.commit()
         return run_id
 
+    def update_run_versions(self, run_id: str, extra: dict[str, Any]) -> None:
+        """Add entries to a run's version record (e.g. engines opened later in the run)."""
+        with self.session() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise StoreError(f"no run {run_id!r} in {self.url}")
+            row.versions = {**row.versions, **extra}
+            s.commit()
+
     def finish_run(self, run_id: str, status: str = "complete", error: str | None = None) -> None:
         """Mark a run complete or failed."""
         with self.session() as s:
@@ -217,12 +228,13 @@ class Store:
             s.commit()
 
     def add_debate(self, run_id: str, debate: Debate, key: str, setup: str = "",
-                   repetition: int = 0) -> int:
+                   repetition: int = 0, condition: str = "") -> int:
         """Insert a debate and its agents; returns the debate's id."""
         spec = debate.spec
         with self.session() as s:
             row = DebateRow(
                 run_id=run_id, key=key, topic=spec.topic, setup=setup, repetition=repetition,
+                condition=condition,
                 seed=spec.seed, iterations=spec.iterations, first_speaker=debate.first_speaker,
             )
             s.add(row)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stancelab.engine.base import LanguageModel
 from stancelab.errors import ConfigError
+
+
+class AdapterConfig(BaseModel):
+    """A GGUF LoRA adapter applied on top of the base model, with its scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    scale: float = 1.0
 
 
 class ModelConfig(BaseModel):
@@ -31,6 +41,21 @@ class ModelConfig(BaseModel):
     ctx_per_slot: int = Field(default=4096, ge=256)
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific settings."""
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    """GGUF LoRA files on top of ``name`` (backend llamacpp), e.g. from ``stancelab finetune``."""
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapter_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str | Path) else v for v in value]
+        return value
+
+    def resolve_paths(self, base: Path) -> ModelConfig:
+        """A copy whose relative adapter paths are taken relative to ``base``."""
+        adapters = [a.model_copy(update={"path": base / a.path.expanduser()})
+                    if not a.path.expanduser().is_absolute() else a for a in self.adapters]
+        return self.model_copy(update={"adapters": adapters})
 
     @classmethod
     def parse(cls, value: ModelConfig | str | dict[str, Any]) -> ModelConfig:
@@ -42,16 +67,32 @@ class ModelConfig(BaseModel):
         return cls.model_validate(value)
 
 
-def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
-    """Start the engine a model config names."""
-    config = ModelConfig.parse(config)
+def check_model(config: ModelConfig) -> None:
+    """Refuse a config that cannot work, before anything is started (cheap checks only)."""
     if config.backend != "openai" and (config.base_urls or config.api_key_env):
         raise ConfigError(f"model {config.name!r}: base_urls and api_key_env need "
                           "backend: openai")
+    if config.adapters and config.backend != "llamacpp":
+        raise ConfigError(f"model {config.name!r}: adapters need backend: llamacpp (a vLLM "
+                          "server serves a LoRA under its own model name: use that name)")
+    if config.adapters:
+        from stancelab.finetune.export import check_adapter_gguf
+        from stancelab.models import model_fingerprint, resolve_model
+
+        _, path = resolve_model(config.name)
+        for adapter in config.adapters:
+            check_adapter_gguf(adapter.path.expanduser(), path, model_fingerprint(path))
+
+
+def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
+    """Start the engine a model config names."""
+    config = ModelConfig.parse(config)
+    check_model(config)
     if config.backend == "llamacpp":
         from stancelab.engine.llamacpp import load_engine
 
-        return load_engine(config.name, n_parallel=config.parallel,
+        adapters = [(a.path.expanduser(), a.scale) for a in config.adapters]
+        return load_engine(config.name, adapters=adapters, n_parallel=config.parallel,
                            ctx_per_slot=config.ctx_per_slot, **config.options)
     if config.backend == "openai":
         from stancelab.engine.openai_compat import OpenAICompatModel

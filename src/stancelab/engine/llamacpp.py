@@ -30,12 +30,17 @@ def _threads_from_env() -> int:
 
 
 def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads: int | None,
-                  cache_ram_mib: int) -> Any:
+                  cache_ram_mib: int,
+                  lora_adapters: Sequence[tuple[Path, float]] = ()) -> Any:
     """llama.cpp settings stancelab uses everywhere: slots, prefix and RAM prompt cache."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
+    if lora_adapters:
+        # Applied to every request: a tuned model is the base weights plus these deltas.
+        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), float(scale))
+                                for path, scale in lora_adapters]
     params.n_parallel = n_parallel
     params.n_ctx = ctx_per_slot * n_parallel
     n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
@@ -61,6 +66,7 @@ class LlamaCppEngine(LanguageModel):
         threads: int | None = None,
         cache_ram_mib: int = 8192,
         fingerprint: str | None = None,
+        lora_adapters: Sequence[tuple[Path, float]] = (),
     ) -> None:
         super().__init__()
         import xllamacpp
@@ -69,7 +75,9 @@ class LlamaCppEngine(LanguageModel):
         self.model_path = model_path
         self.n_parallel = n_parallel
         self.fingerprint = fingerprint
-        params = engine_params(model_path, n_parallel, ctx_per_slot, threads, cache_ram_mib)
+        self.lora_adapters = [(Path(p), float(s)) for p, s in lora_adapters]
+        params = engine_params(model_path, n_parallel, ctx_per_slot, threads, cache_ram_mib,
+                               self.lora_adapters)
         n_threads = params.cpuparams.n_threads
         self._settings = {
             "n_parallel": n_parallel,
@@ -81,20 +89,29 @@ class LlamaCppEngine(LanguageModel):
         try:
             self._server = xllamacpp.Server(params)
         except Exception as exc:  # the binding raises plain RuntimeError on a bad file
-            raise EngineError(f"llama.cpp could not load {model_path}: {exc}") from exc
+            with_adapters = (f" with LoRA adapters {[str(p) for p, _ in self.lora_adapters]}"
+                             if self.lora_adapters else "")
+            raise EngineError(f"llama.cpp could not load {model_path}{with_adapters}: {exc}"
+                              ) from exc
         self._stats_lock = threading.Lock()
         # More workers than slots keeps the queue full while a slot finishes.
         self._pool = ThreadPoolExecutor(max_workers=n_parallel * 2, thread_name_prefix="llama")
 
     def describe(self) -> dict[str, Any]:
-        """Model name, file and hash, and the engine settings."""
-        return {
+        """Model name, file and hash, the LoRA adapters applied, and the engine settings."""
+        from stancelab.models import sha256_file
+
+        info: dict[str, Any] = {
             "name": self.name,
             "engine": "llama.cpp (xllamacpp)",
             "path": str(self.model_path),
             "sha256": self.fingerprint,
             **self._settings,
         }
+        if self.lora_adapters:
+            info["lora_adapters"] = [{"path": str(p), "scale": s, "sha256": sha256_file(p)}
+                                     for p, s in self.lora_adapters]
+        return info
 
     def _call(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
         handler = self._server.handle_chat_completions if chat else self._server.handle_completions
@@ -177,9 +194,21 @@ class LlamaCppEngine(LanguageModel):
         self._pool.shutdown(wait=True)
 
 
-def load_engine(model: str, **kwargs: Any) -> LlamaCppEngine:
-    """Resolve a model name or GGUF path and start the in-process engine on it."""
+def load_engine(model: str, adapters: Sequence[tuple[Path, float]] = (),
+                **kwargs: Any) -> LlamaCppEngine:
+    """Resolve a model name or GGUF path and start the in-process engine on it.
+
+    ``adapters`` are GGUF LoRA files (with scales) checked against this base model first,
+    so a tuned model runs on the same engine, at the same speed, as its base.
+    """
     from stancelab.models import model_fingerprint, resolve_model
 
     name, path = resolve_model(model)
-    return LlamaCppEngine(path, name=name, fingerprint=model_fingerprint(path), **kwargs)
+    sha = model_fingerprint(path)
+    if adapters:
+        from stancelab.finetune.export import check_adapter_gguf
+
+        for adapter, _ in adapters:
+            check_adapter_gguf(Path(adapter), path, sha)
+        name = f"{name}+" + "+".join(Path(p).stem for p, _ in adapters)
+    return LlamaCppEngine(path, name=name, fingerprint=sha, lora_adapters=adapters, **kwargs)

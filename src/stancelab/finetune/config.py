@@ -114,7 +114,7 @@ class EvalSettings(_Strict):
 
 
 class DebateSettings(_Strict):
-    """Debates re-run on base and tuned models (Default agent's attitude)."""
+    """Debates re-run on base and tuned models, side by side in one experiment run."""
 
     topics: list[str] = Field(default_factory=lambda: ["racism"])
     setup: list[Literal["republican", "democrat", "default"]] = Field(
@@ -123,6 +123,11 @@ class DebateSettings(_Strict):
     repetitions: int = Field(default=3, ge=1)
     iterations: int = Field(default=9, ge=0)
     parallel: int = Field(default=4, ge=1)
+    personas: Path | None = None
+    """A persona file (e.g. a run's personas.yaml); None: the built-in personas, reused
+    across repetitions (each repetition still gets its own seeds)."""
+    check_fidelity: bool = True
+    seed: int = 0
 
 
 class FinetuneConfig(_Strict):
@@ -162,11 +167,14 @@ class FinetuneConfig(_Strict):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
-        base = path.parent
+        base = path.resolve().parent
         if not config.output_dir.is_absolute():
             config.output_dir = base / config.output_dir
         if config.questions.file is not None and not config.questions.file.is_absolute():
             config.questions.file = base / config.questions.file
+        deb = config.debates
+        if deb is not None and deb.personas is not None and not deb.personas.is_absolute():
+            deb.personas = base / deb.personas
         ev = config.evaluation
         if ev is not None and ev.data_dir is not None and not ev.data_dir.is_absolute():
             ev.data_dir = base / ev.data_dir

@@ -11,9 +11,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stancelab.finetune.config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from stancelab.runner import RunFolder
 
 
 def _log(message: str) -> None:
@@ -33,7 +36,7 @@ def run_finetune(config_file: Path | FinetuneConfig,
         save_questions,
         seed_questions,
     )
-    from stancelab.finetune.report import default_attitude, table
+    from stancelab.finetune.report import table
     from stancelab.finetune.train import train_dpo, train_nwp
     from stancelab.models import model_fingerprint, resolve_model
 
@@ -124,25 +127,16 @@ def run_finetune(config_file: Path | FinetuneConfig,
     rows: list[dict[str, Any]] = [{"label": "base", "kind": "base", "rank": 0, "seed": None,
                                    "adapters": [], "gguf": []}, *variants]
 
-    # 6. Debates on base and tuned models (same personas and seeds).
+    # 6. Debates on base and tuned models: one experiment file with a condition per
+    # model, run by the ordinary runner (same personas and seeds, resumable, full report).
     t0 = time.perf_counter()
     if config.debates is not None:
-        from stancelab.finetune.engine import open_tuned
-
-        deb = config.debates
+        attitudes = run_debates_side_by_side(config, rows, log)
         for row in rows:
-            opener = (load_engine(config.model, n_parallel=deb.parallel, ctx_per_slot=2048)
-                      if not row["gguf"] else
-                      open_tuned(config.model, row["gguf"], n_parallel=deb.parallel,
-                                 ctx_per_slot=2048))
-            with opener as lm:
-                att = default_attitude(lm, deb.topics, deb.setup, deb.repetitions,
-                                       deb.iterations)
-            row["attitude"] = att["default_final"]
-            row["attitude_start"] = att["default_start"]
-            row["debates"] = att
-            log(f"{row['label']}: Default agent {att['default_start']} -> "
-                f"{att['default_final']}")
+            att = attitudes.get(str(row["label"]), {})
+            row["attitude_start"] = att.get("start")
+            row["attitude"] = att.get("final")
+            log(f"{row['label']}: Default agent {att.get('start')} -> {att.get('final')}")
     timings["debates_s"] = time.perf_counter() - t0
 
     # 7. Capability checks.
@@ -162,6 +156,8 @@ def run_finetune(config_file: Path | FinetuneConfig,
 
     final: dict[str, Any] = {"name": config.name, "model": config.model, "party": config.party,
               "datasets": summaries, "timings": timings,
+              "debates_run": str(out / "debates" / f"{config.name}-debates")
+              if config.debates is not None else None,
               "rows": [{k: (v if not isinstance(v, list) else [str(x) for x in v])
                         for k, v in row.items()} for row in rows]}
     (out / "results.json").write_text(json.dumps(final, indent=2, default=str))
@@ -169,3 +165,84 @@ def run_finetune(config_file: Path | FinetuneConfig,
     (out / "table.txt").write_text(text + "\n")
     log("\n" + text)
     return final
+
+
+def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The experiment file (as data) that runs the same debates on base and tuned models."""
+    from stancelab.personas import BUILTIN_PERSONAS, PersonaSet
+
+    deb = config.debates
+    assert deb is not None
+    personas_file = deb.personas
+    if personas_file is None:
+        personas_file = config.output_dir / "debates" / "builtin-personas.yaml"
+        personas_file.parent.mkdir(parents=True, exist_ok=True)
+        PersonaSet([p for kind in ("republican", "democrat") for p in BUILTIN_PERSONAS[kind]],
+                   {"source": "stancelab built-in personas"}).save(personas_file)
+    model = {"name": config.model, "parallel": deb.parallel, "ctx_per_slot": 2048}
+    conditions = []
+    for row in rows:
+        tuned = bool(row["gguf"])
+        group = "base" if not tuned else f"r={row['rank']} {str(row['kind']).upper()}"
+        condition: dict[str, Any] = {"name": str(row["label"]), "label": group, "tuned": tuned}
+        if tuned:
+            condition["model"] = {**model,
+                                  "adapters": [str(Path(p).resolve()) for p in row["gguf"]]}
+        conditions.append(condition)
+    return {
+        "name": f"{config.name}-debates",
+        "model": model,
+        "topics": list(deb.topics),
+        "setups": [{"name": "-".join(deb.setup), "agents": list(deb.setup)}],
+        "repetitions": deb.repetitions,
+        "iterations": deb.iterations,
+        "seed": deb.seed,
+        "personas": {"file": str(personas_file.resolve()),
+                     "reuse_across_repetitions": deb.personas is None,
+                     "check_fidelity": deb.check_fidelity},
+        "conditions": conditions,
+    }
+
+
+def run_debates_side_by_side(config: FinetuneConfig, rows: list[dict[str, Any]],
+                             log: Callable[[str], None]) -> dict[str, dict[str, float | None]]:
+    """Write and run the side-by-side experiment; the Default agent's attitude per row."""
+    import yaml
+
+    from stancelab.experiment import load_experiment
+    from stancelab.report import write_report
+    from stancelab.runner import run_experiment
+
+    folder = config.output_dir / "debates"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experiment.yaml"
+    text = ("# Written by `stancelab finetune`: the same debates on the base model and every\n"
+            "# tuned model (one condition each). Rerun or extend it with `stancelab run`.\n"
+            + yaml.safe_dump(debate_experiment(config, rows), sort_keys=False))
+    path.write_text(text)
+    experiment = load_experiment(path)
+    result = run_experiment(experiment, text, folder, log=log)
+    report = write_report(result.folder)
+    log(f"debates: {result.debates} ({result.failed} failed); report {report}")
+    return default_attitudes(result.folder)
+
+
+def default_attitudes(folder: RunFolder) -> dict[str, dict[str, float | None]]:
+    """The Default agent's mean first and last survey score per condition of a run."""
+    from stancelab.analysis import attitude_frame
+    from stancelab.store import Store
+
+    store = Store(folder.db)
+    frame = attitude_frame(store, str(folder.read_meta()["run_id"]))
+    ok = frame[(frame["kind"] == "default") & frame["ok"].astype(bool)
+               & (frame["question_id"] == "attitude")]
+    if ok.empty:
+        return {}
+    ok = ok[ok["mode"] == ok["mode"].iloc[0]]  # one instrument: the first survey mode
+    out: dict[str, dict[str, float | None]] = {}
+    for name, part in ok.groupby("condition_name"):
+        first = part[part["iteration"] == part.groupby("debate_id")["iteration"].transform("min")]
+        last = part[part["iteration"] == part.groupby("debate_id")["iteration"].transform("max")]
+        out[str(name)] = {"start": round(float(first["score"].mean()), 3),
+                          "final": round(float(last["score"].mean()), 3)}
+    return out

@@ -8,44 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.base import LanguageModel
 from stancelab.errors import ConfigError
-
-
-def default_attitude(lm: LanguageModel, topics: Sequence[str], setup: Sequence[str],
-                     repetitions: int, iterations: int, seed: int = 0) -> dict[str, Any]:
-    """Run the debates and return the Default agent's mean attitude before and at the end."""
-    from stancelab.debate import Debate, DebateSpec, run_debates
-    from stancelab.personas import personas_for
-    from stancelab.templates import load_prompts
-
-    prompts = load_prompts()
-    personas = tuple(personas_for(list(setup)))
-    if not any(p.kind == "default" for p in personas):
-        raise ConfigError("the debate setup needs a default agent to report its attitude")
-    debates = [Debate(DebateSpec(topic=topic, personas=personas, iterations=iterations,
-                                 seed=seed * 1000 + rep), prompts)
-               for topic in topics for rep in range(repetitions)]
-    run_debates(lm, debates)
-    start: list[float] = []
-    final: list[float] = []
-    per_topic: dict[str, list[float]] = {}
-    for debate in debates:
-        agent = next(i for i, p in enumerate(debate.spec.personas) if p.kind == "default")
-        scores = {it: a.score for (it, ag, _, _), a in debate.surveys.items()
-                  if ag == agent and a.ok and a.score is not None}
-        if not scores:
-            continue
-        start.append(float(scores[min(scores)]))
-        final.append(float(scores[max(scores)]))
-        per_topic.setdefault(debate.spec.topic, []).append(float(scores[max(scores)]))
-    return {
-        "default_start": round(statistics.fmean(start), 3) if start else None,
-        "default_final": round(statistics.fmean(final), 3) if final else None,
-        "per_topic_final": {t: round(statistics.fmean(v), 3) for t, v in per_topic.items()},
-        "debates": len(debates),
-        "failed": sum(1 for d in debates if d.failed),
-    }
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
