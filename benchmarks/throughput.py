@@ -74,6 +74,40 @@ def naive(engine: LlamaCppEngine, debates: list[Debate]) -> tuple[float, int]:
     return time.perf_counter() - start, generated
 
 
+def record_calls(engine: LlamaCppEngine) -> list[tuple[str, float, dict[str, float]]]:
+    """Record every request stancelab sends: kind, latency, llama.cpp's own timings."""
+    calls: list[tuple[str, float, dict[str, float]]] = []
+    inner = engine._call
+
+    def call(payload: dict[str, object], chat: bool) -> dict[str, object]:
+        start = time.perf_counter()
+        answer = inner(payload, chat)
+        kind = "score" if payload.get("max_tokens") == 1 else "generate"
+        timings = answer.get("timings", {})
+        calls.append((kind, time.perf_counter() - start,
+                      dict(timings) if isinstance(timings, dict) else {}))
+        return answer
+
+    engine._call = call  # type: ignore[method-assign]
+    return calls
+
+
+def print_breakdown(calls: list[tuple[str, float, dict[str, float]]], wall: float) -> None:
+    """Requests by kind: how many, summed latency, llama.cpp's prompt and decode time."""
+    for kind in ("generate", "score"):
+        rows = [(lat, t) for k, lat, t in calls if k == kind]
+        if not rows:
+            continue
+        lat = sorted(r[0] for r in rows)
+        print(f"  {kind:<9} {len(rows):>6} requests, latency median {lat[len(lat) // 2] * 1e3:.1f}"
+              f" ms, p90 {lat[9 * len(lat) // 10] * 1e3:.1f} ms; prompt tokens computed "
+              f"{sum(t.get('prompt_n', 0) for _, t in rows):.0f} in "
+              f"{sum(t.get('prompt_ms', 0) for _, t in rows) / 1e3:.1f} s, decode "
+              f"{sum(t.get('predicted_n', 0) for _, t in rows):.0f} tokens in "
+              f"{sum(t.get('predicted_ms', 0) for _, t in rows) / 1e3:.1f} s (summed over "
+              f"concurrent requests; wall {wall:.1f} s)")
+
+
 def batched_rates(engine: LlamaCppEngine, parallel: int) -> tuple[float, float]:
     """The engine's best batched rates here: prompt tokens/s and generated tokens/s, with
     every slot busy (unique prompts, no cache; generation with end-of-text ignored)."""
@@ -111,6 +145,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--cache-ram-mib", type=int, default=8192,
+                        help="llama.cpp's RAM prompt cache for stancelab (0: slots only)")
+    parser.add_argument("--survey-mode", choices=["distribution", "generate"],
+                        default="distribution")
+    parser.add_argument("--backend-sampling", action="store_true",
+                        help="sample on the GPU (llama.cpp backend sampling), both ways")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="print stancelab's requests by kind: count, latency, tokens")
     args = parser.parse_args()
     topics = list(PAPER_TOPICS)[: args.topics]
     work = Path(tempfile.mkdtemp(prefix="stancelab-bench-"))
@@ -120,12 +162,14 @@ def main() -> None:
         "topics": topics, "setups": ["three-way"], "repetitions": args.repetitions,
         "iterations": args.iterations, "personas": {"file": "personas.yaml",
                                                     "check_fidelity": False},
-        "survey": {"modes": ["distribution"]},
+        "survey": {"modes": [args.survey_mode]},
     }
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(experiment))
     config = load_experiment(path)
-    engine = load_engine(args.model, n_parallel=args.parallel)
+    engine = load_engine(args.model, n_parallel=args.parallel, cache_ram_mib=args.cache_ram_mib,
+                         backend_sampling=args.backend_sampling)
+    calls = record_calls(engine) if args.breakdown else None
     pool = ModelPool(opener=lambda cfg: engine)
 
     # (b) stancelab
@@ -137,6 +181,9 @@ def main() -> None:
     recomputed = stats["prompt_tokens"] - stats["cached_tokens"]
     turns = len(config.topics) * args.repetitions * args.iterations
 
+    if calls is not None:
+        print_breakdown(calls, b_time)
+
     # (c) ceiling on the same token counts, from the engine's batched rates
     prompt_rate, decode_rate = batched_rates(engine, args.parallel)
     c_time = ceiling(prompt_rate, decode_rate, recomputed, generated)
@@ -145,7 +192,8 @@ def main() -> None:
     a_time = a_generated = None
     if not args.skip_naive:
         engine.close()
-        naive_engine = LlamaCppEngine(engine.model_path, n_parallel=1, cache_ram_mib=0)
+        naive_engine = LlamaCppEngine(engine.model_path, n_parallel=1, cache_ram_mib=0,
+                                      backend_sampling=args.backend_sampling)
         prompts = load_prompts()
         planned = plan_debates(config, {k: personas(args.repetitions).of_kind(k)
                                         for k in ("republican", "democrat")},

@@ -56,3 +56,17 @@ def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEng
 
     with pytest.raises(EngineError):
         small_engine._call({"no_prompt": True}, chat=False)
+
+
+def test_backend_sampling_option_from_a_model_entry() -> None:
+    from stancelab.engine.factory import open_model
+
+    engine = open_model({"name": "smollm2-135m", "parallel": 2, "ctx_per_slot": 512,
+                         "options": {"backend_sampling": True}})
+    with engine:
+        assert engine.describe()["backend_sampling"] is True
+        first, second = engine.generate([
+            GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
+            GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
+        ])
+        assert first.completion_tokens > 0 and first.text == second.text  # seeded

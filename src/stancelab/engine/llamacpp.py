@@ -31,7 +31,8 @@ def _threads_from_env() -> int:
 
 def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads: int | None,
                   cache_ram_mib: int,
-                  lora_adapters: Sequence[tuple[Path, float]] = ()) -> Any:
+                  lora_adapters: Sequence[tuple[Path, float]] = (),
+                  backend_sampling: bool = False) -> Any:
     """llama.cpp settings stancelab uses everywhere: slots, prefix and RAM prompt cache."""
     import xllamacpp
 
@@ -47,6 +48,10 @@ def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads:
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
     params.cache_ram_mib = cache_ram_mib
+    # On a GPU build the server otherwise samples every slot on one CPU thread over the
+    # whole vocabulary, which caps batched decoding (requests asking for pre-sampling
+    # log-probabilities still sample on the CPU).
+    params.sampling.backend_sampling = backend_sampling
     params.cache_prompt = True
     params.cont_batching = True
     params.warmup = False
@@ -67,6 +72,7 @@ class LlamaCppEngine(LanguageModel):
         cache_ram_mib: int = 8192,
         fingerprint: str | None = None,
         lora_adapters: Sequence[tuple[Path, float]] = (),
+        backend_sampling: bool = False,
     ) -> None:
         super().__init__()
         import xllamacpp
@@ -77,13 +83,14 @@ class LlamaCppEngine(LanguageModel):
         self.fingerprint = fingerprint
         self.lora_adapters = [(Path(p), float(s)) for p, s in lora_adapters]
         params = engine_params(model_path, n_parallel, ctx_per_slot, threads, cache_ram_mib,
-                               self.lora_adapters)
+                               self.lora_adapters, backend_sampling)
         n_threads = params.cpuparams.n_threads
         self._settings = {
             "n_parallel": n_parallel,
             "ctx_per_slot": ctx_per_slot,
             "threads": n_threads,
             "cache_ram_mib": cache_ram_mib,
+            "backend_sampling": backend_sampling,
             "xllamacpp": getattr(xllamacpp, "__version__", "unknown"),
         }
         try:
