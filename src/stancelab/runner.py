@@ -140,9 +140,16 @@ def open_run_folder(config: ExperimentConfig, config_text: str, out: Path) -> tu
 class ModelPool:
     """One engine per distinct model config, shared by the agent kinds that use it."""
 
+    STAT_KEYS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
+
     def __init__(self, opener: Callable[[ModelConfig], LanguageModel] = open_model) -> None:
         self._engines: dict[str, LanguageModel] = {}
         self._opener = opener
+        self._released = dict.fromkeys(self.STAT_KEYS, 0)  # counts of closed engines
+
+    def _unique(self) -> list[LanguageModel]:
+        # A caller's opener may hand out one engine for several configs.
+        return list({id(e): e for e in self._engines.values()}.values())
 
     def get(self, config: ModelConfig) -> LanguageModel:
         """Open (once) and return the engine for a config."""
@@ -153,22 +160,27 @@ class ModelPool:
 
     def describe(self) -> list[dict[str, Any]]:
         """What every open engine reports about itself."""
-        return [e.describe() for e in self._engines.values()]
+        return [e.describe() for e in self._unique()]
 
     def stats(self) -> dict[str, int]:
-        """Summed token counts of all engines."""
-        keys = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
-        return {k: sum(getattr(e.stats, k) for e in self._engines.values()) for k in keys}
+        """Summed token counts of every engine this pool opened, closed ones included."""
+        return {k: self._released[k] + sum(getattr(e.stats, k) for e in self._unique())
+                for k in self.STAT_KEYS}
 
     def release(self, keep: list[ModelConfig]) -> None:
         """Close and forget every engine not opened for one of ``keep``."""
         wanted = {c.model_dump_json() for c in keep}
+        kept = {id(e) for k, e in self._engines.items() if k in wanted}
         for key in [k for k in self._engines if k not in wanted]:
-            self._engines.pop(key).close()
+            engine = self._engines.pop(key)
+            if id(engine) not in kept and all(e is not engine for e in self._engines.values()):
+                for k in self.STAT_KEYS:
+                    self._released[k] += getattr(engine.stats, k)
+                engine.close()
 
     def close(self) -> None:
         """Close every engine."""
-        for engine in self._engines.values():
+        for engine in self._unique():
             engine.close()
 
 

@@ -49,7 +49,10 @@ def test_whole_loop_from_one_file(tmp_path: Path, smol_base: tuple[Path, str],
     assert [c["name"] for c in experiment["conditions"]] == labels
     assert [c["label"] for c in experiment["conditions"]] == [
         "base", "r=4 NWP", "r=4 NWP", "r=2 DPO", "r=2 DPO"]
-    report = out / "debates" / "tiny-debates" / "report"
+    run_folder = Path(result["debates_run"])
+    assert run_folder.parent == (out / "debates").resolve()
+    assert run_folder.name.startswith("tiny-debates-")
+    report = run_folder / "report"
     assert (report / "index.html").is_file() and (report / "tuning_effect.csv").is_file()
     table = (out / "table.txt").read_text()
     assert "r=4 NWP" in table and "r=2 DPO" in table

@@ -7,12 +7,14 @@ exists, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stancelab.errors import ConfigError
 from stancelab.finetune.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -130,8 +132,9 @@ def run_finetune(config_file: Path | FinetuneConfig,
     # 6. Debates on base and tuned models: one experiment file with a condition per
     # model, run by the ordinary runner (same personas and seeds, resumable, full report).
     t0 = time.perf_counter()
+    debates_run: Path | None = None
     if config.debates is not None:
-        attitudes = run_debates_side_by_side(config, rows, log)
+        attitudes, debates_run = run_debates_side_by_side(config, rows, log)
         for row in rows:
             att = attitudes.get(str(row["label"]), {})
             row["attitude_start"] = att.get("start")
@@ -156,8 +159,7 @@ def run_finetune(config_file: Path | FinetuneConfig,
 
     final: dict[str, Any] = {"name": config.name, "model": config.model, "party": config.party,
               "datasets": summaries, "timings": timings,
-              "debates_run": str(out / "debates" / f"{config.name}-debates")
-              if config.debates is not None else None,
+              "debates_run": str(debates_run) if debates_run else None,
               "rows": [{k: (v if not isinstance(v, list) else [str(x) for x in v])
                         for k, v in row.items()} for row in rows]}
     (out / "results.json").write_text(json.dumps(final, indent=2, default=str))
@@ -172,7 +174,8 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
     from stancelab.personas import BUILTIN_PERSONAS, PersonaSet
 
     deb = config.debates
-    assert deb is not None
+    if deb is None:
+        raise ConfigError("the fine-tuning file has no debates section")
     personas_file = deb.personas
     if personas_file is None:
         personas_file = config.output_dir / "debates" / "builtin-personas.yaml"
@@ -189,8 +192,7 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
             condition["model"] = {**model,
                                   "adapters": [str(Path(p).resolve()) for p in row["gguf"]]}
         conditions.append(condition)
-    return {
-        "name": f"{config.name}-debates",
+    design = {
         "model": model,
         "topics": list(deb.topics),
         "setups": [{"name": "-".join(deb.setup), "agents": list(deb.setup)}],
@@ -202,11 +204,17 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
                      "check_fidelity": deb.check_fidelity},
         "conditions": conditions,
     }
+    # A changed design (another rank, more repetitions) gets its own run folder: the
+    # runner refuses to mix two designs in one.
+    digest = hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:8]
+    return {"name": f"{config.name}-debates-{digest}", **design}
 
 
 def run_debates_side_by_side(config: FinetuneConfig, rows: list[dict[str, Any]],
-                             log: Callable[[str], None]) -> dict[str, dict[str, float | None]]:
-    """Write and run the side-by-side experiment; the Default agent's attitude per row."""
+                             log: Callable[[str], None]
+                             ) -> tuple[dict[str, dict[str, float | None]], Path]:
+    """Write and run the side-by-side experiment; the Default agent's attitude per row,
+    and the run folder."""
     import yaml
 
     from stancelab.experiment import load_experiment
@@ -224,7 +232,7 @@ def run_debates_side_by_side(config: FinetuneConfig, rows: list[dict[str, Any]],
     result = run_experiment(experiment, text, folder, log=log)
     report = write_report(result.folder)
     log(f"debates: {result.debates} ({result.failed} failed); report {report}")
-    return default_attitudes(result.folder)
+    return default_attitudes(result.folder), result.folder.path
 
 
 def default_attitudes(folder: RunFolder) -> dict[str, dict[str, float | None]]:
