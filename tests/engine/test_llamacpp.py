@@ -70,3 +70,34 @@ def test_backend_sampling_option_from_a_model_entry() -> None:
             GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
         ])
         assert first.completion_tokens > 0 and first.text == second.text  # seeded
+
+
+def test_replies_sample_the_whole_distribution(small_engine: LlamaCppEngine) -> None:
+    """T=1.0 means the model's whole distribution (the paper's API), not llama.cpp's cut."""
+    import math
+
+    from stancelab.engine.factory import open_model
+
+    prompt = "Here is a list of random English words: apple, river, "
+    requests = [GenerationRequest(prompt, temperature=1.0, max_tokens=1, seed=s)
+                for s in range(48)]
+    truncated = open_model({"name": "smollm2-135m", "parallel": 4, "ctx_per_slot": 512,
+                            "options": {"sampling": {"top_k": 40, "top_p": 0.95,
+                                                     "min_p": 0.05}}})
+    with truncated:
+        assert truncated.describe()["sampling"]["top_k"] == 40
+        top = truncated.next_tokens([prompt], 40)[0].tokens
+        # The tokens llama.cpp's default chain keeps: min_p 0.05 of the best, top_p 0.95.
+        kept: set[str] = set()
+        mass = 0.0
+        for token, logprob in top:
+            if math.exp(logprob) < 0.05 * math.exp(top[0][1]) or mass >= 0.95:
+                break
+            kept.add(token)
+            mass += math.exp(logprob)
+        cut = [g.text for g in truncated.generate(requests)]
+    whole = [g.text for g in small_engine.generate(requests)]
+    assert small_engine.describe()["sampling"] == {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+    assert all(text in kept for text in cut)
+    # This prompt leaves about a fifth of the mass outside the kept tokens.
+    assert sum(text not in kept for text in whole) >= 4

@@ -67,8 +67,43 @@ class ModelConfig(BaseModel):
         return cls.model_validate(value)
 
 
+# Settings of a llama.cpp model entry's ``options:``; the factory sets the others itself.
+LLAMACPP_OPTIONS = frozenset({"threads", "cache_ram_mib", "backend_sampling", "sampling"})
+
+
+def check_options(config: ModelConfig) -> None:
+    """Refuse misspelt or mistyped backend options with a message naming them."""
+    if config.backend == "llamacpp":
+        from stancelab.engine.llamacpp import sampling_settings
+
+        unknown = sorted(set(config.options) - LLAMACPP_OPTIONS)
+        if unknown:
+            raise ConfigError(f"model {config.name!r}: unknown llama.cpp option(s) {unknown}; "
+                              f"known: {sorted(LLAMACPP_OPTIONS)}")
+        sampling = config.options.get("sampling")
+        if sampling is not None and not isinstance(sampling, dict):
+            raise ConfigError(f"model {config.name!r}: options.sampling must be a mapping "
+                              "such as {top_k: 40, top_p: 0.95}")
+        try:
+            sampling_settings(sampling)
+        except ConfigError as exc:
+            raise ConfigError(f"model {config.name!r}: {exc}") from None
+    elif config.backend == "openai":
+        from stancelab.engine.openai_compat import parse_options
+
+        parse_options(config.name, config.options)
+    elif config.backend == "transformers":
+        from stancelab.engine.transformers_backend import load_transformers
+
+        try:  # a misspelt option must be a ConfigError, not a TypeError deep in the call
+            inspect.signature(load_transformers).bind(config.name, **config.options)
+        except TypeError as exc:
+            raise ConfigError(f"model {config.name!r}: bad transformers option: {exc}") from None
+
+
 def check_model(config: ModelConfig) -> None:
     """Refuse a config that cannot work, before anything is started (cheap checks only)."""
+    check_options(config)
     if config.backend != "openai" and (config.base_urls or config.api_key_env):
         raise ConfigError(f"model {config.name!r}: base_urls and api_key_env need "
                           "backend: openai")
@@ -102,9 +137,5 @@ def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
     if config.backend == "transformers":
         from stancelab.engine.transformers_backend import load_transformers
 
-        try:  # a misspelt option must be a ConfigError, not a TypeError deep in the call
-            inspect.signature(load_transformers).bind(config.name, **config.options)
-        except TypeError as exc:
-            raise ConfigError(f"model {config.name!r}: bad transformers option: {exc}") from None
         return load_transformers(config.name, **{"parallel": config.parallel, **config.options})
     raise ConfigError(f"model backend {config.backend!r} is not available in this version")

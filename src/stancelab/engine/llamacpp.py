@@ -29,6 +29,32 @@ def _threads_from_env() -> int:
     return int(value)
 
 
+# The protocol's "temperature 1.0" is the model's whole distribution, as the paper's
+# completion API sampled it; llama.cpp would otherwise cut it to top_k 40, top_p 0.95,
+# min_p 0.05 without saying so.
+PROTOCOL_SAMPLING: dict[str, float] = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+SAMPLING_KEYS = frozenset({
+    "top_k", "top_p", "min_p", "typical_p", "top_n_sigma", "repeat_penalty",
+    "repeat_last_n", "presence_penalty", "frequency_penalty", "xtc_probability",
+    "xtc_threshold", "dry_multiplier", "mirostat", "mirostat_tau", "mirostat_eta",
+    "dynatemp_range", "dynatemp_exponent",
+})
+
+
+def sampling_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampler settings sent with every generation request, checked by name and type."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - SAMPLING_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown llama.cpp sampling setting(s) {unknown}; "
+                          f"known: {sorted(SAMPLING_KEYS)}")
+    for key, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"llama.cpp sampling setting {key} must be a number, "
+                              f"got {value!r}")
+    return {**PROTOCOL_SAMPLING, **overrides}
+
+
 def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads: int | None,
                   cache_ram_mib: int,
                   lora_adapters: Sequence[tuple[Path, float]] = (),
@@ -52,6 +78,10 @@ def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads:
     # whole vocabulary, which caps batched decoding (requests asking for pre-sampling
     # log-probabilities still sample on the CPU).
     params.sampling.backend_sampling = backend_sampling
+    # Server-side defaults too, for clients of the HTTP server that send only temperature.
+    params.sampling.top_k = int(PROTOCOL_SAMPLING["top_k"])
+    params.sampling.top_p = PROTOCOL_SAMPLING["top_p"]
+    params.sampling.min_p = PROTOCOL_SAMPLING["min_p"]
     params.cache_prompt = True
     params.cont_batching = True
     params.warmup = False
@@ -73,8 +103,10 @@ class LlamaCppEngine(LanguageModel):
         fingerprint: str | None = None,
         lora_adapters: Sequence[tuple[Path, float]] = (),
         backend_sampling: bool = False,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.sampling = sampling_settings(sampling)
         import xllamacpp
 
         self.name = name or model_path.stem
@@ -91,6 +123,7 @@ class LlamaCppEngine(LanguageModel):
             "threads": n_threads,
             "cache_ram_mib": cache_ram_mib,
             "backend_sampling": backend_sampling,
+            "sampling": self.sampling,
             "xllamacpp": getattr(xllamacpp, "__version__", "unknown"),
         }
         try:
@@ -149,6 +182,7 @@ class LlamaCppEngine(LanguageModel):
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             cache_prompt=True,
+            **self.sampling,
         )
         if request.stop:
             payload["stop"] = list(request.stop)

@@ -88,6 +88,18 @@ class OpenAIOptions(BaseModel):
     """Use HTTP(S)_PROXY / NO_PROXY from the environment (false for loopback servers)."""
 
 
+def parse_options(model: str, options: OpenAIOptions | dict[str, Any] | None) -> OpenAIOptions:
+    """Validate a model entry's ``options:``; the first problem as one ConfigError line."""
+    if isinstance(options, OpenAIOptions):
+        return options
+    try:
+        return OpenAIOptions.model_validate(options or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"model {model!r}: option {where}: {first['msg']}") from None
+
+
 @dataclass
 class _Endpoint:
     base: str
@@ -192,13 +204,7 @@ class OpenAICompatModel(LanguageModel):
                 f"model {model!r}: backend 'openai' needs base_urls, e.g. "
                 "[http://127.0.0.1:8080/v1] or [https://api.openai.com/v1]"
             )
-        try:
-            self.options = (options if isinstance(options, OpenAIOptions)
-                            else OpenAIOptions.model_validate(options or {}))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"model {model!r}: option {where}: {first['msg']}") from None
+        self.options = parse_options(model, options)
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise ConfigError(
                 f"model {model!r}: environment variable {api_key_env} is not set; "
@@ -444,6 +450,9 @@ class OpenAICompatModel(LanguageModel):
     def _generate_one(self, request: GenerationRequest) -> Generation:
         path, payload, chat = self._payload(request.prompt)
         payload.update(temperature=request.temperature, max_tokens=request.max_tokens)
+        # The protocol samples the whole distribution; some servers (vLLM) would otherwise
+        # apply the model's own generation config. extra_body may still set top_p.
+        payload.setdefault("top_p", 1.0)
         stop = list(request.stop)
         if self.options.max_stop is not None:
             stop = stop[: self.options.max_stop]
