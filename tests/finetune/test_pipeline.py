@@ -62,3 +62,12 @@ def test_whole_loop_from_one_file(tmp_path: Path, smol_base: tuple[Path, str],
     again = run_finetune(path, log=lines.append)
     assert [r["attitude"] for r in again["rows"]] == [r["attitude"] for r in result["rows"]]
     assert again["timings"]["debates_s"] < result["timings"]["debates_s"]
+    assert [r["mmlu"] for r in again["rows"]] == [r["mmlu"] for r in result["rows"]]
+    assert sum("(reused)" in line for line in lines) == len(labels)
+    # Scores kept under another key (other data, limit or adapter) are computed afresh.
+    cache = out / "evaluation" / "base.json"
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "key": "other"}))
+    third: list[str] = []
+    run_finetune(path, log=third.append)
+    assert sum("(reused)" in line for line in third) == len(labels) - 1
+    assert json.loads(cache.read_text())["key"] != "other"

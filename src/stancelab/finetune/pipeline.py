@@ -148,12 +148,27 @@ def run_finetune(config_file: Path | FinetuneConfig,
         from stancelab.finetune.evaluate import evaluate
 
         e = config.evaluation
+        data_digest = _folder_digest(e.data_dir) if e.data_dir is not None else "hub"
         for row in rows:
-            scores = evaluate(config.model, e.tasks, e.data_dir, adapters=row["adapters"],
-                              limit=e.limit, num_fewshot=e.num_fewshot,
-                              batch_size=e.batch_size, allow_network=e.allow_network)
+            # Scores are kept per model and benchmark set: a rerun reads them back.
+            key = _digest({"base": base_sha, "tasks": list(e.tasks), "data": data_digest,
+                           "limit": e.limit, "num_fewshot": e.num_fewshot,
+                           "adapters": [_folder_digest(Path(a)) for a in row["adapters"]]})
+            cache = out / "evaluation" / f"{row['label']}.json"
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+            if cached.get("key") == key:
+                scores = cached["scores"]
+                log(f"{row['label']}: {scores} (reused)")
+            else:
+                scores = evaluate(config.model, e.tasks, e.data_dir, adapters=row["adapters"],
+                                  limit=e.limit, num_fewshot=e.num_fewshot,
+                                  batch_size=e.batch_size, allow_network=e.allow_network)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"key": key, "scores": scores}))
+                tmp.replace(cache)  # a crash mid-write never leaves a half file
+                log(f"{row['label']}: {scores}")
             row.update(scores)
-            log(f"{row['label']}: {scores}")
     timings["evaluation_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
 
@@ -167,6 +182,22 @@ def run_finetune(config_file: Path | FinetuneConfig,
     (out / "table.txt").write_text(text + "\n")
     log("\n" + text)
     return final
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """Content hash of every file under a folder (or of one file)."""
+    h = hashlib.sha256()
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        h.update(str(path.relative_to(folder) if path != folder else path.name).encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,8 +237,7 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
     }
     # A changed design (another rank, more repetitions) gets its own run folder: the
     # runner refuses to mix two designs in one.
-    digest = hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:8]
-    return {"name": f"{config.name}-debates-{digest}", **design}
+    return {"name": f"{config.name}-debates-{_digest(design)[:8]}", **design}
 
 
 def run_debates_side_by_side(config: FinetuneConfig, rows: list[dict[str, Any]],
