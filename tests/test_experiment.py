@@ -159,3 +159,17 @@ def test_shipped_example_files_are_valid(name: str) -> None:
     examples = Path(__file__).resolve().parents[1] / "examples"
     config = load_experiment(examples / name)
     assert config.repetitions >= 1 and config.topics
+
+
+def test_fingerprint_follows_adapter_content_not_location(tmp_path: Path) -> None:
+    def fingerprint(folder: Path, content: bytes) -> str:
+        folder.mkdir(exist_ok=True)
+        (folder / "tuned.gguf").write_bytes(content)
+        conditions = [{"name": "base"},
+                      {"name": "tuned", "model": {"name": "smollm2-135m",
+                                                  "adapters": ["tuned.gguf"]}}]
+        return load_experiment(write(folder, conditions=conditions)).fingerprint()
+
+    here = fingerprint(tmp_path / "a", b"GGUF adapter one")
+    assert fingerprint(tmp_path / "moved", b"GGUF adapter one") == here  # moved project
+    assert fingerprint(tmp_path / "a", b"GGUF adapter two!") != here  # retrained in place

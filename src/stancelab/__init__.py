@@ -10,7 +10,7 @@ from stancelab.engine.base import (
 )
 from stancelab.errors import ConfigError, EngineError, ModelError, StancelabError, StoreError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ChoiceRequest",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ SETUP_PRESETS: dict[str, tuple[str, ...]] = {
     "dd-default": ("democrat", "democrat", "default"),
     "dd": ("democrat", "democrat"),
 }
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, remembered per path, size and modification time."""
+    try:
+        stat = path.expanduser().stat()
+    except OSError:
+        return str(path)  # a missing file is reported by the model check, with its path
+    return _hash_once(str(path.expanduser()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_once(path: str, size: int, mtime_ns: int) -> str:
+    from stancelab.models import sha256_file
+
+    return sha256_file(Path(path))
 
 
 class _Strict(BaseModel):
@@ -256,6 +273,14 @@ class ExperimentConfig(_Strict):
         # copy), so moving the project does not block a resume.
         data = self.model_dump(mode="json", exclude={"workers": True,
                                                      "personas": {"file"}})
+        # A tuned model is its adapter's content, not where the file lies: a moved project
+        # still resumes, and an adapter retrained in place is never mixed with the old one.
+        entries = [data["model"], *data["models"].values()]
+        for condition in data.get("conditions") or []:
+            entries += [condition["model"], *condition["models"].values()]
+        for entry in entries:
+            for adapter in (entry or {}).get("adapters", []):
+                adapter["path"] = content_hash(Path(adapter["path"]))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_for(self, kind: str, condition: str | None = None) -> ModelConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,7 +203,9 @@ def _folder_digest(folder: Path) -> str:
 
 def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The experiment file (as data) that runs the same debates on base and tuned models."""
+    from stancelab.experiment import content_hash
     from stancelab.personas import BUILTIN_PERSONAS, PersonaSet
+    from stancelab.runner import COMPATIBLE
 
     deb = config.debates
     if deb is None:
@@ -213,6 +216,7 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
         personas_file.parent.mkdir(parents=True, exist_ok=True)
         PersonaSet([p for kind in ("republican", "democrat") for p in BUILTIN_PERSONAS[kind]],
                    {"source": "stancelab built-in personas"}).save(personas_file)
+    here = (config.output_dir / "debates").resolve()
     model = {"name": config.model, "parallel": deb.parallel, "ctx_per_slot": 2048}
     conditions = []
     for row in rows:
@@ -220,8 +224,9 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
         group = "base" if not tuned else f"r={row['rank']} {str(row['kind']).upper()}"
         condition: dict[str, Any] = {"name": str(row["label"]), "label": group, "tuned": tuned}
         if tuned:
-            condition["model"] = {**model,
-                                  "adapters": [str(Path(p).resolve()) for p in row["gguf"]]}
+            # Relative to the experiment file, so the output folder can be moved.
+            condition["model"] = {**model, "adapters": [os.path.relpath(Path(p).resolve(), here)
+                                                        for p in row["gguf"]]}
         conditions.append(condition)
     design = {
         "model": model,
@@ -230,14 +235,20 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
         "repetitions": deb.repetitions,
         "iterations": deb.iterations,
         "seed": deb.seed,
-        "personas": {"file": str(personas_file.resolve()),
+        "personas": {"file": os.path.relpath(personas_file.resolve(), here),
                      "reuse_across_repetitions": deb.personas is None,
                      "check_fidelity": deb.check_fidelity},
         "conditions": conditions,
     }
-    # A changed design (another rank, more repetitions) gets its own run folder: the
-    # runner refuses to mix two designs in one.
-    return {"name": f"{config.name}-debates-{_digest(design)[:8]}", **design}
+    # A changed design (another rank, more repetitions, a retrained adapter) gets its own
+    # run folder: the runner refuses to mix two designs in one. Files count by content.
+    identity = json.loads(json.dumps(design))
+    identity["stancelab"] = COMPATIBLE  # a run folder of another version is refused
+    identity["personas"]["file"] = content_hash(personas_file)
+    for condition in identity["conditions"]:
+        for i, adapter in enumerate(condition.get("model", {}).get("adapters", [])):
+            condition["model"]["adapters"][i] = content_hash(here / adapter)
+    return {"name": f"{config.name}-debates-{_digest(identity)[:8]}", **design}
 
 
 def run_debates_side_by_side(config: FinetuneConfig, rows: list[dict[str, Any]],
