@@ -109,6 +109,7 @@ class FaultProxy:
         self.faults: deque[str] = deque()
         self.seen: list[tuple[str, str]] = []
         self.headers: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
         self.retry_after = "1"
         self.slow_s = 3.0
         self._lock = threading.Lock()
@@ -180,6 +181,7 @@ class FaultProxy:
             fault = self.faults.popleft() if self.faults else self.default
             self.seen.append((h.path, fault))
             self.headers.append(dict(h.headers.items()))
+            self.bodies.append(body)
         # The client may have given up (time-out) before the answer came.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._apply(h, body, fault)

@@ -233,6 +233,19 @@ def test_the_api_key_is_sent_but_never_recorded(proxy: FaultProxy,
         open_model(config)
 
 
+def test_replies_ask_for_the_whole_distribution(proxy: FaultProxy) -> None:
+    """top_p 1.0 overrides a server's own cut (vLLM applies the model's generation config)."""
+    sent = []
+    for extra in ({}, {"top_p": 0.9}, {"top_p": None}):
+        config = ModelConfig(name=MODEL, backend="openai", base_urls=[proxy.url],
+                             options={**FAST, "extra_body": extra})
+        with open_model(config) as lm:
+            lm.generate([GenerationRequest("Hello", max_tokens=2)])
+        sent.append(json.loads(proxy.bodies[-1]))
+    assert sent[0]["top_p"] == 1.0 and sent[1]["top_p"] == 0.9
+    assert "top_p" not in sent[2]  # null leaves the field out for servers that refuse it
+
+
 # ------------------------------------------------------------------ several endpoints
 
 

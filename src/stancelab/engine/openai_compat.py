@@ -451,8 +451,11 @@ class OpenAICompatModel(LanguageModel):
         path, payload, chat = self._payload(request.prompt)
         payload.update(temperature=request.temperature, max_tokens=request.max_tokens)
         # The protocol samples the whole distribution; some servers (vLLM) would otherwise
-        # apply the model's own generation config. extra_body may still set top_p.
+        # apply the model's own generation config. extra_body may still set top_p, or
+        # drop it with null for a server that refuses the field.
         payload.setdefault("top_p", 1.0)
+        if payload["top_p"] is None:
+            del payload["top_p"]
         stop = list(request.stop)
         if self.options.max_stop is not None:
             stop = stop[: self.options.max_stop]
