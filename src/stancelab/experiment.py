@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stancelab.engine.factory import ModelConfig
 from stancelab.errors import ConfigError
+from stancelab.models import content_hash
 from stancelab.personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
 
 # The paper's setups (PROTOCOL.md part A), usable by name in an experiment file.
@@ -24,22 +24,6 @@ SETUP_PRESETS: dict[str, tuple[str, ...]] = {
     "dd-default": ("democrat", "democrat", "default"),
     "dd": ("democrat", "democrat"),
 }
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file, remembered per path, size and modification time."""
-    try:
-        stat = path.expanduser().stat()
-    except OSError:
-        return str(path)  # a missing file is reported by the model check, with its path
-    return _hash_once(str(path.expanduser()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _hash_once(path: str, size: int, mtime_ns: int) -> str:
-    from stancelab.models import sha256_file
-
-    return sha256_file(Path(path))
 
 
 class _Strict(BaseModel):

@@ -7,6 +7,7 @@ The chunked packages are never imported: their folders are found with
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -116,6 +117,30 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, remembered per path, size and modification time; a missing file
+    gives its path (the check that needs the file reports it)."""
+    try:
+        stat = path.expanduser().stat()
+    except OSError:
+        return str(path)
+    return _hash_once(str(path.expanduser()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_once(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def folder_hash(folder: Path) -> str:
+    """One hash of a folder's files, their relative names and contents (or of one file)."""
+    if folder.is_file():
+        return content_hash(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listing = [(str(p.relative_to(folder)), content_hash(p)) for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _marker(path: Path) -> Path:

@@ -170,10 +170,10 @@ class ModelPool:
     def release(self, keep: list[ModelConfig]) -> None:
         """Close and forget every engine not opened for one of ``keep``."""
         wanted = {c.model_dump_json() for c in keep}
-        kept = {id(e) for k, e in self._engines.items() if k in wanted}
         for key in [k for k in self._engines if k not in wanted]:
             engine = self._engines.pop(key)
-            if id(engine) not in kept and all(e is not engine for e in self._engines.values()):
+            # Closed only once no remaining config (kept or not yet released) shares it.
+            if all(e is not engine for e in self._engines.values()):
                 for k in self.STAT_KEYS:
                     self._released[k] += getattr(engine.stats, k)
                 engine.close()

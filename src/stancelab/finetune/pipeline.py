@@ -41,7 +41,7 @@ def run_finetune(config_file: Path | FinetuneConfig,
     )
     from stancelab.finetune.report import table
     from stancelab.finetune.train import train_dpo, train_nwp
-    from stancelab.models import model_fingerprint, resolve_model
+    from stancelab.models import folder_hash, model_fingerprint, resolve_model
 
     config = (config_file if isinstance(config_file, FinetuneConfig)
               else FinetuneConfig.load(config_file))
@@ -149,12 +149,12 @@ def run_finetune(config_file: Path | FinetuneConfig,
         from stancelab.finetune.evaluate import evaluate
 
         e = config.evaluation
-        data_digest = _folder_digest(e.data_dir) if e.data_dir is not None else "hub"
+        data_digest = folder_hash(e.data_dir) if e.data_dir is not None else "hub"
         for row in rows:
             # Scores are kept per model and benchmark set: a rerun reads them back.
             key = _digest({"base": base_sha, "tasks": list(e.tasks), "data": data_digest,
                            "limit": e.limit, "num_fewshot": e.num_fewshot,
-                           "adapters": [_folder_digest(Path(a)) for a in row["adapters"]]})
+                           "adapters": [folder_hash(Path(a)) for a in row["adapters"]]})
             cache = out / "evaluation" / f"{row['label']}.json"
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
             if cached.get("key") == key:
@@ -189,21 +189,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _folder_digest(folder: Path) -> str:
-    """Content hash of every file under a folder (or of one file)."""
-    h = hashlib.sha256()
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-    for path in files:
-        h.update(str(path.relative_to(folder) if path != folder else path.name).encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The experiment file (as data) that runs the same debates on base and tuned models."""
-    from stancelab.experiment import content_hash
+    from stancelab.models import content_hash
     from stancelab.personas import BUILTIN_PERSONAS, PersonaSet
     from stancelab.runner import COMPATIBLE
 
