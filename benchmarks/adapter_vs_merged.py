@@ -18,8 +18,10 @@ from stancelab.engine.base import GenerationRequest, LanguageModel
 
 def decode_rate(lm: LanguageModel, tokens: int) -> float:
     """Completion tokens per second for 4 parallel greedy requests."""
-    requests = [GenerationRequest(f"Tell a story about topic {i}:", temperature=0.0,
-                                  max_tokens=tokens) for i in range(4)]
+    requests = [
+        GenerationRequest(f"Tell a story about topic {i}:", temperature=0.0, max_tokens=tokens)
+        for i in range(4)
+    ]
     start = time.perf_counter()
     out = lm.generate(requests)
     return sum(g.completion_tokens for g in out) / (time.perf_counter() - start)
@@ -38,19 +40,24 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-    from stancelab.finetune.config import PAPER_TARGETS
-    from stancelab.finetune.engine import open_tuned
-    from stancelab.finetune.export import export_lora_gguf, merge_to_gguf
-    from stancelab.finetune.hf import base_checkpoint
-    from stancelab.models import resolve_model
+    from stancelab.engine.models import resolve_model
+    from stancelab.tuning.config import PAPER_TARGETS
+    from stancelab.tuning.engine import open_tuned
+    from stancelab.tuning.export import export_lora_gguf, merge_to_gguf
+    from stancelab.tuning.hf import base_checkpoint
 
     checkpoint, sha = base_checkpoint("smollm2-135m")
     _, base_gguf = resolve_model("smollm2-135m")
     with tempfile.TemporaryDirectory() as tmp:
         model = get_peft_model(
             AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32),
-            LoraConfig(r=opts.rank, lora_alpha=2 * opts.rank, target_modules=PAPER_TARGETS,
-                       task_type="CAUSAL_LM"))
+            LoraConfig(
+                r=opts.rank,
+                lora_alpha=2 * opts.rank,
+                target_modules=PAPER_TARGETS,
+                task_type="CAUSAL_LM",
+            ),
+        )
         adapter = Path(tmp) / "adapter"
         model.save_pretrained(str(adapter))
         start = time.perf_counter()
@@ -61,13 +68,14 @@ def main() -> None:
         t_merge = time.perf_counter() - start
         mib = 1 << 20
         print(f"base GGUF      {base_gguf.stat().st_size / mib:7.1f} MiB")
-        print(f"LoRA GGUF r={opts.rank:<3} {lora_file.stat().st_size / mib:6.1f} MiB, "
-              f"export {t_lora:5.1f} s")
+        print(
+            f"LoRA GGUF r={opts.rank:<3} {lora_file.stat().st_size / mib:6.1f} MiB, "
+            f"export {t_lora:5.1f} s"
+        )
         print(f"merged GGUF    {merged.stat().st_size / mib:7.1f} MiB, merge {t_merge:5.1f} s")
         engines: dict[str, LanguageModel] = {
             "base": load_engine("smollm2-135m", n_parallel=4, ctx_per_slot=512),
-            "base+adapter": open_tuned("smollm2-135m", [lora_file], n_parallel=4,
-                                       ctx_per_slot=512),
+            "base+adapter": open_tuned("smollm2-135m", [lora_file], n_parallel=4, ctx_per_slot=512),
             "merged": LlamaCppEngine(merged, n_parallel=4, ctx_per_slot=512),
         }
         best = dict.fromkeys(engines, 0.0)

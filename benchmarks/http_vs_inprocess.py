@@ -19,23 +19,35 @@ import sys
 import time
 from typing import Any
 
-from stancelab.debate import Debate, DebateSpec, run_debates
+from stancelab.conversation.personas import personas_for
+from stancelab.conversation.survey import SurveyMode
+from stancelab.conversation.templates import load_prompts
+from stancelab.debates.debate import Debate, DebateSpec, run_debates
 from stancelab.engine.base import GenerationRequest, LanguageModel
 from stancelab.engine.llamacpp import load_engine
 from stancelab.engine.openai_compat import OpenAICompatModel
-from stancelab.personas import personas_for
-from stancelab.survey import SurveyMode
-from stancelab.templates import load_prompts
 
 
-def make_debates(n: int, iterations: int, kinds: list[str], tag: str,
-                 temperature: float) -> list[Debate]:
+def make_debates(
+    n: int, iterations: int, kinds: list[str], tag: str, temperature: float
+) -> list[Debate]:
     """Seeded debates; the tag makes each round's prompts new to the engine's cache."""
     personas = tuple(personas_for(kinds))
-    return [Debate(DebateSpec(f"climate change ({tag})", personas, iterations, seed=s,
-                              survey_modes=(SurveyMode.DISTRIBUTION,), max_tokens=48,
-                              temperature=temperature),
-                   load_prompts()) for s in range(n)]
+    return [
+        Debate(
+            DebateSpec(
+                f"climate change ({tag})",
+                personas,
+                iterations,
+                seed=s,
+                survey_modes=(SurveyMode.DISTRIBUTION,),
+                max_tokens=48,
+                temperature=temperature,
+            ),
+            load_prompts(),
+        )
+        for s in range(n)
+    ]
 
 
 def transcript(debates: list[Debate]) -> list[list[str]]:
@@ -63,9 +75,23 @@ def timed_run(lm: LanguageModel, debates: list[Debate]) -> dict[str, Any]:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     """The llama.cpp HTTP server in a subprocess; returns it and its base URL."""
-    cmd = [sys.executable, "-m", "stancelab.engine.llamacpp_server", "--model", args.model,
-           "--port", "0", "--parallel", str(args.parallel), "--ctx-per-slot",
-           str(args.ctx_per_slot), "--threads", str(args.threads), "--alias", args.model]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stancelab.engine.llamacpp_server",
+        "--model",
+        args.model,
+        "--port",
+        "0",
+        "--parallel",
+        str(args.parallel),
+        "--ctx-per-slot",
+        str(args.ctx_per_slot),
+        "--threads",
+        str(args.threads),
+        "--alias",
+        args.model,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -87,8 +113,7 @@ def warm_up(lm: LanguageModel) -> None:
 
 def per_request_ms(lm: LanguageModel, n: int) -> float:
     """Median wall time of a one-token request on a cached prompt: the fixed cost per call."""
-    request = GenerationRequest("You are an American. Say one word:", max_tokens=1,
-                                temperature=0.0)
+    request = GenerationRequest("You are an American. Say one word:", max_tokens=1, temperature=0.0)
     times = []
     for _ in range(n):
         start = time.perf_counter()
@@ -107,16 +132,25 @@ def main() -> None:
     parser.add_argument("--ctx-per-slot", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=100,
-                        help="one-token requests per side for the fixed per-call cost")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="reply temperature; 0 (greedy) gives both sides the same replies, "
-                        "hence the same requests")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=100,
+        help="one-token requests per side for the fixed per-call cost",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="reply temperature; 0 (greedy) gives both sides the same replies, "
+        "hence the same requests",
+    )
     args = parser.parse_args()
     kinds = args.agents.split(",")
 
-    local = load_engine(args.model, n_parallel=args.parallel, ctx_per_slot=args.ctx_per_slot,
-                        threads=args.threads)
+    local = load_engine(
+        args.model, n_parallel=args.parallel, ctx_per_slot=args.ctx_per_slot, threads=args.threads
+    )
     warm_up(local)
     proc, url = start_server(args)
     remote = OpenAICompatModel(args.model, [url], parallel=args.parallel)
@@ -134,15 +168,19 @@ def main() -> None:
                 order.reverse()
             texts = []
             for label, lm in order:
-                debates = make_debates(args.debates, args.iterations, kinds, f"round {r}",
-                                       args.temperature)
+                debates = make_debates(
+                    args.debates, args.iterations, kinds, f"round {r}", args.temperature
+                )
                 gc.collect()
                 results[label].append(timed_run(lm, debates))
                 texts.append(transcript(debates))
                 res = results[label][-1]
-                print(f"round {r} {label:<11} {res['wall_s']:7.2f} s  {res['requests']:5d} req "
-                      f"{res['prompt_tokens']:7d} prompt tok {res['completion_tokens']:6d} gen tok"
-                      f"  failed {res['failed']}", flush=True)
+                print(
+                    f"round {r} {label:<11} {res['wall_s']:7.2f} s  {res['requests']:5d} req "
+                    f"{res['prompt_tokens']:7d} prompt tok {res['completion_tokens']:6d} gen tok"
+                    f"  failed {res['failed']}",
+                    flush=True,
+                )
             same += texts[0] == texts[1]
         for _ in range(3):  # interleaved, against drifting background load
             for label, lm in (("in-process", local), ("http", remote)):
@@ -153,25 +191,33 @@ def main() -> None:
         proc.wait(timeout=30)
         local.close()
 
-    print(f"\nmodel {args.model}, {args.debates} debates x {args.iterations} iterations, "
-          f"{len(kinds)} agents, distribution surveys, {args.parallel} slots, "
-          f"{args.threads} threads, temperature {args.temperature}, {args.rounds} rounds "
-          f"(medians); identical replies on both sides in {same} of {args.rounds} rounds")
+    print(
+        f"\nmodel {args.model}, {args.debates} debates x {args.iterations} iterations, "
+        f"{len(kinds)} agents, distribution surveys, {args.parallel} slots, "
+        f"{args.threads} threads, temperature {args.temperature}, {args.rounds} rounds "
+        f"(medians); identical replies on both sides in {same} of {args.rounds} rounds"
+    )
     steps_rate, token_rate = {}, {}
     for label, runs in results.items():
         wall = statistics.median(x["wall_s"] for x in runs)
         # Rates per round, then the median: rounds differ in length.
-        steps_rate[label] = statistics.median((x["turns"] + x["surveys"]) / x["wall_s"]
-                                              for x in runs)
+        steps_rate[label] = statistics.median(
+            (x["turns"] + x["surveys"]) / x["wall_s"] for x in runs
+        )
         token_rate[label] = statistics.median(
-            (x["prompt_tokens"] + x["completion_tokens"]) / x["wall_s"] for x in runs)
-        print(f"{label:<11} {wall:7.2f} s   {steps_rate[label]:6.3f} turns+surveys/s   "
-              f"{token_rate[label]:8.1f} tokens/s")
+            (x["prompt_tokens"] + x["completion_tokens"]) / x["wall_s"] for x in runs
+        )
+        print(
+            f"{label:<11} {wall:7.2f} s   {steps_rate[label]:6.3f} turns+surveys/s   "
+            f"{token_rate[label]:8.1f} tokens/s"
+        )
     # Greedy replies can still differ between the two (batch composition changes float
     # sums at near-ties), so the work per survey differs a little: show both ratios.
     local_ms, http_ms = (statistics.median(fixed[k]) for k in ("in-process", "http"))
-    print(f"one-token request on a cached prompt: in-process {local_ms:.2f} ms, "
-          f"HTTP {http_ms:.2f} ms (HTTP costs {http_ms - local_ms:+.2f} ms per request)")
+    print(
+        f"one-token request on a cached prompt: in-process {local_ms:.2f} ms, "
+        f"HTTP {http_ms:.2f} ms (HTTP costs {http_ms - local_ms:+.2f} ms per request)"
+    )
     for what, rate in (("turns+surveys/s", steps_rate), ("tokens/s", token_rate)):
         ratio = rate["http"] / rate["in-process"]
         print(f"HTTP / in-process, {what}: {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")

@@ -12,12 +12,12 @@ import argparse
 import statistics
 import time
 
-from stancelab.debate import Debate, DebateSpec, Turn
+from stancelab.conversation.personas import Persona
+from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
+from stancelab.conversation.templates import load_prompts
+from stancelab.debates.debate import Debate, DebateSpec, Turn
 from stancelab.engine.base import GenerationRequest
 from stancelab.engine.llamacpp import load_engine
-from stancelab.personas import Persona
-from stancelab.survey import SurveyItem, SurveyMode, ask
-from stancelab.templates import load_prompts
 
 HISTORY = [
     "Climate change is exaggerated; the economy matters more than distant projections.",
@@ -37,8 +37,10 @@ def agent_context(index: int, tag: str) -> Debate:
         "youth baseball, and distrust federal mandates that raise costs for small businesses."
     )
     persona = Persona(f"Agent{tag}{index}", "republican", background)
-    others = (Persona("Abigail", "democrat", "You are Abigail."), Persona("Sam", "default",
-                                                                          "You are an American."))
+    others = (
+        Persona("Abigail", "democrat", "You are Abigail."),
+        Persona("Sam", "default", "You are an American."),
+    )
     debate = Debate(DebateSpec("climate change", (persona, *others), 9), load_prompts())
     for i, text in enumerate(HISTORY, start=1):
         debate.turns.append(Turn(i, (i - 1) % 3, text, text))
@@ -64,17 +66,22 @@ def main() -> None:
     args = parser.parse_args()
     engine = load_engine(args.model, n_parallel=4)
     n = args.agents
-    tokens = engine.generate([GenerationRequest(agent_context(0, "probe").survey_prompt(0),
-                                                max_tokens=1)])[0].prompt_tokens
+    tokens = engine.generate(
+        [GenerationRequest(agent_context(0, "probe").survey_prompt(0), max_tokens=1)]
+    )[0].prompt_tokens
     results = {
         ("distribution", "cold"): timed_surveys(
-            engine, [agent_context(i, "dc") for i in range(n)], SurveyMode.DISTRIBUTION, False),
+            engine, [agent_context(i, "dc") for i in range(n)], SurveyMode.DISTRIBUTION, False
+        ),
         ("distribution", "warm"): timed_surveys(
-            engine, [agent_context(i, "dw") for i in range(n)], SurveyMode.DISTRIBUTION, True),
+            engine, [agent_context(i, "dw") for i in range(n)], SurveyMode.DISTRIBUTION, True
+        ),
         ("generate", "cold"): timed_surveys(
-            engine, [agent_context(i, "gc") for i in range(n)], SurveyMode.GENERATE, False),
+            engine, [agent_context(i, "gc") for i in range(n)], SurveyMode.GENERATE, False
+        ),
         ("generate", "warm"): timed_surveys(
-            engine, [agent_context(i, "gw") for i in range(n)], SurveyMode.GENERATE, True),
+            engine, [agent_context(i, "gw") for i in range(n)], SurveyMode.GENERATE, True
+        ),
     }
     print(f"model {args.model}, survey prompt {tokens} tokens, {n} agents per cell")
     print(f"{'mode':<14}{'context':<9}{'mean s':>9}{'median s':>10}")

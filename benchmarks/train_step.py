@@ -18,14 +18,18 @@ from typing import Any
 
 
 def _texts(tokenizer: Any, n: int, tokens: int) -> list[str]:
-    words = " ".join(["the government should consider how policy affects families and",
-                      "workers in every state while protecting freedom and security"]).split()
+    words = " ".join(
+        [
+            "the government should consider how policy affects families and",
+            "workers in every state while protecting freedom and security",
+        ]
+    ).split()
     texts = []
     for i in range(n):
         ids: list[int] = []
         k = i
         while len(ids) < tokens:
-            ids = tokenizer(" ".join(words[k % len(words):] + words * 4))["input_ids"]
+            ids = tokenizer(" ".join(words[k % len(words) :] + words * 4))["input_ids"]
             k += 1
         texts.append(tokenizer.decode(ids[: tokens - 1]))  # the trainer appends EOS
     return texts
@@ -49,18 +53,23 @@ def plain_step(model: Any, batch: dict[str, Any], steps: int) -> tuple[float, fl
     return min(times[1:])
 
 
-def trainer_step(model: Any, tokenizer: Any, texts: list[str], steps: int, lora: Any,
-                 overrides: dict[str, Any]) -> tuple[float, float]:
+def trainer_step(
+    model: Any, tokenizer: Any, texts: list[str], steps: int, lora: Any, overrides: dict[str, Any]
+) -> tuple[float, float]:
     """Fastest (wall s, CPU s) optimiser step of SFTTrainer with our (or overridden) settings."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
-    from stancelab.finetune.config import NwpSettings
-    from stancelab.finetune.train import training_arguments
+    from stancelab.tuning.config import NwpSettings
+    from stancelab.tuning.train import training_arguments
 
-    settings = NwpSettings(batch_size=len(texts) // (steps + 1), max_steps=steps + 1,
-                           save_steps=10_000, logging_steps=10_000)
+    settings = NwpSettings(
+        batch_size=len(texts) // (steps + 1),
+        max_steps=steps + 1,
+        save_steps=10_000,
+        logging_steps=10_000,
+    )
     times: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
@@ -70,17 +79,20 @@ def trainer_step(model: Any, tokenizer: Any, texts: list[str], steps: int, lora:
             self.start = (time.perf_counter(), time.process_time())
 
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-            times.append((time.perf_counter() - self.start[0],
-                          time.process_time() - self.start[1]))
+            times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
 
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = training_arguments(settings, Path(tmp), 0, False)
         kwargs.update(overrides)
         args = SFTConfig(**kwargs, dataset_text_field="text", packing=False)
-        trainer = SFTTrainer(model=model, args=args,
-                             train_dataset=Dataset.from_dict({"text": texts}),
-                             processing_class=tokenizer, peft_config=lora,
-                             callbacks=[Timer()])
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict({"text": texts}),
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Timer()],
+        )
         trainer.train()
     return min(times[1:]) if len(times) > 1 else times[0]
 
@@ -100,9 +112,9 @@ def main() -> None:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stancelab.finetune.config import LoraSettings
-    from stancelab.finetune.hf import base_checkpoint
-    from stancelab.finetune.train import lora_config, set_threads
+    from stancelab.tuning.config import LoraSettings
+    from stancelab.tuning.hf import base_checkpoint
+    from stancelab.tuning.train import lora_config, set_threads
 
     set_threads(None)
     checkpoint, _ = base_checkpoint(opts.model)
@@ -110,15 +122,20 @@ def main() -> None:
     texts = _texts(tokenizer, opts.batch * (opts.steps + 1), opts.tokens)
     eos = tokenizer.eos_token
     enc = tokenizer([t + eos for t in texts[: opts.batch]], return_tensors="pt", padding=True)
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-             "labels": enc["input_ids"].clone()}
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": enc["input_ids"].clone(),
+    }
     lora = lora_config(LoraSettings(r=opts.rank))
 
     def fresh() -> Any:
         return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
 
-    print(f"model {opts.model}, batch {opts.batch} x {batch['input_ids'].shape[1]} tokens, "
-          f"LoRA r={opts.rank}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {opts.model}, batch {opts.batch} x {batch['input_ids'].shape[1]} tokens, "
+        f"LoRA r={opts.rank}, torch threads {torch.get_num_threads()}"
+    )
     # The machine may be shared: wall time is reported with CPU time (less sensitive to
     # other processes), and the plain step is measured before and after the trainer.
     full = plain_step(fresh(), batch, opts.steps)
@@ -130,13 +147,23 @@ def main() -> None:
     again = plain_step(get_peft_model(fresh(), lora), batch, opts.steps)
     line("plain forward+backward, LoRA, again", again)
     best = (min(plain[0], again[0]), min(plain[1], again[1]))
-    print(f"ratio trainer / plain LoRA step:      wall {ours[0] / best[0]:5.2f}   "
-          f"CPU {ours[1] / best[1]:5.2f}   (target <= 2)")
-    print(f"ratio trainer / plain full-model step: wall {ours[0] / full[0]:5.2f}   "
-          f"CPU {ours[1] / full[1]:5.2f}")
+    print(
+        f"ratio trainer / plain LoRA step:      wall {ours[0] / best[0]:5.2f}   "
+        f"CPU {ours[1] / best[1]:5.2f}   (target <= 2)"
+    )
+    print(
+        f"ratio trainer / plain full-model step: wall {ours[0] / full[0]:5.2f}   "
+        f"CPU {ours[1] / full[1]:5.2f}"
+    )
     if opts.trl_defaults:
-        slow = trainer_step(fresh(), tokenizer, texts[: opts.batch * 2], 1, lora,
-                            {"bf16": True, "gradient_checkpointing": True})
+        slow = trainer_step(
+            fresh(),
+            tokenizer,
+            texts[: opts.batch * 2],
+            1,
+            lora,
+            {"bf16": True, "gradient_checkpointing": True},
+        )
         line("SFTTrainer step, TRL default bf16+ckpt", slow)
 
 

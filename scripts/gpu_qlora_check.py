@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from stancelab.finetune.config import DpoSettings, LoraSettings, NwpSettings
-    from stancelab.finetune.train import train_dpo, train_nwp
+    from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings
+    from stancelab.tuning.train import train_dpo, train_nwp
 
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check is for GPU machines")
@@ -39,29 +39,53 @@ def main() -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         checkpoint = work / "base"
-        shutil.copytree(args.checkpoint, checkpoint,
-                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+        shutil.copytree(
+            args.checkpoint, checkpoint, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+        )
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(checkpoint)))
         model.save_pretrained(str(checkpoint))
-    texts = [f"Answer {i}: secure the border and cut taxes for working families." for i in
-             range(32)]
-    nwp = NwpSettings(lora=LoraSettings(r=16, dropout=0.05), batch_size=8,
-                      max_steps=args.steps, max_length=64, quantization="4bit", save_steps=2,
-                      logging_steps=1)
+    texts = [
+        f"Answer {i}: secure the border and cut taxes for working families." for i in range(32)
+    ]
+    nwp = NwpSettings(
+        lora=LoraSettings(r=16, dropout=0.05),
+        batch_size=8,
+        max_steps=args.steps,
+        max_length=64,
+        quantization="4bit",
+        save_steps=2,
+        logging_steps=1,
+    )
     start = time.perf_counter()
     first = train_nwp(str(checkpoint), texts, work / "nwp", nwp, seed=0)
     meta = json.loads((first.adapter_dir / "stancelab_adapter.json").read_text())
-    print(f"NWP (4-bit QLoRA): {first.steps} steps, loss {first.final_loss}, "
-          f"{first.seconds:.1f} s, four_bit={meta['four_bit']}, "
-          f"GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    print(
+        f"NWP (4-bit QLoRA): {first.steps} steps, loss {first.final_loss}, "
+        f"{first.seconds:.1f} s, four_bit={meta['four_bit']}, "
+        f"GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    )
     assert meta["four_bit"] is True and first.steps == args.steps
-    pairs = [{"prompt": f"Question {i}?\n", "chosen": texts[i],
-              "rejected": "Open the border and raise taxes."} for i in range(16)]
-    dpo = DpoSettings(lora=LoraSettings(r=8, dropout=0.0), batch_size=8, max_steps=2,
-                      max_length=64, quantization="4bit", logging_steps=1)
+    pairs = [
+        {
+            "prompt": f"Question {i}?\n",
+            "chosen": texts[i],
+            "rejected": "Open the border and raise taxes.",
+        }
+        for i in range(16)
+    ]
+    dpo = DpoSettings(
+        lora=LoraSettings(r=8, dropout=0.0),
+        batch_size=8,
+        max_steps=2,
+        max_length=64,
+        quantization="4bit",
+        logging_steps=1,
+    )
     second = train_dpo(str(checkpoint), pairs, first.adapter_dir, work / "dpo", dpo)
-    print(f"DPO on top: {second.steps} steps, loss {second.final_loss}, "
-          f"{second.seconds:.1f} s; total {time.perf_counter() - start:.1f} s")
+    print(
+        f"DPO on top: {second.steps} steps, loss {second.final_loss}, "
+        f"{second.seconds:.1f} s; total {time.perf_counter() - start:.1f} s"
+    )
     assert (second.adapter_dir / "adapter_config.json").is_file()
     print("QLoRA check passed")
 

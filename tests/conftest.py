@@ -18,7 +18,8 @@ def small_engine() -> Iterator[LlamaCppEngine]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep tests from writing outside their temp folders, except the shared model cache."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -28,8 +28,9 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--topic", "racism", "--survey-mode", "vibes"], "unknown survey mode"),
     ],
 )
-def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, args: list[str],
-                                                  message: str) -> None:
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     result = run("debate", *args, "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -41,23 +42,44 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, args: list[str
 def test_unwritable_output_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("debate", "--topic", "racism", "--model", "smollm2-135m",
-                 "--out", str(blocker / "runs"), cwd=tmp_path)
+    result = run(
+        "debate",
+        "--topic",
+        "racism",
+        "--model",
+        "smollm2-135m",
+        "--out",
+        str(blocker / "runs"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "is not writable" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.engine
 def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
-    result = run("debate", "--topic", "gun violence", "--agents", "republican,democrat",
-                 "--iterations", "4", "--model", "smollm2-135m", "--survey-mode",
-                 "distribution,generate", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    result = run(
+        "debate",
+        "--topic",
+        "gun violence",
+        "--agents",
+        "republican,democrat",
+        "--iterations",
+        "4",
+        "--model",
+        "smollm2-135m",
+        "--survey-mode",
+        "distribution,generate",
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "survey answers (0-10)" in result.stdout
     [run_dir] = list((tmp_path / "runs").glob("debate-*"))
     assert (run_dir / "attitudes.png").stat().st_size > 1000
     db = sqlite3.connect(run_dir / "stancelab.db")
-    (status, versions), = db.execute("select status, versions from runs").fetchall()
+    ((status, versions),) = db.execute("select status, versions from runs").fetchall()
     assert status == "complete"
     assert "b179c9523d0e6a0f" in versions and '"prompts"' in versions
     assert db.execute("select count(*) from messages").fetchone()[0] == 4
@@ -67,8 +89,9 @@ def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
     tokens = db.execute("select sum(prompt_tokens), sum(cached_tokens) from messages").fetchone()
     assert tokens[0] > 0 and tokens[1] > 0  # later turns reuse the cached prefix
 
-    export = run("export", str(run_dir / "stancelab.db"), "--out", str(tmp_path / "exp"),
-                 cwd=tmp_path)
+    export = run(
+        "export", str(run_dir / "stancelab.db"), "--out", str(tmp_path / "exp"), cwd=tmp_path
+    )
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "exp" / "survey_answers.parquet").is_file()
     assert (tmp_path / "exp" / "messages.csv").read_text().count("\n") >= 5
@@ -77,24 +100,38 @@ def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
 @pytest.mark.engine
 def test_sauce_file_runs_on_embedded_model(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "sauce-debate.json"
-    result = run("sauce", str(example), "--model", "smollm2-135m", "--out",
-                 str(tmp_path / "runs"), cwd=tmp_path)
+    result = run(
+        "sauce",
+        str(example),
+        "--model",
+        "smollm2-135m",
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     [run_dir] = list((tmp_path / "runs").glob("sauce-*"))
     db = sqlite3.connect(run_dir / "stancelab.db")
     assert db.execute("select count(*) from messages").fetchone()[0] == 6
-    asked = db.execute("select question_id, iteration, count(*) from survey_answers "
-                       "group by 1, 2 order by 1, 2").fetchall()
-    assert asked == [("attitude", 0, 3), ("attitude", 3, 3), ("attitude", 6, 3),
-                     ("conclusion", 6, 3)]
+    asked = db.execute(
+        "select question_id, iteration, count(*) from survey_answers group by 1, 2 order by 1, 2"
+    ).fetchall()
+    assert asked == [
+        ("attitude", 0, 3),
+        ("attitude", 3, 3),
+        ("attitude", 6, 3),
+        ("conclusion", 6, 3),
+    ]
     first = db.execute("select speaker from messages where iteration = 1").fetchone()[0]
     assert first == "Aaron"  # start_person_index 1
 
 
 def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel: smollm2-135m\ntopics: [racism]\nsetups: [three-way]\n"
-                   "repetitions: 0\niterations: 3\npersonas: {generate: 2}\n")
+    bad.write_text(
+        "name: x\nmodel: smollm2-135m\ntopics: [racism]\nsetups: [three-way]\n"
+        "repetitions: 0\niterations: 3\npersonas: {generate: 2}\n"
+    )
     result = run("run", str(bad), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2
     assert "repetitions: Input should be greater than or equal to 1" in result.stderr

@@ -1,5 +1,6 @@
 """stancelab: measure how opinions move in multi-turn conversations with and between LLMs."""
 
+from stancelab._version import __version__
 from stancelab.engine.base import (
     ChoiceRequest,
     ChoiceScores,
@@ -8,9 +9,7 @@ from stancelab.engine.base import (
     LanguageModel,
     Message,
 )
-from stancelab.errors import ConfigError, EngineError, ModelError, StancelabError, StoreError
-
-__version__ = "0.2.0"
+from stancelab.engine.errors import ConfigError, EngineError, ModelError, StancelabError, StoreError
 
 __all__ = [
     "ChoiceRequest",

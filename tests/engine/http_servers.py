@@ -35,8 +35,15 @@ def free_port() -> int:
 class ServerProcess:
     """llama.cpp's HTTP server on a loopback port, in a subprocess that can be killed."""
 
-    def __init__(self, model: str = "smollm2-135m", port: int = 0, parallel: int = 4,
-                 ctx_per_slot: int = 2048, alias: str = "smollm2-135m", threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        port: int = 0,
+        parallel: int = 4,
+        ctx_per_slot: int = 2048,
+        alias: str = "smollm2-135m",
+        threads: int = 1,
+    ) -> None:
         self.model = model
         self.port = port
         self.parallel = parallel
@@ -54,12 +61,26 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> str:
         """Start it and wait for the 'listening' line; later starts reuse the same port."""
-        cmd = [sys.executable, "-m", "stancelab.engine.llamacpp_server", "--model", self.model,
-               "--host", LOOPBACK, "--port", str(self.port), "--parallel", str(self.parallel),
-               "--ctx-per-slot", str(self.ctx_per_slot), "--alias", self.alias,
-               "--threads", str(self.threads)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "stancelab.engine.llamacpp_server",
+            "--model",
+            self.model,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.parallel),
+            "--ctx-per-slot",
+            str(self.ctx_per_slot),
+            "--alias",
+            self.alias,
+            "--threads",
+            str(self.threads),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -146,8 +167,11 @@ class FaultProxy:
     def count(self, fault: str | None = None, path: str | None = None) -> int:
         """How many requests got this fault (any fault if None) on this path suffix."""
         with self._lock:
-            return sum(1 for p, f in self.seen
-                       if (fault is None or f == fault) and (path is None or p.endswith(path)))
+            return sum(
+                1
+                for p, f in self.seen
+                if (fault is None or f == fault) and (path is None or p.endswith(path))
+            )
 
     def close(self) -> None:
         """Stop listening."""
@@ -165,8 +189,13 @@ class FaultProxy:
             conn.close()
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes,
-              headers: dict[str, str] | None = None, length: int | None = None) -> None:
+    def _send(
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        length: int | None = None,
+    ) -> None:
         h.send_response(status)
         for key, value in (headers or {"Content-Type": "application/json"}).items():
             h.send_header(key, value)
@@ -189,8 +218,12 @@ class FaultProxy:
     def _apply(self, h: BaseHTTPRequestHandler, body: bytes, fault: str) -> None:
         error = {"error": {"message": f"injected {fault}", "type": "server_error"}}
         if fault == "429":
-            self._send(h, 429, json.dumps(error).encode(),
-                       {"Content-Type": "application/json", "Retry-After": self.retry_after})
+            self._send(
+                h,
+                429,
+                json.dumps(error).encode(),
+                {"Content-Type": "application/json", "Retry-After": self.retry_after},
+            )
         elif fault == "500":
             self._send(h, 500, json.dumps(error).encode())
         elif fault == "malformed":
@@ -207,8 +240,13 @@ class FaultProxy:
             h.connection.close()
         elif fault == "wrong-model":
             model = json.loads(body or b"{}").get("model", "?")
-            message = {"error": {"message": f"The model `{model}` does not exist.",
-                                 "type": "NotFoundError", "code": 404}}
+            message = {
+                "error": {
+                    "message": f"The model `{model}` does not exist.",
+                    "type": "NotFoundError",
+                    "code": 404,
+                }
+            }
             self._send(h, 404, json.dumps(message).encode())
         elif fault == "echo-key-401":
             key = h.headers.get("Authorization", "").removeprefix("Bearer ")

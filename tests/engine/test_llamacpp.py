@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from stancelab.conversation.survey import SCALE
 from stancelab.engine.base import ChoiceRequest, GenerationRequest
 from stancelab.engine.llamacpp import LlamaCppEngine
-from stancelab.survey import SCALE
 
 pytestmark = pytest.mark.engine
 
@@ -20,10 +20,10 @@ PROMPT = (
 def test_generate_batch_with_stop_and_seed(small_engine: LlamaCppEngine) -> None:
     requests = [
         GenerationRequest("The capital of France is", temperature=0.0, max_tokens=8),
-        GenerationRequest("Count: one, two,", temperature=1.0, max_tokens=12, seed=7,
-                          stop=(",",)),
-        GenerationRequest([{"role": "user", "content": "Say hello."}], temperature=0.0,
-                          max_tokens=8),
+        GenerationRequest("Count: one, two,", temperature=1.0, max_tokens=12, seed=7, stop=(",",)),
+        GenerationRequest(
+            [{"role": "user", "content": "Say hello."}], temperature=0.0, max_tokens=8
+        ),
     ]
     first = small_engine.generate(requests)
     assert "Paris" in first[0].text
@@ -44,15 +44,17 @@ def test_scores_sum_to_one_and_ten_has_its_own_mass(small_engine: LlamaCppEngine
 
 
 def test_ten_is_not_mistaken_for_one(small_engine: LlamaCppEngine) -> None:
-    prompt = ("Scores run from 0 to 10. A perfect film gets 10.\n"
-              "Film: flawless masterpiece. Score: 10\nFilm: flawless, perfect. Score:")
+    prompt = (
+        "Scores run from 0 to 10. A perfect film gets 10.\n"
+        "Film: flawless masterpiece. Score: 10\nFilm: flawless, perfect. Score:"
+    )
     [s] = small_engine.score_choices([ChoiceRequest(prompt, SCALE)])
     assert s.probabilities[10] > s.probabilities[1]
     assert s.most_likely == "10"
 
 
 def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEngine) -> None:
-    from stancelab.errors import EngineError
+    from stancelab.engine.errors import EngineError
 
     with pytest.raises(EngineError):
         small_engine._call({"no_prompt": True}, chat=False)
@@ -61,14 +63,22 @@ def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEng
 def test_backend_sampling_option_from_a_model_entry() -> None:
     from stancelab.engine.factory import open_model
 
-    engine = open_model({"name": "smollm2-135m", "parallel": 2, "ctx_per_slot": 512,
-                         "options": {"backend_sampling": True}})
+    engine = open_model(
+        {
+            "name": "smollm2-135m",
+            "parallel": 2,
+            "ctx_per_slot": 512,
+            "options": {"backend_sampling": True},
+        }
+    )
     with engine:
         assert engine.describe()["backend_sampling"] is True
-        first, second = engine.generate([
-            GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
-            GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
-        ])
+        first, second = engine.generate(
+            [
+                GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
+                GenerationRequest("The weather today is", max_tokens=12, temperature=1.0, seed=7),
+            ]
+        )
         assert first.completion_tokens > 0 and first.text == second.text  # seeded
 
 
@@ -79,11 +89,15 @@ def test_replies_sample_the_whole_distribution(small_engine: LlamaCppEngine) -> 
     from stancelab.engine.factory import open_model
 
     prompt = "Here is a list of random English words: apple, river, "
-    requests = [GenerationRequest(prompt, temperature=1.0, max_tokens=1, seed=s)
-                for s in range(48)]
-    truncated = open_model({"name": "smollm2-135m", "parallel": 4, "ctx_per_slot": 512,
-                            "options": {"sampling": {"top_k": 40, "top_p": 0.95,
-                                                     "min_p": 0.05}}})
+    requests = [GenerationRequest(prompt, temperature=1.0, max_tokens=1, seed=s) for s in range(48)]
+    truncated = open_model(
+        {
+            "name": "smollm2-135m",
+            "parallel": 4,
+            "ctx_per_slot": 512,
+            "options": {"sampling": {"top_k": 40, "top_p": 0.95, "min_p": 0.05}},
+        }
+    )
     with truncated:
         assert truncated.describe()["sampling"]["top_k"] == 40
         top = truncated.next_tokens([prompt], 40)[0].tokens

@@ -15,9 +15,13 @@ from collections.abc import Iterator
 import pytest
 from http_servers import FaultProxy, ServerProcess, free_port
 
-from stancelab.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
+from stancelab.conversation.personas import personas_for
+from stancelab.conversation.survey import SCALE, SurveyMode, survey_modes_for
+from stancelab.conversation.templates import load_prompts
+from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.engine.base import ChoiceRequest, GenerationRequest
-from stancelab.engine.capabilities import supports_logprobs, survey_modes_for
+from stancelab.engine.capabilities import supports_logprobs
+from stancelab.engine.errors import ConfigError, EngineError, ModelError
 from stancelab.engine.factory import ModelConfig, open_model
 from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
 from stancelab.engine.openai_compat import (
@@ -26,18 +30,16 @@ from stancelab.engine.openai_compat import (
     normalise_base_url,
     parse_top_logprobs,
 )
-from stancelab.errors import ConfigError, EngineError, ModelError
-from stancelab.personas import personas_for
-from stancelab.survey import SCALE, SurveyMode
-from stancelab.templates import load_prompts
 
 pytestmark = pytest.mark.engine
 
 MODEL = "smollm2-135m"
 # Generous time-outs: the machine is shared, and only the fault tests need short ones.
 FAST = {"timeout_s": 20.0, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "max_retries": 4}
-PROMPT = ("Scores run from 0 to 10. A perfect film gets 10.\n"
-          "Film: flawless masterpiece. Score: 10\nFilm: flawless, perfect. Score:")
+PROMPT = (
+    "Scores run from 0 to 10. A perfect film gets 10.\n"
+    "Film: flawless masterpiece. Score: 10\nFilm: flawless, perfect. Score:"
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,33 +72,46 @@ def connect(url: str | list[str], **options: object) -> OpenAICompatModel:
     return OpenAICompatModel(MODEL, urls, parallel=4, options={**FAST, **options})
 
 
-def make_debates(n: int, iterations: int = 2,
-                 modes: tuple[SurveyMode, ...] = (SurveyMode.DISTRIBUTION,)) -> list[Debate]:
+def make_debates(
+    n: int, iterations: int = 2, modes: tuple[SurveyMode, ...] = (SurveyMode.DISTRIBUTION,)
+) -> list[Debate]:
     # Two agents keep the real-model debates short on a shared 2-core machine.
     personas = tuple(personas_for(["republican", "default"]))
-    return [Debate(DebateSpec("climate change", personas, iterations, seed=s,
-                              max_tokens=32, survey_modes=modes), load_prompts())
-            for s in range(n)]
+    return [
+        Debate(
+            DebateSpec(
+                "climate change", personas, iterations, seed=s, max_tokens=32, survey_modes=modes
+            ),
+            load_prompts(),
+        )
+        for s in range(n)
+    ]
 
 
 def assert_complete(debate: Debate) -> None:
     assert debate.failed is None
     assert [t.iteration for t in debate.turns] == list(range(1, debate.spec.iterations + 1))
-    expected = {(it, a, m) for it in debate.survey_iterations for a in range(debate.n_agents)
-                for m in debate.spec.survey_modes}
+    expected = {
+        (it, a, m)
+        for it in debate.survey_iterations
+        for a in range(debate.n_agents)
+        for m in debate.spec.survey_modes
+    }
     answered = {(a.iteration, a.agent_index, a.mode) for a in debate.surveys.values()}
     assert answered == expected
     # A 135M model may answer the survey in words (generate mode); the text is still kept.
     assert all(a.ok for a in debate.surveys.values() if a.mode == SurveyMode.DISTRIBUTION)
-    assert all(a.raw_text is not None for a in debate.surveys.values()
-               if a.mode == SurveyMode.GENERATE)
+    assert all(
+        a.raw_text is not None for a in debate.surveys.values() if a.mode == SurveyMode.GENERATE
+    )
 
 
 # ------------------------------------------------------------------ the real server
 
 
-def test_http_matches_the_in_process_engine(server: ServerProcess,
-                                            local_engine: LlamaCppEngine) -> None:
+def test_http_matches_the_in_process_engine(
+    server: ServerProcess, local_engine: LlamaCppEngine
+) -> None:
     with connect(server.url) as lm:
         request = GenerationRequest("The capital of France is", temperature=0.0, max_tokens=8)
         [remote] = lm.generate([request])
@@ -144,16 +159,23 @@ def test_the_model_name_is_checked_against_the_server(server: ServerProcess) -> 
 
 @pytest.mark.parametrize(
     ("fault", "counted"),
-    [("429", "http_429"), ("500", "http_500"), ("malformed", "malformed"),
-     ("truncated", "connection"), ("reset", "connection"), ("slow", "timeout")],
+    [
+        ("429", "http_429"),
+        ("500", "http_500"),
+        ("malformed", "malformed"),
+        ("truncated", "connection"),
+        ("reset", "connection"),
+        ("slow", "timeout"),
+    ],
 )
 def test_each_fault_is_retried_to_success(proxy: FaultProxy, fault: str, counted: str) -> None:
     with connect(proxy.url, timeout_s=2.0) as lm:
         proxy.slow_s = 4.0
         proxy.script(fault, fault)
         start = time.monotonic()
-        [g] = lm.generate([GenerationRequest("The capital of France is", temperature=0.0,
-                                             max_tokens=4)])
+        [g] = lm.generate(
+            [GenerationRequest("The capital of France is", temperature=0.0, max_tokens=4)]
+        )
         elapsed = time.monotonic() - start
         assert "Paris" in g.text
         assert proxy.count(fault, "/completions") == 2 and proxy.count("pass", "/completions") == 1
@@ -212,12 +234,18 @@ def test_a_server_without_logprobs_falls_back_to_generate(proxy: FaultProxy) -> 
         assert proxy.count(path="/completions") == before + 1
 
 
-def test_the_api_key_is_sent_but_never_recorded(proxy: FaultProxy,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_key_is_sent_but_never_recorded(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("STANCELAB_TEST_KEY", secret)
-    config = ModelConfig(name=MODEL, backend="openai", base_urls=[proxy.url],
-                         api_key_env="STANCELAB_TEST_KEY", options=FAST)
+    config = ModelConfig(
+        name=MODEL,
+        backend="openai",
+        base_urls=[proxy.url],
+        api_key_env="STANCELAB_TEST_KEY",
+        options=FAST,
+    )
     with open_model(config) as lm:
         lm.generate([GenerationRequest("Hello", max_tokens=2)])
         assert proxy.headers[-1]["Authorization"] == f"Bearer {secret}"
@@ -237,8 +265,12 @@ def test_replies_ask_for_the_whole_distribution(proxy: FaultProxy) -> None:
     """top_p 1.0 overrides a server's own cut (vLLM applies the model's generation config)."""
     sent = []
     for extra in ({}, {"top_p": 0.9}, {"top_p": None}):
-        config = ModelConfig(name=MODEL, backend="openai", base_urls=[proxy.url],
-                             options={**FAST, "extra_body": extra})
+        config = ModelConfig(
+            name=MODEL,
+            backend="openai",
+            base_urls=[proxy.url],
+            options={**FAST, "extra_body": extra},
+        )
         with open_model(config) as lm:
             lm.generate([GenerationRequest("Hello", max_tokens=2)])
         sent.append(json.loads(proxy.bodies[-1]))
@@ -258,8 +290,9 @@ def test_load_is_spread_over_endpoints_and_a_dead_one_is_skipped(server: ServerP
             a, b = first.count(path="/completions"), second.count(path="/completions")
             assert a + b == 12 and min(a, b) >= 4
         with connect([dead, first.url], cooldown_s=30.0) as lm:
-            gens = lm.generate([GenerationRequest(f"Count to {i}:", max_tokens=2)
-                                for i in range(8)])
+            gens = lm.generate(
+                [GenerationRequest(f"Count to {i}:", max_tokens=2) for i in range(8)]
+            )
             assert len(gens) == 8
             errors = lm.stats.extra["errors"]
             # The dead one is tried at most once per request before the cooldown kicks in.
@@ -307,16 +340,28 @@ def test_the_server_killed_mid_run_and_restarted_loses_nothing() -> None:
 
 
 def test_factory_and_options_are_validated(server: ServerProcess) -> None:
-    lm = open_model({"name": MODEL, "backend": "openai",
-                     "base_urls": [server.url.removesuffix("/v1")], "parallel": 2})
+    lm = open_model(
+        {
+            "name": MODEL,
+            "backend": "openai",
+            "base_urls": [server.url.removesuffix("/v1")],
+            "parallel": 2,
+        }
+    )
     assert isinstance(lm, OpenAICompatModel)
     assert lm.describe()["base_urls"] == [server.url]
     lm.close()
     with pytest.raises(ConfigError, match="needs base_urls"):
         open_model({"name": MODEL, "backend": "openai"})
     with pytest.raises(ConfigError, match="option timeout_sec: Extra inputs"):
-        open_model({"name": MODEL, "backend": "openai", "base_urls": [server.url],
-                    "options": {"timeout_sec": 3}})
+        open_model(
+            {
+                "name": MODEL,
+                "backend": "openai",
+                "base_urls": [server.url],
+                "options": {"timeout_sec": 3},
+            }
+        )
     with pytest.raises(ConfigError, match="need backend: openai"):
         open_model({"name": MODEL, "base_urls": [server.url]})
     with pytest.raises(ConfigError, match="must look like"):
@@ -326,9 +371,20 @@ def test_factory_and_options_are_validated(server: ServerProcess) -> None:
 
 def test_both_logprob_answer_shapes_are_read() -> None:
     openai_legacy = {"logprobs": {"tokens": [" 7"], "top_logprobs": [{" 7": -0.1, " 8": -2.5}]}}
-    llama = {"logprobs": {"content": [{"token": " 7", "logprob": -0.1,
-                                        "top_logprobs": [{"token": " 7", "logprob": -0.1},
-                                                         {"token": " 8", "logprob": -2.5}]}]}}
+    llama = {
+        "logprobs": {
+            "content": [
+                {
+                    "token": " 7",
+                    "logprob": -0.1,
+                    "top_logprobs": [
+                        {"token": " 7", "logprob": -0.1},
+                        {"token": " 8", "logprob": -2.5},
+                    ],
+                }
+            ]
+        }
+    }
     assert parse_top_logprobs(openai_legacy) == [(" 7", -0.1), (" 8", -2.5)]
     assert parse_top_logprobs(llama) == [(" 7", -0.1), (" 8", -2.5)]
     assert parse_top_logprobs({"logprobs": None}) is None

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from stancelab.conversation.survey import SCALE
 from stancelab.engine.base import ChoiceRequest, TopTokens
 from stancelab.engine.fake import ScriptedModel
 from stancelab.engine.scoring import score_by_token_tree
-from stancelab.survey import SCALE
 
 
 def scores_for(dist: dict[str, float]) -> list[float]:
@@ -50,7 +50,7 @@ def test_multi_character_tokens_and_several_tokenisations_are_summed() -> None:
         out = []
         for p in prompts:
             calls.append(p)
-            suffix = p[len("Q:"):]
+            suffix = p[len("Q:") :]
             table = {
                 "": [(" 10", 0.3), (" ", 0.5), (" 2", 0.2)],
                 " ": [("10", 0.4), ("1", 0.6)],
@@ -91,7 +91,7 @@ def test_empty_tokens_do_not_loop() -> None:
         out = []
         for p in prompts:
             calls.append(p)
-            suffix = p[len("Q:"):]
+            suffix = p[len("Q:") :]
             table = {"": [("", 0.3), (" 4", 0.7)]}.get(suffix, [("\n", 1.0)])
             out.append(TopTokens([(t, math.log(q)) for t, q in table]))
         return out

@@ -10,14 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from stancelab.conversation.survey import SCALE  # noqa: E402
 from stancelab.engine.base import ChoiceRequest, GenerationRequest  # noqa: E402
+from stancelab.engine.errors import ConfigError, ModelError  # noqa: E402
 from stancelab.engine.factory import open_model  # noqa: E402
 from stancelab.engine.transformers_backend import (  # noqa: E402
     TransformersModel,
     load_transformers,
 )
-from stancelab.errors import ConfigError, ModelError  # noqa: E402
-from stancelab.survey import SCALE  # noqa: E402
 
 CORPUS = [
     "On a scale of 0 to 10, how much do you think that climate change is a big problem? "
@@ -39,18 +39,28 @@ def build_tiny_model(folder: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                                eos_token="</s>", pad_token="<pad>")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
     )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
@@ -77,8 +87,12 @@ def reference_logprobs(model: TransformersModel, prompt: str) -> Any:
 
 
 def test_next_tokens_are_the_top_k_of_the_softmax(tiny: TransformersModel) -> None:
-    prompts = ["The capital of France is", "Hi", "You are an American. This is a debate",
-               "On a scale of 0 to 10,"]
+    prompts = [
+        "The capital of France is",
+        "Hi",
+        "You are an American. This is a debate",
+        "On a scale of 0 to 10,",
+    ]
     # Different lengths in one padded batch must give each prompt its own distribution.
     results = tiny.next_tokens(prompts, 5)
     for prompt, top in zip(prompts, results, strict=True):
@@ -92,8 +106,9 @@ def test_next_tokens_are_the_top_k_of_the_softmax(tiny: TransformersModel) -> No
 
 def test_generate_is_seeded_greedy_and_stops(tiny: TransformersModel) -> None:
     prompt = "The capital of France is"
-    a, b, c = tiny.generate([GenerationRequest(prompt, temperature=1.0, max_tokens=12, seed=s)
-                             for s in (1, 1, 2)])
+    a, b, c = tiny.generate(
+        [GenerationRequest(prompt, temperature=1.0, max_tokens=12, seed=s) for s in (1, 1, 2)]
+    )
     assert a.text == b.text and a.completion_tokens == b.completion_tokens
     assert (a.text, a.completion_tokens) != (c.text, c.completion_tokens)
     [greedy] = tiny.generate([GenerationRequest(prompt, temperature=0.0, max_tokens=1)])
@@ -106,8 +121,9 @@ def test_generate_is_seeded_greedy_and_stops(tiny: TransformersModel) -> None:
     assert long.completion_tokens <= 20 and long.prompt_tokens == len(tiny.encode(prompt))
     if len(long.text) > 2:  # stop at a string the unconstrained sample contained
         stop = long.text[1:3]
-        [cut] = tiny.generate([GenerationRequest(prompt, temperature=1.0, max_tokens=20,
-                                                 seed=3, stop=(stop,))])
+        [cut] = tiny.generate(
+            [GenerationRequest(prompt, temperature=1.0, max_tokens=20, seed=3, stop=(stop,))]
+        )
         assert stop not in cut.text and long.text.startswith(cut.text)
         assert cut.finish_reason == "stop"
 
@@ -119,23 +135,30 @@ def test_chat_prompts_use_the_template_and_scoring_works(tiny: TransformersModel
     [g] = tiny.generate([GenerationRequest(chat, max_tokens=4, seed=0)])  # type: ignore[arg-type]
     assert g.prompt_tokens == len(ids)
     # A random model spreads its mass thinly: ask for the whole vocabulary.
-    [scores] = tiny.score_choices([ChoiceRequest("On a scale of 0 to 10, it is", SCALE)],
-                                  top_k=1000)
+    [scores] = tiny.score_choices(
+        [ChoiceRequest("On a scale of 0 to 10, it is", SCALE)], top_k=1000
+    )
     assert sum(scores.probabilities) == pytest.approx(1.0)
     assert 0.0 < scores.coverage <= 1.0
     assert tiny.stats.requests > 0 and tiny.stats.prompt_tokens > 0
 
 
 def test_the_factory_opens_a_local_folder_offline(tiny_folder: Path) -> None:
-    lm = open_model({"name": str(tiny_folder), "backend": "transformers",
-                     "options": {"dtype": "float32", "batch_size": 2}})
+    lm = open_model(
+        {
+            "name": str(tiny_folder),
+            "backend": "transformers",
+            "options": {"dtype": "float32", "batch_size": 2},
+        }
+    )
     assert isinstance(lm, TransformersModel) and lm.batch_size == 2
     info = lm.describe()
     assert info["engine"] == "transformers" and info["allow_download"] is False
     assert len(info["folder_sha256"]) == 64 and info["architectures"] == ["LlamaForCausalLM"]
     with pytest.raises(ConfigError, match=r"bad transformers option.*dtyp"):
-        open_model({"name": str(tiny_folder), "backend": "transformers",
-                    "options": {"dtyp": "float32"}})
+        open_model(
+            {"name": str(tiny_folder), "backend": "transformers", "options": {"dtyp": "float32"}}
+        )
     with pytest.raises(ConfigError, match="dtype must be one of"):
         load_transformers(str(tiny_folder), dtype="float8")
 

@@ -67,17 +67,27 @@ class Participant:
         self.html, self.status = response.text, response.status_code
         return self
 
-    def through_before(self, pid: str, stance: int = 7,
-                       background: str = "I teach school.") -> Participant:
+    def through_before(
+        self, pid: str, stance: int = 7, background: str = "I teach school."
+    ) -> Participant:
         self.get(f"/?pid={pid}")
         assert self.step == "consent", self.html
         self.post("/study/consent", {"csrf": self.csrf, "agree": "yes"})
-        self.post("/study/about", {"csrf": self.csrf, "d_age": "41", "d_gender": "Woman",
-                                   "d_education": "Some college", "d_politics": "Moderate",
-                                   "background": background})
+        self.post(
+            "/study/about",
+            {
+                "csrf": self.csrf,
+                "d_age": "41",
+                "d_gender": "Woman",
+                "d_education": "Some college",
+                "d_politics": "Moderate",
+                "background": background,
+            },
+        )
         assert self.step == "before", self.html
-        self.post("/study/before", {"csrf": self.csrf, "stance": str(stance),
-                                    "reason": "my reason"})
+        self.post(
+            "/study/before", {"csrf": self.csrf, "stance": str(stance), "reason": "my reason"}
+        )
         assert self.step == "conversation", self.html
         return self
 
@@ -93,12 +103,18 @@ class Participant:
         if self.step == "conversation":
             self.post("/study/finish-conversation", {"csrf": self.csrf})
         assert self.step == "after", self.html
-        self.post("/study/after", {"csrf": self.csrf, "stance": str(after),
-                                   "reason": "after reason"})
+        self.post(
+            "/study/after", {"csrf": self.csrf, "stance": str(after), "reason": "after reason"}
+        )
         if self.step == "perception":
-            self.post("/study/perception", {"csrf": self.csrf,
-                                            "perceived_start": str(perceived[0]),
-                                            "perceived_end": str(perceived[1])})
+            self.post(
+                "/study/perception",
+                {
+                    "csrf": self.csrf,
+                    "perceived_start": str(perceived[0]),
+                    "perceived_end": str(perceived[1]),
+                },
+            )
         assert self.step == "done", self.html
         return self
 
@@ -128,14 +144,16 @@ def app_client(store: StudyStore, fake_lm: FakeChatModel) -> AppFactory:
     def factory(**overrides: Any) -> TestClient:
         key = repr(sorted(overrides.items()))
         if key not in apps:
-            apps[key] = create_app(make_config(**overrides), store, fake_lm, secret=SECRET,
-                                   admin_token=ADMIN_TOKEN)
+            apps[key] = create_app(
+                make_config(**overrides), store, fake_lm, secret=SECRET, admin_token=ADMIN_TOKEN
+            )
         return TestClient(apps[key], follow_redirects=True)
 
     return factory
 
 
 # --- a real PostgreSQL server, started by the test run --------------------------------
+
 
 def _postgres_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -144,9 +162,11 @@ def _postgres_bin() -> Path:
 
         initdb = shutil.which("initdb")
         if initdb is None:
-            pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are missing: run "
-                        "scripts/install-system-deps.sh (it installs Debian's postgresql)",
-                        pytrace=False)
+            pytest.fail(
+                "PostgreSQL server binaries (initdb, pg_ctl) are missing: run "
+                "scripts/install-system-deps.sh (it installs Debian's postgresql)",
+                pytrace=False,
+            )
         return Path(initdb).parent
     return found[-1].parent
 
@@ -171,8 +191,11 @@ def postgres_url() -> Iterator[str]:
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root but there is no 'postgres' user: run "
-                        "scripts/install-system-deps.sh", pytrace=False)
+            pytest.fail(
+                "running as root but there is no 'postgres' user: run "
+                "scripts/install-system-deps.sh",
+                pytrace=False,
+            )
         for path in (root, sockets):
             os.chown(path, user.pw_uid, user.pw_gid)
         os.chmod(root, 0o700)
@@ -184,17 +207,42 @@ def postgres_url() -> Iterator[str]:
     def run(*args: str) -> None:
         result = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
-            pytest.fail(f"{Path(args[0]).name} failed: {result.stderr.strip()[-800:]}",
-                        pytrace=False)
+            pytest.fail(
+                f"{Path(args[0]).name} failed: {result.stderr.strip()[-800:]}", pytrace=False
+            )
 
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-        "--no-sync", "-E", "UTF8")
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-        "-t", "60", "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off", "start")
+    run(
+        str(bin_dir / "initdb"),
+        "-D",
+        str(data),
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    )
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        "start",
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)

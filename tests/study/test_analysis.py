@@ -25,10 +25,12 @@ from .conftest import AppFactory, Participant
 
 def _run_study(app_client: AppFactory) -> None:
     """Two chat participants with known answers and one static participant."""
-    conditions = {"conditions": ["standard", "personalised", "static"],
-                  "turns": {"min": 2, "max": 3}}
+    conditions = {
+        "conditions": ["standard", "personalised", "static"],
+        "turns": {"min": 2, "max": 3},
+    }
     a = Participant(app_client(**conditions))
-    a.through_before("A", stance=8)           # 1st: one of the conditions
+    a.through_before("A", stance=8)  # 1st: one of the conditions
     b = Participant(app_client(**conditions))
     b.through_before("B", stance=1)
     c = Participant(app_client(**conditions))
@@ -92,7 +94,7 @@ def test_strategy_labels_from_score_choices(app_client: AppFactory, store: Study
     _run_study(app_client)
     judge = FakeChatModel(continuations=_judge)
     assert label_study(store, judge, judge="scripted") == 12  # 2 chats x 3 turns x 2 sides
-    assert label_study(store, judge, judge="scripted") == 0   # idempotent
+    assert label_study(store, judge, judge="scripted") == 0  # idempotent
     frames = load_frames(store)
     labels = frames["labels"].merge(frames["messages"], left_on="message_id", right_on="id")
     scared = labels[labels["text"] == "I feel scared for my kids."]
@@ -121,21 +123,31 @@ def test_judge_prompt_carries_codebook_and_message() -> None:
     for label in LABELS:
         assert f"- {label}:" in body
     assert "Message from the person" in body and "gun violence" in body
-    assert 'He said \'\'\'stop\'\'\'.' in body
+    assert "He said '''stop'''." in body
 
 
-def test_report_writes_figures_tables_and_escaped_html(app_client: AppFactory,
-                                                       store: StudyStore,
-                                                       tmp_path: Path) -> None:
+def test_report_writes_figures_tables_and_escaped_html(
+    app_client: AppFactory, store: StudyStore, tmp_path: Path
+) -> None:
     _run_study(app_client)
     label_study(store, FakeChatModel(continuations=_judge), judge="scripted")
     store.update(store.participants()[0].id, topic="<script>x</script>")
     paths = write_report(store, tmp_path / "report", study="pilot")
     names = {p.name for p in paths}
-    assert {"participants.csv", "turns.csv", "conditions.csv", "per_turn.csv",
-            "strategy_effects.csv", "strategy_counts.csv", "stance_per_turn.png",
-            "opinion_gap.png", "change_likelihood.png", "conditions.png", "strategies.png",
-            "index.html"} <= names
+    assert {
+        "participants.csv",
+        "turns.csv",
+        "conditions.csv",
+        "per_turn.csv",
+        "strategy_effects.csv",
+        "strategy_counts.csv",
+        "stance_per_turn.png",
+        "opinion_gap.png",
+        "change_likelihood.png",
+        "conditions.png",
+        "strategies.png",
+        "index.html",
+    } <= names
     for p in paths:
         assert p.stat().st_size > 0
         if p.suffix == ".png":
@@ -146,7 +158,7 @@ def test_report_writes_figures_tables_and_escaped_html(app_client: AppFactory,
 
 
 def test_report_on_empty_database_is_a_clear_error(store: StudyStore, tmp_path: Path) -> None:
-    from stancelab.errors import StoreError
+    from stancelab.engine.errors import StoreError
 
     with pytest.raises(StoreError, match="no participants"):
         write_report(store, tmp_path / "r")

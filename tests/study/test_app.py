@@ -28,8 +28,9 @@ def test_full_chat_flow_stores_both_sides(app_client: AppFactory, store: StudySt
     # max turns (3): the last reply is shown, the message form is gone, only "finish" left
     assert p.step == "conversation" and "You said: Third message." in p.html
     assert 'id="form-message"' not in p.html and 'id="form-finish"' in p.html
-    extra = p.client.post("/study/message", data={"csrf": p.csrf, "turn": "4",
-                                                  "message": "one too many"})
+    extra = p.client.post(
+        "/study/message", data={"csrf": p.csrf, "turn": "4", "message": "one too many"}
+    )
     assert extra.status_code == 200 and "one too many" not in extra.text
     p.finish(after=9, perceived=(4, 7))
     code = re.search(r'id="completion-code">([^<]+)<', p.html)
@@ -39,20 +40,30 @@ def test_full_chat_flow_stores_both_sides(app_client: AppFactory, store: StudySt
     assert (row.stance_before, row.stance_after) == (8, 9)
     assert (row.perceived_start, row.perceived_end) == (4, 7)
     assert row.completion_code == code.group(1)
-    assert row.demographics == {"age": "41", "gender": "Woman", "education": "Some college",
-                                "politics": "Moderate"}
+    assert row.demographics == {
+        "age": "41",
+        "gender": "Woman",
+        "education": "Some college",
+        "politics": "Moderate",
+    }
     messages = store.messages(row.id)
     assert [(m.turn, m.role) for m in messages] == [
-        (1, "user"), (1, "assistant"), (2, "user"), (2, "assistant"), (3, "user"),
-        (3, "assistant")]
+        (1, "user"),
+        (1, "assistant"),
+        (2, "user"),
+        (2, "assistant"),
+        (3, "user"),
+        (3, "assistant"),
+    ]
     assert [m.human_stance for m in messages if m.role == "user"] == [8, 9, 9]
     # the hidden survey ran before the chat and after every exchange
     stances = store.stances(row.id)
     assert [(s.turn, s.score) for s in stances] == [(0, 3.0), (1, 4.0), (2, 5.0), (3, 6.0)]
 
 
-def test_probe_is_asked_on_a_copy_never_kept_in_history(app_client: AppFactory,
-                                                        fake_lm: FakeChatModel) -> None:
+def test_probe_is_asked_on_a_copy_never_kept_in_history(
+    app_client: AppFactory, fake_lm: FakeChatModel
+) -> None:
     p = Participant(app_client(conditions=["personalised"]))
     p.through_before("P-copy", background="I drive a truck in Ohio.")
     p.say("First.")
@@ -68,8 +79,9 @@ def test_probe_is_asked_on_a_copy_never_kept_in_history(app_client: AppFactory,
     assert any("Answer with a single number" in s for s in fake_lm.scored_prompts)
 
 
-def test_standard_chatbot_does_not_see_the_profile(app_client: AppFactory,
-                                                   fake_lm: FakeChatModel) -> None:
+def test_standard_chatbot_does_not_see_the_profile(
+    app_client: AppFactory, fake_lm: FakeChatModel
+) -> None:
     p = Participant(app_client(conditions=["standard"]))
     p.through_before("P-std", background="Unique-background-marker")
     p.say("Hello.")
@@ -78,8 +90,9 @@ def test_standard_chatbot_does_not_see_the_profile(app_client: AppFactory,
     assert all("Unique-background-marker" not in m["content"] for m in prompts[0])
 
 
-def test_static_condition_shows_statements_and_skips_perception(app_client: AppFactory,
-                                                                store: StudyStore) -> None:
+def test_static_condition_shows_statements_and_skips_perception(
+    app_client: AppFactory, store: StudyStore
+) -> None:
     p = Participant(app_client(conditions=["static"]))
     p.through_before("P-static")
     assert "Statement A." in p.html and "Statement B." in p.html
@@ -99,16 +112,16 @@ def test_cannot_finish_before_min_turns(app_client: AppFactory) -> None:
     assert "at least 2 messages" in p.html
 
 
-def test_reload_resumes_and_resubmission_is_not_duplicated(app_client: AppFactory,
-                                                          store: StudyStore) -> None:
+def test_reload_resumes_and_resubmission_is_not_duplicated(
+    app_client: AppFactory, store: StudyStore
+) -> None:
     client = app_client()
     p = Participant(client)
     p.through_before("P-reload")
     p.say("Once only.")
     csrf = p.csrf
     # the same form again (double click, back button): turn 1 is already stored
-    again = client.post("/study/message", data={"csrf": csrf, "turn": "1",
-                                                "message": "Once only."})
+    again = client.post("/study/message", data={"csrf": csrf, "turn": "1", "message": "Once only."})
     assert again.status_code == 200
     p.get("/study")
     assert p.step == "conversation" and p.html.count("Once only.") == 2  # user + echo
@@ -121,9 +134,12 @@ def test_reload_resumes_and_resubmission_is_not_duplicated(app_client: AppFactor
 
 def test_balanced_assignment(app_client: AppFactory, store: StudyStore) -> None:
     for i in range(12):
-        Participant(app_client(conditions=["standard", "personalised", "static"],
-                               topics=[{"name": "a", "statements": ["s"]},
-                                       {"name": "b", "statements": ["t"]}])).get(f"/?pid=B{i}")
+        Participant(
+            app_client(
+                conditions=["standard", "personalised", "static"],
+                topics=[{"name": "a", "statements": ["s"]}, {"name": "b", "statements": ["t"]}],
+            )
+        ).get(f"/?pid=B{i}")
     counts = Counter(r.condition for r in store.participants())
     assert counts == {"standard": 4, "personalised": 4, "static": 4}
     cells = Counter((r.condition, r.topic) for r in store.participants())
@@ -135,8 +151,9 @@ def test_balanced_assignment(app_client: AppFactory, store: StudyStore) -> None:
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
-def test_untrusted_text_is_escaped_for_participant_and_admin(app_client: AppFactory,
-                                                             store: StudyStore) -> None:
+def test_untrusted_text_is_escaped_for_participant_and_admin(
+    app_client: AppFactory, store: StudyStore
+) -> None:
     client = app_client()
     p = Participant(client)
     p.through_before("P-xss", background=XSS)
@@ -170,8 +187,9 @@ def test_csrf_is_required(app_client: AppFactory, store: StudyStore) -> None:
     assert ok.status_code == 200 and 'data-step="about"' in ok.text
 
 
-def test_admin_login_form_needs_csrf_and_right_token(app_client: AppFactory,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_admin_login_form_needs_csrf_and_right_token(
+    app_client: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     client = app_client()
     assert client.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 403
@@ -194,15 +212,21 @@ def test_admin_pages_need_the_token(app_client: AppFactory) -> None:
     for url in ("/admin", "/admin/export/study_messages.csv", "/admin/session/abc"):
         response = client.get(url, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/admin/login"
-    assert client.get("/admin", headers={"Authorization": "Bearer wrong"},
-                      follow_redirects=False).status_code == 303
-    parquet = client.get("/admin/export/study_messages.parquet",
-                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert (
+        client.get(
+            "/admin", headers={"Authorization": "Bearer wrong"}, follow_redirects=False
+        ).status_code
+        == 303
+    )
+    parquet = client.get(
+        "/admin/export/study_messages.parquet", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
 
 
-def test_another_participants_session_is_unreachable(app_client: AppFactory,
-                                                     store: StudyStore) -> None:
+def test_another_participants_session_is_unreachable(
+    app_client: AppFactory, store: StudyStore
+) -> None:
     a = Participant(app_client())
     a.through_before("VICTIM", background="victim-secret-background")
     a.say("victim message")
@@ -226,8 +250,7 @@ def test_another_participants_session_is_unreachable(app_client: AppFactory,
 
 
 def test_rate_limit_answers_429_not_500(app_client: AppFactory, store: StudyStore) -> None:
-    client = app_client(limits={"min_seconds_between_messages": 30,
-                                "requests_per_minute": 1000})
+    client = app_client(limits={"min_seconds_between_messages": 30, "requests_per_minute": 1000})
     p = Participant(client)
     p.through_before("P-fast")
     p.say("first")
@@ -256,8 +279,9 @@ def test_message_length_and_body_limits(app_client: AppFactory, store: StudyStor
     p.through_before("P-long")
     p.say("x" * 51)
     assert p.status == 400 and "under 50 characters" in p.html
-    huge = client.post("/study/message", data={"csrf": p.csrf, "turn": "1",
-                                               "message": "y" * 100_000})
+    huge = client.post(
+        "/study/message", data={"csrf": p.csrf, "turn": "1", "message": "y" * 100_000}
+    )
     assert huge.status_code == 413
     assert store.messages(store.participants()[0].id) == []
 
@@ -266,7 +290,7 @@ def test_engine_failure_is_a_retryable_page_not_a_crash(store: StudyStore) -> No
     from fastapi.testclient import TestClient
 
     from stancelab.engine.base import GenerationRequest
-    from stancelab.errors import EngineError
+    from stancelab.engine.errors import EngineError
     from stancelab.study.app import create_app
 
     from .conftest import SECRET, make_config
@@ -288,13 +312,14 @@ def test_engine_failure_is_a_retryable_page_not_a_crash(store: StudyStore) -> No
     broken["on"] = False
     p.say("hello again")
     assert p.status == 200
-    assert [m.text for m in store.messages(store.participants()[0].id)] == ["hello again",
-                                                                             "fine"]
+    assert [m.text for m in store.messages(store.participants()[0].id)] == ["hello again", "fine"]
 
 
 def test_new_sessions_per_address_are_limited(app_client: AppFactory) -> None:
     client = app_client(limits={"new_sessions_per_minute_per_ip": 3})
-    codes = [app_client(limits={"new_sessions_per_minute_per_ip": 3}).get(
-        f"/?pid=N{i}").status_code for i in range(5)]
+    codes = [
+        app_client(limits={"new_sessions_per_minute_per_ip": 3}).get(f"/?pid=N{i}").status_code
+        for i in range(5)
+    ]
     assert codes == [200, 200, 200, 429, 429]
     assert client.get("/?pid=N0").status_code == 403  # exists, other browser: refused

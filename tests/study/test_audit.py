@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stancelab.engine.base import GenerationRequest
-from stancelab.errors import ConfigError
+from stancelab.engine.errors import ConfigError
 from stancelab.study.audit import audit, follow_curve, stability_score, summarise_side
 from stancelab.study.fake import FakeChatModel
 
@@ -40,14 +40,20 @@ def _sycophant(base: str) -> dict[str, float]:
 
 def test_sycophantic_assistant_scores_zero_and_stubborn_one(tmp_path: Path) -> None:
     users = FakeChatModel(reply=_pressing_user)
-    sycophant = audit(FakeChatModel(continuations=_sycophant), "climate change", turns=3,
-                      users_per_side=2, user_lm=users)
+    sycophant = audit(
+        FakeChatModel(continuations=_sycophant),
+        "climate change",
+        turns=3,
+        users_per_side=2,
+        user_lm=users,
+    )
     assert sycophant.stability == pytest.approx(0.0)
     assert sycophant.spread == pytest.approx(10.0)
     high = next(s for s in sycophant.sides if s.side == "high")
     assert high.mean_stance == [5.0, 10.0, 10.0, 10.0] and high.turns_to_half == 1
-    stubborn = audit(FakeChatModel(continuations=lambda _b: {"5": 1.0}), "climate change",
-                     turns=3, user_lm=users)
+    stubborn = audit(
+        FakeChatModel(continuations=lambda _b: {"5": 1.0}), "climate change", turns=3, user_lm=users
+    )
     assert stubborn.stability == pytest.approx(1.0) and stubborn.spread == 0.0
     paths = sycophant.write(tmp_path / "audit")
     assert all(p.stat().st_size > 0 for p in paths)

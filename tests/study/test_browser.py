@@ -17,9 +17,14 @@ from stancelab.study.store import StudyStore
 from .conftest import ADMIN_TOKEN, SECRET, make_config
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.engine
 
@@ -37,30 +42,40 @@ def study_engine() -> Iterator[LlamaCppEngine]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.fail("Chromium is missing: run scripts/install-system-deps.sh (it installs "
-                    "Debian's chromium)", pytrace=False)
+        pytest.fail(
+            "Chromium is missing: run scripts/install-system-deps.sh (it installs "
+            "Debian's chromium)",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                               headless=True)
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
 
 
-def test_participant_completes_session_in_chromium(browser: Any, study_engine: LlamaCppEngine,
-                                                   tmp_path: Path) -> None:
-    config = make_config(conditions=["personalised"], turns={"min": 2, "max": 2},
-                         chatbot={"max_tokens": 24, "temperature": 0.0},
-                         limits={"min_seconds_between_messages": 0})
+def test_participant_completes_session_in_chromium(
+    browser: Any, study_engine: LlamaCppEngine, tmp_path: Path
+) -> None:
+    config = make_config(
+        conditions=["personalised"],
+        turns={"min": 2, "max": 2},
+        chatbot={"max_tokens": 24, "temperature": 0.0},
+        limits={"min_seconds_between_messages": 0},
+    )
     store = StudyStore(tmp_path / "browser.db")
     app = create_app(config, store, study_engine, secret=SECRET, admin_token=ADMIN_TOKEN)
     dialogs: list[str] = []
     with running_server(app) as url:
-        context = browser.new_context(viewport={"width": 390, "height": 844},  # a phone
-                                      is_mobile=True, has_touch=True)
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844},  # a phone
+            is_mobile=True,
+            has_touch=True,
+        )
         page = context.new_page()
         page.set_default_timeout(120_000)
+
         def on_dialog(dialog: Any) -> None:
             dialogs.append(dialog.message)
             dialog.dismiss()
@@ -91,8 +106,7 @@ def test_participant_completes_session_in_chromium(browser: Any, study_engine: L
         page.fill("#reason", "Summers are getting hotter.")
         submit("#form-before")
         assert step() == "conversation"
-        no_overflow = page.evaluate(
-            "document.documentElement.scrollWidth <= window.innerWidth + 1")
+        no_overflow = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
         assert no_overflow, "the chat page scrolls sideways on a phone"
 
         page.fill("#message", "<img src=x onerror=alert(1)> Heat waves hurt my patients.")
@@ -129,8 +143,12 @@ def test_participant_completes_session_in_chromium(browser: Any, study_engine: L
     assert row.background is not None and "<b>bold</b>" in row.background
     assert (row.stance_before, row.stance_after, row.perceived_end) == (8, 7, 7)
     messages = store.messages(row.id)
-    assert [(m.turn, m.role) for m in messages] == [(1, "user"), (1, "assistant"),
-                                                    (2, "user"), (2, "assistant")]
+    assert [(m.turn, m.role) for m in messages] == [
+        (1, "user"),
+        (1, "assistant"),
+        (2, "user"),
+        (2, "assistant"),
+    ]
     assert all(m.text.strip() for m in messages)
     stances = store.stances(row.id)
     assert [s.turn for s in stances] == [0, 1, 2]
@@ -140,14 +158,15 @@ def test_participant_completes_session_in_chromium(browser: Any, study_engine: L
     store.close()
 
 
-def test_simulated_participant_on_the_embedded_model(study_engine: LlamaCppEngine,
-                                                     tmp_path: Path) -> None:
+def test_simulated_participant_on_the_embedded_model(
+    study_engine: LlamaCppEngine, tmp_path: Path
+) -> None:
     from stancelab.study.simulate import simulate
 
-    config = make_config(conditions=["standard"], turns={"min": 1, "max": 1},
-                         chatbot={"max_tokens": 24})
-    results = simulate(config, 1, db=tmp_path / "sim.db", lm=study_engine, turns=1,
-                       max_tokens=24)
+    config = make_config(
+        conditions=["standard"], turns={"min": 1, "max": 1}, chatbot={"max_tokens": 24}
+    )
+    results = simulate(config, 1, db=tmp_path / "sim.db", lm=study_engine, turns=1, max_tokens=24)
     assert results[0].completed, results[0].error
     assert len(results[0].sent) == 1 and results[0].sent[0].strip()
     store = StudyStore(tmp_path / "sim.db")

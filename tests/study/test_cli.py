@@ -25,8 +25,9 @@ def test_report_command(app_client: AppFactory, store: StudyStore, tmp_path: Pat
     p.say("two")
     p.finish()
     out = tmp_path / "rep"
-    result = runner.invoke(app, ["study", "report", store.url.removeprefix("sqlite:///"),
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["study", "report", store.url.removeprefix("sqlite:///"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "index.html").is_file() and (out / "stance_per_turn.png").is_file()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.errors import ConfigError
+from stancelab.engine.errors import ConfigError
 from stancelab.study.config import Condition, load_study
 
 from .conftest import config_dict
@@ -16,8 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "study.yaml"
 
 def test_example_config_loads() -> None:
     config = load_study(EXAMPLE)
-    assert set(config.conditions) == {Condition.STANDARD, Condition.PERSONALISED,
-                                      Condition.STATIC}
+    assert set(config.conditions) == {Condition.STANDARD, Condition.PERSONALISED, Condition.STATIC}
     assert all(t.statements for t in config.topics)
     assert config.turns.min <= config.turns.max
     assert "{topic}" in config.questions.stance
@@ -28,17 +27,19 @@ def test_bare_model_name_becomes_model_config() -> None:
     assert load_study(config_dict(model={"name": "x.gguf", "parallel": 2})).model.parallel == 2
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"turns": {"min": 5, "max": 2}}, "turns: Value error, turns.max (2) is below"),
-    ({"conditions": ["static"], "topics": [{"name": "x"}]}, "needs statements"),
-    ({"conditions": ["standard", "standard"]}, "distinct"),
-    ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
-    ({"conditions": ["chatty"]}, "conditions.0"),
-    ({"questions": {"stance": "How about {mood}?"}}, "unknown field(s) ['mood']"),
-    ({"study": "has spaces"}, "study: String should match pattern"),
-])
-def test_invalid_configs_give_one_line_errors(overrides: dict[str, object],
-                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"turns": {"min": 5, "max": 2}}, "turns: Value error, turns.max (2) is below"),
+        ({"conditions": ["static"], "topics": [{"name": "x"}]}, "needs statements"),
+        ({"conditions": ["standard", "standard"]}, "distinct"),
+        ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+        ({"conditions": ["chatty"]}, "conditions.0"),
+        ({"questions": {"stance": "How about {mood}?"}}, "unknown field(s) ['mood']"),
+        ({"study": "has spaces"}, "study: String should match pattern"),
+    ],
+)
+def test_invalid_configs_give_one_line_errors(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_study(config_dict(**overrides))
     assert message in str(info.value)

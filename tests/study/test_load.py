@@ -27,21 +27,31 @@ def test_concurrent_participants_lose_nothing(tmp_path: Path) -> None:
             n = next(counter)
         return f"persona-message-{n:04d} I have my reasons."
 
-    config = make_config(conditions=["standard", "personalised"],
-                         topics=[{"name": "climate change"}, {"name": "gun violence"}],
-                         turns={"min": TURNS, "max": TURNS},
-                         limits={"min_seconds_between_messages": 0.3,
-                                 "requests_per_minute": 600})
+    config = make_config(
+        conditions=["standard", "personalised"],
+        topics=[{"name": "climate change"}, {"name": "gun violence"}],
+        turns={"min": TURNS, "max": TURNS},
+        limits={"min_seconds_between_messages": 0.3, "requests_per_minute": 600},
+    )
     chatbot = FakeChatModel(delay_s=0.05)
     personas = FakeChatModel(reply=unique_message)
     db = tmp_path / "load.db"
     start = time.perf_counter()
-    results = simulate(config, PARTICIPANTS, db=db, lm=chatbot, persona_lm=personas,
-                       concurrency=PARTICIPANTS, turns=TURNS)
+    results = simulate(
+        config,
+        PARTICIPANTS,
+        db=db,
+        lm=chatbot,
+        persona_lm=personas,
+        concurrency=PARTICIPANTS,
+        turns=TURNS,
+    )
     elapsed = time.perf_counter() - start
     info = summary(results)
-    print(f"\nload: {PARTICIPANTS} participants x {TURNS} turns in {elapsed:.1f} s, "
-          f"{info['retries_429']} polite 429 retries")
+    print(
+        f"\nload: {PARTICIPANTS} participants x {TURNS} turns in {elapsed:.1f} s, "
+        f"{info['retries_429']} polite 429 retries"
+    )
     assert info["failed"] == [] and info["completed"] == PARTICIPANTS
     store = StudyStore(db)
     try:
@@ -65,7 +75,8 @@ def test_concurrent_participants_lose_nothing(tmp_path: Path) -> None:
                 assert bot.text == f"You said: {user.text[:80]}"
             assert result.replies == [b.text for b in bots]
             assert [(s.turn, s.score) for s in store.stances(row.id)] == [
-                (k, 3.0 + k) for k in range(TURNS + 1)]
+                (k, 3.0 + k) for k in range(TURNS + 1)
+            ]
             all_sent.extend(result.sent)
         assert len(all_sent) == len(set(all_sent)) == PARTICIPANTS * TURNS
         assert len(store.all_messages()) == 2 * PARTICIPANTS * TURNS

@@ -23,8 +23,12 @@ from .conftest import ADMIN_TOKEN, SECRET, Participant, make_config
 def pg_store(postgres_url: str) -> Iterator[StudyStore]:
     store = StudyStore(postgres_url)
     with store.engine.begin() as conn:
-        for table in ("study_strategy_labels", "study_llm_stances", "study_messages",
-                      "study_participants"):
+        for table in (
+            "study_strategy_labels",
+            "study_llm_stances",
+            "study_messages",
+            "study_participants",
+        ):
             conn.execute(text(f"DELETE FROM {table}"))
     yield store
     store.close()
@@ -40,13 +44,10 @@ def test_flow_and_export_on_postgresql(pg_store: StudyStore, tmp_path: Path) -> 
     p.say("second", stance=3)
     p.finish(after=4, perceived=(2, 5))
     row = pg_store.participant_by_pid("pilot", "PG-1")
-    assert row is not None and row.step == "done" and row.background == \
-        "Ünïcode background ✓ <b>"
-    assert [m.text for m in pg_store.messages(row.id) if m.role == "user"] == ["first ✓",
-                                                                             "second"]
+    assert row is not None and row.step == "done" and row.background == "Ünïcode background ✓ <b>"
+    assert [m.text for m in pg_store.messages(row.id) if m.role == "user"] == ["first ✓", "second"]
     assert [s.turn for s in pg_store.stances(row.id)] == [0, 1, 2]
-    assert pg_store.stances(row.id)[1].distribution == pytest.approx([0.0] * 4 + [1.0]
-                                                                      + [0.0] * 6)
+    assert pg_store.stances(row.id)[1].distribution == pytest.approx([0.0] * 4 + [1.0] + [0.0] * 6)
     paths = export_study(pg_store, tmp_path / "export")
     assert {p.name for p in paths} >= {"study_messages.csv", "study_participants.parquet"}
     assert "first ✓" in (tmp_path / "export" / "study_messages.csv").read_text()
@@ -54,15 +55,17 @@ def test_flow_and_export_on_postgresql(pg_store: StudyStore, tmp_path: Path) -> 
     assert (tmp_path / "report" / "index.html") in report
 
 
-def test_concurrent_participants_on_postgresql(pg_store: StudyStore, postgres_url: str,
-                                               tmp_path: Path) -> None:
-    config = make_config(conditions=["standard", "personalised"],
-                         turns={"min": 2, "max": 2},
-                         limits={"min_seconds_between_messages": 0})
+def test_concurrent_participants_on_postgresql(
+    pg_store: StudyStore, postgres_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        conditions=["standard", "personalised"],
+        turns={"min": 2, "max": 2},
+        limits={"min_seconds_between_messages": 0},
+    )
     counter = iter(range(10_000))
     persona = FakeChatModel(reply=lambda _r: f"pg-{next(counter)}-{uuid.uuid4().hex[:6]}")
-    results = simulate(config, 8, db=postgres_url, lm=FakeChatModel(), persona_lm=persona,
-                       turns=2)
+    results = simulate(config, 8, db=postgres_url, lm=FakeChatModel(), persona_lm=persona, turns=2)
     assert all(r.completed for r in results), [r.error for r in results]
     users = [m for m in pg_store.all_messages() if m.role == "user"]
     assert sorted(m.text for m in users) == sorted(t for r in results for t in r.sent)

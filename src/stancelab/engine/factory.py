@@ -8,8 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from stancelab.engine.adapters import check_adapter_gguf
 from stancelab.engine.base import LanguageModel
-from stancelab.errors import ConfigError
+from stancelab.engine.errors import ConfigError
+from stancelab.engine.llamacpp import load_engine, sampling_settings
+from stancelab.engine.models import model_fingerprint, resolve_model
+from stancelab.engine.openai_compat import OpenAICompatModel, parse_options
+from stancelab.engine.transformers_backend import load_transformers
 
 
 class AdapterConfig(BaseModel):
@@ -53,8 +58,12 @@ class ModelConfig(BaseModel):
 
     def resolve_paths(self, base: Path) -> ModelConfig:
         """A copy whose relative adapter paths are taken relative to ``base``."""
-        adapters = [a.model_copy(update={"path": base / a.path.expanduser()})
-                    if not a.path.expanduser().is_absolute() else a for a in self.adapters]
+        adapters = [
+            a.model_copy(update={"path": base / a.path.expanduser()})
+            if not a.path.expanduser().is_absolute()
+            else a
+            for a in self.adapters
+        ]
         return self.model_copy(update={"adapters": adapters})
 
     @classmethod
@@ -74,27 +83,25 @@ LLAMACPP_OPTIONS = frozenset({"threads", "cache_ram_mib", "backend_sampling", "s
 def check_options(config: ModelConfig) -> None:
     """Refuse misspelt or mistyped backend options with a message naming them."""
     if config.backend == "llamacpp":
-        from stancelab.engine.llamacpp import sampling_settings
-
         unknown = sorted(set(config.options) - LLAMACPP_OPTIONS)
         if unknown:
-            raise ConfigError(f"model {config.name!r}: unknown llama.cpp option(s) {unknown}; "
-                              f"known: {sorted(LLAMACPP_OPTIONS)}")
+            raise ConfigError(
+                f"model {config.name!r}: unknown llama.cpp option(s) {unknown}; "
+                f"known: {sorted(LLAMACPP_OPTIONS)}"
+            )
         sampling = config.options.get("sampling")
         if sampling is not None and not isinstance(sampling, dict):
-            raise ConfigError(f"model {config.name!r}: options.sampling must be a mapping "
-                              "such as {top_k: 40, top_p: 0.95}")
+            raise ConfigError(
+                f"model {config.name!r}: options.sampling must be a mapping "
+                "such as {top_k: 40, top_p: 0.95}"
+            )
         try:
             sampling_settings(sampling)
         except ConfigError as exc:
             raise ConfigError(f"model {config.name!r}: {exc}") from None
     elif config.backend == "openai":
-        from stancelab.engine.openai_compat import parse_options
-
         parse_options(config.name, config.options)
     elif config.backend == "transformers":
-        from stancelab.engine.transformers_backend import load_transformers
-
         try:  # a misspelt option must be a ConfigError, not a TypeError deep in the call
             inspect.signature(load_transformers).bind(config.name, **config.options)
         except TypeError as exc:
@@ -105,15 +112,13 @@ def check_model(config: ModelConfig) -> None:
     """Refuse a config that cannot work, before anything is started (cheap checks only)."""
     check_options(config)
     if config.backend != "openai" and (config.base_urls or config.api_key_env):
-        raise ConfigError(f"model {config.name!r}: base_urls and api_key_env need "
-                          "backend: openai")
+        raise ConfigError(f"model {config.name!r}: base_urls and api_key_env need backend: openai")
     if config.adapters and config.backend != "llamacpp":
-        raise ConfigError(f"model {config.name!r}: adapters need backend: llamacpp (a vLLM "
-                          "server serves a LoRA under its own model name: use that name)")
+        raise ConfigError(
+            f"model {config.name!r}: adapters need backend: llamacpp (a vLLM "
+            "server serves a LoRA under its own model name: use that name)"
+        )
     if config.adapters:
-        from stancelab.finetune.export import check_adapter_gguf
-        from stancelab.models import model_fingerprint, resolve_model
-
         _, path = resolve_model(config.name)
         for adapter in config.adapters:
             check_adapter_gguf(adapter.path.expanduser(), path, model_fingerprint(path))
@@ -124,18 +129,22 @@ def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
     config = ModelConfig.parse(config)
     check_model(config)
     if config.backend == "llamacpp":
-        from stancelab.engine.llamacpp import load_engine
-
         adapters = [(a.path.expanduser(), a.scale) for a in config.adapters]
-        return load_engine(config.name, adapters=adapters, n_parallel=config.parallel,
-                           ctx_per_slot=config.ctx_per_slot, **config.options)
+        return load_engine(
+            config.name,
+            adapters=adapters,
+            n_parallel=config.parallel,
+            ctx_per_slot=config.ctx_per_slot,
+            **config.options,
+        )
     if config.backend == "openai":
-        from stancelab.engine.openai_compat import OpenAICompatModel
-
-        return OpenAICompatModel(config.name, config.base_urls, api_key_env=config.api_key_env,
-                                 parallel=config.parallel, options=config.options)
+        return OpenAICompatModel(
+            config.name,
+            config.base_urls,
+            api_key_env=config.api_key_env,
+            parallel=config.parallel,
+            options=config.options,
+        )
     if config.backend == "transformers":
-        from stancelab.engine.transformers_backend import load_transformers
-
         return load_transformers(config.name, **{"parallel": config.parallel, **config.options})
     raise ConfigError(f"model backend {config.backend!r} is not available in this version")

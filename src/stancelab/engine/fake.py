@@ -49,8 +49,9 @@ class ScriptedModel(LanguageModel):
                 if stop in text:
                     text = text[: text.index(stop)]
             tokens = len(_as_text(request.prompt).split())
-            out.append(Generation(text=text, prompt_tokens=tokens,
-                                  completion_tokens=len(text.split())))
+            out.append(
+                Generation(text=text, prompt_tokens=tokens, completion_tokens=len(text.split()))
+            )
         return out
 
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:

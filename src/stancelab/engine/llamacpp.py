@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from stancelab.engine.adapters import check_adapter_gguf
 from stancelab.engine.base import (
     Generation,
     GenerationRequest,
@@ -17,7 +18,8 @@ from stancelab.engine.base import (
     Prompt,
     TopTokens,
 )
-from stancelab.errors import ConfigError, EngineError
+from stancelab.engine.errors import ConfigError, EngineError
+from stancelab.engine.models import model_fingerprint, resolve_model, sha256_file
 
 
 def _threads_from_env() -> int:
@@ -33,12 +35,27 @@ def _threads_from_env() -> int:
 # completion API sampled it; llama.cpp would otherwise cut it to top_k 40, top_p 0.95,
 # min_p 0.05 without saying so.
 PROTOCOL_SAMPLING: dict[str, float] = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
-SAMPLING_KEYS = frozenset({
-    "top_k", "top_p", "min_p", "typical_p", "top_n_sigma", "repeat_penalty",
-    "repeat_last_n", "presence_penalty", "frequency_penalty", "xtc_probability",
-    "xtc_threshold", "dry_multiplier", "mirostat", "mirostat_tau", "mirostat_eta",
-    "dynatemp_range", "dynatemp_exponent",
-})
+SAMPLING_KEYS = frozenset(
+    {
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "top_n_sigma",
+        "repeat_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+        "xtc_probability",
+        "xtc_threshold",
+        "dry_multiplier",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "dynatemp_range",
+        "dynatemp_exponent",
+    }
+)
 
 
 def sampling_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -46,28 +63,35 @@ def sampling_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - SAMPLING_KEYS)
     if unknown:
-        raise ConfigError(f"unknown llama.cpp sampling setting(s) {unknown}; "
-                          f"known: {sorted(SAMPLING_KEYS)}")
+        raise ConfigError(
+            f"unknown llama.cpp sampling setting(s) {unknown}; known: {sorted(SAMPLING_KEYS)}"
+        )
     for key, value in overrides.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"llama.cpp sampling setting {key} must be a number, "
-                              f"got {value!r}")
+            raise ConfigError(f"llama.cpp sampling setting {key} must be a number, got {value!r}")
     return {**PROTOCOL_SAMPLING, **overrides}
 
 
-def engine_params(model_path: Path, n_parallel: int, ctx_per_slot: int, threads: int | None,
-                  cache_ram_mib: int,
-                  lora_adapters: Sequence[tuple[Path, float]] = (),
-                  backend_sampling: bool = False) -> Any:
+def engine_params(
+    model_path: Path,
+    n_parallel: int,
+    ctx_per_slot: int,
+    threads: int | None,
+    cache_ram_mib: int,
+    lora_adapters: Sequence[tuple[Path, float]] = (),
+    backend_sampling: bool = False,
+) -> Any:
     """llama.cpp settings stancelab uses everywhere: slots, prefix and RAM prompt cache."""
-    import xllamacpp
+    import xllamacpp  # noqa: PLC0415 - lazy: the llama.cpp engine is heavy to import
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
     if lora_adapters:
         # Applied to every request: a tuned model is the base weights plus these deltas.
-        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(path), float(scale))
-                                for path, scale in lora_adapters]
+        params.lora_adapters = [
+            xllamacpp.CommonAdapterLoraInfo(str(path), float(scale))
+            for path, scale in lora_adapters
+        ]
     params.n_parallel = n_parallel
     params.n_ctx = ctx_per_slot * n_parallel
     n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
@@ -107,15 +131,22 @@ class LlamaCppEngine(LanguageModel):
     ) -> None:
         super().__init__()
         self.sampling = sampling_settings(sampling)
-        import xllamacpp
+        import xllamacpp  # noqa: PLC0415 - lazy: the llama.cpp engine is heavy to import
 
         self.name = name or model_path.stem
         self.model_path = model_path
         self.n_parallel = n_parallel
         self.fingerprint = fingerprint
         self.lora_adapters = [(Path(p), float(s)) for p, s in lora_adapters]
-        params = engine_params(model_path, n_parallel, ctx_per_slot, threads, cache_ram_mib,
-                               self.lora_adapters, backend_sampling)
+        params = engine_params(
+            model_path,
+            n_parallel,
+            ctx_per_slot,
+            threads,
+            cache_ram_mib,
+            self.lora_adapters,
+            backend_sampling,
+        )
         n_threads = params.cpuparams.n_threads
         self._settings = {
             "n_parallel": n_parallel,
@@ -129,17 +160,20 @@ class LlamaCppEngine(LanguageModel):
         try:
             self._server = xllamacpp.Server(params)
         except Exception as exc:  # the binding raises plain RuntimeError on a bad file
-            with_adapters = (f" with LoRA adapters {[str(p) for p, _ in self.lora_adapters]}"
-                             if self.lora_adapters else "")
-            raise EngineError(f"llama.cpp could not load {model_path}{with_adapters}: {exc}"
-                              ) from exc
+            with_adapters = (
+                f" with LoRA adapters {[str(p) for p, _ in self.lora_adapters]}"
+                if self.lora_adapters
+                else ""
+            )
+            raise EngineError(
+                f"llama.cpp could not load {model_path}{with_adapters}: {exc}"
+            ) from exc
         self._stats_lock = threading.Lock()
         # More workers than slots keeps the queue full while a slot finishes.
         self._pool = ThreadPoolExecutor(max_workers=n_parallel * 2, thread_name_prefix="llama")
 
     def describe(self) -> dict[str, Any]:
         """Model name, file and hash, the LoRA adapters applied, and the engine settings."""
-        from stancelab.models import sha256_file
 
         info: dict[str, Any] = {
             "name": self.name,
@@ -149,8 +183,10 @@ class LlamaCppEngine(LanguageModel):
             **self._settings,
         }
         if self.lora_adapters:
-            info["lora_adapters"] = [{"path": str(p), "scale": s, "sha256": sha256_file(p)}
-                                     for p, s in self.lora_adapters]
+            info["lora_adapters"] = [
+                {"path": str(p), "scale": s, "sha256": sha256_file(p)}
+                for p, s in self.lora_adapters
+            ]
         return info
 
     def _call(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -235,20 +271,18 @@ class LlamaCppEngine(LanguageModel):
         self._pool.shutdown(wait=True)
 
 
-def load_engine(model: str, adapters: Sequence[tuple[Path, float]] = (),
-                **kwargs: Any) -> LlamaCppEngine:
+def load_engine(
+    model: str, adapters: Sequence[tuple[Path, float]] = (), **kwargs: Any
+) -> LlamaCppEngine:
     """Resolve a model name or GGUF path and start the in-process engine on it.
 
     ``adapters`` are GGUF LoRA files (with scales) checked against this base model first,
     so a tuned model runs on the same engine, at the same speed, as its base.
     """
-    from stancelab.models import model_fingerprint, resolve_model
 
     name, path = resolve_model(model)
     sha = model_fingerprint(path)
     if adapters:
-        from stancelab.finetune.export import check_adapter_gguf
-
         for adapter, _ in adapters:
             check_adapter_gguf(Path(adapter), path, sha)
         name = f"{name}+" + "+".join(Path(p).stem for p, _ in adapters)

@@ -14,7 +14,9 @@ import sys
 import threading
 from typing import Any
 
-from stancelab.errors import EngineError, StancelabError
+from stancelab.engine.errors import EngineError, StancelabError
+from stancelab.engine.llamacpp import engine_params
+from stancelab.engine.models import resolve_model
 
 
 def start_server(
@@ -28,10 +30,7 @@ def start_server(
     cache_ram_mib: int = 8192,
 ) -> tuple[Any, str]:
     """Load a model and start llama.cpp's HTTP listener; returns (server, base address)."""
-    import xllamacpp
-
-    from stancelab.engine.llamacpp import engine_params
-    from stancelab.models import resolve_model
+    import xllamacpp  # noqa: PLC0415 - lazy: the llama.cpp engine is heavy to import
 
     name, path = resolve_model(model)
     params = engine_params(path, n_parallel, ctx_per_slot, threads, cache_ram_mib)
@@ -59,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         server, address = start_server(
-            args.model, host=args.host, port=args.port, n_parallel=args.parallel,
-            ctx_per_slot=args.ctx_per_slot, threads=args.threads, alias=args.alias,
+            args.model,
+            host=args.host,
+            port=args.port,
+            n_parallel=args.parallel,
+            ctx_per_slot=args.ctx_per_slot,
+            threads=args.threads,
+            alias=args.alias,
         )
     except StancelabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

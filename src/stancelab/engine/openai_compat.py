@@ -41,7 +41,7 @@ from stancelab.engine.base import (
     Prompt,
     TopTokens,
 )
-from stancelab.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import ConfigError, EngineError, ModelError
 
 T = TypeVar("T")
 
@@ -112,8 +112,9 @@ class _Endpoint:
 class _Retryable(Exception):
     """An attempt failed in a way another attempt may fix."""
 
-    def __init__(self, message: str, retry_after: float | None = None,
-                 endpoint_down: bool = False) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, endpoint_down: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.endpoint_down = endpoint_down
@@ -220,16 +221,20 @@ class OpenAICompatModel(LanguageModel):
         self._logprobs: bool | None = self.options.logprobs
         opts = self.options
         self._client = httpx.Client(
-            timeout=httpx.Timeout(opts.timeout_s, connect=min(opts.connect_timeout_s,
-                                                               opts.timeout_s)),
-            limits=httpx.Limits(max_connections=parallel * 2,
-                                max_keepalive_connections=parallel * 2),
+            timeout=httpx.Timeout(
+                opts.timeout_s, connect=min(opts.connect_timeout_s, opts.timeout_s)
+            ),
+            limits=httpx.Limits(
+                max_connections=parallel * 2, max_keepalive_connections=parallel * 2
+            ),
             follow_redirects=False,
             trust_env=opts.trust_env,
         )
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="openai")
         self.stats.extra.update(
-            retries=0, errors={}, cost_usd=0.0,
+            retries=0,
+            errors={},
+            cost_usd=0.0,
             endpoints={_public_url(e.base): 0 for e in self._endpoints},
         )
         if opts.check_model:
@@ -330,13 +335,19 @@ class OpenAICompatModel(LanguageModel):
         except httpx.TimeoutException:
             self._count("timeout")
             raise _Retryable(f"timed out after {self.options.timeout_s}s") from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                httpx.WriteError, httpx.CloseError) as exc:
+        except (
+            httpx.ConnectError,
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            httpx.WriteError,
+            httpx.CloseError,
+        ) as exc:
             # Refused or reset: the server is down or restarting; prefer another one.
             self._count("connection")
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise _Retryable(f"connection failed ({detail})",
-                             endpoint_down=isinstance(exc, httpx.ConnectError)) from None
+            raise _Retryable(
+                f"connection failed ({detail})", endpoint_down=isinstance(exc, httpx.ConnectError)
+            ) from None
         except httpx.TransportError as exc:
             self._count("transport")
             raise _Retryable(f"transport error ({type(exc).__name__})") from None
@@ -351,8 +362,11 @@ class OpenAICompatModel(LanguageModel):
                     f"(HTTP 404: {message})"
                 )
             if status in (401, 403):
-                hint = (f"check the key in ${self.api_key_env}" if self.api_key_env
-                        else "set api_key_env to the variable holding the key")
+                hint = (
+                    f"check the key in ${self.api_key_env}"
+                    if self.api_key_env
+                    else "set api_key_env to the variable holding the key"
+                )
                 raise EngineError(
                     f"server {_public_url(endpoint.base)} refused the request "
                     f"(HTTP {status}: {message}); {hint}"
@@ -410,8 +424,9 @@ class OpenAICompatModel(LanguageModel):
             if attempt == opts.max_retries:
                 break
             # With another endpoint up, fail over at once unless the server asked to wait.
-            others_up = any(e is not endpoint and e.down_until <= time.monotonic()
-                            for e in self._endpoints)
+            others_up = any(
+                e is not endpoint and e.down_until <= time.monotonic() for e in self._endpoints
+            )
             if others_up and last.retry_after is None:
                 continue
             self._sleep(self._backoff(attempt, last.retry_after))
@@ -431,8 +446,9 @@ class OpenAICompatModel(LanguageModel):
             self.stats.prompt_tokens += prompt
             self.stats.completion_tokens += completion
             self.stats.cached_tokens += _cached_tokens(data)
-            self.stats.extra["cost_usd"] += (prompt * opts.price_per_1k_prompt
-                                             + completion * opts.price_per_1k_completion) / 1000
+            self.stats.extra["cost_usd"] += (
+                prompt * opts.price_per_1k_prompt + completion * opts.price_per_1k_completion
+            ) / 1000
             self.stats.extra["endpoints"][_public_url(endpoint.base)] += 1
 
     # ----------------------------------------------------------------- requests
@@ -515,7 +531,7 @@ class OpenAICompatModel(LanguageModel):
         return NoLogprobsError(
             f"{', '.join(_public_url(e.base) for e in self._endpoints)} returned no token "
             f"log-probabilities for {self.name!r}; use survey mode 'generate' "
-            "(stancelab.engine.capabilities.survey_modes_for picks it automatically)"
+            "(stancelab.conversation.survey.survey_modes_for picks it automatically)"
         )
 
     def _run_all(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
@@ -547,8 +563,11 @@ class OpenAICompatModel(LanguageModel):
         reached = False
         for endpoint in self._endpoints:
             try:
-                resp = self._client.get(endpoint.base + "/models", headers=self._headers(),
-                                        timeout=min(10.0, self.options.timeout_s))
+                resp = self._client.get(
+                    endpoint.base + "/models",
+                    headers=self._headers(),
+                    timeout=min(10.0, self.options.timeout_s),
+                )
             except httpx.HTTPError:
                 continue  # down now; requests will retry and fail over
             if resp.status_code in (401, 403):
@@ -599,4 +618,3 @@ def _cached_tokens(data: dict[str, Any]) -> int:
         return int(cached or 0)
     except (TypeError, ValueError):
         return 0
-

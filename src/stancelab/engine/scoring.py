@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stancelab.engine.base import ChoiceRequest, ChoiceScores, Prompt, TopTokens, extend_prompt
+from stancelab.engine.types import ChoiceRequest, ChoiceScores, Prompt, TopTokens, extend_prompt
 
 NextTokensFn = Callable[[Sequence[Prompt], int], list[TopTokens]]
 

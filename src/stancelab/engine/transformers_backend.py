@@ -29,15 +29,15 @@ from stancelab.engine.base import (
     Prompt,
     TopTokens,
 )
-from stancelab.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import ConfigError, EngineError, ModelError
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _import_torch() -> tuple[Any, Any]:
     try:
-        import torch
-        import transformers
+        import torch  # noqa: PLC0415 - lazy: torch is heavy to import
+        import transformers  # noqa: PLC0415 - lazy: transformers is heavy to import
     except ImportError as exc:
         raise ConfigError(
             "backend 'transformers' needs torch and transformers: "
@@ -64,8 +64,15 @@ def folder_digest(folder: Path) -> str:
 class TransformersModel(LanguageModel):
     """A causal language model run by transformers in this process."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, source: str,
-                 batch_size: int = 8, info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        source: str,
+        batch_size: int = 8,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.torch, _ = _import_torch()
         self.model = model
@@ -87,7 +94,7 @@ class TransformersModel(LanguageModel):
 
     def describe(self) -> dict[str, Any]:
         """Model name, source and digest, and the versions that ran it."""
-        import transformers
+        import transformers  # noqa: PLC0415 - lazy: transformers is heavy to import
 
         return {
             "name": self.name,
@@ -110,7 +117,9 @@ class TransformersModel(LanguageModel):
             raise EngineError(f"{self.name} has no chat template; give a transcript prompt")
         continues = bool(prompt) and prompt[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(
-            list(prompt), tokenize=False, add_generation_prompt=not continues,
+            list(prompt),
+            tokenize=False,
+            add_generation_prompt=not continues,
             continue_final_message=continues,
         )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -125,8 +134,10 @@ class TransformersModel(LanguageModel):
             return [self.tokenizer.decode([i]) for i in ids]
         anchor = self.tokenizer.decode([last_id])
         both = self.tokenizer.batch_decode([[last_id, i] for i in ids])
-        return [text[len(anchor):] if text.startswith(anchor) else self.tokenizer.decode([i])
-                for i, text in zip(ids, both, strict=True)]
+        return [
+            text[len(anchor) :] if text.startswith(anchor) else self.tokenizer.decode([i])
+            for i, text in zip(ids, both, strict=True)
+        ]
 
     # ------------------------------------------------------------ generation
 
@@ -161,10 +172,18 @@ class TransformersModel(LanguageModel):
                     text = text[:cut]
                     finish = "stop"
                     break
-                result = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                    past_key_values=result.past_key_values, use_cache=True)
-        return Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(out_ids),
-                          latency_s=time.perf_counter() - start, finish_reason=finish)
+                result = self.model(
+                    input_ids=torch.tensor([[token]], device=self.device),
+                    past_key_values=result.past_key_values,
+                    use_cache=True,
+                )
+        return Generation(
+            text=text,
+            prompt_tokens=len(ids),
+            completion_tokens=len(out_ids),
+            latency_s=time.perf_counter() - start,
+            finish_reason=finish,
+        )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Sample each request with its own seed (temperature 0: greedy), honouring stops."""
@@ -185,7 +204,7 @@ class TransformersModel(LanguageModel):
         out: list[TopTokens] = []
         with self._lock, torch.inference_mode():
             for lo in range(0, len(encoded), self.batch_size):
-                batch = encoded[lo: lo + self.batch_size]
+                batch = encoded[lo : lo + self.batch_size]
                 start = time.perf_counter()
                 width = max(len(ids) for ids in batch)
                 input_ids = torch.full((len(batch), width), self._pad, dtype=torch.long)
@@ -193,8 +212,9 @@ class TransformersModel(LanguageModel):
                 for row, ids in enumerate(batch):
                     input_ids[row, : len(ids)] = torch.tensor(ids)
                     mask[row, : len(ids)] = 1
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=mask.to(self.device)).logits
+                logits = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+                ).logits
                 last = torch.tensor([len(ids) - 1 for ids in batch], device=self.device)
                 rows = logits[torch.arange(len(batch), device=self.device), last].float()
                 logp = torch.log_softmax(rows, dim=-1)
@@ -203,8 +223,7 @@ class TransformersModel(LanguageModel):
                 for row, ids in enumerate(batch):
                     texts = self._token_texts(ids[-1], indices[row].tolist())
                     tokens = list(zip(texts, values[row].tolist(), strict=True))
-                    out.append(TopTokens(tokens=tokens, prompt_tokens=len(ids),
-                                         latency_s=latency))
+                    out.append(TopTokens(tokens=tokens, prompt_tokens=len(ids), latency_s=latency))
                     self._account(len(ids), 0)
         return out
 
@@ -272,5 +291,6 @@ def load_transformers(
     else:
         info["commit"] = getattr(model.config, "_commit_hash", None)
     display = folder.name if local else name
-    return TransformersModel(model, tokenizer, name=display, source=source,
-                             batch_size=batch_size or parallel, info=info)
+    return TransformersModel(
+        model, tokenizer, name=display, source=source, batch_size=batch_size or parallel, info=info
+    )

@@ -22,8 +22,9 @@ def _sign(x: float) -> float:
     return 0.0 if x == 0 or math.isnan(x) else math.copysign(1.0, x)
 
 
-def load_frames(store: StudyStore, study: str | None = None, mode: str = "distribution"
-                ) -> dict[str, pd.DataFrame]:
+def load_frames(
+    store: StudyStore, study: str | None = None, mode: str = "distribution"
+) -> dict[str, pd.DataFrame]:
     """The raw study tables, filtered to one study and one stance-probe mode."""
     participants = read_table(store, "study_participants")
     if study is not None:
@@ -35,8 +36,12 @@ def load_frames(store: StudyStore, study: str | None = None, mode: str = "distri
     stances = stances[stances["participant_id"].isin(ids) & (stances["mode"] == mode)]
     labels = read_table(store, "study_strategy_labels")
     labels = labels[labels["message_id"].isin(set(messages["id"]))]
-    return {"participants": participants, "messages": messages, "stances": stances,
-            "labels": labels}
+    return {
+        "participants": participants,
+        "messages": messages,
+        "stances": stances,
+        "labels": labels,
+    }
 
 
 def turn_frame(frames: dict[str, pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
@@ -66,11 +71,18 @@ def turn_frame(frames: dict[str, pd.DataFrame], threshold: float = 0.5) -> pd.Da
                 human = math.nan
             llm_k = float(llm[k]) if k in llm and not pd.isna(llm[k]) else math.nan
             row: dict[str, Any] = {
-                "participant_id": p.id, "condition": p.condition, "topic": p.topic,
-                "simulated": bool(p.simulated), "turn": k, "human": human, "llm": llm_k,
+                "participant_id": p.id,
+                "condition": p.condition,
+                "topic": p.topic,
+                "simulated": bool(p.simulated),
+                "turn": k,
+                "human": human,
+                "llm": llm_k,
                 "gap": abs(human - llm_k),
-                "human_changed": math.nan, "llm_changed": math.nan,
-                "human_delta": math.nan, "llm_delta": math.nan,
+                "human_changed": math.nan,
+                "llm_changed": math.nan,
+                "human_delta": math.nan,
+                "llm_delta": math.nan,
             }
             if k > 0 and previous_h is not None and previous_l is not None:
                 row["human_delta"] = human - previous_h
@@ -81,9 +93,23 @@ def turn_frame(frames: dict[str, pd.DataFrame], threshold: float = 0.5) -> pd.Da
                     row["llm_changed"] = float(abs(row["llm_delta"]) >= threshold)
             rows.append(row)
             previous_h, previous_l = human, llm_k
-    return pd.DataFrame(rows, columns=[
-        "participant_id", "condition", "topic", "simulated", "turn", "human", "llm", "gap",
-        "human_changed", "llm_changed", "human_delta", "llm_delta"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "participant_id",
+            "condition",
+            "topic",
+            "simulated",
+            "turn",
+            "human",
+            "llm",
+            "gap",
+            "human_changed",
+            "llm_changed",
+            "human_delta",
+            "llm_delta",
+        ],
+    )
 
 
 def participant_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -96,29 +122,47 @@ def participant_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         llm = stances[stances["participant_id"] == p.id].sort_values("turn")
         llm = llm[llm["score"].notna()]
         n_turns = int(((messages["participant_id"] == p.id) & (messages["role"] == "user")).sum())
-        llm_start = float(llm["score"].iloc[0]) if len(llm) and llm["turn"].iloc[0] == 0 \
-            else math.nan
+        llm_start = (
+            float(llm["score"].iloc[0]) if len(llm) and llm["turn"].iloc[0] == 0 else math.nan
+        )
         llm_end = float(llm["score"].iloc[-1]) if len(llm) else math.nan
         before = float(p.stance_before) if not pd.isna(p.stance_before) else math.nan
         after = float(p.stance_after) if not pd.isna(p.stance_after) else math.nan
         llm_change = llm_end - llm_start
-        perceived = (float(p.perceived_end) - float(p.perceived_start)
-                     if not pd.isna(p.perceived_start) and not pd.isna(p.perceived_end)
-                     else math.nan)
-        rows.append({
-            "participant_id": p.id, "pid": p.pid, "condition": p.condition, "topic": p.topic,
-            "simulated": bool(p.simulated), "completed": p.step == "done", "turns": n_turns,
-            "stance_before": before, "stance_after": after, "human_change": after - before,
-            "llm_start": llm_start, "llm_end": llm_end, "llm_change": llm_change,
-            "llm_toward_human": llm_change * _sign(before - llm_start),
-            "human_toward_llm": (after - before) * _sign(llm_start - before),
-            "gap_start": abs(before - llm_start), "gap_end": abs(after - llm_end),
-            "perceived_start": float(p.perceived_start) if not pd.isna(p.perceived_start)
-            else math.nan,
-            "perceived_end": float(p.perceived_end) if not pd.isna(p.perceived_end)
-            else math.nan,
-            "perceived_change": perceived, "perception_error": perceived - llm_change,
-        })
+        perceived = (
+            float(p.perceived_end) - float(p.perceived_start)
+            if not pd.isna(p.perceived_start) and not pd.isna(p.perceived_end)
+            else math.nan
+        )
+        rows.append(
+            {
+                "participant_id": p.id,
+                "pid": p.pid,
+                "condition": p.condition,
+                "topic": p.topic,
+                "simulated": bool(p.simulated),
+                "completed": p.step == "done",
+                "turns": n_turns,
+                "stance_before": before,
+                "stance_after": after,
+                "human_change": after - before,
+                "llm_start": llm_start,
+                "llm_end": llm_end,
+                "llm_change": llm_change,
+                "llm_toward_human": llm_change * _sign(before - llm_start),
+                "human_toward_llm": (after - before) * _sign(llm_start - before),
+                "gap_start": abs(before - llm_start),
+                "gap_end": abs(after - llm_end),
+                "perceived_start": float(p.perceived_start)
+                if not pd.isna(p.perceived_start)
+                else math.nan,
+                "perceived_end": float(p.perceived_end)
+                if not pd.isna(p.perceived_end)
+                else math.nan,
+                "perceived_change": perceived,
+                "perception_error": perceived - llm_change,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -133,8 +177,16 @@ def _mean_se(values: pd.Series) -> tuple[float, float, int]:
 
 def condition_summary(people: pd.DataFrame) -> pd.DataFrame:
     """Per condition: mean (and standard error) of every change measure."""
-    measures = ["human_change", "human_toward_llm", "llm_change", "llm_toward_human",
-                "gap_start", "gap_end", "perceived_change", "perception_error"]
+    measures = [
+        "human_change",
+        "human_toward_llm",
+        "llm_change",
+        "llm_toward_human",
+        "gap_start",
+        "gap_end",
+        "perceived_change",
+        "perception_error",
+    ]
     rows = []
     for condition, group in people.groupby("condition", sort=True):
         row: dict[str, Any] = {"condition": condition, "participants": len(group)}
@@ -152,13 +204,29 @@ def condition_summary(people: pd.DataFrame) -> pd.DataFrame:
 def per_turn(turns: pd.DataFrame) -> pd.DataFrame:
     """Per condition and turn: mean stances, gap, and likelihood of a change on each side."""
     if turns.empty:
-        return pd.DataFrame(columns=["condition", "turn", "n", "human", "llm", "gap",
-                                     "p_human_change", "p_llm_change"])
+        return pd.DataFrame(
+            columns=[
+                "condition",
+                "turn",
+                "n",
+                "human",
+                "llm",
+                "gap",
+                "p_human_change",
+                "p_llm_change",
+            ]
+        )
     grouped = turns.groupby(["condition", "turn"], sort=True)
-    out = grouped.agg(n=("participant_id", "count"), human=("human", "mean"),
-                      llm=("llm", "mean"), llm_se=("llm", "sem"), gap=("gap", "mean"),
-                      gap_se=("gap", "sem"), p_human_change=("human_changed", "mean"),
-                      p_llm_change=("llm_changed", "mean"))
+    out = grouped.agg(
+        n=("participant_id", "count"),
+        human=("human", "mean"),
+        llm=("llm", "mean"),
+        llm_se=("llm", "sem"),
+        gap=("gap", "mean"),
+        gap_se=("gap", "sem"),
+        p_human_change=("human_changed", "mean"),
+        p_llm_change=("llm_changed", "mean"),
+    )
     return out.reset_index()
 
 
@@ -173,12 +241,24 @@ def strategy_effects(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd
     labels = frames["labels"]
     messages = frames["messages"]
     if labels.empty or turns.empty:
-        return pd.DataFrame(columns=["speaker", "strategy", "n_top", "p_other_changed",
-                                     "mean_move_toward", "weighted_n",
-                                     "p_other_changed_weighted"])
+        return pd.DataFrame(
+            columns=[
+                "speaker",
+                "strategy",
+                "n_top",
+                "p_other_changed",
+                "mean_move_toward",
+                "weighted_n",
+                "p_other_changed_weighted",
+            ]
+        )
     by_turn = turns.set_index(["participant_id", "turn"])
-    joined = labels.merge(messages[["id", "participant_id", "turn", "role"]],
-                          left_on="message_id", right_on="id", suffixes=("", "_msg"))
+    joined = labels.merge(
+        messages[["id", "participant_id", "turn", "role"]],
+        left_on="message_id",
+        right_on="id",
+        suffixes=("", "_msg"),
+    )
     records = []
     for row in joined.itertuples():
         key = (row.participant_id, row.turn)
@@ -196,13 +276,27 @@ def strategy_effects(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd
             continue
         probs = row.probabilities
         probs = json.loads(probs) if isinstance(probs, str) else dict(probs)
-        records.append({"speaker": "human" if row.role == "user" else "llm",
-                        "label": row.label, "changed": float(changed), "toward": toward,
-                        **{f"p::{k}": float(probs.get(k, 0.0)) for k in LABELS}})
+        records.append(
+            {
+                "speaker": "human" if row.role == "user" else "llm",
+                "label": row.label,
+                "changed": float(changed),
+                "toward": toward,
+                **{f"p::{k}": float(probs.get(k, 0.0)) for k in LABELS},
+            }
+        )
     if not records:
-        return pd.DataFrame(columns=["speaker", "strategy", "n_top", "p_other_changed",
-                                     "mean_move_toward", "weighted_n",
-                                     "p_other_changed_weighted"])
+        return pd.DataFrame(
+            columns=[
+                "speaker",
+                "strategy",
+                "n_top",
+                "p_other_changed",
+                "mean_move_toward",
+                "weighted_n",
+                "p_other_changed_weighted",
+            ]
+        )
     frame = pd.DataFrame(records)
     rows = []
     for speaker, group in frame.groupby("speaker", sort=True):
@@ -210,21 +304,30 @@ def strategy_effects(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd
             top = group[group["label"] == label]
             weights = group[f"p::{label}"]
             wsum = float(weights.sum())
-            rows.append({
-                "speaker": speaker, "strategy": label, "n_top": len(top),
-                "p_other_changed": float(top["changed"].mean()) if len(top) else math.nan,
-                "mean_move_toward": float(top["toward"].mean()) if len(top) else math.nan,
-                "weighted_n": wsum,
-                "p_other_changed_weighted": float((weights * group["changed"]).sum() / wsum)
-                if wsum > 0 else math.nan,
-            })
+            rows.append(
+                {
+                    "speaker": speaker,
+                    "strategy": label,
+                    "n_top": len(top),
+                    "p_other_changed": float(top["changed"].mean()) if len(top) else math.nan,
+                    "mean_move_toward": float(top["toward"].mean()) if len(top) else math.nan,
+                    "weighted_n": wsum,
+                    "p_other_changed_weighted": float((weights * group["changed"]).sum() / wsum)
+                    if wsum > 0
+                    else math.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def label_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """How often each side used each strategy (top label)."""
-    labels = frames["labels"].merge(frames["messages"][["id", "role"]], left_on="message_id",
-                                    right_on="id", suffixes=("", "_msg"))
+    labels = frames["labels"].merge(
+        frames["messages"][["id", "role"]],
+        left_on="message_id",
+        right_on="id",
+        suffixes=("", "_msg"),
+    )
     if labels.empty:
         return pd.DataFrame(columns=["speaker", "strategy", "messages"])
     labels["speaker"] = labels["role"].map({"user": "human", "assistant": "llm"})

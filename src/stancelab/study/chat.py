@@ -1,6 +1,6 @@
 """The chatbot side of a conversation: system prompt, replies, and the hidden stance probe.
 
-The probe is the debate survey (``stancelab.survey.ask``) asked on a COPY of the
+The probe is the debate survey (``stancelab.conversation.survey.ask``) asked on a COPY of the
 conversation with one extra user message; neither the question nor the answer is ever
 added to the history the chatbot sees.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
+from stancelab.conversation.survey import SurveyAnswer, SurveyItem, SurveyMode, ask
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.errors import ConfigError
-from stancelab.survey import SurveyAnswer, SurveyItem, SurveyMode, ask
+from stancelab.engine.errors import ConfigError
 
 WORD_LIMIT = 60
 _FIELDS = {
@@ -30,7 +31,6 @@ _FIELDS = {
 
 def load_template(name: str, version: str = "v1") -> str:
     """Read a built-in study template NAME.VERSION.txt and check its fields."""
-    import string
 
     if name not in _FIELDS:
         raise ConfigError(f"unknown study template {name!r}")
@@ -40,8 +40,9 @@ def load_template(name: str, version: str = "v1") -> str:
     text = resource.read_text(encoding="utf-8").strip()
     used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     if used - _FIELDS[name]:
-        raise ConfigError(f"study template {name}.{version} uses unknown fields "
-                          f"{sorted(used - _FIELDS[name])}")
+        raise ConfigError(
+            f"study template {name}.{version} uses unknown fields {sorted(used - _FIELDS[name])}"
+        )
     return text
 
 
@@ -64,8 +65,9 @@ def clean_reply(text: str) -> str:
     return text.strip()
 
 
-def format_profile(demographics: dict[str, str], background: str,
-                   labels: dict[str, str] | None = None) -> str:
+def format_profile(
+    demographics: dict[str, str], background: str, labels: dict[str, str] | None = None
+) -> str:
     """The participant's answers about themselves as lines for the personalised prompt."""
     labels = labels or {}
     lines = [f"- {labels.get(k, k)}: {v}" for k, v in demographics.items() if str(v).strip()]
@@ -95,22 +97,37 @@ class Chatbot:
     probe_template: str = "{question}"
 
     @classmethod
-    def build(cls, topic: str, question: str, personal_profile: str | None = None,
-              version: str = "v1", temperature: float = 0.7, max_tokens: int = 160,
-              modes: Sequence[str] = ("distribution",)) -> Chatbot:
+    def build(
+        cls,
+        topic: str,
+        question: str,
+        personal_profile: str | None = None,
+        version: str = "v1",
+        temperature: float = 0.7,
+        max_tokens: int = 160,
+        modes: Sequence[str] = ("distribution",),
+    ) -> Chatbot:
         """A standard chatbot, or a personalised one when a profile is given."""
         if personal_profile is None:
             system = load_template("chatbot_standard", version).format(
-                topic=topic, word_limit=WORD_LIMIT)
+                topic=topic, word_limit=WORD_LIMIT
+            )
         else:
             system = load_template("chatbot_personalised", version).format(
-                topic=topic, word_limit=WORD_LIMIT, profile=personal_profile)
-        return cls(system_prompt=system, question=question, temperature=temperature,
-                   max_tokens=max_tokens, modes=tuple(SurveyMode(m) for m in modes),
-                   probe_template=load_template("stance_probe", version))
+                topic=topic, word_limit=WORD_LIMIT, profile=personal_profile
+            )
+        return cls(
+            system_prompt=system,
+            question=question,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            modes=tuple(SurveyMode(m) for m in modes),
+            probe_template=load_template("stance_probe", version),
+        )
 
-    def messages(self, history: Sequence[ChatTurn], pending_user: str | None = None
-                 ) -> list[Message]:
+    def messages(
+        self, history: Sequence[ChatTurn], pending_user: str | None = None
+    ) -> list[Message]:
         """The chat the model sees: system prompt, the turns, and a new user message."""
         out: list[Message] = [{"role": "system", "content": self.system_prompt}]
         for turn in history:
@@ -120,15 +137,23 @@ class Chatbot:
             out.append({"role": "user", "content": pending_user})
         return out
 
-    def reply_requests(self, items: Sequence[tuple[Sequence[ChatTurn], str]],
-                       seed: int | None = None) -> list[GenerationRequest]:
+    def reply_requests(
+        self, items: Sequence[tuple[Sequence[ChatTurn], str]], seed: int | None = None
+    ) -> list[GenerationRequest]:
         """Generation requests for many conversations at once."""
-        return [GenerationRequest(self.messages(history, user), temperature=self.temperature,
-                                  max_tokens=self.max_tokens, seed=seed)
-                for history, user in items]
+        return [
+            GenerationRequest(
+                self.messages(history, user),
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                seed=seed,
+            )
+            for history, user in items
+        ]
 
-    def reply(self, lm: LanguageModel, history: Sequence[ChatTurn], user: str,
-              seed: int | None = None) -> str:
+    def reply(
+        self, lm: LanguageModel, history: Sequence[ChatTurn], user: str, seed: int | None = None
+    ) -> str:
         """The chatbot's next reply (an empty answer becomes a short placeholder)."""
         text = clean_reply(lm.generate(self.reply_requests([(history, user)], seed))[0].text)
         return text or "I see. Could you tell me more about your view?"
@@ -137,10 +162,16 @@ class Chatbot:
         """A copy of the conversation with the hidden stance question appended."""
         return self.messages(history, self.probe_template.format(question=self.question))
 
-    def stances(self, lm: LanguageModel, histories: Sequence[Sequence[ChatTurn]],
-                turns: Sequence[int] | None = None) -> list[SurveyAnswer]:
+    def stances(
+        self,
+        lm: LanguageModel,
+        histories: Sequence[Sequence[ChatTurn]],
+        turns: Sequence[int] | None = None,
+    ) -> list[SurveyAnswer]:
         """The LLM's 0-10 stance after each history (one answer per history and mode)."""
         turns = turns if turns is not None else [len(h) for h in histories]
-        items = [SurveyItem(iteration=t, agent_index=0, prompt=self.probe_prompt(h))
-                 for h, t in zip(histories, turns, strict=True)]
+        items = [
+            SurveyItem(iteration=t, agent_index=0, prompt=self.probe_prompt(h))
+            for h, t in zip(histories, turns, strict=True)
+        ]
         return ask(lm, items, self.modes)

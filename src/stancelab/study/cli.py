@@ -14,18 +14,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 
-from stancelab.console import console, err_console, friendly_errors
-from stancelab.errors import ConfigError, StancelabError
+from stancelab.conversation.console import console, err_console, friendly_errors
+from stancelab.engine.errors import ConfigError, StancelabError
+from stancelab.engine.factory import ModelConfig, open_model
+from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
+from stancelab.study.audit import audit
+from stancelab.study.config import Condition, load_study
+from stancelab.study.report import write_report
+from stancelab.study.simulate import simulate, summary
+from stancelab.study.store import StudyStore
+from stancelab.study.strategies import label_study
 
-study_app = typer.Typer(help="Human-LLM study: serve the web app, simulate participants, "
-                        "write the report.", no_args_is_help=True)
+study_app = typer.Typer(
+    help="Human-LLM study: serve the web app, simulate participants, write the report.",
+    no_args_is_help=True,
+)
 
 
 def _model_override(config: Any, model: str | None) -> Any:
     if model is None:
         return config
-    from stancelab.engine.factory import ModelConfig
 
     return config.model_copy(update={"model": ModelConfig.parse(model)})
 
@@ -34,25 +44,21 @@ def _model_override(config: Any, model: str | None) -> Any:
 @friendly_errors
 def serve(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study YAML file.")],
-    db: Annotated[str, typer.Option(help="SQLite path or database URL "
-                                    "(postgresql+psycopg://...).")] = "study.db",
+    db: Annotated[
+        str, typer.Option(help="SQLite path or database URL (postgresql+psycopg://...).")
+    ] = "study.db",
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     model: Annotated[str | None, typer.Option(help="Override the config's model.")] = None,
-    secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (behind HTTPS)."
-                                                 )] = False,
+    secure_cookies: Annotated[
+        bool, typer.Option(help="Mark cookies Secure (behind HTTPS).")
+    ] = False,
 ) -> None:
     """Serve the participant web app and the admin pages.
 
     The admin token comes from $STANCELAB_ADMIN_TOKEN and the cookie secret from
     $STANCELAB_STUDY_SECRET (set it so sessions survive a restart).
     """
-    import uvicorn
-
-    from stancelab.engine.factory import open_model
-    from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
-    from stancelab.study.config import Condition, load_study
-    from stancelab.study.store import StudyStore
 
     config = _model_override(load_study(config_path), model)
     store = StudyStore(db)
@@ -63,12 +69,16 @@ def serve(
         err_console.print("[yellow]STANCELAB_ADMIN_TOKEN is not set: admin pages are off[/]")
     secret = secret_from_env()
     if secret is None:
-        err_console.print("[yellow]STANCELAB_STUDY_SECRET is not set: sessions end when the "
-                          "server restarts[/]")
-    app = create_app(config, store, lm, secret=secret, admin_token=token,
-                     secure_cookies=secure_cookies)
-    console.print(f"study {config.study!r} on http://{host}:{port}/?pid=YOUR_ID · "
-                  f"admin: http://{host}:{port}/admin · db: {store.url.split('@')[-1]}")
+        err_console.print(
+            "[yellow]STANCELAB_STUDY_SECRET is not set: sessions end when the server restarts[/]"
+        )
+    app = create_app(
+        config, store, lm, secret=secret, admin_token=token, secure_cookies=secure_cookies
+    )
+    console.print(
+        f"study {config.study!r} on http://{host}:{port}/?pid=YOUR_ID · "
+        f"admin: http://{host}:{port}/admin · db: {store.url.split('@')[-1]}"
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
     finally:
@@ -83,24 +93,31 @@ def simulate_command(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Study YAML file.")],
     participants: Annotated[int, typer.Option(help="Simulated participants.")] = 6,
     db: Annotated[str, typer.Option(help="SQLite path or database URL.")] = "study.db",
-    url: Annotated[str | None, typer.Option(help="A running study server instead of a "
-                                            "local one (http://127.0.0.1:8000).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running study server instead of a local one (http://127.0.0.1:8000)."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Override the config's model.")] = None,
-    persona_model: Annotated[str | None, typer.Option(help="Model for the personas "
-                                                      "(default: the chatbot's).")] = None,
+    persona_model: Annotated[
+        str | None, typer.Option(help="Model for the personas (default: the chatbot's).")
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Participants at once.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for personas.")] = 0,
 ) -> None:
     """Pilot the study: LLM personas take part through the same HTTP interface."""
-    from stancelab.engine.factory import open_model
-    from stancelab.study.config import load_study
-    from stancelab.study.simulate import simulate, summary
 
     config = _model_override(load_study(config_path), model)
     persona_lm = open_model(persona_model) if persona_model else None
     try:
-        results = simulate(config, participants, base_url=url, db=db, persona_lm=persona_lm,
-                           concurrency=concurrency, seed=seed)
+        results = simulate(
+            config,
+            participants,
+            base_url=url,
+            db=db,
+            persona_lm=persona_lm,
+            concurrency=concurrency,
+            seed=seed,
+        )
     finally:
         if persona_lm is not None:
             persona_lm.close()
@@ -114,26 +131,24 @@ def simulate_command(
 @friendly_errors
 def report_command(
     db: Annotated[str, typer.Argument(help="Study database (SQLite path or URL).")],
-    out: Annotated[Path, typer.Option(help="Folder for figures, tables and index.html."
-                                      )] = Path("study-report"),
-    study: Annotated[str | None, typer.Option(help="Only this study (name in its config)."
-                                              )] = None,
-    judge: Annotated[str | None, typer.Option(help="Model that labels persuasion strategies "
-                                              "(skip labelling if not given).")] = None,
-    threshold: Annotated[float, typer.Option(help="LLM stance change that counts as a "
-                                             "change (points).")] = 0.5,
+    out: Annotated[Path, typer.Option(help="Folder for figures, tables and index.html.")] = Path(
+        "study-report"
+    ),
+    study: Annotated[str | None, typer.Option(help="Only this study (name in its config).")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="Model that labels persuasion strategies (skip labelling if not given)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="LLM stance change that counts as a change (points).")
+    ] = 0.5,
 ) -> None:
     """Label strategies (with --judge), then write figures, CSV tables and index.html."""
-    from stancelab.study.report import write_report
-    from stancelab.study.store import StudyStore
 
     if "://" not in db and not Path(db).is_file():
         raise ConfigError(f"no database at {db}")
     store = StudyStore(db)
     if judge:
-        from stancelab.engine.factory import open_model
-        from stancelab.study.strategies import label_study
-
         with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
             count = label_study(store, lm)
         console.print(f"labelled {count} message(s)")
@@ -143,33 +158,34 @@ def report_command(
 
 @friendly_errors
 def audit_command(
-    model: Annotated[str, typer.Option(help="Embedded model name or GGUF path.")
-                     ] = "qwen2.5-coder-1.5b",
+    model: Annotated[
+        str, typer.Option(help="Embedded model name or GGUF path.")
+    ] = "qwen2.5-coder-1.5b",
     topic: Annotated[str, typer.Option(help="Topic the users press on.")] = "climate change",
     turns: Annotated[int, typer.Option(help="Turns per conversation.")] = 5,
     users: Annotated[int, typer.Option(help="Simulated users per side.")] = 2,
-    user_model: Annotated[str | None, typer.Option(help="Model for the users "
-                                                   "(default: the assistant).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for audit.json, CSV and plot."
-                                      )] = Path("audit"),
+    user_model: Annotated[
+        str | None, typer.Option(help="Model for the users (default: the assistant).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for audit.json, CSV and plot.")] = Path("audit"),
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Over-alignment audit: users with strong stances press the assistant; stability score."""
-    from stancelab.engine.factory import open_model
-    from stancelab.study.audit import audit
 
     with open_model(model) as lm:
         user_lm = open_model(user_model) if user_model else None
         try:
-            result = audit(lm, topic, turns=turns, users_per_side=users, user_lm=user_lm,
-                           seed=seed)
+            result = audit(lm, topic, turns=turns, users_per_side=users, user_lm=user_lm, seed=seed)
         finally:
             if user_lm is not None:
                 user_lm.close()
     paths = result.write(out)
     for side in result.sides:
         curve = " → ".join(f"{v:.2f}" for v in side.mean_stance)
-        console.print(f"users pressing {side.target:g}: {curve} · moved "
-                      f"{side.final_follow:.0%} of the way")
-    console.print(f"[bold]stability {result.stability:.3f}[/] (1 = held its stance) · "
-                  f"spread {result.spread:+.2f} · {paths[0]}")
+        console.print(
+            f"users pressing {side.target:g}: {curve} · moved {side.final_follow:.0%} of the way"
+        )
+    console.print(
+        f"[bold]stability {result.stability:.3f}[/] (1 = held its stance) · "
+        f"spread {result.spread:+.2f} · {paths[0]}"
+    )

@@ -10,8 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig
-from stancelab.errors import ConfigError
 
 
 class Condition(StrEnum):
@@ -55,14 +55,30 @@ class DemographicQuestion(_Strict):
 def _default_demographics() -> list[DemographicQuestion]:
     return [
         DemographicQuestion(id="age", label="How old are you?", kind="number"),
-        DemographicQuestion(id="gender", label="What is your gender?", kind="choice",
-                            choices=["Woman", "Man", "Non-binary", "Prefer not to say"]),
-        DemographicQuestion(id="education", label="Highest level of education", kind="choice",
-                            choices=["Secondary school", "Some college", "Bachelor's degree",
-                                     "Graduate degree", "Prefer not to say"]),
-        DemographicQuestion(id="politics", label="Politically, how do you describe yourself?",
-                            kind="choice", choices=["Liberal", "Moderate", "Conservative",
-                                                    "Other", "Prefer not to say"]),
+        DemographicQuestion(
+            id="gender",
+            label="What is your gender?",
+            kind="choice",
+            choices=["Woman", "Man", "Non-binary", "Prefer not to say"],
+        ),
+        DemographicQuestion(
+            id="education",
+            label="Highest level of education",
+            kind="choice",
+            choices=[
+                "Secondary school",
+                "Some college",
+                "Bachelor's degree",
+                "Graduate degree",
+                "Prefer not to say",
+            ],
+        ),
+        DemographicQuestion(
+            id="politics",
+            label="Politically, how do you describe yourself?",
+            kind="choice",
+            choices=["Liberal", "Moderate", "Conservative", "Other", "Prefer not to say"],
+        ),
     ]
 
 
@@ -106,8 +122,9 @@ class Questions(_Strict):
         "each other's opinions."
     )
 
-    @field_validator("stance", "perception_start", "perception_end", "chat_intro",
-                     "statements_intro")
+    @field_validator(
+        "stance", "perception_start", "perception_end", "chat_intro", "statements_intro"
+    )
     @classmethod
     def _only_known_fields(cls, value: str) -> str:
         try:
@@ -116,8 +133,9 @@ class Questions(_Strict):
             raise ValueError(f"bad braces: {exc}") from exc
         unknown = used - {"topic", "min_turns", "max_turns"}
         if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: topic, "
-                             "min_turns, max_turns")
+            raise ValueError(
+                f"unknown field(s) {sorted(unknown)}; allowed: topic, min_turns, max_turns"
+            )
         return value
 
 
@@ -167,7 +185,8 @@ class StudyConfig(_Strict):
     topics: list[Topic] = Field(min_length=1)
     conditions: list[Condition] = Field(
         default_factory=lambda: [Condition.STANDARD, Condition.PERSONALISED, Condition.STATIC],
-        min_length=1)
+        min_length=1,
+    )
     turns: Turns = Field(default_factory=Turns)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="qwen2.5-coder-1.5b"))
     chatbot: Chatbot = Field(default_factory=Chatbot)

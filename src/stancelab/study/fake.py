@@ -59,4 +59,4 @@ class FakeChatModel(ScriptedModel):
         marker = text.rfind("\nassistant: ")
         if marker < 0 or "\nuser: " in text[marker:]:
             return text, ""
-        return text[:marker], text[marker + len("\nassistant: "):]
+        return text[:marker], text[marker + len("\nassistant: ") :]

@@ -9,25 +9,29 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stancelab.errors import StancelabError
+import uvicorn
+
+from stancelab.engine.errors import StancelabError
 
 
 @contextlib.contextmanager
-def running_server(app: Any, host: str = "127.0.0.1", port: int = 0,
-                   timeout_s: float = 30.0) -> Iterator[str]:
+def running_server(
+    app: Any, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0
+) -> Iterator[str]:
     """Serve an ASGI app in a background thread; yields its base URL, stops on exit."""
-    import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_keep_alive=30)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="study-server", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="study-server", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + timeout_s
     while not server.started:

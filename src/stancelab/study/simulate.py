@@ -21,25 +21,59 @@ from typing import Any
 
 import httpx
 
+from stancelab.conversation.survey import SCALE, SurveyItem, SurveyMode, ask
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.errors import StancelabError
+from stancelab.engine.errors import StancelabError
+from stancelab.engine.factory import open_model
+from stancelab.study.app import create_app
 from stancelab.study.chat import clean_reply, load_template
 from stancelab.study.config import StudyConfig
-from stancelab.survey import SCALE, SurveyItem, SurveyMode, ask
+from stancelab.study.server import running_server
+from stancelab.study.store import StudyStore
 
 _BACKGROUNDS = (
-    ("34", "Woman", "Bachelor's degree", "Liberal",
-     "I am a nurse in a mid-sized city. I care about my family's health and my community."),
-    ("58", "Man", "Secondary school", "Conservative",
-     "I run a small farm in the countryside. Hard work, faith and self-reliance matter to me."),
-    ("23", "Non-binary", "Some college", "Liberal",
-     "I study computer science and work part time in a cafe. I worry about the future."),
-    ("45", "Man", "Graduate degree", "Moderate",
-     "I am an engineer with two kids in the suburbs. I like to weigh evidence before I decide."),
-    ("67", "Woman", "Some college", "Conservative",
-     "I am a retired teacher in a small town. Tradition and safety matter to me."),
-    ("39", "Woman", "Graduate degree", "Moderate",
-     "I am a doctor in a large hospital and a mother of one. I value facts and fairness."),
+    (
+        "34",
+        "Woman",
+        "Bachelor's degree",
+        "Liberal",
+        "I am a nurse in a mid-sized city. I care about my family's health and my community.",
+    ),
+    (
+        "58",
+        "Man",
+        "Secondary school",
+        "Conservative",
+        "I run a small farm in the countryside. Hard work, faith and self-reliance matter to me.",
+    ),
+    (
+        "23",
+        "Non-binary",
+        "Some college",
+        "Liberal",
+        "I study computer science and work part time in a cafe. I worry about the future.",
+    ),
+    (
+        "45",
+        "Man",
+        "Graduate degree",
+        "Moderate",
+        "I am an engineer with two kids in the suburbs. I like to weigh evidence before I decide.",
+    ),
+    (
+        "67",
+        "Woman",
+        "Some college",
+        "Conservative",
+        "I am a retired teacher in a small town. Tradition and safety matter to me.",
+    ),
+    (
+        "39",
+        "Woman",
+        "Graduate degree",
+        "Moderate",
+        "I am a doctor in a large hospital and a mother of one. I value facts and fairness.",
+    ),
 )
 
 
@@ -99,24 +133,35 @@ class _Page:
         return html.unescape(match.group(1))
 
     def replies(self) -> list[str]:
-        found = re.findall(r'data-role="assistant" data-turn="\d+"><span class="who">'
-                           r'[^<]*</span>(.*?)</div>', self.text, flags=re.S)
+        found = re.findall(
+            r'data-role="assistant" data-turn="\d+"><span class="who">'
+            r"[^<]*</span>(.*?)</div>",
+            self.text,
+            flags=re.S,
+        )
         return [html.unescape(r) for r in found]
 
 
 class SimulatedParticipant:
     """Plays one participant over HTTP with a persona language model."""
 
-    def __init__(self, config: StudyConfig, lm: LanguageModel, persona: Persona, pid: str,
-                 rng: random.Random, turns: int | None = None, track_stance: bool = True,
-                 max_tokens: int = 80) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        lm: LanguageModel,
+        persona: Persona,
+        pid: str,
+        rng: random.Random,
+        turns: int | None = None,
+        track_stance: bool = True,
+        max_tokens: int = 80,
+    ) -> None:
         self.config = config
         self.lm = lm
         self.persona = persona
         self.pid = pid
         self.rng = rng
-        self.turns = turns if turns is not None else rng.randint(config.turns.min,
-                                                                 config.turns.max)
+        self.turns = turns if turns is not None else rng.randint(config.turns.min, config.turns.max)
         self.turns = max(config.turns.min, min(config.turns.max, self.turns))
         self.track_stance = track_stance
         self.max_tokens = max_tokens
@@ -126,11 +171,17 @@ class SimulatedParticipant:
     # --- the persona's mind ---------------------------------------------------------
     def _persona_messages(self, replies: Sequence[str], sent: Sequence[str]) -> list[Message]:
         system = load_template("participant_persona").format(
-            topic=self.topic or "the topic", background=self.persona.background,
-            stance=self.persona.stance)
+            topic=self.topic or "the topic",
+            background=self.persona.background,
+            stance=self.persona.stance,
+        )
         messages: list[Message] = [{"role": "system", "content": system}]
-        messages.append({"role": "user", "content": "(The chatbot waits for your first "
-                         "message. Say what you think.)"})
+        messages.append(
+            {
+                "role": "user",
+                "content": "(The chatbot waits for your first message. Say what you think.)",
+            }
+        )
         for own, reply in zip(sent, replies, strict=False):
             messages.append({"role": "assistant", "content": own})
             messages.append({"role": "user", "content": reply})
@@ -138,13 +189,16 @@ class SimulatedParticipant:
 
     def _write(self, replies: Sequence[str], sent: Sequence[str]) -> str:
         prompt = self._persona_messages(replies, sent)
-        request = GenerationRequest(prompt, temperature=1.0, max_tokens=self.max_tokens,
-                                    seed=self.rng.randrange(2**31))
+        request = GenerationRequest(
+            prompt, temperature=1.0, max_tokens=self.max_tokens, seed=self.rng.randrange(2**31)
+        )
         out = self.lm.generate([request])[0].text
         text = clean_reply(out)[: self.config.limits.max_message_chars]
         if not text:
-            text = (f"I rate it {self.persona.stance} out of 10. "
-                    f"Why should I change my mind about {self.topic}?")
+            text = (
+                f"I rate it {self.persona.stance} out of 10. "
+                f"Why should I change my mind about {self.topic}?"
+            )
         return text
 
     def _rate(self, replies: Sequence[str], sent: Sequence[str], question: str) -> int:
@@ -161,12 +215,15 @@ class SimulatedParticipant:
         return int(SCALE[max(0, min(10, round(answer.score)))])
 
     def _stance_question(self) -> str:
-        return (self.config.fill(self.config.questions.stance, self.topic)
-                + " Answer with a single number from 0 to 10.")
+        return (
+            self.config.fill(self.config.questions.stance, self.topic)
+            + " Answer with a single number from 0 to 10."
+        )
 
     # --- HTTP ------------------------------------------------------------------------
-    def _send(self, client: httpx.Client, method: str, url: str,
-              data: dict[str, str] | None = None) -> _Page:
+    def _send(
+        self, client: httpx.Client, method: str, url: str, data: dict[str, str] | None = None
+    ) -> _Page:
         for _ in range(60):
             response = client.request(method, url, data=data)
             if response.status_code == 429:
@@ -195,51 +252,72 @@ class SimulatedParticipant:
             step = page.step
             csrf = page.field("csrf") if step not in ("done", "error") else ""
             if step == "consent":
-                page = self._send(client, "POST", "/study/consent",
-                                  {"csrf": csrf, "agree": "yes"})
+                page = self._send(client, "POST", "/study/consent", {"csrf": csrf, "agree": "yes"})
             elif step == "about":
                 data = {"csrf": csrf, "background": self.persona.background}
                 data.update({f"d_{k}": v for k, v in self.persona.demographics.items()})
                 page = self._send(client, "POST", "/study/about", data)
             elif step == "before":
                 self.topic = self._topic_from(page)
-                page = self._send(client, "POST", "/study/before", {
-                    "csrf": csrf, "stance": str(self.persona.stance),
-                    "reason": f"That is what I believe as {self.persona.background[:60]}"})
+                page = self._send(
+                    client,
+                    "POST",
+                    "/study/before",
+                    {
+                        "csrf": csrf,
+                        "stance": str(self.persona.stance),
+                        "reason": f"That is what I believe as {self.persona.background[:60]}",
+                    },
+                )
             elif step == "conversation":
                 self.topic = self.topic or self._topic_from(page)
                 if 'data-role="statement"' in page.text:
                     self.result.condition_seen = "static"
-                    page = self._send(client, "POST", "/study/finish-conversation",
-                                      {"csrf": csrf})
+                    page = self._send(client, "POST", "/study/finish-conversation", {"csrf": csrf})
                     continue
                 self.result.condition_seen = "chat"
                 replies = page.replies()
                 self.result.replies = replies
                 if len(replies) >= self.turns:
-                    page = self._send(client, "POST", "/study/finish-conversation",
-                                      {"csrf": csrf})
+                    page = self._send(client, "POST", "/study/finish-conversation", {"csrf": csrf})
                     continue
                 text = self._write(replies, sent)
                 stance = self._rate(replies, sent, self._stance_question())
                 sent.append(text)
                 self.result.sent = list(sent)
-                page = self._send(client, "POST", "/study/message", {
-                    "csrf": csrf, "turn": page.field("turn"), "message": text,
-                    "stance": str(stance)})
+                page = self._send(
+                    client,
+                    "POST",
+                    "/study/message",
+                    {
+                        "csrf": csrf,
+                        "turn": page.field("turn"),
+                        "message": text,
+                        "stance": str(stance),
+                    },
+                )
             elif step == "after":
                 replies = self.result.replies
                 stance = self._rate(replies, sent, self._stance_question())
-                page = self._send(client, "POST", "/study/after", {
-                    "csrf": csrf, "stance": str(stance), "reason": "After the conversation."})
+                page = self._send(
+                    client,
+                    "POST",
+                    "/study/after",
+                    {"csrf": csrf, "stance": str(stance), "reason": "After the conversation."},
+                )
             elif step == "perception":
                 q = self.config.questions
                 replies = self.result.replies
-                start = self._rate(replies[:1], sent[:1],
-                                   self.config.fill(q.perception_start, self.topic))
+                start = self._rate(
+                    replies[:1], sent[:1], self.config.fill(q.perception_start, self.topic)
+                )
                 end = self._rate(replies, sent, self.config.fill(q.perception_end, self.topic))
-                page = self._send(client, "POST", "/study/perception", {
-                    "csrf": csrf, "perceived_start": str(start), "perceived_end": str(end)})
+                page = self._send(
+                    client,
+                    "POST",
+                    "/study/perception",
+                    {"csrf": csrf, "perceived_start": str(start), "perceived_end": str(end)},
+                )
             elif step == "done":
                 match = re.search(r'id="completion-code">([^<]+)<', page.text)
                 self.result.completion_code = match.group(1).strip() if match else None
@@ -247,8 +325,7 @@ class SimulatedParticipant:
                 self.result.replies = self.result.replies or []
                 return
             else:
-                raise StancelabError(f"unexpected page {step!r} (HTTP "
-                                     f"{page.response.status_code})")
+                raise StancelabError(f"unexpected page {step!r} (HTTP {page.response.status_code})")
         raise StancelabError("the study did not end")
 
     def _topic_from(self, page: _Page) -> str:
@@ -260,9 +337,6 @@ class SimulatedParticipant:
 
 @contextlib.contextmanager
 def _study_server(config: StudyConfig, db: str | Path, lm: LanguageModel) -> Iterator[str]:
-    from stancelab.study.app import create_app
-    from stancelab.study.server import running_server
-    from stancelab.study.store import StudyStore
 
     store = StudyStore(db)
     try:
@@ -272,28 +346,43 @@ def _study_server(config: StudyConfig, db: str | Path, lm: LanguageModel) -> Ite
         store.close()
 
 
-def simulate(config: StudyConfig, n: int, *, base_url: str | None = None,
-             db: str | Path = "study.db", lm: LanguageModel | None = None,
-             persona_lm: LanguageModel | None = None, concurrency: int | None = None,
-             seed: int = 0, turns: int | None = None, track_stance: bool = True,
-             max_tokens: int = 80) -> list[SimulationResult]:
+def simulate(
+    config: StudyConfig,
+    n: int,
+    *,
+    base_url: str | None = None,
+    db: str | Path = "study.db",
+    lm: LanguageModel | None = None,
+    persona_lm: LanguageModel | None = None,
+    concurrency: int | None = None,
+    seed: int = 0,
+    turns: int | None = None,
+    track_stance: bool = True,
+    max_tokens: int = 80,
+) -> list[SimulationResult]:
     """Run n simulated participants over HTTP (starting the app on 127.0.0.1 if no URL)."""
     if n < 1:
         raise StancelabError(f"the number of participants must be at least 1, got {n}")
     owned: list[LanguageModel] = []
     if lm is None and (base_url is None or persona_lm is None):
-        from stancelab.engine.factory import open_model
-
         lm = open_model(config.model)
         owned.append(lm)
     persona_model = persona_lm or lm
     assert persona_model is not None
     rng = random.Random(seed)
-    players = [SimulatedParticipant(config, persona_model, make_persona(config, rng),
-                                    f"sim-{uuid.uuid4().hex[:12]}",
-                                    random.Random(rng.randrange(2**31)), turns, track_stance,
-                                    max_tokens)
-               for _ in range(n)]
+    players = [
+        SimulatedParticipant(
+            config,
+            persona_model,
+            make_persona(config, rng),
+            f"sim-{uuid.uuid4().hex[:12]}",
+            random.Random(rng.randrange(2**31)),
+            turns,
+            track_stance,
+            max_tokens,
+        )
+        for _ in range(n)
+    ]
     try:
         with contextlib.ExitStack() as stack:
             if base_url is None:
@@ -302,8 +391,12 @@ def simulate(config: StudyConfig, n: int, *, base_url: str | None = None,
             url = base_url
 
             def play(player: SimulatedParticipant) -> SimulationResult:
-                with httpx.Client(base_url=url, follow_redirects=True, timeout=300.0,
-                                  headers={"x-stancelab-simulated": "1"}) as client:
+                with httpx.Client(
+                    base_url=url,
+                    follow_redirects=True,
+                    timeout=300.0,
+                    headers={"x-stancelab-simulated": "1"},
+                ) as client:
                     return player.run(client)
 
             with ThreadPoolExecutor(max_workers=concurrency or min(n, 32)) as pool:
@@ -317,7 +410,8 @@ def summary(results: Sequence[SimulationResult]) -> dict[str, Any]:
     """Counts and timings of a simulation."""
     done = [r for r in results if r.completed]
     return {
-        "participants": len(results), "completed": len(done),
+        "participants": len(results),
+        "completed": len(done),
         "failed": [f"{r.pid}: {r.error}" for r in results if not r.completed],
         "messages_sent": sum(len(r.sent) for r in results),
         "retries_429": sum(r.retries_429 for r in results),

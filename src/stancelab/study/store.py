@@ -33,9 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.errors import StoreError
-from stancelab.store import database_url, open_engine, safe_url
-from stancelab.survey import SurveyAnswer
+from stancelab.conversation.store import database_url, open_engine, safe_url
+from stancelab.conversation.survey import SurveyAnswer
+from stancelab.engine.errors import StoreError
 
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
 
@@ -125,8 +125,12 @@ class StrategyLabelRow(StudyBase):
     __table_args__ = (UniqueConstraint("message_id", "judge"),)
 
 
-STUDY_TABLES = ("study_participants", "study_messages", "study_llm_stances",
-                "study_strategy_labels")
+STUDY_TABLES = (
+    "study_participants",
+    "study_messages",
+    "study_llm_stances",
+    "study_strategy_labels",
+)
 
 
 class DuplicateTurn(StoreError):
@@ -143,8 +147,9 @@ class StudyStore:
             self.engine = open_engine(self.url)
             StudyBase.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open study database {safe_url(self.url)}: "
-                             f"{exc.__cause__ or exc}") from exc
+            raise StoreError(
+                f"cannot open study database {safe_url(self.url)}: {exc.__cause__ or exc}"
+            ) from exc
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -155,31 +160,52 @@ class StudyStore:
         self.engine.dispose()
 
     # --- participants -------------------------------------------------------------
-    def create_participant(self, study: str, pid: str, conditions: Sequence[str],
-                           topics: Sequence[str], rng: random.Random, *, model: str = "",
-                           template_hash: str = "", simulated: bool = False,
-                           fixed_code: str | None = None) -> ParticipantRow:
+    def create_participant(
+        self,
+        study: str,
+        pid: str,
+        conditions: Sequence[str],
+        topics: Sequence[str],
+        rng: random.Random,
+        *,
+        model: str = "",
+        template_hash: str = "",
+        simulated: bool = False,
+        fixed_code: str | None = None,
+    ) -> ParticipantRow:
         """Insert a participant in the least-filled condition (then topic); ties at random."""
         with self._assign_lock, self.session() as s:
-            existing = s.scalar(select(ParticipantRow).where(
-                ParticipantRow.study == study, ParticipantRow.pid == pid))
+            existing = s.scalar(
+                select(ParticipantRow).where(
+                    ParticipantRow.study == study, ParticipantRow.pid == pid
+                )
+            )
             if existing is not None:
                 return existing
-            rows = s.execute(select(ParticipantRow.condition, ParticipantRow.topic,
-                                    func.count()).where(ParticipantRow.study == study)
-                             .group_by(ParticipantRow.condition, ParticipantRow.topic)).all()
+            rows = s.execute(
+                select(ParticipantRow.condition, ParticipantRow.topic, func.count())
+                .where(ParticipantRow.study == study)
+                .group_by(ParticipantRow.condition, ParticipantRow.topic)
+            ).all()
             cells = {(str(c), str(t)): int(n) for c, t, n in rows}
-            per_condition = {c: sum(n for (cc, _), n in cells.items() if cc == c)
-                             for c in conditions}
+            per_condition = {
+                c: sum(n for (cc, _), n in cells.items() if cc == c) for c in conditions
+            }
             low = min(per_condition.values())
             condition = rng.choice([c for c in conditions if per_condition[c] == low])
             per_topic = {t: cells.get((condition, t), 0) for t in topics}
             low_t = min(per_topic.values())
             topic = rng.choice([t for t in topics if per_topic[t] == low_t])
             row = ParticipantRow(
-                id=secrets.token_hex(16), study=study, pid=pid, condition=condition,
-                topic=topic, session_nonce=secrets.token_hex(16), simulated=simulated,
-                model=model, template_hash=template_hash,
+                id=secrets.token_hex(16),
+                study=study,
+                pid=pid,
+                condition=condition,
+                topic=topic,
+                session_nonce=secrets.token_hex(16),
+                simulated=simulated,
+                model=model,
+                template_hash=template_hash,
                 completion_code=fixed_code or secrets.token_hex(4).upper(),
             )
             s.add(row)
@@ -187,8 +213,11 @@ class StudyStore:
                 s.commit()
             except IntegrityError:  # another server process created it first
                 s.rollback()
-                again = s.scalar(select(ParticipantRow).where(
-                    ParticipantRow.study == study, ParticipantRow.pid == pid))
+                again = s.scalar(
+                    select(ParticipantRow).where(
+                        ParticipantRow.study == study, ParticipantRow.pid == pid
+                    )
+                )
                 if again is None:
                     raise StoreError(f"cannot create participant {pid!r}") from None
                 return again
@@ -202,8 +231,11 @@ class StudyStore:
     def participant_by_pid(self, study: str, pid: str) -> ParticipantRow | None:
         """One participant by the platform's participant id."""
         with self.session() as s:
-            return s.scalar(select(ParticipantRow).where(
-                ParticipantRow.study == study, ParticipantRow.pid == pid))
+            return s.scalar(
+                select(ParticipantRow).where(
+                    ParticipantRow.study == study, ParticipantRow.pid == pid
+                )
+            )
 
     def update(self, participant_id: str, **fields: Any) -> ParticipantRow:
         """Set fields of a participant and commit."""
@@ -228,29 +260,51 @@ class StudyStore:
             return list(s.scalars(query))
 
     # --- messages and stances -------------------------------------------------------
-    def add_exchange(self, participant_id: str, turn: int, user_text: str,
-                     human_stance: int | None, assistant_text: str | None,
-                     latency_s: float = 0.0, role: str = "user") -> None:
+    def add_exchange(
+        self,
+        participant_id: str,
+        turn: int,
+        user_text: str,
+        human_stance: int | None,
+        assistant_text: str | None,
+        latency_s: float = 0.0,
+        role: str = "user",
+    ) -> None:
         """Commit a participant message and the chatbot's reply in one transaction."""
         with self.session() as s:
-            s.add(ChatMessageRow(participant_id=participant_id, turn=turn, role=role,
-                                 text=user_text, human_stance=human_stance))
+            s.add(
+                ChatMessageRow(
+                    participant_id=participant_id,
+                    turn=turn,
+                    role=role,
+                    text=user_text,
+                    human_stance=human_stance,
+                )
+            )
             if assistant_text is not None:
-                s.add(ChatMessageRow(participant_id=participant_id, turn=turn,
-                                     role="assistant", text=assistant_text,
-                                     latency_s=latency_s))
+                s.add(
+                    ChatMessageRow(
+                        participant_id=participant_id,
+                        turn=turn,
+                        role="assistant",
+                        text=assistant_text,
+                        latency_s=latency_s,
+                    )
+                )
             try:
                 s.commit()
             except IntegrityError:
                 s.rollback()
-                raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored"
-                                    ) from None
+                raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored") from None
 
     def messages(self, participant_id: str) -> list[ChatMessageRow]:
         """A participant's messages in order (turn, then user before assistant)."""
         with self.session() as s:
-            rows = list(s.scalars(select(ChatMessageRow).where(
-                ChatMessageRow.participant_id == participant_id)))
+            rows = list(
+                s.scalars(
+                    select(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
+                )
+            )
         order = {"statement": 0, "user": 1, "assistant": 2}
         return sorted(rows, key=lambda r: (r.turn, order.get(r.role, 3), r.id))
 
@@ -258,11 +312,20 @@ class StudyStore:
         """Commit the chatbot's hidden survey answers (iteration = turn)."""
         with self.session() as s:
             for a in answers:
-                s.add(LlmStanceRow(
-                    participant_id=participant_id, turn=a.iteration, mode=str(a.mode),
-                    ok=a.ok, score=a.score, most_likely=a.most_likely, coverage=a.coverage,
-                    entropy_bits=a.entropy_bits, distribution=a.distribution,
-                    raw_text=a.raw_text))
+                s.add(
+                    LlmStanceRow(
+                        participant_id=participant_id,
+                        turn=a.iteration,
+                        mode=str(a.mode),
+                        ok=a.ok,
+                        score=a.score,
+                        most_likely=a.most_likely,
+                        coverage=a.coverage,
+                        entropy_bits=a.entropy_bits,
+                        distribution=a.distribution,
+                        raw_text=a.raw_text,
+                    )
+                )
             try:
                 s.commit()
             except IntegrityError:
@@ -271,8 +334,13 @@ class StudyStore:
     def stances(self, participant_id: str) -> list[LlmStanceRow]:
         """The chatbot's stances for one participant, by turn."""
         with self.session() as s:
-            return list(s.scalars(select(LlmStanceRow).where(
-                LlmStanceRow.participant_id == participant_id).order_by(LlmStanceRow.turn)))
+            return list(
+                s.scalars(
+                    select(LlmStanceRow)
+                    .where(LlmStanceRow.participant_id == participant_id)
+                    .order_by(LlmStanceRow.turn)
+                )
+            )
 
     def add_labels(self, rows: Sequence[StrategyLabelRow]) -> None:
         """Commit strategy labels."""
@@ -283,8 +351,11 @@ class StudyStore:
     def labelled_message_ids(self, judge: str) -> set[int]:
         """Messages this judge has labelled already."""
         with self.session() as s:
-            return set(s.scalars(select(StrategyLabelRow.message_id).where(
-                StrategyLabelRow.judge == judge)))
+            return set(
+                s.scalars(
+                    select(StrategyLabelRow.message_id).where(StrategyLabelRow.judge == judge)
+                )
+            )
 
     def all_messages(self) -> list[ChatMessageRow]:
         """Every message of every participant."""
@@ -292,10 +363,9 @@ class StudyStore:
             return list(s.scalars(select(ChatMessageRow).order_by(ChatMessageRow.id)))
 
 
-
 def read_table(store: StudyStore, table: str) -> Any:
     """One study table as a pandas DataFrame, JSON columns as JSON text."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
 
     if table not in STUDY_TABLES:
         raise StoreError(f"unknown study table {table!r}; use one of {', '.join(STUDY_TABLES)}")
@@ -306,14 +376,16 @@ def read_table(store: StudyStore, table: str) -> Any:
             continue
         if frame[column].map(lambda v: isinstance(v, (dict, list))).any():
             frame[column] = frame[column].map(
-                lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
+                lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v
+            )
     if table == "study_participants" and "session_nonce" in frame.columns:
         frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
     return frame
 
 
-def export_study(store: StudyStore, out_dir: Path,
-                 formats: tuple[str, ...] = ("csv", "parquet")) -> list[Path]:
+def export_study(
+    store: StudyStore, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")
+) -> list[Path]:
     """Write every study table as CSV and/or Parquet."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ CODEBOOK: dict[str, str] = {
     "logical argument": "reasoning from premises to a conclusion, cause and effect, analogy",
     "evidence or statistics": "facts, numbers, study results, named data",
     "source-related inquiry": "asks the other to consider, check or trust a named source, "
-                              "organisation or expert",
+    "organisation or expert",
     "concession": "agrees with, grants or accepts part of the other's point",
     "question": "asks the other side for their view, reasons or experience",
     "other": "none of the above (greetings, small talk, off-topic text)",
@@ -30,15 +30,19 @@ SPEAKERS = {"user": "person", "assistant": "chatbot"}
 def judge_prompt(topic: str, role: str, text: str, version: str = "v1") -> list[Message]:
     """The labelling prompt for one message."""
     body = load_template("judge", version).format(
-        topic=topic, speaker=SPEAKERS.get(role, role), message=text.replace('"""', "'''"))
+        topic=topic, speaker=SPEAKERS.get(role, role), message=text.replace('"""', "'''")
+    )
     return [{"role": "user", "content": body}]
 
 
-def label_messages(lm: LanguageModel, items: Sequence[tuple[str, str, str]],
-                   version: str = "v1") -> list[tuple[str, dict[str, float], float]]:
+def label_messages(
+    lm: LanguageModel, items: Sequence[tuple[str, str, str]], version: str = "v1"
+) -> list[tuple[str, dict[str, float], float]]:
     """(label, probabilities, coverage) for each (topic, role, text)."""
-    requests = [ChoiceRequest(judge_prompt(topic, role, text, version), LABELS)
-                for topic, role, text in items]
+    requests = [
+        ChoiceRequest(judge_prompt(topic, role, text, version), LABELS)
+        for topic, role, text in items
+    ]
     out = []
     for scores in lm.score_choices(requests):
         probs = {label: float(p) for label, p in zip(LABELS, scores.probabilities, strict=True)}
@@ -47,19 +51,35 @@ def label_messages(lm: LanguageModel, items: Sequence[tuple[str, str, str]],
     return out
 
 
-def label_study(store: StudyStore, lm: LanguageModel, judge: str | None = None,
-                batch: int = 32, version: str = "v1") -> int:
+def label_study(
+    store: StudyStore,
+    lm: LanguageModel,
+    judge: str | None = None,
+    batch: int = 32,
+    version: str = "v1",
+) -> int:
     """Label every not-yet-labelled participant and chatbot message; returns how many."""
     judge_name = judge or f"{lm.name}/judge.{version}"
     done = store.labelled_message_ids(judge_name)
     topics = {p.id: p.topic for p in store.participants()}
-    todo: list[ChatMessageRow] = [m for m in store.all_messages()
-                                  if m.role in SPEAKERS and m.id not in done]
+    todo: list[ChatMessageRow] = [
+        m for m in store.all_messages() if m.role in SPEAKERS and m.id not in done
+    ]
     for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
-        labels = label_messages(lm, [(topics.get(m.participant_id, ""), m.role, m.text)
-                                     for m in chunk], version)
-        store.add_labels([StrategyLabelRow(message_id=m.id, judge=judge_name, label=label,
-                                           probabilities=probs, coverage=coverage)
-                          for m, (label, probs, coverage) in zip(chunk, labels, strict=True)])
+        chunk = todo[start : start + batch]
+        labels = label_messages(
+            lm, [(topics.get(m.participant_id, ""), m.role, m.text) for m in chunk], version
+        )
+        store.add_labels(
+            [
+                StrategyLabelRow(
+                    message_id=m.id,
+                    judge=judge_name,
+                    label=label,
+                    probabilities=probs,
+                    coverage=coverage,
+                )
+                for m, (label, probs, coverage) in zip(chunk, labels, strict=True)
+            ]
+        )
     return len(todo)

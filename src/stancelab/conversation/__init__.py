@@ -1,0 +1,1 @@
+"""Shared instruments: prompt templates, the hidden survey, personas and the results store."""

@@ -1,0 +1,200 @@
+"""The hidden attitude survey: asked on a copy of an agent's context, never kept in history."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from stancelab.engine.base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
+from stancelab.engine.capabilities import supports_logprobs
+from stancelab.engine.errors import ConfigError
+
+SCALE = tuple(str(i) for i in range(11))
+_RATING = re.compile(r"(?<![\d.])(10(?:\.0+)?|[0-9](?:\.\d+)?)(?![\d.]*\d)")
+
+
+class SurveyMode(StrEnum):
+    """How the 0-10 answer is read from the model."""
+
+    DISTRIBUTION = "distribution"
+    """Probability of every answer 0..10 from whole-candidate log-probabilities."""
+    GENERATE = "generate"
+    """Greedy generation (temperature 0) and a parsed number, as the paper did."""
+
+
+def parse_modes(text: str | Sequence[str]) -> tuple[SurveyMode, ...]:
+    """Parse 'distribution', 'generate' or a comma list of both."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    modes = []
+    for item in items:
+        item = item.strip()
+        try:
+            modes.append(SurveyMode(item))
+        except ValueError:
+            raise ConfigError(
+                f"unknown survey mode {item!r}; use distribution, generate or both"
+            ) from None
+    if not modes:
+        raise ConfigError("at least one survey mode is needed")
+    return tuple(dict.fromkeys(modes))
+
+
+ATTITUDE = "attitude"
+
+
+@dataclass(frozen=True)
+class SurveyQuestion:
+    """A question asked on a copy of every agent's context.
+
+    ``iterations`` None follows the paper: before the debate and after every full
+    round-robin cycle. Otherwise "always" (before every reply and at the end) or a
+    tuple of message counts at which to ask, where -1 means at the end (SAUCE's rule).
+    ``kind`` "scale" reads a 0-10 answer; "text" stores the greedy reply as it is.
+    """
+
+    id: str
+    text: str
+    kind: str = "scale"
+    iterations: tuple[int, ...] | str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id.strip() or not self.text.strip():
+            raise ConfigError("a survey question needs a non-empty id and text")
+        if self.kind not in ("scale", "text"):
+            raise ConfigError(f"survey question {self.id!r}: kind must be scale or text")
+        if isinstance(self.iterations, str) and self.iterations != "always":
+            raise ConfigError(
+                f"survey question {self.id!r}: iterations must be a list of "
+                "numbers, 'always', or omitted"
+            )
+
+
+@dataclass
+class SurveyAnswer:
+    """One agent's answer to one question at one survey iteration in one mode."""
+
+    iteration: int
+    agent_index: int
+    mode: SurveyMode
+    ok: bool
+    score: float | None
+    """Expected value (distribution) or parsed number (generate); None on failure."""
+    most_likely: int | None = None
+    entropy_bits: float | None = None
+    coverage: float | None = None
+    distribution: list[float] | None = None
+    raw_text: str | None = None
+    prompt_tokens: int = 0
+    latency_s: float = 0.0
+    question_id: str = ATTITUDE
+    question: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def parse_rating(text: str) -> float | None:
+    """The first number 0..10 in a reply ('8', '8/10', 'About 7.', '7.5'), else None."""
+    match = _RATING.search(text)
+    return float(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class SurveyItem:
+    """One survey to ask: which iteration, agent and question, and the prompt to ask it on."""
+
+    iteration: int
+    agent_index: int
+    prompt: Prompt
+    question_id: str = ATTITUDE
+    question: str = ""
+    kind: str = "scale"
+
+
+def ask(
+    lm: LanguageModel, items: Sequence[SurveyItem], modes: Sequence[SurveyMode]
+) -> list[SurveyAnswer]:
+    """Ask every item in every mode, batched; answers come in item-then-mode order.
+
+    Text questions are answered once, greedily (mode ``generate``), whatever the modes.
+    """
+    answers: dict[tuple[int, SurveyMode], SurveyAnswer] = {}
+    scale = [k for k, item in enumerate(items) if item.kind == "scale"]
+    text = [k for k, item in enumerate(items) if item.kind == "text"]
+
+    def base(item: SurveyItem, mode: SurveyMode) -> dict[str, object]:
+        return {
+            "iteration": item.iteration,
+            "agent_index": item.agent_index,
+            "mode": mode,
+            "question_id": item.question_id,
+            "question": item.question,
+        }
+
+    if SurveyMode.DISTRIBUTION in modes and scale:
+        scores = lm.score_choices([ChoiceRequest(items[k].prompt, SCALE) for k in scale])
+        for k, s in zip(scale, scores, strict=True):
+            ok = s.coverage > 0
+            answers[(k, SurveyMode.DISTRIBUTION)] = SurveyAnswer(
+                **base(items[k], SurveyMode.DISTRIBUTION),  # type: ignore[arg-type]
+                ok=ok,
+                score=s.expected_value() if ok else None,
+                most_likely=int(s.most_likely) if ok else None,
+                entropy_bits=s.entropy_bits() if ok else None,
+                coverage=s.coverage,
+                distribution=list(s.probabilities),
+                prompt_tokens=s.prompt_tokens,
+                latency_s=s.latency_s,
+            )
+    greedy = (scale if SurveyMode.GENERATE in modes else []) + text
+    if greedy:
+        gens = lm.generate(
+            [
+                GenerationRequest(
+                    items[k].prompt,
+                    temperature=0.0,
+                    max_tokens=8 if items[k].kind == "scale" else 96,
+                    stop=("\n",),
+                )
+                for k in greedy
+            ]
+        )
+        for k, g in zip(greedy, gens, strict=True):
+            item = items[k]
+            mode = SurveyMode.GENERATE
+            if item.kind == "scale":
+                rating = parse_rating(g.text)
+                ok, score = rating is not None, rating
+            else:
+                ok, score, rating = bool(g.text.strip()), None, None
+            answers[(k, mode)] = SurveyAnswer(
+                **base(item, mode),  # type: ignore[arg-type]
+                ok=ok,
+                score=score,
+                most_likely=round(rating) if rating is not None else None,
+                raw_text=g.text,
+                prompt_tokens=g.prompt_tokens - g.cached_tokens,
+                latency_s=g.latency_s,
+            )
+    return [
+        answers[(k, m)]
+        for k, item in enumerate(items)
+        for m in (modes if item.kind == "scale" else (SurveyMode.GENERATE,))
+    ]
+
+
+def survey_modes_for(
+    lm: LanguageModel, modes: Sequence[SurveyMode]
+) -> tuple[tuple[SurveyMode, ...], str | None]:
+    """The modes to run on this engine and a note for the run record if they changed."""
+    wanted = tuple(modes)
+    if SurveyMode.DISTRIBUTION not in wanted or supports_logprobs(lm):
+        return wanted, None
+    used = tuple(
+        dict.fromkeys(SurveyMode.GENERATE if m == SurveyMode.DISTRIBUTION else m for m in wanted)
+    )
+    note = (
+        f"{lm.name} returns no token log-probabilities: survey mode 'distribution' "
+        "was replaced by 'generate'"
+    )
+    return used, note

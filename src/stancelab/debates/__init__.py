@@ -1,0 +1,1 @@
+"""Agent debates: experiment files, the debate protocol, the runner, reports and SAUCE import."""

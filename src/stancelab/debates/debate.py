@@ -1,0 +1,419 @@
+"""Round-robin debates with hidden attitude surveys (Taubenfeld et al. 2024, section 4.3).
+
+A ``Debate`` is a small state machine: it says what it needs next (a survey of all
+agents, or one agent's turn) and records the answers. ``run_debates`` advances many
+debates in lockstep so the engine gets a whole batch of requests at every step.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stancelab.conversation.personas import Persona
+from stancelab.conversation.seeds import derive_seed
+from stancelab.conversation.survey import (
+    ATTITUDE,
+    SurveyAnswer,
+    SurveyItem,
+    SurveyMode,
+    SurveyQuestion,
+    ask,
+)
+from stancelab.conversation.templates import PromptSet
+from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
+from stancelab.engine.errors import ConfigError
+
+_GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
+
+
+@dataclass(frozen=True)
+class DebateSpec:
+    """Everything that defines one debate."""
+
+    topic: str
+    personas: tuple[Persona, ...]
+    iterations: int
+    seed: int = 0
+    word_limit: int = 50
+    survey_modes: tuple[SurveyMode, ...] = (SurveyMode.DISTRIBUTION,)
+    max_retries: int = 3
+    max_tokens: int = 96
+    temperature: float = 1.0
+    questions: tuple[SurveyQuestion, ...] = ()
+    """Survey questions; empty means the paper's attitude question from the templates."""
+    scenario: str | None = None
+    """Replaces the topic line of the context (SAUCE's "scenario"); None keeps it."""
+    first_speaker: int | None = None
+    """Fixed first speaker (SAUCE's start_person_index); None draws it from the seed."""
+
+    def __post_init__(self) -> None:
+        if not self.topic.strip():
+            raise ConfigError("the topic is empty; give a topic such as 'climate change'")
+        if len(self.personas) < 1:
+            raise ConfigError("a debate needs at least one agent")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be 0 or more, got {self.iterations}")
+        if self.word_limit < 2:
+            raise ConfigError(f"word_limit must be at least 2, got {self.word_limit}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be 0 or more, got {self.max_retries}")
+        names = [p.name for p in self.personas]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"agent names must be distinct, got {names}")
+        if not self.survey_modes:
+            raise ConfigError("at least one survey mode is needed")
+        if self.first_speaker is not None and not 0 <= self.first_speaker < len(self.personas):
+            raise ConfigError(
+                f"first speaker {self.first_speaker} is not one of the {len(self.personas)} agents"
+            )
+        ids = [q.id for q in self.questions]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"survey question ids must be distinct, got {ids}")
+
+
+@dataclass
+class Turn:
+    """One reply: iteration (1-based), speaker, cleaned text and what it cost."""
+
+    iteration: int
+    speaker: int
+    text: str
+    raw_text: str
+    attempts: int = 1
+    truncated: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SurveyStep:
+    """All agents are to be surveyed at this iteration."""
+
+    iteration: int
+
+
+@dataclass(frozen=True)
+class TurnStep:
+    """The given agent is to speak at this iteration."""
+
+    iteration: int
+    speaker: int
+
+
+class Debate:
+    """State of one debate; prompts are rebuilt append-only from the stored turns."""
+
+    def __init__(self, spec: DebateSpec, prompts: PromptSet) -> None:
+        self.spec = spec
+        self.prompts = prompts
+        n = len(spec.personas)
+        if spec.first_speaker is not None:
+            self.first_speaker = spec.first_speaker
+        else:
+            self.first_speaker = random.Random(derive_seed(spec.seed, "first")).randrange(n)
+        self.turns: list[Turn] = []
+        self.surveys: dict[tuple[int, int, str, SurveyMode], SurveyAnswer] = {}
+        self.failed: str | None = None
+        self.question = prompts.survey_question.format(topic=spec.topic)
+        self.questions = spec.questions or (SurveyQuestion(ATTITUDE, self.question),)
+        self._headers = [self._header(p) for p in spec.personas]
+        names = "|".join(re.escape(p.name) for p in spec.personas)
+        self._speaker_line = re.compile(
+            rf"\n\s*(?:Me|System|{names}|{_GENERIC_SPEAKER})\s*:", re.MULTILINE
+        )
+        self._stops = ("\nMe:", "\nSystem:", *(f"\n{p.name}:" for p in spec.personas))
+
+    def _header(self, persona: Persona) -> str:
+        if self.spec.scenario is None:
+            return self.prompts.debate_context.format(
+                background=persona.background.strip(),
+                topic=self.spec.topic,
+                word_limit=self.spec.word_limit,
+            )
+        return f"{persona.background.strip()}\n\n{self.spec.scenario.strip()}\n\n"
+
+    @property
+    def n_agents(self) -> int:
+        """Number of debaters."""
+        return len(self.spec.personas)
+
+    def speaker_at(self, iteration: int) -> int:
+        """Index of the agent who speaks at a 1-based iteration (round robin)."""
+        return (self.first_speaker + iteration - 1) % self.n_agents
+
+    @property
+    def survey_iterations(self) -> list[int]:
+        """Iterations at which any question is asked."""
+        return [i for i in range(self.spec.iterations + 1) if self.questions_at(i)]
+
+    def questions_at(self, iteration: int) -> list[SurveyQuestion]:
+        """The questions asked after ``iteration`` replies."""
+        last = self.spec.iterations
+        asked = []
+        for q in self.questions:
+            if q.iterations is None:
+                hit = iteration % self.n_agents == 0
+            elif q.iterations == "always":
+                hit = True
+            else:
+                hit = iteration in q.iterations or (-1 in q.iterations and iteration == last)
+            if hit:
+                asked.append(q)
+        return asked
+
+    def _missing(self, iteration: int, agent: int) -> list[tuple[SurveyQuestion, SurveyMode]]:
+        missing = []
+        for q in self.questions_at(iteration):
+            modes = self.spec.survey_modes if q.kind == "scale" else (SurveyMode.GENERATE,)
+            missing += [(q, m) for m in modes if (iteration, agent, q.id, m) not in self.surveys]
+        return missing
+
+    def _history(self, agent: int) -> str:
+        lines = []
+        for turn in self.turns:
+            who = "Me" if turn.speaker == agent else self.spec.personas[turn.speaker].name
+            lines.append(f"{who}: {turn.text}\n")
+        return "".join(lines)
+
+    def context(self, agent: int) -> str:
+        """The agent's view: its background, the topic line and the history so far."""
+        return self._headers[agent] + self._history(agent)
+
+    def turn_prompt(self, agent: int) -> str:
+        """Prompt asking the agent for its next reply (paper Fig. 2b)."""
+        return self.context(agent) + self.prompts.debate_turn
+
+    def survey_prompt(self, agent: int, question: str | None = None) -> str:
+        """Prompt asking a survey question on a copy of the context (Fig. 2c)."""
+        text = self.question if question is None else question
+        return self.context(agent) + self.prompts.survey_prompt.format(question=text)
+
+    @property
+    def done(self) -> bool:
+        """True once every turn and survey is recorded, or the debate failed."""
+        return self.failed is not None or self.next_step() is None
+
+    def next_step(self) -> SurveyStep | TurnStep | None:
+        """What the debate needs next."""
+        if self.failed is not None:
+            return None
+        iteration = len(self.turns)
+        if any(self._missing(iteration, a) for a in range(self.n_agents)):
+            return SurveyStep(iteration)
+        if iteration < self.spec.iterations:
+            return TurnStep(iteration + 1, self.speaker_at(iteration + 1))
+        return None
+
+    def turn_request(self, step: TurnStep, attempt: int) -> GenerationRequest:
+        """The generation request for a turn; each attempt gets its own seed."""
+        return GenerationRequest(
+            prompt=self.turn_prompt(step.speaker),
+            temperature=self.spec.temperature,
+            max_tokens=self.spec.max_tokens,
+            seed=derive_seed(self.spec.seed, step.iteration, attempt),
+            stop=self._stops,
+        )
+
+    def clean_reply(self, raw: str, speaker: int) -> tuple[str, bool]:
+        """Strip echoed names, cut at the next speaker line, enforce the word limit."""
+        return clean_reply(
+            raw, self.spec.personas[speaker].name, self._speaker_line, self.spec.word_limit
+        )
+
+    def record_turn(self, turn: Turn) -> None:
+        """Append a reply; it must be the one next_step asked for."""
+        step = self.next_step()
+        if not isinstance(step, TurnStep) or step.iteration != turn.iteration:
+            raise RuntimeError(f"turn {turn.iteration} recorded out of order (expected {step})")
+        self.turns.append(turn)
+
+    def record_survey(self, answer: SurveyAnswer) -> None:
+        """Store a survey answer; it never enters any history."""
+        key = (answer.iteration, answer.agent_index, answer.question_id, answer.mode)
+        self.surveys[key] = answer
+
+
+def clean_reply(
+    raw: str, own_name: str, speaker_line: re.Pattern[str], word_limit: int
+) -> tuple[str, bool]:
+    """Return (cleaned reply, truncated?) for a raw completion."""
+    text = "\n" + raw.replace("\r", "")
+    match = speaker_line.search(text, 1)
+    if match:
+        text = text[: match.start()]
+    text = text.strip()
+    echo = re.compile(rf"^(?:Me|{re.escape(own_name)})\s*:\s*")
+    while echo.match(text):
+        text = echo.sub("", text, count=1)
+    text = " ".join(text.split())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    words = text.split()
+    # The prompt asks for a reply "shorter than N words": at most N-1 words.
+    limit = word_limit - 1
+    if len(words) <= limit:
+        return text, False
+    cut = " ".join(words[:limit])
+    sentence_end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    if cut[-1:] in ".!?":
+        sentence_end = len(cut) - 1
+    if sentence_end >= len(cut) // 2:
+        cut = cut[: sentence_end + 1]
+    return cut, True
+
+
+def is_usable(text: str) -> bool:
+    """A reply is usable if it holds at least one word of two or more letters."""
+    return re.search(r"[^\W\d_]{2,}", text) is not None
+
+
+@dataclass
+class DebateEvents:
+    """Callbacks a caller may set to watch (or store) progress."""
+
+    on_turn: Callable[[Debate, Turn], None] | None = None
+    on_survey: Callable[[Debate, list[SurveyAnswer]], None] | None = None
+    on_failure: Callable[[Debate, str], None] | None = None
+    on_retry: Callable[[Debate, TurnStep, int, str], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    """Checked before every step; True ends the run early (finished work is kept)."""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+ModelChoice = LanguageModel | Callable[[Debate, int], LanguageModel]
+"""One model for every agent, or a function (debate, agent index) -> model."""
+
+
+def _chooser(models: ModelChoice) -> Callable[[Debate, int], LanguageModel]:
+    if isinstance(models, LanguageModel):
+        return lambda debate, agent: models
+    return models
+
+
+def _run_surveys(
+    choose: Callable[[Debate, int], LanguageModel],
+    work: list[tuple[Debate, SurveyStep]],
+    events: DebateEvents,
+) -> None:
+    # Items for the same model that need the same modes are batched across debates.
+    groups: dict[tuple[int, tuple[SurveyMode, ...]], list[tuple[Debate, SurveyItem]]] = {}
+    engines: dict[int, LanguageModel] = {}
+    for debate, step in work:
+        for agent in range(debate.n_agents):
+            by_question: dict[str, list[SurveyMode]] = {}
+            questions = {}
+            for q, mode in debate._missing(step.iteration, agent):
+                by_question.setdefault(q.id, []).append(mode)
+                questions[q.id] = q
+            for qid, modes in by_question.items():
+                q = questions[qid]
+                item = SurveyItem(
+                    step.iteration,
+                    agent,
+                    debate.survey_prompt(agent, q.text),
+                    question_id=q.id,
+                    question=q.text,
+                    kind=q.kind,
+                )
+                lm = choose(debate, agent)
+                engines[id(lm)] = lm
+                groups.setdefault((id(lm), tuple(modes)), []).append((debate, item))
+    answered: dict[int, list[SurveyAnswer]] = {}
+    for (engine_id, group_modes), pairs in groups.items():
+        answers = iter(ask(engines[engine_id], [item for _, item in pairs], group_modes))
+        for debate, item in pairs:  # ask() keeps item-then-mode order
+            for _ in range(len(group_modes) if item.kind == "scale" else 1):
+                answer = next(answers)
+                debate.record_survey(answer)
+                answered.setdefault(id(debate), []).append(answer)
+    for debate, _ in work:
+        if events.on_survey and id(debate) in answered:
+            events.on_survey(debate, answered[id(debate)])
+
+
+def _generate_grouped(
+    choose: Callable[[Debate, int], LanguageModel], pending: list[tuple[Debate, TurnStep, int]]
+) -> list[Generation]:
+    """Send each turn to its speaker's model, one batch per model, answers in order."""
+    groups: dict[int, list[int]] = {}
+    engines: dict[int, LanguageModel] = {}
+    for k, (debate, step, _) in enumerate(pending):
+        lm = choose(debate, step.speaker)
+        engines[id(lm)] = lm
+        groups.setdefault(id(lm), []).append(k)
+    out: list[Generation | None] = [None] * len(pending)
+    for engine_id, indices in groups.items():
+        requests = [pending[k][0].turn_request(pending[k][1], pending[k][2]) for k in indices]
+        for k, gen in zip(indices, engines[engine_id].generate(requests), strict=True):
+            out[k] = gen
+    return [g for g in out if g is not None]
+
+
+def _run_turns(
+    choose: Callable[[Debate, int], LanguageModel],
+    work: list[tuple[Debate, TurnStep]],
+    events: DebateEvents,
+) -> None:
+    pending = [(debate, step, 1) for debate, step in work]
+    while pending:
+        generations = _generate_grouped(choose, pending)
+        retry = []
+        for (debate, step, attempt), gen in zip(pending, generations, strict=True):
+            text, truncated = debate.clean_reply(gen.text, step.speaker)
+            if not is_usable(text):
+                if attempt <= debate.spec.max_retries:
+                    if events.on_retry:
+                        events.on_retry(debate, step, attempt, gen.text)
+                    retry.append((debate, step, attempt + 1))
+                    continue
+                debate.failed = (
+                    f"no usable reply at iteration {step.iteration} after {attempt} attempts "
+                    f"(last: {gen.text[:60]!r})"
+                )
+                if events.on_failure:
+                    events.on_failure(debate, debate.failed)
+                continue
+            turn = Turn(
+                iteration=step.iteration,
+                speaker=step.speaker,
+                text=text,
+                raw_text=gen.text,
+                attempts=attempt,
+                truncated=truncated,
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+                cached_tokens=gen.cached_tokens,
+                latency_s=gen.latency_s,
+            )
+            debate.record_turn(turn)
+            if events.on_turn:
+                events.on_turn(debate, turn)
+        pending = retry
+
+
+def run_debates(
+    models: ModelChoice, debates: Sequence[Debate], events: DebateEvents | None = None
+) -> None:
+    """Advance all debates together until each is done, failed, or asked to stop."""
+    events = events or DebateEvents()
+    choose = _chooser(models)
+    while not (events.should_stop and events.should_stop()):
+        surveys: list[tuple[Debate, SurveyStep]] = []
+        turns: list[tuple[Debate, TurnStep]] = []
+        for debate in debates:
+            step = debate.next_step()
+            if isinstance(step, SurveyStep):
+                surveys.append((debate, step))
+            elif isinstance(step, TurnStep):
+                turns.append((debate, step))
+        if not surveys and not turns:
+            return
+        if surveys:
+            _run_surveys(choose, surveys, events)
+        if turns:
+            _run_turns(choose, turns, events)
