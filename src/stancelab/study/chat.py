@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 from stancelab.conversation.survey import SurveyAnswer, SurveyItem, SurveyMode, ask
+from stancelab.conversation.templates import read_template
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
 from stancelab.engine.errors import ConfigError
 
 WORD_LIMIT = 60
+PROMPTS = "stancelab.study.prompts"
+"""The package that holds the study's wordings."""
+
 _FIELDS = {
     "chatbot_standard": {"topic", "word_limit"},
     "chatbot_personalised": {"topic", "word_limit", "profile"},
@@ -31,19 +33,9 @@ _FIELDS = {
 
 def load_template(name: str, version: str = "v1") -> str:
     """Read a built-in study template NAME.VERSION.txt and check its fields."""
-
     if name not in _FIELDS:
         raise ConfigError(f"unknown study template {name!r}")
-    resource = resources.files("stancelab.study.prompts").joinpath(f"{name}.{version}.txt")
-    if not resource.is_file():
-        raise ConfigError(f"no built-in study template {name}.{version}.txt")
-    text = resource.read_text(encoding="utf-8").strip()
-    used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-    if used - _FIELDS[name]:
-        raise ConfigError(
-            f"study template {name}.{version} uses unknown fields {sorted(used - _FIELDS[name])}"
-        )
-    return text
+    return read_template(PROMPTS, name, version=version, fields=_FIELDS[name]).strip()
 
 
 def template_hash(*texts: str) -> str:
