@@ -1,0 +1,444 @@
+"""The debate commands: ``debate``, ``sauce``, ``run``, ``status``, ``report``, ``personas``."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from stancelab._version import __version__
+from stancelab.conversation.console import console, friendly_errors
+from stancelab.conversation.personas import generate_personas, paper_topic, personas_for
+from stancelab.conversation.store import Store
+from stancelab.conversation.survey import SurveyAnswer, parse_modes, survey_modes_for
+from stancelab.conversation.templates import load_prompts
+from stancelab.debates.analysis import attitude_frame, plot_attitudes
+from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep, run_debates
+from stancelab.debates.experiment import load_experiment
+from stancelab.debates.report import write_report
+from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
+from stancelab.debates.sauce import load_sauce
+from stancelab.engine.errors import ConfigError, StancelabError
+from stancelab.engine.factory import ModelConfig, open_model
+
+app = typer.Typer()
+"""Mounted without a name by ``stancelab.cli``: these are top-level commands."""
+personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
+
+KIND_STYLE = {"republican": "red", "democrat": "blue", "default": "white"}
+
+
+def ensure_writable_dir(folder: Path) -> Path:
+    """Create a folder and prove it is writable before any expensive work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".stancelab-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {folder} is not writable: {exc.strerror}") from exc
+    return folder
+
+
+def versions_snapshot(
+    engine_info: dict[str, Any], prompts_info: dict[str, str], seed: int
+) -> dict[str, Any]:
+    """Everything needed to say which code, model and wording produced a run."""
+    return {
+        "stancelab": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "model": engine_info,
+        "prompts": prompts_info,
+        "seed": seed,
+    }
+
+
+@app.command()
+@friendly_errors
+def debate(
+    topic: Annotated[str, typer.Option(help="What the agents debate, e.g. 'climate change'.")],
+    agents: Annotated[
+        str, typer.Option(help="Comma list of kinds: republican, democrat, default.")
+    ] = "republican,democrat,default",
+    iterations: Annotated[int, typer.Option(help="Number of replies (one per iteration).")] = 9,
+    model: Annotated[
+        str, typer.Option(help="Embedded model name or path to a GGUF file.")
+    ] = "qwen2.5-coder-0.5b",
+    survey_mode: Annotated[
+        str, typer.Option(help="distribution, generate, or both (comma list).")
+    ] = "distribution",
+    seed: Annotated[int, typer.Option(help="Seed for the first speaker and sampling.")] = 0,
+    word_limit: Annotated[int, typer.Option(help="Replies must be shorter than this.")] = 50,
+    out: Annotated[Path, typer.Option(help="Folder under which the run folder is made.")] = Path(
+        "runs"
+    ),
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Database URL instead of RUN/stancelab.db (e.g. postgresql+psycopg://...)."
+        ),
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Folder with your own prompt templates.")
+    ] = None,
+    question: Annotated[
+        str | None, typer.Option(help="Survey question; {topic} is filled in.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="llamacpp (in-process), openai (a server) or transformers.")
+    ] = "llamacpp",
+    base_url: Annotated[
+        list[str] | None, typer.Option(help="OpenAI-compatible server URL (repeat for several).")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key.")
+    ] = None,
+) -> None:
+    """Run one debate, streaming the transcript, and store and plot the attitudes."""
+
+    kinds = [k.strip().lower() for k in agents.split(",") if k.strip()]
+    if not kinds:
+        raise ConfigError("no agents given; use e.g. --agents republican,democrat,default")
+    model_config = _model_config(model, backend, base_url, api_key_env, parallel)
+    prompt_set = load_prompts(prompts).with_question(question)
+    spec = DebateSpec(
+        topic=topic.strip(),
+        personas=tuple(personas_for(kinds)),
+        iterations=iterations,
+        seed=seed,
+        word_limit=word_limit,
+        survey_modes=parse_modes(survey_mode),
+    )
+    config = {
+        "command": "debate",
+        "topic": spec.topic,
+        "agents": kinds,
+        "iterations": iterations,
+        "model": model_config.model_dump(mode="json"),
+        "survey_modes": list(spec.survey_modes),
+        "seed": seed,
+        "word_limit": word_limit,
+    }
+    _run_streamed(spec, prompt_set, model_config, parallel, out, db, config)
+
+
+def _model_config(
+    model: str, backend: str, base_urls: list[str] | None, api_key_env: str | None, parallel: int
+) -> Any:
+    """A validated ModelConfig from command-line options, with one-line errors."""
+
+    if parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1, got {parallel}")
+    try:
+        return ModelConfig.model_validate(
+            {
+                "name": model,
+                "backend": backend,
+                "base_urls": base_urls or [],
+                "api_key_env": api_key_env,
+                "parallel": parallel,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _run_streamed(
+    spec: Any,
+    prompt_set: Any,
+    model: Any,
+    parallel: int,
+    out: Path,
+    db: str | None,
+    config: dict[str, Any],
+) -> None:
+    """Run one debate with the transcript streaming to the terminal; store and plot it."""
+
+    ensure_writable_dir(out)
+    model_config = (
+        model if isinstance(model, ModelConfig) else ModelConfig(name=model, parallel=parallel)
+    )
+    with console.status(f"loading {model_config.name}…"):
+        engine = open_model(model_config)
+    modes, note = survey_modes_for(engine, spec.survey_modes)
+    if note:
+        console.print(f"[yellow]WARNING: {note}[/]")
+        spec = dataclasses.replace(spec, survey_modes=modes)
+        config = {**config, "survey_modes": [str(m) for m in modes], "note": note}
+    the_debate = Debate(spec, prompt_set)
+    run_dir = ensure_writable_dir(out / time.strftime(f"{config['command']}-%Y%m%d-%H%M%S"))
+    store = Store(db or run_dir / "stancelab.db")
+    config = {**config, "question": the_debate.question}
+    run_id = store.start_run(
+        config, versions_snapshot(engine.describe(), prompt_set.describe(), spec.seed)
+    )
+    debate_id = store.add_debate(run_id, the_debate, key="0")
+    names = [p.name for p in spec.personas]
+    console.print(
+        f"[bold]run {run_id}[/] · {spec.topic} · "
+        + ", ".join(f"{n} ({p.kind})" for n, p in zip(names, spec.personas, strict=True))
+        + f" · first speaker {names[the_debate.first_speaker]}"
+    )
+
+    def on_turn(d: Debate, turn: Turn) -> None:
+        store.add_turn(debate_id, d, turn)
+        persona = d.spec.personas[turn.speaker]
+        style = KIND_STYLE.get(persona.kind, "white")
+        note = f" [dim](attempt {turn.attempts})[/]" if turn.attempts > 1 else ""
+        console.print(
+            f"[dim]{turn.iteration:>3}/{d.spec.iterations}[/] [{style}]{persona.name}"
+            f"[/]: {turn.text}{note}",
+            highlight=False,
+        )
+
+    def on_survey(d: Debate, answers: list[SurveyAnswer]) -> None:
+        store.add_surveys(debate_id, answers)
+        cells = []
+        for a in answers:
+            value = (
+                f"{a.score:.2f}"
+                if a.score is not None
+                else (a.raw_text or "").strip()[:40]
+                if a.ok
+                else "failed"
+            )
+            label = "" if a.question_id == "attitude" else f"{a.question_id} "
+            cells.append(f"{d.spec.personas[a.agent_index].name} {label}{value}")
+        console.print(
+            f"[dim]    survey @ {answers[0].iteration}: " + " · ".join(cells) + "[/]",
+            highlight=False,
+        )
+
+    def on_retry(d: Debate, step: TurnStep, attempt: int, raw: str) -> None:
+        console.print(
+            f"[yellow]    unusable reply from {names[step.speaker]} "
+            f"(attempt {attempt}): {raw[:40]!r}; retrying[/]",
+            highlight=False,
+        )
+
+    events = DebateEvents(on_turn=on_turn, on_survey=on_survey, on_retry=on_retry)
+    start = time.perf_counter()
+    try:
+        run_debates(engine, [the_debate], events)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.finish_debate(debate_id, error=f"{status}: {exc}")
+        store.finish_run(run_id, status=status, error=str(exc) or type(exc).__name__)
+        raise
+    finally:
+        engine.close()
+    store.finish_debate(debate_id, error=the_debate.failed)
+    elapsed = time.perf_counter() - start
+    _finish_debate_run(store, run_id, run_dir, the_debate, elapsed, engine.stats)
+
+
+@app.command()
+@friendly_errors
+def sauce(
+    file: Annotated[Path, typer.Argument(help="A SAUCE experiment file (JSON).")],
+    model: Annotated[
+        str, typer.Option(help="Embedded model name or path to a GGUF file.")
+    ] = "qwen2.5-coder-0.5b",
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Topic for the built-in attitude question when the file asks none."),
+    ] = None,
+    survey_mode: Annotated[
+        str, typer.Option(help="distribution, generate, or both.")
+    ] = "distribution",
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder under which the run folder is made.")] = Path(
+        "runs"
+    ),
+    db: Annotated[
+        str | None, typer.Option(help="Database URL instead of RUN/stancelab.db.")
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
+    backend: Annotated[str, typer.Option(help="llamacpp, openai or transformers.")] = "llamacpp",
+    base_url: Annotated[
+        list[str] | None, typer.Option(help="OpenAI-compatible server URL (repeat for several).")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key.")
+    ] = None,
+) -> None:
+    """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
+
+    model_config = _model_config(model, backend, base_url, api_key_env, parallel)
+    spec = load_sauce(file, seed=seed, survey_modes=parse_modes(survey_mode), topic=topic)
+    config = {
+        "command": "sauce",
+        "file": str(file),
+        "model": model_config.model_dump(mode="json"),
+        "seed": seed,
+        "iterations": spec.iterations,
+        "survey_modes": list(spec.survey_modes),
+    }
+    _run_streamed(spec, load_prompts(), model_config, parallel, out, db, config)
+
+
+def _finish_debate_run(
+    store: Any, run_id: str, run_dir: Path, the_debate: Any, elapsed: float, stats: Any
+) -> None:
+
+    frame = attitude_frame(store, run_id)
+    scale = frame[frame["score"].notna() | ~frame["ok"].astype(bool)]
+    table = Table(title=f"survey answers (0-10) · {the_debate.spec.topic!r}")
+    for column in ("agent", "question", "mode"):
+        table.add_column(column)
+    iterations = sorted(set(scale["iteration"]))
+    for it in iterations:
+        table.add_column(f"it {it}", justify="right")
+    for (agent, qid, mode), rows in scale.groupby(["agent_index", "question_id", "mode"]):
+        persona = the_debate.spec.personas[int(str(agent))]
+        by_it = dict(zip(rows["iteration"], rows["score"], strict=True))
+        cells = [
+            f"{by_it[i]:.2f}" if by_it.get(i) is not None and by_it[i] == by_it[i] else "–"
+            for i in iterations
+        ]
+        table.add_row(f"{persona.name} ({persona.kind})", str(qid), str(mode), *cells)
+    console.print(table)
+    plot_path = None
+    if (frame["question_id"] == "attitude").any() and frame["score"].notna().any():
+        plot_path = plot_attitudes(
+            frame, run_dir / "attitudes.png", title=f"{the_debate.spec.topic} · run {run_id}"
+        )
+    if the_debate.failed:
+        store.finish_run(run_id, status="failed", error=the_debate.failed)
+        raise StancelabError(f"debate stopped early: {the_debate.failed}")
+    store.finish_run(run_id)
+    console.print(
+        f"{len(the_debate.turns)} replies in {elapsed:.1f} s · prompt tokens "
+        f"{stats.prompt_tokens} ({stats.cached_tokens} from cache) · "
+        f"results: {store.url}" + (f" · plot: {plot_path}" if plot_path else "")
+    )
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    file: Annotated[Path, typer.Argument(help="Experiment file (YAML).")],
+    out: Annotated[Path, typer.Option(help="Folder holding run folders.")] = Path("runs"),
+    report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+) -> None:
+    """Run an experiment file; run it again after an interruption to resume."""
+
+    config = load_experiment(file)
+    text = file.read_text(encoding="utf-8")
+    bars = RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_cell(cell: str, total: int, done: int) -> None:
+        tasks[cell] = bars.add_task(cell, total=total, completed=done)
+
+    progress = Progress(on_cell=on_cell, on_change=lambda cell, n: bars.advance(tasks[cell], n))
+    with bars:
+        result = run_experiment(
+            config,
+            text,
+            out,
+            progress,
+            log=lambda m: console.print(m, style="yellow" if m.startswith("WARNING") else None),
+        )
+    stats = result.stats
+    console.print(
+        f"{'resumed' if result.resumed else 'ran'} {config.name}: {result.debates} debates "
+        f"({result.failed} failed) in {result.elapsed_s:.0f} s · prompt tokens "
+        f"{stats['prompt_tokens']} ({stats['cached_tokens']} from cache), "
+        f"{stats['completion_tokens']} generated · {result.folder.path}"
+    )
+    if report:
+        path = write_report(result.folder)
+        console.print(f"report: {path}")
+
+
+@app.command()
+@friendly_errors
+def status(run: Annotated[Path, typer.Argument(help="A run folder (runs/NAME).")]) -> None:
+    """Show how far a run has got."""
+
+    info = experiment_status(RunFolder(run))
+    console.print(
+        f"run {info['run_id']} · {info['experiment']} · [bold]{info['status']}[/]"
+        + (f" · {info['error']}" if info["error"] else "")
+    )
+    table = Table()
+    for column in ("topic · setup", "debates", "complete", "failed", "turns"):
+        table.add_column(column)
+    expected = info["expected_turns_per_cell"]
+    for cell, counts in sorted(info["cells"].items()):
+        table.add_row(
+            cell,
+            str(counts["debates"]),
+            str(counts.get("complete", 0)),
+            str(counts.get("failed", 0)),
+            f"{counts.get('turns', 0)}/{expected}",
+        )
+    console.print(table)
+    console.print(f"survey answers stored: {info['survey_answers']}")
+
+
+@app.command("report")
+@friendly_errors
+def report_command(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/NAME).")],
+) -> None:
+    """Write the HTML report (figures, statistics, sample transcripts) of a run."""
+
+    console.print(str(write_report(RunFolder(run))))
+
+
+@personas_app.command("generate")
+@friendly_errors
+def personas_generate(
+    out: Annotated[Path, typer.Option(help="Persona file to write (YAML).")],
+    per_party: Annotated[int, typer.Option(help="Stories per party.")] = 40,
+    model: Annotated[str, typer.Option(help="Model that writes the stories.")] = (
+        "qwen2.5-coder-0.5b"
+    ),
+    topics: Annotated[str, typer.Option(help="Comma list of topics for the ideology.")] = (
+        "climate change,racism,gun violence,illegal immigration"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for names and sampling.")] = 0,
+) -> None:
+    """Write background stories with the paper's meta-prompt (Figure 1)."""
+
+    if per_party < 1:
+        raise ConfigError(f"--per-party must be at least 1, got {per_party}")
+    chosen = [paper_topic(t) for t in topics.split(",") if t.strip()]
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    with console.status(f"writing {2 * per_party} stories with {model}…"):
+        engine = open_model(model)
+        try:
+            personas = generate_personas(engine, per_party, chosen, seed=seed)
+        finally:
+            engine.close()
+    personas.save(out)
+    console.print(f"{len(personas.personas)} personas → {out}")
