@@ -11,14 +11,14 @@ from stancelab.engine.factory import ModelConfig, check_model
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"options": {"thread": 2}}, r"unknown llama.cpp option\(s\) \['thread'\]"),
+        ({"options": {"thread": 2}}, r"unknown llamacpp option 'thread'; known: threads"),
         (
             {"options": {"sampling": {"topk": 40}}},
             r"unknown llama.cpp sampling setting\(s\) "
             r"\['topk'\]",
         ),
-        ({"options": {"sampling": {"top_p": "high"}}}, "top_p must be a number"),
-        ({"options": {"sampling": [40]}}, "options.sampling must be a mapping"),
+        ({"options": {"sampling": {"top_p": "high"}}}, "option sampling.top_p: Input should be"),
+        ({"options": {"sampling": [40]}}, "option sampling: Input should be a valid dictionary"),
         (
             {
                 "backend": "openai",
@@ -29,7 +29,7 @@ from stancelab.engine.factory import ModelConfig, check_model
         ),
         (
             {"backend": "openai", "base_urls": ["http://127.0.0.1:9"], "options": {"max_retry": 3}},
-            "option max_retry",
+            "unknown openai option 'max_retry'",
         ),
     ],
 )

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import create_app
 from stancelab.study.config import StudyConfig, load_study
-from stancelab.study.fake import FakeChatModel
 from stancelab.study.store import StudyStore
 
 ADMIN_TOKEN = "admin-token-7f3c9a1e5b"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.analysis import (
     condition_summary,
     load_frames,
@@ -15,7 +16,6 @@ from stancelab.study.analysis import (
     strategy_effects,
     turn_frame,
 )
-from stancelab.study.fake import FakeChatModel
 from stancelab.study.report import write_report
 from stancelab.study.store import StudyStore
 from stancelab.study.strategies import LABELS, judge_prompt, label_study

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import SESSION_COOKIE
-from stancelab.study.fake import FakeChatModel
 from stancelab.study.store import StudyStore
 
 from .conftest import ADMIN_TOKEN, AppFactory, Participant

@@ -8,8 +8,8 @@ import pytest
 
 from stancelab.engine.base import GenerationRequest
 from stancelab.engine.errors import ConfigError
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.audit import audit, follow_curve, stability_score, summarise_side
-from stancelab.study.fake import FakeChatModel
 
 
 def test_follow_curve_and_score() -> None:

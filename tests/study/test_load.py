@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from stancelab.engine.base import GenerationRequest
-from stancelab.study.fake import FakeChatModel
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
 

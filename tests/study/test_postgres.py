@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import create_app
-from stancelab.study.fake import FakeChatModel
 from stancelab.study.report import write_report
 from stancelab.study.simulate import simulate
 from stancelab.study.store import StudyStore, export_study

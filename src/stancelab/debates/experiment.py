@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stancelab.conversation.personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
 from stancelab.conversation.seeds import derive_seed
 from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig
+from stancelab.engine.factory import ModelConfig, ModelEntry
 from stancelab.engine.models import content_hash
 
 # The paper's setups (PROTOCOL.md part A), usable by name in an experiment file.
@@ -64,7 +64,7 @@ class PersonaConfig(_Strict):
     """A persona YAML file (hand-written or generated earlier)."""
     generate: int | None = Field(default=None, ge=1)
     """Generate this many personas per party when ``file`` does not exist yet."""
-    model: ModelConfig | None = None
+    model: ModelEntry | None = None
     """Model that writes the stories (defaults to the experiment's model)."""
     reuse_across_repetitions: bool = False
     """False: each repetition gets its own persona in the first slot of each kind."""
@@ -120,22 +120,10 @@ class ConditionConfig(_Strict):
     adapters trained with different seeds); defaults to the name."""
     tuned: bool | None = None
     """Drawn dotted (after tuning) rather than solid; defaults to: its models have adapters."""
-    model: ModelConfig | None = None
+    model: ModelEntry | None = None
     """Replaces the experiment's model(s) for every agent kind in this condition."""
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
     """Model per agent kind in this condition (wins over ``model``)."""
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _models(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: {"name": v} if isinstance(v, str) else v for k, v in value.items()}
-        return value
 
     @property
     def group(self) -> str:
@@ -154,8 +142,8 @@ class ExperimentConfig(_Strict):
     """One experiment file: topics x setups x repetitions debates."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    model: ModelConfig
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    model: ModelEntry
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
     """Optional model per agent kind (``republican: ...``); others use ``model``."""
     topics: list[TopicConfig]
     setups: list[SetupConfig]
@@ -170,18 +158,6 @@ class ExperimentConfig(_Strict):
     """Debates driven at once (default: twice the engine's parallel slots)."""
     conditions: list[ConditionConfig] = Field(default_factory=list)
     """Model conditions (e.g. base and tuned) that each run every debate; none: one."""
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _models(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: {"name": v} if isinstance(v, str) else v for k, v in value.items()}
-        return value
 
     @field_validator("topics", mode="before")
     @classmethod

@@ -1,10 +1,19 @@
-"""A scripted, deterministic model for unit tests of orchestration logic (no engine)."""
+"""Scripted, deterministic models with no engine: the ``fake`` backend.
+
+Tests of orchestration logic, the docs and dry runs of a pipeline select them like any
+other backend (``{name: echo, backend: fake}``), so they take the same path as users.
+Their next-token log-probabilities come from a distribution over whole continuations, so
+the real scoring code runs on them.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from stancelab.engine.base import (
     Generation,
@@ -13,6 +22,7 @@ from stancelab.engine.base import (
     Prompt,
     TopTokens,
 )
+from stancelab.engine.errors import ConfigError
 
 
 def _as_text(prompt: Prompt) -> str:
@@ -34,6 +44,8 @@ class ScriptedModel(LanguageModel):
     continuations: Callable[[str], dict[str, float]] = lambda prompt: {" 5\n": 1.0}
     generated: list[GenerationRequest] = field(default_factory=list)
     scored_prompts: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
+    """Seconds each ``generate`` call waits, to imitate an engine's latency."""
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -41,6 +53,8 @@ class ScriptedModel(LanguageModel):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Answer each request with the scripted reply, cut at the first stop string."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
         out = []
         for request in requests:
             self.generated.append(request)
@@ -79,3 +93,76 @@ class ScriptedModel(LanguageModel):
         if marker < 0:
             return text, ""
         return text[: marker + 3], text[marker + 3 :]
+
+
+def last_user_message(prompt: Prompt) -> str:
+    """The content of the last user message of a chat prompt (or the whole transcript)."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message["role"] == "user":
+            return message["content"]
+    return ""
+
+
+def _echo(request: GenerationRequest) -> str:
+    return f"You said: {last_user_message(request.prompt)[:80]}"
+
+
+def _drifting_stance(base: str) -> dict[str, float]:
+    """Stance 3 before the chat, one point higher per exchange, at most 10."""
+    exchanges = base.count("\nassistant: ")
+    value = min(10, 3 + exchanges)
+    return {str(value): 1.0}
+
+
+@dataclass
+class FakeChatModel(ScriptedModel):
+    """ScriptedModel for chat prompts: echoes the last user message (so a reply names the
+    message it answers) and scores a stance that rises one point per exchange."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = "fake-chat"
+        defaults = ScriptedModel.__dataclass_fields__
+        if self.reply is defaults["reply"].default:
+            self.reply = _echo
+        if self.continuations is defaults["continuations"].default:
+            self.continuations = _drifting_stance
+
+    @staticmethod
+    def _split(text: str) -> tuple[str, str]:
+        """Separate a trailing assistant prefix (what scoring has emitted) from the prompt."""
+        marker = text.rfind("\nassistant: ")
+        if marker < 0 or "\nuser: " in text[marker:]:
+            return text, ""
+        return text[:marker], text[marker + len("\nassistant: ") :]
+
+
+class FakeOptions(BaseModel):
+    """Settings of the ``fake`` backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reply: str | None = None
+    """A fixed reply; default: ``scripted`` says one sentence, ``echo`` echoes the user."""
+    delay_s: float = Field(default=0.0, ge=0)
+    """Seconds each ``generate`` call waits, to imitate an engine's latency."""
+
+
+FAKE_MODELS = ("scripted", "echo")
+
+
+def open_fake(name: str, options: FakeOptions) -> ScriptedModel:
+    """``scripted``: a fixed reply, every survey answer 5; ``echo``: a chat model that echoes
+    the last user message and whose stance rises one point per exchange."""
+    if name not in FAKE_MODELS:
+        raise ConfigError(
+            f"fake model {name!r} does not exist; use one of {', '.join(FAKE_MODELS)}"
+        )
+    model = FakeChatModel() if name == "echo" else ScriptedModel()
+    model.delay_s = options.delay_s
+    if options.reply is not None:
+        fixed = options.reply
+        model.reply = lambda request: fixed
+    return model

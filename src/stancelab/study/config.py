@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig
+from stancelab.engine.factory import ModelConfig, ModelEntry
 
 
 class Condition(StrEnum):
@@ -188,7 +188,7 @@ class StudyConfig(_Strict):
         min_length=1,
     )
     turns: Turns = Field(default_factory=Turns)
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="qwen2.5-coder-1.5b"))
+    model: ModelEntry = Field(default_factory=lambda: ModelConfig(name="qwen2.5-coder-1.5b"))
     chatbot: Chatbot = Field(default_factory=Chatbot)
     questions: Questions = Field(default_factory=Questions)
     limits: Limits = Field(default_factory=Limits)
@@ -201,11 +201,6 @@ class StudyConfig(_Strict):
     seed: int = 0
     stance_change_threshold: float = Field(default=0.5, gt=0.0)
     """A measured LLM stance moving by at least this much counts as a change."""
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model(cls, value: Any) -> Any:
-        return ModelConfig.parse(value) if isinstance(value, str) else value
 
     @field_validator("conditions")
     @classmethod

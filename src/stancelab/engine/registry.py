@@ -1,0 +1,174 @@
+"""What a model entry is, and the one registry of backends that can open it.
+
+A backend registers itself with ``@backend("name", options=OptionsModel)`` on a function
+that opens a model from a ``ModelConfig`` and its validated options (see ``providers.py``
+for the built-in ones). Every model entry is checked the same way: the backend must be
+registered, its ``options:`` must validate against the backend's options model (unknown or
+mistyped keys are refused by name), and ``base_urls``/``adapters`` only go to backends that
+take them. A user can register a backend of their own the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from stancelab.engine.base import LanguageModel
+from stancelab.engine.errors import ConfigError
+
+
+class AdapterConfig(BaseModel):
+    """A GGUF LoRA adapter applied on top of the base model, with its scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    scale: float = 1.0
+
+
+class ModelConfig(BaseModel):
+    """Which model to use and through which backend.
+
+    A bare string in an experiment file is the same as ``{name: STRING}``: an embedded
+    model name (``qwen2.5-coder-0.5b``) or a ``.gguf`` path on the in-process engine.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    backend: str = "llamacpp"
+    """A registered backend: llamacpp, openai, transformers, fake, or one of your own."""
+    base_urls: list[str] = Field(default_factory=list)
+    """Servers speaking the OpenAI wire protocol (backend ``openai``)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself)."""
+    parallel: int = Field(default=4, ge=1)
+    """Requests in flight (engine slots for llama.cpp)."""
+    ctx_per_slot: int = Field(default=4096, ge=256)
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Backend-specific settings, checked against the backend's options model."""
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    """GGUF LoRA files on top of ``name`` (backend llamacpp), e.g. from ``stancelab finetune``."""
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapter_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str | Path) else v for v in value]
+        return value
+
+    def resolve_paths(self, base: Path) -> ModelConfig:
+        """A copy whose relative adapter paths are taken relative to ``base``."""
+        adapters = [
+            a.model_copy(update={"path": base / a.path.expanduser()})
+            if not a.path.expanduser().is_absolute()
+            else a
+            for a in self.adapters
+        ]
+        return self.model_copy(update={"adapters": adapters})
+
+    @classmethod
+    def parse(cls, value: ModelConfig | str | dict[str, Any]) -> ModelConfig:
+        """Accept a config, a bare model name/path, or a mapping."""
+        if isinstance(value, ModelConfig):
+            return value
+        return cls.model_validate(model_entry(value))
+
+
+def model_entry(value: Any) -> Any:
+    """The rule for every model field: a plain string is ``{name: STRING}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+ModelEntry = Annotated[ModelConfig, BeforeValidator(model_entry)]
+"""A model field of a config file: a ModelConfig mapping or just a model name."""
+
+
+class NoOptions(BaseModel):
+    """Options of a backend that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Opener = Callable[[ModelConfig, Any], LanguageModel]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: how to open a model, and what its entries may carry."""
+
+    name: str
+    open: Opener
+    options: type[BaseModel]
+    remote: bool
+    """Takes ``base_urls`` and ``api_key_env`` (a server reached over HTTP)."""
+    adapters: bool
+    """Takes ``adapters`` (GGUF LoRA files on the base model)."""
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def backend(
+    name: str,
+    *,
+    options: type[BaseModel] = NoOptions,
+    remote: bool = False,
+    adapters: bool = False,
+) -> Callable[[Opener], Opener]:
+    """Register ``fn(config, options) -> LanguageModel`` as the backend ``name``."""
+
+    def register(fn: Opener) -> Opener:
+        _BACKENDS[name] = Backend(name, fn, options, remote, adapters)
+        return fn
+
+    return register
+
+
+def backend_names() -> list[str]:
+    """The registered backends, sorted."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(config: ModelConfig) -> Backend:
+    """The backend a model entry names, or one line saying which exist."""
+    try:
+        return _BACKENDS[config.backend]
+    except KeyError:
+        raise ConfigError(
+            f"model {config.name!r}: unknown backend {config.backend!r}; "
+            f"known: {', '.join(backend_names())}"
+        ) from None
+
+
+def parse_options(config: ModelConfig) -> tuple[Backend, BaseModel]:
+    """The entry's backend and its validated options; the first problem as one line."""
+    chosen = get_backend(config)
+    try:
+        options = chosen.options.model_validate(config.options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(chosen.options.model_fields) or "none"
+            raise ConfigError(
+                f"model {config.name!r}: unknown {config.backend} option {where!r}; known: {known}"
+            ) from None
+        raise ConfigError(
+            f"model {config.name!r}: {config.backend} option {where}: {first['msg']}"
+        ) from None
+    if not chosen.remote and (config.base_urls or config.api_key_env):
+        remote = " or ".join(b.name for b in _BACKENDS.values() if b.remote)
+        raise ConfigError(
+            f"model {config.name!r}: base_urls and api_key_env need backend: {remote}"
+        )
+    if config.adapters and not chosen.adapters:
+        raise ConfigError(
+            f"model {config.name!r}: adapters need backend: llamacpp (a vLLM server serves a "
+            "LoRA under its own model name: use that name)"
+        )
+    return chosen, options
