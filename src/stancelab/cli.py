@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from stancelab.conversation.console import console, friendly_errors
-from stancelab.conversation.store import Store, export_tables
 from stancelab.debates.cli import app as debates_app
+from stancelab.debates.store import Store, export_tables
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.models import EMBEDDED_MODELS, resolve_model
 from stancelab.study.cli import audit_command, study_app

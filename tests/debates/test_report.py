@@ -138,9 +138,9 @@ def test_html_report_of_a_run(tmp_path: Path) -> None:
 
 
 def test_tuned_conditions_are_averaged_over_seeds_and_drawn_dotted(tmp_path: Path) -> None:
-    from stancelab.conversation.store import Store
     from stancelab.debates.analysis import attitude_frame, mean_attitudes
     from stancelab.debates.report import setup_figure, tuning_effects
+    from stancelab.debates.store import Store
     from stancelab.engine.factory import ModelConfig
 
     PersonaSet(

@@ -59,10 +59,10 @@ def _experiment(tmp_path: Path, adapter: str) -> Path:
 def test_one_experiment_file_runs_base_and_tuned_models(
     tmp_path: Path, random_adapter: tuple[Path, Any]
 ) -> None:
-    from stancelab.conversation.store import Store
     from stancelab.debates.experiment import load_experiment
     from stancelab.debates.report import write_report
     from stancelab.debates.runner import RunFolder, run_experiment
+    from stancelab.debates.store import Store
     from stancelab.engine.models import resolve_model
     from stancelab.tuning.export import export_lora_gguf
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from stancelab.conversation.store import AgentRow, DebateRow, RunRow, Store, SurveyRow
 from stancelab.debates.experiment import ConditionConfig
+from stancelab.debates.store import AgentRow, DebateRow, RunRow, Store, SurveyRow
 
 if TYPE_CHECKING:
     import pandas as pd

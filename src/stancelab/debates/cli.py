@@ -23,7 +23,6 @@ from rich.table import Table
 from stancelab._version import __version__
 from stancelab.conversation.console import console, friendly_errors
 from stancelab.conversation.personas import generate_personas, paper_topic, personas_for
-from stancelab.conversation.store import Store
 from stancelab.conversation.survey import SurveyAnswer, parse_modes, survey_modes_for
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
@@ -32,6 +31,7 @@ from stancelab.debates.experiment import load_experiment
 from stancelab.debates.report import write_report
 from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
 from stancelab.debates.sauce import load_sauce
+from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
 

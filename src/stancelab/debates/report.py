@@ -11,9 +11,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from stancelab.conversation.personas import Topic
-from stancelab.conversation.store import AgentRow, DebateRow, MessageRow, Store
 from stancelab.debates.analysis import KIND_COLORS, attitude_frame, mean_attitudes
 from stancelab.debates.fidelity import summarise
+from stancelab.debates.store import AgentRow, DebateRow, MessageRow, Store
 from stancelab.engine.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from sqlalchemy import func, select
 
 from stancelab._version import __version__
 from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet, generate_personas
-from stancelab.conversation.store import SCHEMA_VERSION, DebateRow, MessageRow, Store, SurveyRow
 from stancelab.conversation.survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
 from stancelab.conversation.templates import PromptSet, load_prompts
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.debates.experiment import ExperimentConfig, PlannedDebate, plan_debates
 from stancelab.debates.fidelity import TopicFidelity, summarise, survey_personas
+from stancelab.debates.store import SCHEMA_VERSION, DebateRow, MessageRow, Store, SurveyRow
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, check_model, open_model

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import io
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from stancelab.conversation.export import table_bytes
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import StancelabError
 from stancelab.study.chat import Chatbot, ChatTurn, format_profile, load_template, template_hash
@@ -726,15 +726,8 @@ def create_app(
         table, _, fmt = name.rpartition(".")
         if table not in STUDY_TABLES or fmt not in ("csv", "parquet"):
             return _error(state, "No such export.", 404)
-        frame = read_table(store, table)
-        if fmt == "csv":
-            body = frame.to_csv(index=False).encode()
-            media = "text/csv; charset=utf-8"
-        else:
-            buffer = io.BytesIO()
-            frame.to_parquet(buffer, index=False)
-            body = buffer.getvalue()
-            media = "application/vnd.apache.parquet"
+        body = table_bytes(read_table(store, table), fmt)
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/vnd.apache.parquet"
         return Response(
             body,
             media_type=media,

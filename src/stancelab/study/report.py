@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stancelab.conversation.store import safe_url
+from stancelab.conversation.database import safe_url
 from stancelab.engine.errors import StoreError
 from stancelab.study.analysis import (
     condition_summary,

@@ -9,7 +9,6 @@ instead of duplicating a message.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 import secrets
 import threading
@@ -33,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.conversation.store import database_url, open_engine, safe_url
+from stancelab.conversation.database import database_url, open_engine, safe_url
+from stancelab.conversation.export import check_formats, json_columns_as_text, write_tables
 from stancelab.conversation.survey import SurveyAnswer
 from stancelab.engine.errors import StoreError
 
@@ -371,13 +371,7 @@ def read_table(store: StudyStore, table: str) -> Any:
         raise StoreError(f"unknown study table {table!r}; use one of {', '.join(STUDY_TABLES)}")
     with store.engine.connect() as conn:
         frame = pd.read_sql_table(table, conn)
-    for column in frame.columns:
-        if frame[column].dtype != object or frame.empty:
-            continue
-        if frame[column].map(lambda v: isinstance(v, (dict, list))).any():
-            frame[column] = frame[column].map(
-                lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v
-            )
+    frame = json_columns_as_text(frame)
     if table == "study_participants" and "session_nonce" in frame.columns:
         frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
     return frame
@@ -387,20 +381,7 @@ def export_study(
     store: StudyStore, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")
 ) -> list[Path]:
     """Write every study table as CSV and/or Parquet."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create export folder {out_dir}: {exc.strerror}") from exc
-    written = []
-    for table in STUDY_TABLES:
-        frame = read_table(store, table)
-        for fmt in formats:
-            path = out_dir / f"{table}.{fmt}"
-            if fmt == "csv":
-                frame.to_csv(path, index=False)
-            elif fmt == "parquet":
-                frame.to_parquet(path, index=False)
-            else:
-                raise StoreError(f"unknown export format {fmt!r}; use csv or parquet")
-            written.append(path)
-    return written
+    check_formats(formats)
+    return write_tables(
+        {table: read_table(store, table) for table in STUDY_TABLES}, out_dir, formats
+    )

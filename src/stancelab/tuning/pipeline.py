@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet
-from stancelab.conversation.store import Store
 from stancelab.debates.analysis import attitude_frame
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.report import write_report
 from stancelab.debates.runner import COMPATIBLE, run_experiment
+from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.llamacpp import load_engine
 from stancelab.engine.models import content_hash, folder_hash, model_fingerprint, resolve_model

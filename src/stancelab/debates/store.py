@@ -1,4 +1,6 @@
-"""Results store through SQLAlchemy: SQLite by default, any SQLAlchemy URL (PostgreSQL) too.
+"""The debates' results store: runs, debates, agents, messages, surveys, persona checks.
+
+SQLite by default, any SQLAlchemy URL (PostgreSQL) too (``conversation/database.py``).
 
 Every turn and survey answer is committed as soon as it exists, so a crash loses at
 most the request in flight. A run's status stays 'running' until it finishes.
@@ -7,10 +9,9 @@ most the request in flight. A run's status stays 'running' until it finishes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -21,17 +22,19 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from stancelab.conversation.database import database_url, open_engine, safe_url
+from stancelab.conversation.export import check_formats, write_tables
 from stancelab.conversation.survey import SurveyAnswer, SurveyMode
 from stancelab.debates.debate import Debate, Turn
 from stancelab.engine.errors import StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # 2: debates.condition (base and tuned models side by side in one run).
 SCHEMA_VERSION = 2
@@ -147,40 +150,6 @@ class PersonaCheckRow(Base):
     topic: Mapped[str] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float)
     coverage: Mapped[float | None] = mapped_column(Float)
-
-
-def database_url(target: str | Path) -> str:
-    """A SQLAlchemy URL from a URL or a path to an SQLite file."""
-    text = str(target)
-    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def open_engine(url: str) -> Engine:
-    """A SQLAlchemy engine set up for many writer threads (SQLite) or a server."""
-    if url.startswith("sqlite"):
-        # Wait for a writer instead of failing; WAL lets readers (status) run alongside.
-        engine = create_engine(url, connect_args={"timeout": 60})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-
-
-def safe_url(url: str) -> str:
-    """A database URL with any password masked, for messages."""
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparsable: show nothing rather than risk a password
-        return "(database url)"
 
 
 class Store:
@@ -433,32 +402,17 @@ class Store:
 TABLES = ("runs", "debates", "agents", "messages", "survey_answers", "persona_checks")
 
 
+def read_tables(store: Store) -> dict[str, pd.DataFrame]:
+    """Every table of a results store as a DataFrame, by table name."""
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
+    with store.engine.connect() as conn:
+        return {table: pd.read_sql_table(table, conn) for table in TABLES}
+
+
 def export_tables(
     store: Store, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")
 ) -> list[Path]:
     """Write every table as CSV and/or Parquet; JSON columns are written as JSON text."""
-    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create export folder {out_dir}: {exc.strerror}") from exc
-    written = []
-    with store.engine.connect() as conn:
-        for table in TABLES:
-            frame = pd.read_sql_table(table, conn)
-            for column in frame.columns:
-                if frame[column].map(lambda v: isinstance(v, (dict, list))).any():
-                    frame[column] = frame[column].map(
-                        lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v
-                    )
-            for fmt in formats:
-                path = out_dir / f"{table}.{fmt}"
-                if fmt == "csv":
-                    frame.to_csv(path, index=False)
-                elif fmt == "parquet":
-                    frame.to_parquet(path, index=False)
-                else:
-                    raise StoreError(f"unknown export format {fmt!r}; use csv or parquet")
-                written.append(path)
-    return written
+    check_formats(formats)
+    return write_tables(read_tables(store), out_dir, formats)

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from stancelab.conversation.personas import personas_for
-from stancelab.conversation.store import Store, export_tables
 from stancelab.conversation.survey import SurveyMode
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, mean_attitudes, plot_attitudes
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, run_debates
+from stancelab.debates.store import Store, export_tables
 from stancelab.engine.errors import StoreError
 from stancelab.engine.fake import ScriptedModel
 

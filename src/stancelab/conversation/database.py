@@ -1,0 +1,47 @@
+"""One way to open a database for every store: SQLite by default, any SQLAlchemy URL too.
+
+SQLite gets WAL and a long busy timeout so many writer threads (debates, participants)
+wait for each other instead of failing; a server database gets a connection pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+
+
+def database_url(target: str | Path) -> str:
+    """A SQLAlchemy URL from a URL or a path to an SQLite file."""
+    text = str(target)
+    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    """A SQLAlchemy engine set up for many writer threads (SQLite) or a server."""
+    if url.startswith("sqlite"):
+        # Wait for a writer instead of failing; WAL lets readers (status) run alongside.
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def safe_url(url: str) -> str:
+    """A database URL with any password masked, for messages."""
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: show nothing rather than risk a password
+        return "(database url)"
