@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from stancelab.debates.experiment import ConditionConfig
-from stancelab.debates.store import AgentRow, DebateRow, RunRow, Store, SurveyRow
+from stancelab.debates.store import AgentRow, DebateRow, MessageRow, RunRow, Store, SurveyRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,3 +140,38 @@ def plot_attitudes(frame: pd.DataFrame, path: Path, title: str | None = None) ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per reply of a run, in speaking order, with its debate and speaker."""
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
+    query = (
+        select(
+            DebateRow.id.label("debate_id"),
+            DebateRow.condition.label("condition_name"),
+            DebateRow.topic,
+            DebateRow.setup,
+            DebateRow.repetition,
+            MessageRow.iteration,
+            MessageRow.agent_index,
+            MessageRow.speaker,
+            AgentRow.kind,
+            MessageRow.text,
+            MessageRow.attempts,
+            MessageRow.truncated,
+            MessageRow.prompt_tokens,
+            MessageRow.cached_tokens,
+            MessageRow.completion_tokens,
+            MessageRow.latency_s,
+        )
+        .join(MessageRow, MessageRow.debate_id == DebateRow.id)
+        .join(
+            AgentRow,
+            (AgentRow.debate_id == DebateRow.id) & (AgentRow.agent_index == MessageRow.agent_index),
+        )
+        .where(DebateRow.run_id == run_id)
+        .order_by(DebateRow.id, MessageRow.iteration)
+    )
+    with store.engine.connect() as conn:
+        return pd.read_sql(query, conn)

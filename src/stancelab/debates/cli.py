@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import platform
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,18 +17,17 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from stancelab._version import __version__
 from stancelab.conversation.console import console, friendly_errors
 from stancelab.conversation.personas import generate_personas, paper_topic, personas_for
-from stancelab.conversation.survey import SurveyAnswer, parse_modes, survey_modes_for
+from stancelab.conversation.survey import SurveyAnswer, parse_modes
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep, run_debates
+from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.report import write_report
 from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
 from stancelab.debates.sauce import load_sauce
-from stancelab.debates.store import Store
+from stancelab.debates.single import SingleDebate, ensure_writable_dir, run_single_debate
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
 
@@ -41,32 +37,6 @@ personas_app = typer.Typer(help="Write and check persona sets.", no_args_is_help
 app.add_typer(personas_app, name="personas")
 
 KIND_STYLE = {"republican": "red", "democrat": "blue", "default": "white"}
-
-
-def ensure_writable_dir(folder: Path) -> Path:
-    """Create a folder and prove it is writable before any expensive work starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".stancelab-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder {folder} is not writable: {exc.strerror}") from exc
-    return folder
-
-
-def versions_snapshot(
-    engine_info: dict[str, Any], prompts_info: dict[str, str], seed: int
-) -> dict[str, Any]:
-    """Everything needed to say which code, model and wording produced a run."""
-    return {
-        "stancelab": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "model": engine_info,
-        "prompts": prompts_info,
-        "seed": seed,
-    }
 
 
 @app.command()
@@ -178,28 +148,16 @@ def _run_streamed(
     )
     with console.status(f"loading {model_config.name}…"):
         engine = open_model(model_config)
-    modes, note = survey_modes_for(engine, spec.survey_modes)
-    if note:
-        console.print(f"[yellow]WARNING: {note}[/]")
-        spec = dataclasses.replace(spec, survey_modes=modes)
-        config = {**config, "survey_modes": [str(m) for m in modes], "note": note}
-    the_debate = Debate(spec, prompt_set)
-    run_dir = ensure_writable_dir(out / time.strftime(f"{config['command']}-%Y%m%d-%H%M%S"))
-    store = Store(db or run_dir / "stancelab.db")
-    config = {**config, "question": the_debate.question}
-    run_id = store.start_run(
-        config, versions_snapshot(engine.describe(), prompt_set.describe(), spec.seed)
-    )
-    debate_id = store.add_debate(run_id, the_debate, key="0")
-    names = [p.name for p in spec.personas]
-    console.print(
-        f"[bold]run {run_id}[/] · {spec.topic} · "
-        + ", ".join(f"{n} ({p.kind})" for n, p in zip(names, spec.personas, strict=True))
-        + f" · first speaker {names[the_debate.first_speaker]}"
-    )
+
+    def on_start(run_id: str, the_debate: Debate) -> None:
+        names = [p.name for p in the_debate.spec.personas]
+        console.print(
+            f"[bold]run {run_id}[/] · {the_debate.spec.topic} · "
+            + ", ".join(f"{n} ({p.kind})" for n, p in zip(names, spec.personas, strict=True))
+            + f" · first speaker {names[the_debate.first_speaker]}"
+        )
 
     def on_turn(d: Debate, turn: Turn) -> None:
-        store.add_turn(debate_id, d, turn)
         persona = d.spec.personas[turn.speaker]
         style = KIND_STYLE.get(persona.kind, "white")
         note = f" [dim](attempt {turn.attempts})[/]" if turn.attempts > 1 else ""
@@ -210,7 +168,6 @@ def _run_streamed(
         )
 
     def on_survey(d: Debate, answers: list[SurveyAnswer]) -> None:
-        store.add_surveys(debate_id, answers)
         cells = []
         for a in answers:
             value = (
@@ -229,25 +186,19 @@ def _run_streamed(
 
     def on_retry(d: Debate, step: TurnStep, attempt: int, raw: str) -> None:
         console.print(
-            f"[yellow]    unusable reply from {names[step.speaker]} "
+            f"[yellow]    unusable reply from {d.spec.personas[step.speaker].name} "
             f"(attempt {attempt}): {raw[:40]!r}; retrying[/]",
             highlight=False,
         )
 
     events = DebateEvents(on_turn=on_turn, on_survey=on_survey, on_retry=on_retry)
-    start = time.perf_counter()
     try:
-        run_debates(engine, [the_debate], events)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish_debate(debate_id, error=f"{status}: {exc}")
-        store.finish_run(run_id, status=status, error=str(exc) or type(exc).__name__)
-        raise
+        done = run_single_debate(spec, prompt_set, engine, config, out, db, events, on_start)
     finally:
         engine.close()
-    store.finish_debate(debate_id, error=the_debate.failed)
-    elapsed = time.perf_counter() - start
-    _finish_debate_run(store, run_id, run_dir, the_debate, elapsed, engine.stats)
+    for note in done.notes:
+        console.print(f"[yellow]WARNING: {note}[/]")
+    _finish_debate_run(done, engine.stats)
 
 
 @app.command()
@@ -295,9 +246,8 @@ def sauce(
     _run_streamed(spec, load_prompts(), model_config, parallel, out, db, config)
 
 
-def _finish_debate_run(
-    store: Any, run_id: str, run_dir: Path, the_debate: Any, elapsed: float, stats: Any
-) -> None:
+def _finish_debate_run(done: SingleDebate, stats: Any) -> None:
+    store, run_id, run_dir, the_debate = done.store, done.run_id, done.folder, done.debate
 
     frame = attitude_frame(store, run_id)
     scale = frame[frame["score"].notna() | ~frame["ok"].astype(bool)]
@@ -322,11 +272,9 @@ def _finish_debate_run(
             frame, run_dir / "attitudes.png", title=f"{the_debate.spec.topic} · run {run_id}"
         )
     if the_debate.failed:
-        store.finish_run(run_id, status="failed", error=the_debate.failed)
         raise StancelabError(f"debate stopped early: {the_debate.failed}")
-    store.finish_run(run_id)
     console.print(
-        f"{len(the_debate.turns)} replies in {elapsed:.1f} s · prompt tokens "
+        f"{len(the_debate.turns)} replies in {done.elapsed_s:.1f} s · prompt tokens "
         f"{stats.prompt_tokens} ({stats.cached_tokens} from cache) · "
         f"results: {store.url}" + (f" · plot: {plot_path}" if plot_path else "")
     )

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from stancelab._version import __version__
 from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet, generate_personas
 from stancelab.conversation.survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
@@ -25,7 +23,8 @@ from stancelab.conversation.templates import PromptSet, load_prompts
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.debates.experiment import ExperimentConfig, PlannedDebate, plan_debates
 from stancelab.debates.fidelity import TopicFidelity, summarise, survey_personas
-from stancelab.debates.store import SCHEMA_VERSION, DebateRow, MessageRow, Store, SurveyRow
+from stancelab.debates.single import run_versions
+from stancelab.debates.store import SCHEMA_VERSION, Store
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, check_model, open_model
@@ -297,14 +296,7 @@ def _run(
         run_id = str(folder.read_meta()["run_id"])
         store.set_run_status(run_id, "running")
     else:
-        versions = {
-            "stancelab": __version__,
-            "models": models.describe(),
-            "prompts": prompts.describe(),
-            "seed": config.seed,
-            "survey_modes_used": [str(m) for m in modes],
-            "notes": notes,
-        }
+        versions = run_versions(models.describe(), prompts, config.seed, modes, notes)
         run_id = store.start_run(config.model_dump(mode="json"), versions, kind="experiment")
         meta = {
             "run_id": run_id,
@@ -541,35 +533,7 @@ def experiment_status(folder: RunFolder) -> dict[str, Any]:
     run = store.get_run(str(meta["run_id"]))
     config = run.config
 
-    cells: dict[str, dict[str, int]] = {}
-
-    def cell_of(condition: str, topic: str, setup: str) -> str:
-        return f"{condition} · {topic} · {setup}" if condition else f"{topic} · {setup}"
-
-    keys = (DebateRow.condition, DebateRow.topic, DebateRow.setup)
-    with store.session() as s:
-        rows = s.execute(
-            select(*keys, DebateRow.status, func.count())
-            .where(DebateRow.run_id == run.id)
-            .group_by(*keys, DebateRow.status)
-        ).all()
-        for condition, topic, setup, status, n in rows:
-            cell = cells.setdefault(cell_of(condition, topic, setup), {"debates": 0})
-            cell["debates"] += n
-            cell[status] = cell.get(status, 0) + n
-        turns = s.execute(
-            select(*keys, func.count(MessageRow.id))
-            .join(MessageRow, MessageRow.debate_id == DebateRow.id)
-            .where(DebateRow.run_id == run.id)
-            .group_by(*keys)
-        ).all()
-        for condition, topic, setup, n in turns:
-            cells[cell_of(condition, topic, setup)]["turns"] = n
-        surveys = s.execute(
-            select(func.count(SurveyRow.id))
-            .join(DebateRow, SurveyRow.debate_id == DebateRow.id)
-            .where(DebateRow.run_id == run.id)
-        ).scalar_one()
+    cells, surveys = store.progress(run.id)
     expected_turns = int(config.get("iterations", 0)) * int(config.get("repetitions", 0))
     return {
         "run_id": run.id,

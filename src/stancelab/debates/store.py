@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -376,6 +377,40 @@ class Store:
             row = s.get(DebateRow, debate_id)
             if row is not None and row.status == "failed" and row.error:
                 debate.failed = row.error
+
+    def progress(self, run_id: str) -> tuple[dict[str, dict[str, int]], int]:
+        """Debates per status and turns per cell (condition · topic · setup), and the
+        number of survey answers, of one run."""
+        cells: dict[str, dict[str, int]] = {}
+
+        def cell_of(condition: str, topic: str, setup: str) -> str:
+            return f"{condition} · {topic} · {setup}" if condition else f"{topic} · {setup}"
+
+        keys = (DebateRow.condition, DebateRow.topic, DebateRow.setup)
+        with self.session() as s:
+            rows = s.execute(
+                select(*keys, DebateRow.status, func.count())
+                .where(DebateRow.run_id == run_id)
+                .group_by(*keys, DebateRow.status)
+            ).all()
+            for condition, topic, setup, status, n in rows:
+                cell = cells.setdefault(cell_of(condition, topic, setup), {"debates": 0})
+                cell["debates"] += n
+                cell[status] = cell.get(status, 0) + n
+            turns = s.execute(
+                select(*keys, func.count(MessageRow.id))
+                .join(MessageRow, MessageRow.debate_id == DebateRow.id)
+                .where(DebateRow.run_id == run_id)
+                .group_by(*keys)
+            ).all()
+            for condition, topic, setup, n in turns:
+                cells[cell_of(condition, topic, setup)]["turns"] = n
+            surveys = s.execute(
+                select(func.count(SurveyRow.id))
+                .join(DebateRow, SurveyRow.debate_id == DebateRow.id)
+                .where(DebateRow.run_id == run_id)
+            ).scalar_one()
+        return cells, int(surveys)
 
     def get_run(self, run_id: str) -> RunRow:
         """One run by id."""

@@ -15,10 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
+
+
+def _from_base(path: Path, info: ValidationInfo) -> Path:
+    """A relative path taken relative to the validation context's ``base`` folder."""
+    path = path.expanduser()
+    if path.is_absolute():
+        return path
+    context = info.context if isinstance(info.context, dict) else {}
+    return Path(context.get("base") or Path.cwd()) / path
+
+
+RelativePath = Annotated[Path, AfterValidator(_from_base)]
+"""A path in a config: relative to the config file's folder when read from a file
+(``model_validate(data, context={"base": folder})``), else to the working folder, so a
+config built in Python and the same config read from a file mean the same files."""
 
 
 class AdapterConfig(BaseModel):
@@ -26,7 +50,7 @@ class AdapterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
+    path: RelativePath
     scale: float = 1.0
 
 
@@ -60,16 +84,6 @@ class ModelConfig(BaseModel):
         if isinstance(value, list):
             return [{"path": v} if isinstance(v, str | Path) else v for v in value]
         return value
-
-    def resolve_paths(self, base: Path) -> ModelConfig:
-        """A copy whose relative adapter paths are taken relative to ``base``."""
-        adapters = [
-            a.model_copy(update={"path": base / a.path.expanduser()})
-            if not a.path.expanduser().is_absolute()
-            else a
-            for a in self.adapters
-        ]
-        return self.model_copy(update={"adapters": adapters})
 
     @classmethod
     def parse(cls, value: ModelConfig | str | dict[str, Any]) -> ModelConfig:

@@ -1,0 +1,119 @@
+"""The Python API's verbs: run an experiment, run one debate, open a study.
+
+They take what a notebook has at hand (a file path, a dict, a built config, an already
+loaded model) and end in the same code paths as the CLI, so a run made in Python and one
+made from the shell are the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from stancelab.conversation.personas import personas_for
+from stancelab.conversation.survey import SurveyMode, parse_modes
+from stancelab.conversation.templates import load_prompts
+from stancelab.debates.debate import DebateEvents, DebateSpec
+from stancelab.debates.experiment import ExperimentConfig, load_experiment
+from stancelab.debates.results import Run, open_run
+from stancelab.debates.runner import run_experiment
+from stancelab.debates.single import run_single_debate
+from stancelab.engine.base import LanguageModel
+from stancelab.engine.errors import ConfigError
+from stancelab.engine.factory import ModelConfig, load_model
+
+ExperimentLike = ExperimentConfig | str | Path | dict[str, Any]
+ModelLike = LanguageModel | ModelConfig | str | dict[str, Any]
+
+
+def experiment(source: ExperimentLike) -> ExperimentConfig:
+    """An experiment from a YAML file, a mapping, or a config already built.
+
+    Relative paths in a file are taken relative to the file, in a mapping relative to the
+    working folder; both are checked the same way (one line naming the field).
+    """
+    if isinstance(source, ExperimentConfig):
+        return source
+    if isinstance(source, str | Path):
+        return load_experiment(Path(source))
+    try:
+        return ExperimentConfig.model_validate(source)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "experiment"
+        raise ConfigError(f"experiment: {where}: {first['msg']}") from None
+
+
+def run(
+    source: ExperimentLike,
+    out: str | Path = "runs",
+    *,
+    log: Callable[[str], None] | None = print,
+) -> Run:
+    """Run (or resume) every debate of an experiment and return its results.
+
+    Runs in ``OUT/NAME``; calling it again after an interruption resumes where it stopped,
+    and a finished run returns at once. ``log=None`` keeps it quiet.
+    """
+    config = experiment(source)
+    if isinstance(source, str | Path):
+        text = Path(source).read_text(encoding="utf-8")
+    else:  # the run folder keeps the experiment as a file, whatever it was built from
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    result = run_experiment(config, text, Path(out), log=log or (lambda _: None))
+    return open_run(result.folder.path, result.run_id)
+
+
+def debate(
+    topic: str,
+    agents: Sequence[str] = ("republican", "democrat", "default"),
+    *,
+    iterations: int = 9,
+    model: ModelLike = "qwen2.5-coder-0.5b",
+    survey_modes: Sequence[str | SurveyMode] = ("distribution",),
+    seed: int = 0,
+    word_limit: int = 50,
+    out: str | Path = "runs",
+    db: str | None = None,
+    prompts: str | Path | None = None,
+    question: str | None = None,
+    events: DebateEvents | None = None,
+) -> Run:
+    """One debate between built-in personas, stored in ``OUT/debate-…``; returns its run.
+
+    ``model`` may be a loaded model (kept open for the next call) or anything
+    ``load_model`` takes (opened and closed here).
+    """
+    kinds = [k.strip().lower() for k in agents if k.strip()]
+    if not kinds:
+        raise ConfigError("no agents given; use e.g. agents=['republican', 'democrat']")
+    spec = DebateSpec(
+        topic=topic.strip(),
+        personas=tuple(personas_for(kinds)),
+        iterations=iterations,
+        seed=seed,
+        word_limit=word_limit,
+        survey_modes=parse_modes([str(m) for m in survey_modes]),
+    )
+    prompt_set = load_prompts(Path(prompts) if prompts else None).with_question(question)
+    owned = not isinstance(model, LanguageModel)
+    engine = load_model(model) if not isinstance(model, LanguageModel) else model
+    config = {
+        "command": "debate",
+        "topic": spec.topic,
+        "agents": kinds,
+        "iterations": iterations,
+        "model": engine.describe(),
+        "seed": seed,
+        "word_limit": word_limit,
+    }
+    try:
+        done = run_single_debate(spec, prompt_set, engine, config, Path(out), db, events)
+    finally:
+        if owned:
+            engine.close()
+    return Run(done.store, done.run_id, done.folder)

@@ -1,0 +1,106 @@
+"""A run's results as pandas DataFrames: open a run folder (or a results database) and read.
+
+The same reader serves experiment runs (``runs/NAME`` with ``run.json``) and single
+debates (``runs/debate-…``), because both record runs the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stancelab.debates.analysis import attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates.report import change_statistics, write_report
+from stancelab.debates.runner import RUN_META, RunFolder, experiment_status
+from stancelab.debates.store import Store
+from stancelab.engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class Run:
+    """One stored run. Every table is read fresh, so a run still going can be watched."""
+
+    store: Store
+    run_id: str
+    folder: Path | None = None
+    """The run folder, when the run has one."""
+
+    @property
+    def status(self) -> str:
+        """running, complete, complete-with-failures, failed or interrupted."""
+        return self.store.get_run(self.run_id).status
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration the run was started with."""
+        return dict(self.store.get_run(self.run_id).config)
+
+    @property
+    def versions(self) -> dict[str, Any]:
+        """Provenance: package, models (with file hashes), prompt templates, seed, notes."""
+        return dict(self.store.get_run(self.run_id).versions)
+
+    def turns(self) -> pd.DataFrame:
+        """One row per reply, in speaking order."""
+        return turn_frame(self.store, self.run_id)
+
+    def surveys(self) -> pd.DataFrame:
+        """One row per hidden-survey answer (score, most likely answer, entropy, coverage)."""
+        return attitude_frame(self.store, self.run_id)
+
+    def means(self) -> pd.DataFrame:
+        """Mean attitude with standard error and counts per topic, setup, kind, mode and
+        iteration (failed answers counted apart)."""
+        return mean_attitudes(self.surveys())
+
+    def changes(self) -> pd.DataFrame:
+        """First-to-last survey change per topic, setup, kind and mode, with tests."""
+        return change_statistics(self.surveys())
+
+    def progress(self) -> dict[str, Any]:
+        """How far an experiment run has got (debates, turns and surveys per cell)."""
+        return experiment_status(self._experiment_folder())
+
+    def report(self) -> Path:
+        """Write the HTML report of an experiment run; returns report/index.html."""
+        return write_report(self._experiment_folder())
+
+    def _experiment_folder(self) -> RunFolder:
+        if self.folder is None or not (self.folder / RUN_META).is_file():
+            raise ConfigError(
+                "only experiment runs (stancelab run / stancelab.run) have a report and "
+                "progress; read a single debate with turns() and surveys()"
+            )
+        return RunFolder(self.folder)
+
+
+def open_run(where: str | Path, run_id: str | None = None) -> Run:
+    """A run by folder (``runs/quick``, ``runs/debate-…``), database file or URL.
+
+    Without ``run_id``, an experiment folder gives its own run and a database its newest.
+    """
+    text = str(where)
+    folder: Path | None = None
+    if "://" in text:
+        store = Store(text)
+    else:
+        path = Path(where)
+        if path.is_dir():
+            folder = path
+            if (path / RUN_META).is_file():
+                run_id = run_id or str(RunFolder(path).read_meta()["run_id"])
+            path = path / "stancelab.db"
+        if not path.is_file():
+            raise ConfigError(f"no stancelab results at {where} (no run folder or database)")
+        store = Store(path)
+    if run_id is None:
+        runs = store.runs()
+        if not runs:
+            raise ConfigError(f"{where} holds no runs yet")
+        run_id = runs[0].id
+    store.get_run(run_id)  # a clear error for an unknown id
+    return Run(store, run_id, folder)
