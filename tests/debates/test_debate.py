@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,11 @@ PROMPTS = load_prompts()
 
 
 def make_debate(
-    iterations: int = 9, seed: int = 3, kinds: str = "republican,democrat,default", **kw: object
+    iterations: int = 9, seed: int = 3, kinds: str = "republican,democrat,default", **kw: Any
 ) -> Debate:
     spec = DebateSpec(
         "climate change", tuple(personas_for(kinds.split(","))), iterations, seed=seed, **kw
-    )  # type: ignore[arg-type]
+    )
     return Debate(spec, PROMPTS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 from stancelab.conversation.personas import Persona, PersonaSet
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.runner import ModelPool, RunFolder, experiment_status, run_experiment
-from stancelab.engine.base import GenerationRequest, LanguageModel
+from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig
 from stancelab.engine.fake import ScriptedModel
@@ -21,7 +22,7 @@ from stancelab.engine.fake import ScriptedModel
 def scripted_reply(request: GenerationRequest) -> str:
     # Deterministic in the prompt and the seed, like a seeded engine.
     assert isinstance(request.prompt, str)
-    return f" Point {request.seed % 997} after {request.prompt.count(chr(10))} lines."
+    return f" Point {(request.seed or 0) % 997} after {request.prompt.count(chr(10))} lines."
 
 
 def continuations(prompt: str) -> dict[str, float]:
@@ -64,7 +65,7 @@ class CountingModel(ScriptedModel):
         self.crash_after = crash_after
         self.turn_requests = 0
 
-    def generate(self, requests):  # type: ignore[no-untyped-def]
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self.turn_requests += len(requests)
         if self.crash_after is not None and self.turn_requests > self.crash_after:
             raise Crash("simulated crash")
@@ -214,8 +215,8 @@ def test_model_per_agent_kind(tmp_path: Path) -> None:
         models=ModelPool(opener=opener),
     )
     assert other.turn_requests > 0 and main.turn_requests > 0
-    assert all("You are an American." in r.prompt for r in other.generated)  # type: ignore[operator]
-    assert not any("You are an American." in r.prompt for r in main.generated)  # type: ignore[operator]
+    assert all("You are an American." in str(r.prompt) for r in other.generated)
+    assert not any("You are an American." in str(r.prompt) for r in main.generated)
 
 
 class ClosableModel(CountingModel):
@@ -228,7 +229,7 @@ class ClosableModel(CountingModel):
     def close(self) -> None:
         self.closed = True
 
-    def generate(self, requests):  # type: ignore[no-untyped-def]
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         self.stats.requests += len(requests)
         return super().generate(requests)
 

@@ -57,7 +57,8 @@ def test_exported_adapter_matches_merged_transformers_model(
     assert len(names) == 30 * 7 * 2
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
-    base = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+    base.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval untyped
     with (
         load_engine("smollm2-135m", n_parallel=1, ctx_per_slot=512) as plain,
         open_tuned("smollm2-135m", [out], n_parallel=1, ctx_per_slot=512) as tuned,
