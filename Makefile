@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stancelab-installed
 
-.PHONY: setup demo test lint bench clean models-1.5b
+.PHONY: setup demo test test-fast lint bench clean models-1.5b
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: setup
 test: setup
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -q
+
+# The tests that need no engine, database server, browser or training: under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not engine and not training and not postgres and not browser"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
