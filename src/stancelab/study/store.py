@@ -27,8 +27,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -74,6 +78,8 @@ class ParticipantRow(StudyBase):
     reason_after: Mapped[str | None] = mapped_column(Text)
     perceived_start: Mapped[int | None] = mapped_column(Integer)
     perceived_end: Mapped[int | None] = mapped_column(Integer)
+    page_times: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """When each page was first shown and submitted: {"consent.shown": iso time, ...}."""
     __table_args__ = (UniqueConstraint("study", "pid"),)
 
 
@@ -91,7 +97,18 @@ class ChatMessageRow(StudyBase):
     human_stance: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
-    __table_args__ = (UniqueConstraint("participant_id", "turn", "role"),)
+    client_key: Mapped[str | None] = mapped_column(String(64))
+    """The idempotency key of the form that sent a participant message (a repeat finds it)."""
+    status: Mapped[str] = mapped_column(String(16), default="answered", server_default="answered")
+    """A participant message is 'pending' until its reply is stored, or 'failed'."""
+    shown_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a reply was first delivered to the participant's browser."""
+    cut: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A reply that hit max_tokens, cut back to its last full sentence."""
+    __table_args__ = (
+        UniqueConstraint("participant_id", "turn", "role"),
+        UniqueConstraint("participant_id", "client_key"),
+    )
 
 
 class LlmStanceRow(StudyBase):
@@ -109,6 +126,8 @@ class LlmStanceRow(StudyBase):
     entropy_bits: Mapped[float | None] = mapped_column(Float)
     distribution: Mapped[list[float] | None] = mapped_column(JSON)
     raw_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=_now)
+    """When the probe's answer was stored ("probe done")."""
     __table_args__ = (UniqueConstraint("participant_id", "turn", "mode"),)
 
 
@@ -133,6 +152,27 @@ STUDY_TABLES = (
 )
 
 
+def _add_missing_columns(engine: Any) -> None:
+    """Bring a database made by an older version up to date: add the columns it lacks
+    (all nullable or with a server default, so old rows stay valid)."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in StudyBase.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.server_default is not None:
+                    arg = getattr(column.server_default, "arg", None)
+                    value = arg if isinstance(arg, str) else "false"
+                    default = f" DEFAULT '{value}'" if isinstance(arg, str) else f" DEFAULT {value}"
+                conn.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+                )
+
+
 class DuplicateTurn(StoreError):
     """The exchange for this turn is already stored (a repeated submission)."""
 
@@ -146,6 +186,7 @@ class StudyStore:
         try:
             self.engine = open_engine(self.url)
             StudyBase.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open study database {safe_url(self.url)}: {exc.__cause__ or exc}"
@@ -296,6 +337,144 @@ class StudyStore:
             except IntegrityError:
                 s.rollback()
                 raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored") from None
+
+    def add_user_message(
+        self,
+        participant_id: str,
+        turn: int,
+        user_text: str,
+        human_stance: int | None,
+        client_key: str | None,
+    ) -> ChatMessageRow:
+        """Commit a participant's message before the chatbot is asked (status 'pending');
+        DuplicateTurn if this turn or this key is stored already."""
+        with self.session() as s:
+            row = ChatMessageRow(
+                participant_id=participant_id,
+                turn=turn,
+                role="user",
+                text=user_text,
+                human_stance=human_stance,
+                client_key=client_key,
+                status="pending",
+            )
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored") from None
+            return row
+
+    def message_by_key(self, participant_id: str, client_key: str) -> ChatMessageRow | None:
+        """The participant message a form with this idempotency key stored, if any."""
+        with self.session() as s:
+            return s.scalar(
+                select(ChatMessageRow).where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.client_key == client_key,
+                )
+            )
+
+    def resend_user_message(
+        self, message_id: int, user_text: str, human_stance: int | None, client_key: str | None
+    ) -> ChatMessageRow:
+        """A message whose reply failed, sent again: the same turn, new text, pending again."""
+        with self.session() as s:
+            row = s.get(ChatMessageRow, message_id)
+            if row is None or row.status != "failed":
+                raise DuplicateTurn(f"message {message_id} is not a failed one")
+            row.text, row.human_stance, row.client_key = user_text, human_stance, client_key
+            row.status, row.created_at = "pending", _now()
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"key {client_key!r} is already stored") from None
+            return row
+
+    def add_reply(
+        self, participant_id: str, turn: int, reply: str, latency_s: float, cut: bool = False
+    ) -> None:
+        """Commit the chatbot's reply and mark the participant's message answered, together."""
+        with self.session() as s:
+            s.add(
+                ChatMessageRow(
+                    participant_id=participant_id,
+                    turn=turn,
+                    role="assistant",
+                    text=reply,
+                    latency_s=latency_s,
+                    cut=cut,
+                )
+            )
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.turn == turn,
+                    ChatMessageRow.role == "user",
+                )
+                .values(status="answered")
+            )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"the reply to turn {turn} is already stored") from None
+
+    def set_status(self, participant_id: str, turn: int, status: str) -> None:
+        """Mark a participant message 'pending', 'answered' or 'failed'."""
+        with self.session() as s:
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.turn == turn,
+                    ChatMessageRow.role == "user",
+                )
+                .values(status=status)
+            )
+            s.commit()
+
+    def mark_shown(self, participant_id: str, turns: Sequence[int]) -> None:
+        """Stamp when replies were first delivered to the browser (only the first time)."""
+        if not turns:
+            return
+        with self.session() as s:
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.role == "assistant",
+                    ChatMessageRow.turn.in_(list(turns)),
+                    ChatMessageRow.shown_at.is_(None),
+                )
+                .values(shown_at=_now())
+            )
+            s.commit()
+
+    def stamp_page(self, participant_id: str, event: str) -> None:
+        """Record the first time of a page event ("about.shown", "about.submitted", ...)."""
+        with self.session() as s:
+            row = s.get(ParticipantRow, participant_id)
+            if row is None:
+                return
+            times = dict(row.page_times or {})
+            if event in times:
+                return
+            times[event] = _now().isoformat()
+            row.page_times = times  # a new dict, so the JSON column is written
+            s.commit()
+
+    def stance_turns(self, participant_id: str) -> set[int]:
+        """The turns whose chatbot stance is stored."""
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(LlmStanceRow.turn).where(LlmStanceRow.participant_id == participant_id)
+                )
+            )
 
     def messages(self, participant_id: str) -> list[ChatMessageRow]:
         """A participant's messages in order (turn, then user before assistant)."""
