@@ -276,6 +276,10 @@ class SimulatedParticipant:
                     page = self._send(client, "POST", "/study/finish-conversation", {"csrf": csrf})
                     continue
                 self.result.condition_seen = "chat"
+                if 'data-pending="1"' in page.text:  # a reply still being written
+                    time.sleep(1.0)
+                    page = self._send(client, "GET", "/study")
+                    continue
                 replies = page.replies()
                 self.result.replies = replies
                 if len(replies) >= self.turns:
@@ -292,6 +296,7 @@ class SimulatedParticipant:
                     {
                         "csrf": csrf,
                         "turn": page.field("turn"),
+                        "key": page.field("key"),
                         "message": text,
                         "stance": str(stance),
                     },
