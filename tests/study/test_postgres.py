@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from stancelab.study.app import create_app
+from stancelab.study.exports import export_study
 from stancelab.study.fake import FakeChatModel
 from stancelab.study.report import write_report
 from stancelab.study.simulate import simulate
-from stancelab.study.store import StudyStore, export_study
+from stancelab.study.store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, Participant, make_config
 

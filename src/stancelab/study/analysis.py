@@ -32,6 +32,8 @@ def load_frames(
     ids = set(participants["id"])
     messages = read_table(store, "study_messages")
     messages = messages[messages["participant_id"].isin(ids)]
+    if "status" in messages.columns:  # a message whose reply failed was never part of the chat
+        messages = messages[messages["status"] != "failed"]
     stances = read_table(store, "study_llm_stances")
     stances = stances[stances["participant_id"].isin(ids) & (stances["mode"] == mode)]
     labels = read_table(store, "study_strategy_labels")

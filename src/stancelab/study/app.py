@@ -102,7 +102,7 @@ def create_app(
         rng=random.Random(config.seed),
         requests=RateLimiter(config.limits.requests_per_minute, 60.0),
         messages=MinInterval(config.limits.min_seconds_between_messages),
-        logins=RateLimiter(10, 60.0),
+        logins=RateLimiter(config.limits.admin_failures_per_minute, 60.0),
         new_sessions=RateLimiter(config.limits.new_sessions_per_minute_per_ip, 60.0),
         busy=KeyedLocks(),
         env=env,

@@ -23,6 +23,7 @@ from stancelab.study.app import admin_token_from_env, create_app, secret_from_en
 from stancelab.study.audit import audit
 from stancelab.study.config import Condition, load_study
 from stancelab.study.report import write_report
+from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
 from stancelab.study.strategies import label_study
@@ -53,6 +54,13 @@ def serve(
     secure_cookies: Annotated[
         bool, typer.Option(help="Mark cookies Secure (behind HTTPS).")
     ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Addresses of your reverse proxies (comma-separated) whose X-Forwarded-For "
+            "is trusted; without it the TCP peer is the client address."
+        ),
+    ] = None,
 ) -> None:
     """Serve the participant web app and the admin pages.
 
@@ -80,7 +88,13 @@ def serve(
         f"admin: http://{host}:{port}/admin · db: {store.url.split('@')[-1]}"
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            **uvicorn_proxy_options(forwarded_allow_ips),
+        )
     finally:
         if lm is not None:
             lm.close()

@@ -176,6 +176,11 @@ class Limits(_Strict):
     min_seconds_between_messages: float = Field(default=2.0, ge=0.0)
     requests_per_minute: int = Field(default=120, ge=5)
     new_sessions_per_minute_per_ip: int = Field(default=60, ge=1)
+    admin_failures_per_minute: int = Field(default=10, ge=1)
+    """Wrong admin tokens accepted per client address and minute, on every path (login
+    form, ``Authorization: Bearer``, ``X-Admin-Token``); more get 429."""
+    admin_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+    """How long an admin login lasts; the server forgets it then (or at logout)."""
 
 
 class StudyConfig(_Strict):

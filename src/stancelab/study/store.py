@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
     false,
     func,
     inspect,
@@ -142,6 +143,15 @@ class StrategyLabelRow(StudyBase):
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
     coverage: Mapped[float] = mapped_column(Float, default=0.0)
     __table_args__ = (UniqueConstraint("message_id", "judge"),)
+
+
+class AdminSessionRow(StudyBase):
+    """A signed-in admin: the sha256 of the cookie's random token and when it expires."""
+
+    __tablename__ = "study_admin_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 STUDY_TABLES = (
@@ -521,6 +531,38 @@ class StudyStore:
                 )
             )
 
+    # --- admin sessions ---------------------------------------------------------------
+    def add_admin_session(self, token_sha256: str, lifetime: dt.timedelta) -> None:
+        """Record a new admin session (and drop expired ones)."""
+        now = _now()
+        with self.session() as s:
+            s.execute(delete(AdminSessionRow).where(AdminSessionRow.expires_at <= now))
+            s.add(AdminSessionRow(token_sha256=token_sha256, expires_at=now + lifetime))
+            s.commit()
+
+    def admin_session_valid(self, token_sha256: str) -> bool:
+        """Whether an admin session exists and has not expired."""
+        with self.session() as s:
+            row = s.get(AdminSessionRow, token_sha256)
+        if row is None:
+            return False
+        expires = row.expires_at
+        if expires.tzinfo is None:  # SQLite returns naive UTC
+            expires = expires.replace(tzinfo=dt.UTC)
+        return expires > _now()
+
+    def end_admin_session(self, token_sha256: str) -> None:
+        """Log an admin session out."""
+        with self.session() as s:
+            s.execute(delete(AdminSessionRow).where(AdminSessionRow.token_sha256 == token_sha256))
+            s.commit()
+
+    def expire_admin_sessions_now(self) -> None:
+        """End every admin session (a token change, or a test of expiry)."""
+        with self.session() as s:
+            s.execute(update(AdminSessionRow).values(expires_at=_now() - dt.timedelta(seconds=1)))
+            s.commit()
+
     def add_labels(self, rows: Sequence[StrategyLabelRow]) -> None:
         """Commit strategy labels."""
         with self.session() as s:
@@ -560,26 +602,3 @@ def read_table(store: StudyStore, table: str) -> Any:
     if table == "study_participants" and "session_nonce" in frame.columns:
         frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
     return frame
-
-
-def export_study(
-    store: StudyStore, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")
-) -> list[Path]:
-    """Write every study table as CSV and/or Parquet."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create export folder {out_dir}: {exc.strerror}") from exc
-    written = []
-    for table in STUDY_TABLES:
-        frame = read_table(store, table)
-        for fmt in formats:
-            path = out_dir / f"{table}.{fmt}"
-            if fmt == "csv":
-                frame.to_csv(path, index=False)
-            elif fmt == "parquet":
-                frame.to_parquet(path, index=False)
-            else:
-                raise StoreError(f"unknown export format {fmt!r}; use csv or parquet")
-            written.append(path)
-    return written
