@@ -48,7 +48,7 @@ class Participant:
 
     @property
     def step(self) -> str:
-        match = re.search(r'data-step="([a-z-]*)"', self.html)
+        match = re.search(r'data-step="([a-z_-]*)"', self.html)
         return match.group(1) if match else ""
 
     @property

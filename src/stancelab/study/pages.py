@@ -13,9 +13,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from stancelab.engine.base import LanguageModel
-from stancelab.study.config import StudyConfig
+from stancelab.study.config import Condition, StudyConfig
 from stancelab.study.replies import Replies
 from stancelab.study.security import KeyedLocks, MinInterval, RateLimiter, Signer
 from stancelab.study.store import ParticipantRow, StudyStore
@@ -93,7 +95,7 @@ def error_page(
     state: AppState, message: str, status: int, headers: dict[str, str] | None = None
 ) -> HTMLResponse:
     """The error page with one sentence."""
-    response = page(state, "error.html", status=status, message=message)
+    response = page(state, "error.html", status=status, message=message, q=state.config.questions)
     if headers:
         response.headers.update(headers)
     return response
@@ -109,6 +111,24 @@ def too_fast_page(state: AppState, wait_s: float) -> HTMLResponse:
         429,
         headers={"Retry-After": str(wait)},
     )
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in a config is shown as text
+
+
+def markdown(text: str) -> Markup:
+    """Markdown from the study config as HTML (raw HTML escaped, so no script gets in)."""
+    return Markup(_MARKDOWN.render(text))
+
+
+def progress_of(state: AppState, row: ParticipantRow) -> tuple[int, int] | None:
+    """(this page's number, pages in all) for the participant's flow; None at the end."""
+    steps = ["consent", "about", "before", "conversation", "after"]
+    if row.condition != Condition.STATIC:
+        steps.append("perception")
+    if row.step not in steps:
+        return None
+    return steps.index(row.step) + 1, len(steps)
 
 
 def int_field(form: dict[str, str], name: str, low: int = 0, high: int = 10) -> int | None:
@@ -132,5 +152,7 @@ def context(state: AppState, row: ParticipantRow, **extra: Any) -> dict[str, Any
         "config": config,
         "max_chars": config.limits.max_message_chars,
         "form_key": secrets.token_urlsafe(16),
+        "progress": progress_of(state, row),
+        "md": markdown,
         **extra,
     }

@@ -135,6 +135,18 @@ def logout(request: Request, form: Form, state: State) -> Response:
     return response
 
 
+@router.post("/closed")
+def set_closed(session: AdminSession, form: Form, state: State) -> Response:
+    """Close the study to new participants (``closed=1``) or reopen it (``closed=0``);
+    those who started may finish."""
+    if session is not None:  # a browser session: the form must carry its token
+        expected = state.signer.admin_csrf(session)
+        if not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):
+            raise PageError("The form expired. Please reload the page.", 403)
+    state.store.set_closed(state.config.study, form.get("closed") == "1")
+    return RedirectResponse("/admin", status_code=303)
+
+
 @router.get("", response_class=HTMLResponse)
 def sessions(session: AdminSession, state: State) -> Response:
     """Progress and all sessions of this study."""
@@ -153,6 +165,7 @@ def sessions(session: AdminSession, state: State) -> Response:
         study=state.config.study,
         progress=None,
         summary=progress(state.config, rows),
+        closed=state.config.recruitment.closed or state.store.is_closed(state.config.study),
         logout_csrf=state.signer.admin_csrf(session) if session else None,
     )
 
@@ -160,7 +173,9 @@ def sessions(session: AdminSession, state: State) -> Response:
 @router.get("/progress.json")
 def progress_json(_session: AdminSession, state: State) -> JSONResponse:
     """Started, completed and in progress, overall and per condition (for monitoring)."""
-    return JSONResponse(progress(state.config, state.store.participants(state.config.study)))
+    summary = progress(state.config, state.store.participants(state.config.study))
+    summary["closed"] = state.config.recruitment.closed or state.store.is_closed(state.config.study)
+    return JSONResponse(summary)
 
 
 @router.get("/session/{participant_id}", response_class=HTMLResponse)

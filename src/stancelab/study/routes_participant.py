@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import random
 import re
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from stancelab.study.config import Condition
-from stancelab.study.deps import MaybeParticipant, Participant, StepForm, step_form
+from stancelab.study.config import AttentionCheck, Condition
+from stancelab.study.deps import Form, MaybeParticipant, Participant, StepForm, step_form
 from stancelab.study.pages import (
     SESSION_COOKIE,
     AppState,
@@ -33,7 +34,7 @@ from stancelab.study.pages import (
     page,
 )
 from stancelab.study.replies import answered_history
-from stancelab.study.store import ChatMessageRow, DuplicateTurn, ParticipantRow
+from stancelab.study.store import ENDED, ChatMessageRow, DuplicateTurn, ParticipantRow, StudyFull
 
 router = APIRouter()
 
@@ -97,6 +98,12 @@ def entry(
                 403,
             )
         return start_cookie(state, to_study(), existing)
+    if config.recruitment.closed or store.is_closed(config.study):
+        raise PageError(
+            "This study is closed to new participants. Please return your submission "
+            "on the study platform.",
+            403,
+        )
     client = request.client.host if request.client else "?"
     wait = state.new_sessions.hit(f"new:{client}")
     if wait:
@@ -104,18 +111,35 @@ def entry(
     with state.rng_lock:
         seed = state.rng.random()
     simulated = request.headers.get("x-stancelab-simulated") == "1"
-    row = store.create_participant(
-        config.study,
-        pid,
-        [str(c) for c in config.conditions],
-        [t.name for t in config.topics],
-        random.Random(seed),
-        model=state.lm.name if state.lm is not None else "",
-        template_hash=state.templates_hash,
-        simulated=simulated,
-        fixed_code=config.completion_code,
-    )
+    recruitment = config.recruitment
+    try:
+        row = store.create_participant(
+            config.study,
+            pid,
+            [str(c) for c in config.conditions],
+            [t.name for t in config.topics],
+            random.Random(seed),
+            model=state.lm.name if state.lm is not None else "",
+            template_hash=state.templates_hash,
+            simulated=simulated,
+            fixed_code=config.completion_code,
+            active_since=dt.datetime.now(dt.UTC)
+            - dt.timedelta(minutes=recruitment.abandon_after_minutes),
+            cap=recruitment.cap,
+            quota_per_condition=recruitment.quota_per_condition,
+            platform_study_id=_platform_id(request, "STUDY_ID"),
+            platform_session_id=_platform_id(request, "SESSION_ID"),
+        )
+    except StudyFull:
+        raise PageError(
+            "This study is full. Please return your submission on the study platform.", 403
+        ) from None
     return start_cookie(state, to_study(), row)
+
+
+def _platform_id(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name, "").strip()
+    return value if _PID.fullmatch(value) else None
 
 
 @router.get("/study", response_class=HTMLResponse)
@@ -125,14 +149,115 @@ def study(row: Participant, state: State) -> Response:
     if row.step == "consent":
         return page(state, "consent.html", **context(state, row))
     if row.step == "about":
-        return page(state, "about.html", **context(state, row, values={}, errors=[]))
+        return page(
+            state,
+            "about.html",
+            **context(state, row, values={}, errors=[], attention_about=_attention(state, "about")),
+        )
     if row.step in ("before", "after"):
         return stance_page(state, row, row.step)
     if row.step == "conversation":
         return conversation_page(state, row)
     if row.step == "perception":
         return page(state, "perception.html", **context(state, row, errors=[], values={}))
-    return page(state, "done.html", **context(state, row))
+    return end_page(state, row)
+
+
+def end_page(state: AppState, row: ParticipantRow) -> Response:
+    """The last page: debrief and completion code, or the code of another ending, with
+    the platform link (followed automatically when configured)."""
+    config, q = state.config, state.config.questions
+    code = {
+        "done": row.completion_code,
+        "no_consent": config.no_consent_code,
+        "screened_out": config.screen_out_code,
+    }.get(row.step)
+    debrief = q.debrief_by_condition.get(
+        Condition(row.condition),
+        q.debrief_static if row.condition == Condition.STATIC else q.debrief,
+    )
+    url = config.end_url(code) if (code or row.step == "withdrawn") else None
+    return page(
+        state,
+        "done.html",
+        **context(state, row, end_code=code, end_url=url, debrief=debrief),
+    )
+
+
+def reading_wait(state: AppState, row: ParticipantRow, name: str) -> float:
+    """Seconds this page must still stay open (its configured minimum reading time)."""
+    need = state.config.min_reading_seconds.get(name)  # type: ignore[call-overload]
+    if not need:
+        return 0.0
+    shown = (row.page_times or {}).get(f"{row.step}.shown")
+    if shown is None:
+        state.store.stamp_page(row.id, f"{row.step}.shown")
+        return float(need)
+    opened = dt.datetime.fromisoformat(shown)
+    return max(0.0, float(need) - (dt.datetime.now(dt.UTC) - opened).total_seconds())
+
+
+def reading_error(wait: float) -> str:
+    """The line shown when a page is submitted before its minimum reading time."""
+    seconds = max(1, round(wait + 0.49))
+    return (
+        "Please take a little more time to read this page "
+        f"({seconds} more second{'s' if seconds != 1 else ''})."
+    )
+
+
+def check_attention(
+    checks: list[AttentionCheck], form: dict[str, str], values: dict[str, str]
+) -> tuple[dict[str, dict[str, object]], list[str]]:
+    """The answers to attention checks ({id: {answer, passed}}) and the errors to show."""
+    answers: dict[str, dict[str, object]] = {}
+    errors = []
+    for check in checks:
+        given = form.get(f"a_{check.id}", "").strip()
+        values[f"a_{check.id}"] = given
+        if given not in check.choices:
+            errors.append(f"Please answer: {check.label}")
+            continue
+        answers[check.id] = {"answer": given, "passed": given == check.answer}
+    return answers, errors
+
+
+def _attention(state: AppState, where: str) -> list[AttentionCheck]:
+    return [a for a in state.config.attention_checks if a.page == where]
+
+
+def record_attention(
+    state: AppState, row: ParticipantRow, answers: dict[str, dict[str, object]]
+) -> bool:
+    """Store attention-check answers; whether the session goes on (False: screened out)."""
+    if not answers:
+        return True
+    merged = {**(row.attention or {}), **answers}
+    failed = any(not a["passed"] for a in answers.values())
+    if failed and state.config.screen_out_on_attention_fail:
+        state.store.update(row.id, attention=merged, step="screened_out")
+        return False
+    state.store.update(row.id, attention=merged)
+    return True
+
+
+@router.get("/study/withdraw", response_class=HTMLResponse)
+def withdraw_page(row: Participant, state: State) -> Response:
+    """What withdrawing does to the participant's data, and the button to do it."""
+    if row.step in ("done", *ENDED):
+        return to_study()
+    return page(state, "withdraw.html", **context(state, row, progress=None))
+
+
+@router.post("/study/withdraw")
+def withdraw(row: Participant, form: Form, state: State) -> Response:
+    """End the session and delete what the participant gave (``questions.withdraw``)."""
+    expected = state.signer.csrf_token(row.id, row.session_nonce)
+    if not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):
+        raise PageError("The form expired. Please go back and reload the page.", 403)
+    if row.step not in ("done", *ENDED) and form.get("confirm") == "yes":
+        state.store.withdraw(row.id, delete_data=True)
+    return to_study()
 
 
 def stance_page(
@@ -150,7 +275,15 @@ def stance_page(
         state,
         "stance.html",
         status=status,
-        **context(state, row, which=which, errors=errors or [], values=values, chosen=chosen),
+        **context(
+            state,
+            row,
+            which=which,
+            errors=errors or [],
+            values=values,
+            chosen=chosen,
+            attention_after=_attention(state, "after"),
+        ),
     )
 
 
@@ -232,6 +365,15 @@ def conversation_page(
 def consent(guarded: Annotated[StepForm, Depends(step_form("consent"))], state: State) -> Response:
     """Record consent."""
     row, form = guarded.row, guarded.form
+    if form.get("decision") == "decline":
+        state.store.stamp_page(row.id, "consent.submitted")
+        state.store.update(row.id, step="no_consent")
+        return to_study()
+    wait = reading_wait(state, row, "consent")
+    if wait:
+        return page(
+            state, "consent.html", status=400, **context(state, row, error=reading_error(wait))
+        )
     if form.get("agree") != "yes":
         return page(
             state,
@@ -267,15 +409,29 @@ def about(guarded: Annotated[StepForm, Depends(step_form("about"))], state: Stat
         errors.append("Please tell us a little about yourself.")
     elif len(background) > limit_chars:
         errors.append(f"Please keep it under {limit_chars} characters (it has {len(background)}).")
+    shown = {**values, "background": typed}
+    answers, attention_errors = check_attention(_attention(state, "about"), form, shown)
+    errors.extend(attention_errors)
+    wait = reading_wait(state, row, "about")
+    if wait and not errors:
+        errors.append(reading_error(wait))
     if errors:
         return page(
             state,
             "about.html",
             status=400,
-            **context(state, row, values={**values, "background": typed}, errors=errors),
+            **context(
+                state,
+                row,
+                values=shown,
+                errors=errors,
+                attention_about=_attention(state, "about"),
+            ),
         )
     state.store.stamp_page(row.id, "about.submitted")
-    state.store.update(row.id, demographics=values, background=background, step="before")
+    state.store.update(row.id, demographics=values, background=background)
+    if record_attention(state, row, answers):
+        state.store.update(row.id, step="before")
     return to_study()
 
 
@@ -300,6 +456,9 @@ def before(guarded: Annotated[StepForm, Depends(step_form("before"))], state: St
     worker thread and is stored before the first reply is generated."""
     row, form = guarded.row, guarded.form
     stance, reason, errors = stance_form(state, form)
+    wait = reading_wait(state, row, "before")
+    if wait and not errors:
+        errors.append(reading_error(wait))
     if errors:
         return stance_page(state, row, "before", errors, form, status=400)
     state.store.stamp_page(row.id, "before.submitted")
@@ -440,6 +599,9 @@ def finish_conversation(
     row = guarded.row
     config, store = state.config, state.store
     if row.condition == Condition.STATIC:
+        wait = reading_wait(state, row, "statements")
+        if wait:
+            return conversation_page(state, row, reading_error(wait), 400)
         for index, statement in enumerate(config.topic(row.topic).statements, start=1):
             try:
                 store.add_exchange(row.id, index, statement, None, None, role="statement")
@@ -467,9 +629,18 @@ def after(guarded: Annotated[StepForm, Depends(step_form("after"))], state: Stat
     """Record the stance after the conversation."""
     row, form = guarded.row, guarded.form
     stance, reason, errors = stance_form(state, form)
+    values = dict(form)
+    answers, attention_errors = check_attention(_attention(state, "after"), form, values)
+    errors.extend(attention_errors)
+    wait = reading_wait(state, row, "after")
+    if wait and not errors:
+        errors.append(reading_error(wait))
     if errors:
-        return stance_page(state, row, "after", errors, form, status=400)
+        return stance_page(state, row, "after", errors, values, status=400)
     state.store.stamp_page(row.id, "after.submitted")
+    state.store.update(row.id, stance_after=stance, reason_after=reason)
+    if not record_attention(state, row, answers):
+        return to_study()
     if row.condition == Condition.STATIC:
         state.store.update(
             row.id,
@@ -491,7 +662,13 @@ def perception(
     row, form = guarded.row, guarded.form
     start_value = int_field(form, "perceived_start")
     end_value = int_field(form, "perceived_end")
-    if start_value is None or end_value is None:
+    wait = reading_wait(state, row, "perception")
+    if start_value is None or end_value is None or wait:
+        message = (
+            reading_error(wait)
+            if start_value is not None and end_value is not None
+            else "Please choose a number from 0 to 10 for both questions."
+        )
         return page(
             state,
             "perception.html",
@@ -499,7 +676,7 @@ def perception(
             **context(
                 state,
                 row,
-                errors=["Please choose a number from 0 to 10 for both questions."],
+                errors=[message],
                 values={"start": start_value, "end": end_value},
             ),
         )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     delete,
     false,
     func,
@@ -43,6 +44,8 @@ from stancelab.conversation.survey import SurveyAnswer
 from stancelab.engine.errors import StoreError
 
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
+ENDED = ("no_consent", "screened_out", "withdrawn")
+"""Steps that end a session without completing it (they hold no place in a quota)."""
 
 
 def _now() -> dt.datetime:
@@ -79,6 +82,12 @@ class ParticipantRow(StudyBase):
     reason_after: Mapped[str | None] = mapped_column(Text)
     perceived_start: Mapped[int | None] = mapped_column(Integer)
     perceived_end: Mapped[int | None] = mapped_column(Integer)
+    platform_study_id: Mapped[str | None] = mapped_column(String(100))
+    """Prolific's STUDY_ID from the recruiting link."""
+    platform_session_id: Mapped[str | None] = mapped_column(String(100))
+    """Prolific's SESSION_ID from the recruiting link."""
+    attention: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Attention-check answers: {check id: {"answer": ..., "passed": bool}}."""
     page_times: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """When each page was first shown and submitted: {"consent.shown": iso time, ...}."""
     __table_args__ = (UniqueConstraint("study", "pid"),)
@@ -154,6 +163,15 @@ class AdminSessionRow(StudyBase):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class StudySettingRow(StudyBase):
+    """Settings an admin changes while the study runs (closing it to new participants)."""
+
+    __tablename__ = "study_settings"
+    study: Mapped[str] = mapped_column(String(100), primary_key=True)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 STUDY_TABLES = (
     "study_participants",
     "study_messages",
@@ -181,6 +199,10 @@ def _add_missing_columns(engine: Any) -> None:
                 conn.execute(
                     text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
                 )
+
+
+class StudyFull(StoreError):
+    """No place is left: the cap or every condition's quota is reached."""
 
 
 class DuplicateTurn(StoreError):
@@ -223,8 +245,18 @@ class StudyStore:
         template_hash: str = "",
         simulated: bool = False,
         fixed_code: str | None = None,
+        active_since: dt.datetime | None = None,
+        cap: int | None = None,
+        quota_per_condition: int | None = None,
+        platform_study_id: str | None = None,
+        platform_session_id: str | None = None,
     ) -> ParticipantRow:
-        """Insert a participant in the least-filled condition (then topic); ties at random."""
+        """Insert a participant in the least-filled condition (then topic); ties at random.
+
+        A place is held by a completed session or by an unfinished one active since
+        ``active_since`` (None: every unfinished one); sessions that ended otherwise
+        (no consent, screened out, withdrawn) hold none. StudyFull when the cap or every
+        condition's quota is taken."""
         with self._assign_lock, self.session() as s:
             existing = s.scalar(
                 select(ParticipantRow).where(
@@ -233,17 +265,30 @@ class StudyStore:
             )
             if existing is not None:
                 return existing
+            holding = ParticipantRow.step == "done"
+            unfinished = ParticipantRow.step.not_in(("done", *ENDED))
+            active = (
+                unfinished
+                if active_since is None
+                else and_(unfinished, ParticipantRow.updated_at >= active_since)
+            )
             rows = s.execute(
                 select(ParticipantRow.condition, ParticipantRow.topic, func.count())
-                .where(ParticipantRow.study == study)
+                .where(ParticipantRow.study == study, holding | active)
                 .group_by(ParticipantRow.condition, ParticipantRow.topic)
             ).all()
             cells = {(str(c), str(t)): int(n) for c, t, n in rows}
+            if cap is not None and sum(cells.values()) >= cap:
+                raise StudyFull(f"study {study!r} has reached its cap of {cap}")
             per_condition = {
                 c: sum(n for (cc, _), n in cells.items() if cc == c) for c in conditions
             }
+            if quota_per_condition is not None:
+                per_condition = {c: n for c, n in per_condition.items() if n < quota_per_condition}
+                if not per_condition:
+                    raise StudyFull(f"study {study!r}: every condition has reached its quota")
             low = min(per_condition.values())
-            condition = rng.choice([c for c in conditions if per_condition[c] == low])
+            condition = rng.choice([c for c in conditions if per_condition.get(c) == low])
             per_topic = {t: cells.get((condition, t), 0) for t in topics}
             low_t = min(per_topic.values())
             topic = rng.choice([t for t in topics if per_topic[t] == low_t])
@@ -258,6 +303,8 @@ class StudyStore:
                 model=model,
                 template_hash=template_hash,
                 completion_code=fixed_code or secrets.token_hex(4).upper(),
+                platform_study_id=platform_study_id,
+                platform_session_id=platform_session_id,
             )
             s.add(row)
             try:
@@ -273,6 +320,54 @@ class StudyStore:
                     raise StoreError(f"cannot create participant {pid!r}") from None
                 return again
             return row
+
+    def is_closed(self, study: str) -> bool:
+        """Whether an admin closed the study to new participants."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            return bool(row is not None and row.closed)
+
+    def set_closed(self, study: str, closed: bool) -> None:
+        """Close (or reopen) the study to new participants."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            if row is None:
+                s.add(StudySettingRow(study=study, closed=closed))
+            else:
+                row.closed, row.updated_at = closed, _now()
+            s.commit()
+
+    def withdraw(self, participant_id: str, delete_data: bool = True) -> None:
+        """End a session at the participant's request; with ``delete_data`` their answers,
+        messages and the chatbot's stances are deleted (the id and times are kept)."""
+        with self.session() as s:
+            row = s.get(ParticipantRow, participant_id)
+            if row is None:
+                raise StoreError(f"no participant {participant_id!r}")
+            if delete_data:
+                ids = select(ChatMessageRow.id).where(
+                    ChatMessageRow.participant_id == participant_id
+                )
+                s.execute(delete(StrategyLabelRow).where(StrategyLabelRow.message_id.in_(ids)))
+                s.execute(
+                    delete(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
+                )
+                s.execute(delete(LlmStanceRow).where(LlmStanceRow.participant_id == participant_id))
+                for field in (
+                    "demographics",
+                    "background",
+                    "stance_before",
+                    "reason_before",
+                    "stance_after",
+                    "reason_after",
+                    "perceived_start",
+                    "perceived_end",
+                    "attention",
+                ):
+                    setattr(row, field, None)
+            row.step = "withdrawn"
+            row.updated_at = _now()
+            s.commit()
 
     def participant(self, participant_id: str) -> ParticipantRow | None:
         """One participant by internal id."""
@@ -369,6 +464,11 @@ class StudyStore:
                 status="pending",
             )
             s.add(row)
+            s.execute(  # activity: an unfinished session that sends messages holds its place
+                update(ParticipantRow)
+                .where(ParticipantRow.id == participant_id)
+                .values(updated_at=_now())
+            )
             try:
                 s.commit()
             except IntegrityError:
