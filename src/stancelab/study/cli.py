@@ -26,7 +26,7 @@ from stancelab.study.report import write_report
 from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
-from stancelab.study.strategies import label_study
+from stancelab.study.strategies import MIN_COVERAGE, judge_name, label_study
 
 study_app = typer.Typer(
     help="Human-LLM study: serve the web app, simulate participants, write the report.",
@@ -156,17 +156,29 @@ def report_command(
     threshold: Annotated[
         float, typer.Option(help="LLM stance change that counts as a change (points).")
     ] = 0.5,
+    min_coverage: Annotated[
+        float,
+        typer.Option(help="Stop labelling when the judge's mean coverage is below this."),
+    ] = MIN_COVERAGE,
+    labels_judge: Annotated[
+        str | None,
+        typer.Option(help="Use the labels of this judge name (default: the latest judge)."),
+    ] = None,
 ) -> None:
     """Label strategies (with --judge), then write figures, CSV tables and index.html."""
 
     if "://" not in db and not Path(db).is_file():
         raise ConfigError(f"no database at {db}")
     store = StudyStore(db)
+    labels_from = None
     if judge:
         with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
-            count = label_study(store, lm)
-        console.print(f"labelled {count} message(s)")
-    for path in write_report(store, out, study=study, threshold=threshold):
+            count = label_study(store, lm, min_coverage=min_coverage)
+            labels_from = judge_name(lm)
+        console.print(f"labelled {count} message(s) with {labels_from}")
+    for path in write_report(
+        store, out, study=study, threshold=threshold, judge=labels_from or labels_judge
+    ):
         console.print(str(path))
 
 
