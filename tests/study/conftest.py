@@ -48,8 +48,15 @@ class Participant:
 
     @property
     def step(self) -> str:
-        match = re.search(r'data-step="([a-z-]*)"', self.html)
+        match = re.search(r'data-step="([a-z_-]*)"', self.html)
         return match.group(1) if match else ""
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of the page's message form."""
+        match = re.search(r'name="key" value="([^"]+)"', self.html)
+        assert match, f"no key field on page {self.step!r}"
+        return match.group(1)
 
     @property
     def csrf(self) -> str:
@@ -94,7 +101,7 @@ class Participant:
     def say(self, text: str, stance: int | None = None) -> Participant:
         turn = re.search(r'name="turn" value="(\d+)"', self.html)
         assert turn, self.html
-        data = {"csrf": self.csrf, "turn": turn.group(1), "message": text}
+        data = {"csrf": self.csrf, "turn": turn.group(1), "message": text, "key": self.key}
         if stance is not None:
             data["stance"] = str(stance)
         return self.post("/study/message", data)

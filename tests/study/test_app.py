@@ -308,7 +308,10 @@ def test_engine_failure_is_a_retryable_page_not_a_crash(store: StudyStore) -> No
     broken["on"] = True
     p.say("hello?")
     assert p.status == 503 and "send your message again" in p.html
-    assert store.messages(store.participants()[0].id) == []
+    # the message was stored before the model was asked, and is offered again as typed
+    kept = store.messages(store.participants()[0].id)
+    assert [(m.text, m.status) for m in kept] == [("hello?", "failed")]
+    assert ">hello?</textarea>" in p.html
     broken["on"] = False
     p.say("hello again")
     assert p.status == 200

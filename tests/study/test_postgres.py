@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,9 +15,10 @@ from sqlalchemy import text
 
 from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import create_app
+from stancelab.study.exports import export_study
 from stancelab.study.report import write_report
 from stancelab.study.simulate import simulate
-from stancelab.study.store import StudyStore, export_study
+from stancelab.study.store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, Participant, make_config
 
@@ -24,6 +28,8 @@ def pg_store(postgres_url: str) -> Iterator[StudyStore]:
     store = StudyStore(postgres_url)
     with store.engine.begin() as conn:
         for table in (
+            "study_admin_sessions",
+            "study_settings",
             "study_strategy_labels",
             "study_llm_stances",
             "study_messages",
@@ -81,3 +87,28 @@ def test_missing_server_binaries_fail_loudly(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(pytest.fail.Exception, match=r"run scripts/install-system-deps\.sh"):
         conftest._postgres_bin()
+
+
+def _load_benchmark() -> Any:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "study_load.py"
+    spec = importlib.util.spec_from_file_location("study_load", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hundred_participants_at_once_lose_nothing_on_postgresql(
+    pg_store: StudyStore, postgres_url: str
+) -> None:
+    """benchmarks/study_load.py's run at 100 participants: half plain forms, half the
+    JavaScript path (event stream); every message, reply and stance read back."""
+    bench = _load_benchmark()
+    result = bench.run_load(postgres_url, participants=100, turns=2, reply_delay_s=0.1)
+    assert result["problems"] == []
+    per_page = result["per_page"]
+    assert len(per_page["message (form, with reply)"]) == 100  # 50 participants x 2
+    assert len(per_page["stream until reply (JS)"]) == 100
+    assert len(pg_store.participants("load")) == 100
+    assert sum(1 for m in pg_store.all_messages() if m.role == "user") == 200

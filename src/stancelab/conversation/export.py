@@ -45,7 +45,8 @@ def json_columns_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _neutralise(value: Any) -> Any:
+def neutralise_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, prefixed with an apostrophe."""
     if isinstance(value, str) and value.startswith(FORMULA_LEADS):
         return "'" + value
     return value
@@ -57,7 +58,7 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
     for column in frame.columns:
         # pandas 3 keeps text in a string dtype, older pandas in object columns.
         if frame[column].dtype == object or str(frame[column].dtype) in ("str", "string"):
-            frame[column] = frame[column].map(_neutralise)
+            frame[column] = frame[column].map(neutralise_cell)
     return frame
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from stancelab.engine.errors import StoreError
 from stancelab.study.store import StudyStore, read_table
 from stancelab.study.strategies import LABELS
 
@@ -23,19 +24,35 @@ def _sign(x: float) -> float:
 
 
 def load_frames(
-    store: StudyStore, study: str | None = None, mode: str = "distribution"
+    store: StudyStore,
+    study: str | None = None,
+    mode: str = "distribution",
+    judge: str | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The raw study tables, filtered to one study and one stance-probe mode."""
+    """The raw study tables, filtered to one study, one stance-probe mode and ONE judge's
+    strategy labels (``judge``, or the judge that labelled last; the labels frame's
+    ``attrs["judge"]`` names it, empty when there are no labels)."""
     participants = read_table(store, "study_participants")
     if study is not None:
         participants = participants[participants["study"] == study]
     ids = set(participants["id"])
     messages = read_table(store, "study_messages")
     messages = messages[messages["participant_id"].isin(ids)]
+    if "status" in messages.columns:  # a message whose reply failed was never part of the chat
+        messages = messages[messages["status"] != "failed"]
     stances = read_table(store, "study_llm_stances")
     stances = stances[stances["participant_id"].isin(ids) & (stances["mode"] == mode)]
     labels = read_table(store, "study_strategy_labels")
     labels = labels[labels["message_id"].isin(set(messages["id"]))]
+    if judge is None and not labels.empty:
+        judge = str(labels.sort_values("id")["judge"].iloc[-1])
+    if judge is not None:
+        known = sorted(set(labels["judge"]))
+        if not labels.empty and judge not in known:
+            raise StoreError(f"no labels by judge {judge!r}; the database has: {', '.join(known)}")
+        labels = labels[labels["judge"] == judge]
+    labels = labels.copy()
+    labels.attrs["judge"] = judge or ""
     return {
         "participants": participants,
         "messages": messages,

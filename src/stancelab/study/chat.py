@@ -57,6 +57,21 @@ def clean_reply(text: str) -> str:
     return text.strip()
 
 
+_SENTENCE_END = re.compile(r"""[.!?…]["')\]]*(?=\s|$)""")
+
+
+def trim_to_sentence(text: str) -> tuple[str, bool]:
+    """A reply cut by the token limit, back to its last full sentence; (text, whether cut).
+    A reply with no full sentence at all is kept as it is, with an ellipsis."""
+    text = text.rstrip()
+    ends = list(_SENTENCE_END.finditer(text))
+    if ends and ends[-1].end() == len(text):
+        return text, False
+    if ends:
+        return text[: ends[-1].end()].rstrip(), True
+    return (text + "…", True) if text else (text, False)
+
+
 def format_profile(
     demographics: dict[str, str], background: str, labels: dict[str, str] | None = None
 ) -> str:
@@ -149,6 +164,18 @@ class Chatbot:
         """The chatbot's next reply (an empty answer becomes a short placeholder)."""
         text = clean_reply(lm.generate(self.reply_requests([(history, user)], seed))[0].text)
         return text or "I see. Could you tell me more about your view?"
+
+    def reply_checked(
+        self, lm: LanguageModel, history: Sequence[ChatTurn], user: str, seed: int | None = None
+    ) -> tuple[str, bool]:
+        """The next reply and whether it hit max_tokens (then it ends at its last full
+        sentence instead of mid-word)."""
+        generation = lm.generate(self.reply_requests([(history, user)], seed))[0]
+        text = clean_reply(generation.text)
+        cut = False
+        if generation.finish_reason == "length":
+            text, cut = trim_to_sentence(text)
+        return text or "I see. Could you tell me more about your view?", cut
 
     def probe_prompt(self, history: Sequence[ChatTurn]) -> list[Message]:
         """A copy of the conversation with the hidden stance question appended."""

@@ -23,9 +23,10 @@ from stancelab.study.app import admin_token_from_env, create_app, secret_from_en
 from stancelab.study.audit import audit
 from stancelab.study.config import Condition, load_study
 from stancelab.study.report import write_report
+from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
-from stancelab.study.strategies import label_study
+from stancelab.study.strategies import MIN_COVERAGE, judge_name, label_study
 
 study_app = typer.Typer(
     help="Human-LLM study: serve the web app, simulate participants, write the report.",
@@ -53,6 +54,13 @@ def serve(
     secure_cookies: Annotated[
         bool, typer.Option(help="Mark cookies Secure (behind HTTPS).")
     ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Addresses of your reverse proxies (comma-separated) whose X-Forwarded-For "
+            "is trusted; without it the TCP peer is the client address."
+        ),
+    ] = None,
 ) -> None:
     """Serve the participant web app and the admin pages.
 
@@ -80,7 +88,13 @@ def serve(
         f"admin: http://{host}:{port}/admin · db: {store.url.split('@')[-1]}"
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            **uvicorn_proxy_options(forwarded_allow_ips),
+        )
     finally:
         if lm is not None:
             lm.close()
@@ -142,17 +156,29 @@ def report_command(
     threshold: Annotated[
         float, typer.Option(help="LLM stance change that counts as a change (points).")
     ] = 0.5,
+    min_coverage: Annotated[
+        float,
+        typer.Option(help="Stop labelling when the judge's mean coverage is below this."),
+    ] = MIN_COVERAGE,
+    labels_judge: Annotated[
+        str | None,
+        typer.Option(help="Use the labels of this judge name (default: the latest judge)."),
+    ] = None,
 ) -> None:
     """Label strategies (with --judge), then write figures, CSV tables and index.html."""
 
     if "://" not in db and not Path(db).is_file():
         raise ConfigError(f"no database at {db}")
     store = StudyStore(db)
+    labels_from = None
     if judge:
         with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
-            count = label_study(store, lm)
-        console.print(f"labelled {count} message(s)")
-    for path in write_report(store, out, study=study, threshold=threshold):
+            count = label_study(store, lm, min_coverage=min_coverage)
+            labels_from = judge_name(lm)
+        console.print(f"labelled {count} message(s) with {labels_from}")
+    for path in write_report(
+        store, out, study=study, threshold=threshold, judge=labels_from or labels_judge
+    ):
         console.print(str(path))
 
 

@@ -82,6 +82,37 @@ def _default_demographics() -> list[DemographicQuestion]:
     ]
 
 
+class AttentionCheck(_Strict):
+    """A question with one right answer, shown on the 'about you' page or the stance-after
+    page (e.g. "To show you are reading, choose 'Blue'")."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    label: str = Field(min_length=1)
+    choices: list[str] = Field(min_length=2)
+    answer: str
+    page: Literal["about", "after"] = "about"
+
+    @model_validator(mode="after")
+    def _answer_is_a_choice(self) -> AttentionCheck:
+        if self.answer not in self.choices:
+            raise ValueError(f"attention check {self.id!r}: answer {self.answer!r} is not a choice")
+        return self
+
+
+class Recruitment(_Strict):
+    """Who may still start: a cap and per-condition quotas that count completed sessions
+    and sessions still in progress (an unfinished session idle for ``abandon_after_minutes``
+    no longer holds a place), and a switch to close the study."""
+
+    cap: int | None = Field(default=None, ge=1)
+    """Completed participants wanted in all."""
+    quota_per_condition: int | None = Field(default=None, ge=1)
+    """Completed participants wanted per condition."""
+    closed: bool = False
+    """No new participants (those who started may finish); admins can also close it live."""
+    abandon_after_minutes: float = Field(default=90.0, gt=0)
+
+
 class Questions(_Strict):
     """Every wording a participant reads. ``{topic}`` is filled in where shown."""
 
@@ -120,6 +151,29 @@ class Questions(_Strict):
         "Thank you for taking part. The chatbot was an AI language model; its statements "
         "may be wrong or one-sided. The study looks at how people and chatbots influence "
         "each other's opinions."
+    )
+    debrief_static: str = (
+        "Thank you for taking part. The statements you read were written for this study "
+        "and may be one-sided. The study looks at how people's opinions change when they "
+        "read arguments or talk with an AI chatbot."
+    )
+    consent_by_condition: dict[Condition, str] = Field(default_factory=dict)
+    """A consent text (Markdown) for one condition instead of ``consent``."""
+    debrief_by_condition: dict[Condition, str] = Field(default_factory=dict)
+    """A debrief (Markdown) for one condition instead of ``debrief`` / ``debrief_static``."""
+    institution: str = ""
+    contact: str = ""
+    """Who participants write to (shown on consent, debrief, withdrawal and error pages)."""
+    ethics_id: str = ""
+    """The ethics approval's reference, shown on the consent and debrief pages."""
+    withdraw: str = (
+        "You may withdraw at any time without giving a reason. If you withdraw, everything "
+        "you answered and wrote in this study is deleted; only your participant id and the "
+        "time you withdrew are kept, so that you are not invited again."
+    )
+    no_consent: str = "You chose not to take part. Thank you for your time."
+    screened_out: str = (
+        "Thank you. Based on your answers you are not eligible for the rest of this study."
     )
 
     @field_validator(
@@ -176,6 +230,11 @@ class Limits(_Strict):
     min_seconds_between_messages: float = Field(default=2.0, ge=0.0)
     requests_per_minute: int = Field(default=120, ge=5)
     new_sessions_per_minute_per_ip: int = Field(default=60, ge=1)
+    admin_failures_per_minute: int = Field(default=10, ge=1)
+    """Wrong admin tokens accepted per client address and minute, on every path (login
+    form, ``Authorization: Bearer``, ``X-Admin-Token``); more get 429."""
+    admin_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+    """How long an admin login lasts; the server forgets it then (or at logout)."""
 
 
 class StudyConfig(_Strict):
@@ -194,8 +253,26 @@ class StudyConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     completion_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{4,40}$")
     """The platform's completion code (e.g. Prolific's); None gives each participant one."""
-    completion_url: str | None = None
-    """Where the debrief page sends the participant, e.g. the platform's completion link."""
+    completion_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Where the end page sends the participant, e.g. Prolific's
+    ``https://app.prolific.com/submissions/complete?cc={code}``; ``{code}`` is filled with
+    the completion, screen-out or no-consent code."""
+    completion_redirect_seconds: float | None = Field(default=5.0, ge=0)
+    """Send the participant to ``completion_url`` automatically after this many seconds
+    (None: only a link)."""
+    screen_out_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{4,40}$")
+    """The platform's code for participants screened out (failed attention check)."""
+    no_consent_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{4,40}$")
+    """The platform's code for participants who do not consent."""
+    recruitment: Recruitment = Field(default_factory=Recruitment)
+    attention_checks: list[AttentionCheck] = Field(default_factory=list)
+    screen_out_on_attention_fail: bool = True
+    """A failed attention check ends the session with the screen-out code (else it is
+    only recorded)."""
+    min_reading_seconds: dict[
+        Literal["consent", "about", "before", "statements", "after", "perception"], float
+    ] = Field(default_factory=dict)
+    """The least time a page must be open before it can be submitted."""
     resume_without_cookie: bool = False
     """Let a known participant id resume from another browser (weaker: anyone with the id can)."""
     seed: int = 0
@@ -219,6 +296,12 @@ class StudyConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("topic names must be distinct")
         return self
+
+    def end_url(self, code: str | None) -> str | None:
+        """The platform link for an end page, with its code filled in."""
+        if not self.completion_url:
+            return None
+        return self.completion_url.replace("{code}", code or "")
 
     def topic(self, name: str) -> Topic:
         """The topic with this name."""

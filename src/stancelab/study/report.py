@@ -107,14 +107,21 @@ def _plot_bars(
 
 
 def write_report(
-    store: StudyStore, out_dir: Path, study: str | None = None, threshold: float = 0.5
+    store: StudyStore,
+    out_dir: Path,
+    study: str | None = None,
+    threshold: float = 0.5,
+    judge: str | None = None,
 ) -> list[Path]:
-    """Compute every analysis and write figures, CSV tables and index.html into out_dir."""
+    """Compute every analysis and write figures, CSV tables and index.html into out_dir.
+    Strategy results use one judge's labels (``judge``, or the one that labelled last),
+    named in the report."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create report folder {out_dir}: {exc.strerror}") from exc
-    frames = load_frames(store, study)
+    frames = load_frames(store, study, judge=judge)
+    judge_used = str(frames["labels"].attrs.get("judge", ""))
     if frames["participants"].empty:
         raise StoreError(f"no participants{' in study ' + study if study else ''} in {store.url}")
     people = participant_frame(frames)
@@ -224,7 +231,7 @@ def write_report(
         )
     written.extend(path for _, path in figures)
     index = out_dir / "index.html"
-    index.write_text(_html(tables, figures, study, store), encoding="utf-8")
+    index.write_text(_html(tables, figures, study, store, judge_used), encoding="utf-8")
     written.append(index)
     return written
 
@@ -234,6 +241,7 @@ def _html(
     figures: list[tuple[str, Path]],
     study: str | None,
     store: StudyStore,
+    judge: str = "",
 ) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -247,6 +255,9 @@ def _html(
         f"<p>{html.escape(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))} · "
         f"{len(tables['participants'])} participants · database "
         f"{html.escape(_masked(store.url))}</p>",
+        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(judge)}</strong></p>"
+        if judge
+        else "<p id='judge'>No strategy labels (run <code>report --judge MODEL</code>).</p>",
     ]
     for caption, path in figures:
         parts.append(

@@ -34,9 +34,15 @@ class Signer:
         """The form token of one participant's session."""
         return self.sign("csrf", participant_id, nonce)[:32]
 
-    def admin_cookie(self, token: str) -> str:
-        """The admin cookie value: derived from the token, never the token itself."""
-        return self.sign("admin", hashlib.sha256(token.encode()).hexdigest())
+    def admin_csrf(self, session_token: str) -> str:
+        """The form token of one admin session (for logging out)."""
+        return self.sign("admin-csrf", hashlib.sha256(session_token.encode()).hexdigest())[:32]
+
+
+def token_digest(token: str) -> str:
+    """What the server stores of a session token: its sha256 (a database leak gives no
+    usable cookie)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def split_session_cookie(value: str | None) -> tuple[str, str] | None:
@@ -71,6 +77,20 @@ class RateLimiter:
             if len(self._events) > 100_000:  # forget idle keys
                 for k in [k for k, v in self._events.items() if not v]:
                     del self._events[k]
+            return 0.0
+
+    def peek(self, key: str, now: float | None = None) -> float:
+        """The seconds to wait before the key's next event is allowed (0: allowed); records
+        nothing."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            events = self._events.get(key)
+            if not events:
+                return 0.0
+            while events and events[0] <= now - self.window_s:
+                events.popleft()
+            if len(events) >= self.limit:
+                return max(0.05, events[0] + self.window_s - now)
             return 0.0
 
 

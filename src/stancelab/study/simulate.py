@@ -123,7 +123,7 @@ class _Page:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.text = response.text
-        match = re.search(r'data-step="([a-z-]*)"', self.text)
+        match = re.search(r'data-step="([a-z_-]*)"', self.text)
         self.step = match.group(1) if match else ""
 
     def field(self, name: str) -> str:
@@ -256,6 +256,7 @@ class SimulatedParticipant:
             elif step == "about":
                 data = {"csrf": csrf, "background": self.persona.background}
                 data.update({f"d_{k}": v for k, v in self.persona.demographics.items()})
+                data.update({f"a_{a.id}": a.answer for a in self.config.attention_checks})
                 page = self._send(client, "POST", "/study/about", data)
             elif step == "before":
                 self.topic = self._topic_from(page)
@@ -276,6 +277,10 @@ class SimulatedParticipant:
                     page = self._send(client, "POST", "/study/finish-conversation", {"csrf": csrf})
                     continue
                 self.result.condition_seen = "chat"
+                if 'data-pending="1"' in page.text:  # a reply still being written
+                    time.sleep(1.0)
+                    page = self._send(client, "GET", "/study")
+                    continue
                 replies = page.replies()
                 self.result.replies = replies
                 if len(replies) >= self.turns:
@@ -292,6 +297,7 @@ class SimulatedParticipant:
                     {
                         "csrf": csrf,
                         "turn": page.field("turn"),
+                        "key": page.field("key"),
                         "message": text,
                         "stance": str(stance),
                     },
@@ -303,7 +309,12 @@ class SimulatedParticipant:
                     client,
                     "POST",
                     "/study/after",
-                    {"csrf": csrf, "stance": str(stance), "reason": "After the conversation."},
+                    {
+                        "csrf": csrf,
+                        "stance": str(stance),
+                        "reason": "After the conversation.",
+                        **{f"a_{a.id}": a.answer for a in self.config.attention_checks},
+                    },
                 )
             elif step == "perception":
                 q = self.config.questions

@@ -26,18 +26,26 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    delete,
+    false,
     func,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from stancelab.conversation.database import database_url, open_engine, safe_url
-from stancelab.conversation.export import check_formats, json_columns_as_text, write_tables
+from stancelab.conversation.export import json_columns_as_text
 from stancelab.conversation.survey import SurveyAnswer
 from stancelab.engine.errors import StoreError
 
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
+ENDED = ("no_consent", "screened_out", "withdrawn")
+"""Steps that end a session without completing it (they hold no place in a quota)."""
 
 
 def _now() -> dt.datetime:
@@ -74,6 +82,14 @@ class ParticipantRow(StudyBase):
     reason_after: Mapped[str | None] = mapped_column(Text)
     perceived_start: Mapped[int | None] = mapped_column(Integer)
     perceived_end: Mapped[int | None] = mapped_column(Integer)
+    platform_study_id: Mapped[str | None] = mapped_column(String(100))
+    """Prolific's STUDY_ID from the recruiting link."""
+    platform_session_id: Mapped[str | None] = mapped_column(String(100))
+    """Prolific's SESSION_ID from the recruiting link."""
+    attention: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Attention-check answers: {check id: {"answer": ..., "passed": bool}}."""
+    page_times: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """When each page was first shown and submitted: {"consent.shown": iso time, ...}."""
     __table_args__ = (UniqueConstraint("study", "pid"),)
 
 
@@ -91,7 +107,18 @@ class ChatMessageRow(StudyBase):
     human_stance: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
-    __table_args__ = (UniqueConstraint("participant_id", "turn", "role"),)
+    client_key: Mapped[str | None] = mapped_column(String(64))
+    """The idempotency key of the form that sent a participant message (a repeat finds it)."""
+    status: Mapped[str] = mapped_column(String(16), default="answered", server_default="answered")
+    """A participant message is 'pending' until its reply is stored, or 'failed'."""
+    shown_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a reply was first delivered to the participant's browser."""
+    cut: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A reply that hit max_tokens, cut back to its last full sentence."""
+    __table_args__ = (
+        UniqueConstraint("participant_id", "turn", "role"),
+        UniqueConstraint("participant_id", "client_key"),
+    )
 
 
 class LlmStanceRow(StudyBase):
@@ -109,6 +136,8 @@ class LlmStanceRow(StudyBase):
     entropy_bits: Mapped[float | None] = mapped_column(Float)
     distribution: Mapped[list[float] | None] = mapped_column(JSON)
     raw_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=_now)
+    """When the probe's answer was stored ("probe done")."""
     __table_args__ = (UniqueConstraint("participant_id", "turn", "mode"),)
 
 
@@ -125,12 +154,55 @@ class StrategyLabelRow(StudyBase):
     __table_args__ = (UniqueConstraint("message_id", "judge"),)
 
 
+class AdminSessionRow(StudyBase):
+    """A signed-in admin: the sha256 of the cookie's random token and when it expires."""
+
+    __tablename__ = "study_admin_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StudySettingRow(StudyBase):
+    """Settings an admin changes while the study runs (closing it to new participants)."""
+
+    __tablename__ = "study_settings"
+    study: Mapped[str] = mapped_column(String(100), primary_key=True)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 STUDY_TABLES = (
     "study_participants",
     "study_messages",
     "study_llm_stances",
     "study_strategy_labels",
 )
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Bring a database made by an older version up to date: add the columns it lacks
+    (all nullable or with a server default, so old rows stay valid)."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in StudyBase.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.server_default is not None:
+                    arg = getattr(column.server_default, "arg", None)
+                    value = arg if isinstance(arg, str) else "false"
+                    default = f" DEFAULT '{value}'" if isinstance(arg, str) else f" DEFAULT {value}"
+                conn.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+                )
+
+
+class StudyFull(StoreError):
+    """No place is left: the cap or every condition's quota is reached."""
 
 
 class DuplicateTurn(StoreError):
@@ -146,6 +218,7 @@ class StudyStore:
         try:
             self.engine = open_engine(self.url)
             StudyBase.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open study database {safe_url(self.url)}: {exc.__cause__ or exc}"
@@ -172,8 +245,18 @@ class StudyStore:
         template_hash: str = "",
         simulated: bool = False,
         fixed_code: str | None = None,
+        active_since: dt.datetime | None = None,
+        cap: int | None = None,
+        quota_per_condition: int | None = None,
+        platform_study_id: str | None = None,
+        platform_session_id: str | None = None,
     ) -> ParticipantRow:
-        """Insert a participant in the least-filled condition (then topic); ties at random."""
+        """Insert a participant in the least-filled condition (then topic); ties at random.
+
+        A place is held by a completed session or by an unfinished one active since
+        ``active_since`` (None: every unfinished one); sessions that ended otherwise
+        (no consent, screened out, withdrawn) hold none. StudyFull when the cap or every
+        condition's quota is taken."""
         with self._assign_lock, self.session() as s:
             existing = s.scalar(
                 select(ParticipantRow).where(
@@ -182,17 +265,30 @@ class StudyStore:
             )
             if existing is not None:
                 return existing
+            holding = ParticipantRow.step == "done"
+            unfinished = ParticipantRow.step.not_in(("done", *ENDED))
+            active = (
+                unfinished
+                if active_since is None
+                else and_(unfinished, ParticipantRow.updated_at >= active_since)
+            )
             rows = s.execute(
                 select(ParticipantRow.condition, ParticipantRow.topic, func.count())
-                .where(ParticipantRow.study == study)
+                .where(ParticipantRow.study == study, holding | active)
                 .group_by(ParticipantRow.condition, ParticipantRow.topic)
             ).all()
             cells = {(str(c), str(t)): int(n) for c, t, n in rows}
+            if cap is not None and sum(cells.values()) >= cap:
+                raise StudyFull(f"study {study!r} has reached its cap of {cap}")
             per_condition = {
                 c: sum(n for (cc, _), n in cells.items() if cc == c) for c in conditions
             }
+            if quota_per_condition is not None:
+                per_condition = {c: n for c, n in per_condition.items() if n < quota_per_condition}
+                if not per_condition:
+                    raise StudyFull(f"study {study!r}: every condition has reached its quota")
             low = min(per_condition.values())
-            condition = rng.choice([c for c in conditions if per_condition[c] == low])
+            condition = rng.choice([c for c in conditions if per_condition.get(c) == low])
             per_topic = {t: cells.get((condition, t), 0) for t in topics}
             low_t = min(per_topic.values())
             topic = rng.choice([t for t in topics if per_topic[t] == low_t])
@@ -207,6 +303,8 @@ class StudyStore:
                 model=model,
                 template_hash=template_hash,
                 completion_code=fixed_code or secrets.token_hex(4).upper(),
+                platform_study_id=platform_study_id,
+                platform_session_id=platform_session_id,
             )
             s.add(row)
             try:
@@ -222,6 +320,54 @@ class StudyStore:
                     raise StoreError(f"cannot create participant {pid!r}") from None
                 return again
             return row
+
+    def is_closed(self, study: str) -> bool:
+        """Whether an admin closed the study to new participants."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            return bool(row is not None and row.closed)
+
+    def set_closed(self, study: str, closed: bool) -> None:
+        """Close (or reopen) the study to new participants."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            if row is None:
+                s.add(StudySettingRow(study=study, closed=closed))
+            else:
+                row.closed, row.updated_at = closed, _now()
+            s.commit()
+
+    def withdraw(self, participant_id: str, delete_data: bool = True) -> None:
+        """End a session at the participant's request; with ``delete_data`` their answers,
+        messages and the chatbot's stances are deleted (the id and times are kept)."""
+        with self.session() as s:
+            row = s.get(ParticipantRow, participant_id)
+            if row is None:
+                raise StoreError(f"no participant {participant_id!r}")
+            if delete_data:
+                ids = select(ChatMessageRow.id).where(
+                    ChatMessageRow.participant_id == participant_id
+                )
+                s.execute(delete(StrategyLabelRow).where(StrategyLabelRow.message_id.in_(ids)))
+                s.execute(
+                    delete(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
+                )
+                s.execute(delete(LlmStanceRow).where(LlmStanceRow.participant_id == participant_id))
+                for field in (
+                    "demographics",
+                    "background",
+                    "stance_before",
+                    "reason_before",
+                    "stance_after",
+                    "reason_after",
+                    "perceived_start",
+                    "perceived_end",
+                    "attention",
+                ):
+                    setattr(row, field, None)
+            row.step = "withdrawn"
+            row.updated_at = _now()
+            s.commit()
 
     def participant(self, participant_id: str) -> ParticipantRow | None:
         """One participant by internal id."""
@@ -297,6 +443,149 @@ class StudyStore:
                 s.rollback()
                 raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored") from None
 
+    def add_user_message(
+        self,
+        participant_id: str,
+        turn: int,
+        user_text: str,
+        human_stance: int | None,
+        client_key: str | None,
+    ) -> ChatMessageRow:
+        """Commit a participant's message before the chatbot is asked (status 'pending');
+        DuplicateTurn if this turn or this key is stored already."""
+        with self.session() as s:
+            row = ChatMessageRow(
+                participant_id=participant_id,
+                turn=turn,
+                role="user",
+                text=user_text,
+                human_stance=human_stance,
+                client_key=client_key,
+                status="pending",
+            )
+            s.add(row)
+            s.execute(  # activity: an unfinished session that sends messages holds its place
+                update(ParticipantRow)
+                .where(ParticipantRow.id == participant_id)
+                .values(updated_at=_now())
+            )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"turn {turn} of {participant_id} is already stored") from None
+            return row
+
+    def message_by_key(self, participant_id: str, client_key: str) -> ChatMessageRow | None:
+        """The participant message a form with this idempotency key stored, if any."""
+        with self.session() as s:
+            return s.scalar(
+                select(ChatMessageRow).where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.client_key == client_key,
+                )
+            )
+
+    def resend_user_message(
+        self, message_id: int, user_text: str, human_stance: int | None, client_key: str | None
+    ) -> ChatMessageRow:
+        """A message whose reply failed, sent again: the same turn, new text, pending again."""
+        with self.session() as s:
+            row = s.get(ChatMessageRow, message_id)
+            if row is None or row.status != "failed":
+                raise DuplicateTurn(f"message {message_id} is not a failed one")
+            row.text, row.human_stance, row.client_key = user_text, human_stance, client_key
+            row.status, row.created_at = "pending", _now()
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"key {client_key!r} is already stored") from None
+            return row
+
+    def add_reply(
+        self, participant_id: str, turn: int, reply: str, latency_s: float, cut: bool = False
+    ) -> None:
+        """Commit the chatbot's reply and mark the participant's message answered, together."""
+        with self.session() as s:
+            s.add(
+                ChatMessageRow(
+                    participant_id=participant_id,
+                    turn=turn,
+                    role="assistant",
+                    text=reply,
+                    latency_s=latency_s,
+                    cut=cut,
+                )
+            )
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.turn == turn,
+                    ChatMessageRow.role == "user",
+                )
+                .values(status="answered")
+            )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise DuplicateTurn(f"the reply to turn {turn} is already stored") from None
+
+    def set_status(self, participant_id: str, turn: int, status: str) -> None:
+        """Mark a participant message 'pending', 'answered' or 'failed'."""
+        with self.session() as s:
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.turn == turn,
+                    ChatMessageRow.role == "user",
+                )
+                .values(status=status)
+            )
+            s.commit()
+
+    def mark_shown(self, participant_id: str, turns: Sequence[int]) -> None:
+        """Stamp when replies were first delivered to the browser (only the first time)."""
+        if not turns:
+            return
+        with self.session() as s:
+            s.execute(
+                update(ChatMessageRow)
+                .where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.role == "assistant",
+                    ChatMessageRow.turn.in_(list(turns)),
+                    ChatMessageRow.shown_at.is_(None),
+                )
+                .values(shown_at=_now())
+            )
+            s.commit()
+
+    def stamp_page(self, participant_id: str, event: str) -> None:
+        """Record the first time of a page event ("about.shown", "about.submitted", ...)."""
+        with self.session() as s:
+            row = s.get(ParticipantRow, participant_id)
+            if row is None:
+                return
+            times = dict(row.page_times or {})
+            if event in times:
+                return
+            times[event] = _now().isoformat()
+            row.page_times = times  # a new dict, so the JSON column is written
+            s.commit()
+
+    def stance_turns(self, participant_id: str) -> set[int]:
+        """The turns whose chatbot stance is stored."""
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(LlmStanceRow.turn).where(LlmStanceRow.participant_id == participant_id)
+                )
+            )
+
     def messages(self, participant_id: str) -> list[ChatMessageRow]:
         """A participant's messages in order (turn, then user before assistant)."""
         with self.session() as s:
@@ -342,6 +631,38 @@ class StudyStore:
                 )
             )
 
+    # --- admin sessions ---------------------------------------------------------------
+    def add_admin_session(self, token_sha256: str, lifetime: dt.timedelta) -> None:
+        """Record a new admin session (and drop expired ones)."""
+        now = _now()
+        with self.session() as s:
+            s.execute(delete(AdminSessionRow).where(AdminSessionRow.expires_at <= now))
+            s.add(AdminSessionRow(token_sha256=token_sha256, expires_at=now + lifetime))
+            s.commit()
+
+    def admin_session_valid(self, token_sha256: str) -> bool:
+        """Whether an admin session exists and has not expired."""
+        with self.session() as s:
+            row = s.get(AdminSessionRow, token_sha256)
+        if row is None:
+            return False
+        expires = row.expires_at
+        if expires.tzinfo is None:  # SQLite returns naive UTC
+            expires = expires.replace(tzinfo=dt.UTC)
+        return expires > _now()
+
+    def end_admin_session(self, token_sha256: str) -> None:
+        """Log an admin session out."""
+        with self.session() as s:
+            s.execute(delete(AdminSessionRow).where(AdminSessionRow.token_sha256 == token_sha256))
+            s.commit()
+
+    def expire_admin_sessions_now(self) -> None:
+        """End every admin session (a token change, or a test of expiry)."""
+        with self.session() as s:
+            s.execute(update(AdminSessionRow).values(expires_at=_now() - dt.timedelta(seconds=1)))
+            s.commit()
+
     def add_labels(self, rows: Sequence[StrategyLabelRow]) -> None:
         """Commit strategy labels."""
         with self.session() as s:
@@ -375,13 +696,3 @@ def read_table(store: StudyStore, table: str) -> Any:
     if table == "study_participants" and "session_nonce" in frame.columns:
         frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
     return frame
-
-
-def export_study(
-    store: StudyStore, out_dir: Path, formats: tuple[str, ...] = ("csv", "parquet")
-) -> list[Path]:
-    """Write every study table as CSV and/or Parquet."""
-    check_formats(formats)
-    return write_tables(
-        {table: read_table(store, table) for table in STUDY_TABLES}, out_dir, formats
-    )

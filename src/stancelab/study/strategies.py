@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stancelab.engine.base import ChoiceRequest, LanguageModel, Message
+from stancelab.engine.errors import StancelabError
 from stancelab.study.chat import load_template
 from stancelab.study.store import ChatMessageRow, StrategyLabelRow, StudyStore
 
@@ -24,6 +25,15 @@ CODEBOOK: dict[str, str] = {
     "other": "none of the above (greetings, small talk, off-topic text)",
 }
 LABELS: tuple[str, ...] = tuple(CODEBOOK)
+MIN_COVERAGE = 0.2
+"""Least mean probability mass a judge must put on the label names; below it the argmax
+over the labels is noise (SmolLM2-135M puts 0.0 on them)."""
+
+
+class JudgeCoverageError(StancelabError):
+    """The judge model puts too little probability on the label names to be trusted."""
+
+
 SPEAKERS = {"user": "person", "assistant": "chatbot"}
 
 
@@ -57,24 +67,39 @@ def label_study(
     judge: str | None = None,
     batch: int = 32,
     version: str = "v1",
+    min_coverage: float = MIN_COVERAGE,
 ) -> int:
-    """Label every not-yet-labelled participant and chatbot message; returns how many."""
-    judge_name = judge or f"{lm.name}/judge.{version}"
-    done = store.labelled_message_ids(judge_name)
+    """Label every message this judge has not labelled yet; returns how many.
+
+    Labels are kept per judge (a second judge adds its own, never mixes with the first).
+    Each batch is checked before it is stored: when the judge's mean coverage (probability
+    on the label names) is below ``min_coverage``, labelling stops with JudgeCoverageError
+    and that batch is not stored."""
+    name = judge or judge_name(lm, version)
+    done = store.labelled_message_ids(name)
     topics = {p.id: p.topic for p in store.participants()}
     todo: list[ChatMessageRow] = [
-        m for m in store.all_messages() if m.role in SPEAKERS and m.id not in done
+        m
+        for m in store.all_messages()
+        if m.role in SPEAKERS and m.id not in done and m.status != "failed"
     ]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
         labels = label_messages(
             lm, [(topics.get(m.participant_id, ""), m.role, m.text) for m in chunk], version
         )
+        mean = sum(coverage for _, _, coverage in labels) / len(labels)
+        if mean < min_coverage:
+            raise JudgeCoverageError(
+                f"judge {name!r} puts {mean:.1%} of its probability on the label names "
+                f"(mean over {len(labels)} messages, minimum {min_coverage:.0%}): its labels "
+                f"would be noise; use a larger judge model ({start} message(s) labelled)"
+            )
         store.add_labels(
             [
                 StrategyLabelRow(
                     message_id=m.id,
-                    judge=judge_name,
+                    judge=name,
                     label=label,
                     probabilities=probs,
                     coverage=coverage,
@@ -83,3 +108,8 @@ def label_study(
             ]
         )
     return len(todo)
+
+
+def judge_name(lm: LanguageModel, version: str = "v1") -> str:
+    """The name labels of this judge model are stored under."""
+    return f"{lm.name}/judge.{version}"

@@ -1,0 +1,300 @@
+"""Many study participants at once against PostgreSQL: latency per page, and a check that
+nothing is lost or attached to the wrong participant.
+
+Run: python benchmarks/study_load.py [--participants 100] [--turns 3] [--reply-delay 0.5]
+     [--db postgresql+psycopg://...]   (default: starts a throwaway PostgreSQL server)
+
+The chatbot is the scripted model with a fixed reply delay (a stand-in for the engine, so
+the figures are the web app's and the database's, not the model's); it echoes each
+message, so a reply names the message it answers. Half the participants send their
+messages as plain forms (the POST waits for the reply), half as the page's JavaScript
+does (the POST returns at once, the reply comes over the event stream). Every
+participant's messages, replies and stances are read back from the database afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from stancelab.engine.fake import FakeChatModel
+from stancelab.study.app import create_app
+from stancelab.study.config import load_study
+from stancelab.study.server import running_server
+from stancelab.study.store import StudyStore
+
+
+@dataclass
+class Visit:
+    """One simulated participant's requests and what they sent."""
+
+    pid: str
+    scripted: bool
+    sent: list[str] = field(default_factory=list)
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _field(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    if match is None:
+        raise RuntimeError(f"no field {name!r} on the page")
+    return match.group(1)
+
+
+def _timed(visit: Visit, page: str, call: httpx.Response | None, start: float) -> None:
+    visit.timings.append((page, time.perf_counter() - start))
+    if call is not None and call.status_code >= 400:
+        raise RuntimeError(f"{page}: HTTP {call.status_code}")
+
+
+def run_participant(url: str, visit: Visit, turns: int, barrier: threading.Barrier) -> None:
+    """The whole study as one participant (a browser with or without JavaScript)."""
+    with httpx.Client(base_url=url, follow_redirects=True, timeout=300.0) as client:
+        try:
+            barrier.wait(timeout=120)
+            t = time.perf_counter()
+            page = client.get(f"/?PROLIFIC_PID={visit.pid}&STUDY_ID=load&SESSION_ID=s")
+            _timed(visit, "entry", page, t)
+            t = time.perf_counter()
+            page = client.post(
+                "/study/consent", data={"csrf": _field(page.text, "csrf"), "agree": "yes"}
+            )
+            _timed(visit, "consent", page, t)
+            about = {
+                "csrf": _field(page.text, "csrf"),
+                "d_age": "40",
+                "d_gender": "Woman",
+                "d_education": "Some college",
+                "d_politics": "Moderate",
+                "background": f"I am participant {visit.pid}.",
+            }
+            t = time.perf_counter()
+            page = client.post("/study/about", data=about)
+            _timed(visit, "about", page, t)
+            t = time.perf_counter()
+            page = client.post(
+                "/study/before",
+                data={"csrf": _field(page.text, "csrf"), "stance": "6", "reason": "why"},
+            )
+            _timed(visit, "before", page, t)
+            for turn in range(1, turns + 1):
+                text = f"{visit.pid} message {turn}"
+                form = {
+                    "csrf": _field(page.text, "csrf"),
+                    "turn": _field(page.text, "turn"),
+                    "key": _field(page.text, "key"),
+                    "message": text,
+                    "stance": "6",
+                }
+                visit.sent.append(text)
+                if visit.scripted:
+                    t = time.perf_counter()
+                    accepted = client.post(
+                        "/study/message", data=form, headers={"X-Study-Async": "1"}
+                    )
+                    _timed(visit, "message (JS: stored)", accepted, t)
+                    stream_url = accepted.json()["stream"]
+                    t = time.perf_counter()
+                    with client.stream("GET", stream_url) as events:
+                        body = "".join(events.iter_text())
+                    _timed(visit, "stream until reply (JS)", None, t)
+                    if "event: reply" not in body:
+                        raise RuntimeError(f"no reply event for turn {turn}: {body[:200]}")
+                    t = time.perf_counter()
+                    page = client.get("/study")
+                    _timed(visit, "conversation page", page, t)
+                else:
+                    t = time.perf_counter()
+                    page = client.post("/study/message", data=form)
+                    _timed(visit, "message (form, with reply)", page, t)
+                if f"You said: {text}" not in page.text:
+                    raise RuntimeError(f"the reply to {text!r} is not on the page")
+            for step, data in (
+                ("finish-conversation", {}),
+                ("after", {"stance": "5", "reason": "after"}),
+                ("perception", {"perceived_start": "4", "perceived_end": "6"}),
+            ):
+                t = time.perf_counter()
+                page = client.post(
+                    f"/study/{step}", data={"csrf": _field(page.text, "csrf"), **data}
+                )
+                _timed(visit, step, page, t)
+            if 'data-step="done"' not in page.text:
+                raise RuntimeError("did not reach the end page")
+        except Exception as exc:  # recorded and reported, the run goes on
+            visit.error = f"{type(exc).__name__}: {exc}"
+
+
+def check(store: StudyStore, visits: list[Visit], turns: int) -> list[str]:
+    """Everything each participant sent, in order, answered by a reply naming it."""
+    problems = []
+    rows = {r.pid: r for r in store.participants("load")}
+    for visit in visits:
+        row = rows.get(visit.pid)
+        if row is None:
+            problems.append(f"{visit.pid}: no participant row")
+            continue
+        messages = store.messages(row.id)
+        users = [m.text for m in messages if m.role == "user"]
+        replies = [m.text for m in messages if m.role == "assistant"]
+        if users != visit.sent:
+            problems.append(f"{visit.pid}: stored {users} but sent {visit.sent}")
+        if replies != [f"You said: {t}" for t in visit.sent]:
+            problems.append(f"{visit.pid}: replies {replies}")
+        stance_turns = sorted(s.turn for s in store.stances(row.id))
+        if stance_turns != list(range(turns + 1)):
+            problems.append(f"{visit.pid}: stances at turns {stance_turns}")
+        if row.step != "done" or row.platform_study_id != "load":
+            problems.append(f"{visit.pid}: step {row.step}")
+    return problems
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server in a temporary folder on a free port (Debian's binaries)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise SystemExit("PostgreSQL server binaries missing: run scripts/install-system-deps.sh")
+    bin_dir = found[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="stancelab-load-pg-"))
+    sockets = root / "sock"
+    sockets.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        for path in (root, sockets):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run(
+        [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_load(db: str, participants: int, turns: int, reply_delay_s: float) -> dict[str, object]:
+    """Serve a study on ``db`` and send ``participants`` at once; timings and problems."""
+    config = load_study(
+        {
+            "study": "load",
+            "topics": [{"name": "climate change"}, {"name": "gun violence"}],
+            "conditions": ["standard", "personalised"],
+            "turns": {"min": turns, "max": turns},
+            "model": "smollm2-135m",
+            "limits": {
+                "min_seconds_between_messages": 0,
+                "requests_per_minute": 1000,
+                "new_sessions_per_minute_per_ip": 10_000,
+            },
+        }
+    )
+    store = StudyStore(db)
+    lm = FakeChatModel(delay_s=reply_delay_s)
+    visits = [Visit(f"load-{i:04d}", scripted=i % 2 == 1) for i in range(participants)]
+    barrier = threading.Barrier(participants)
+    try:
+        with running_server(create_app(config, store, lm)) as url:
+            start = time.perf_counter()
+            threads = [
+                threading.Thread(target=run_participant, args=(url, v, turns, barrier))
+                for v in visits
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - start
+        problems = [f"{v.pid}: {v.error}" for v in visits if v.error]
+        problems += check(store, [v for v in visits if not v.error], turns)
+    finally:
+        store.close()
+    per_page: dict[str, list[float]] = defaultdict(list)
+    for visit in visits:
+        for page, seconds in visit.timings:
+            per_page[page].append(seconds)
+    return {"elapsed_s": elapsed, "per_page": dict(per_page), "problems": problems}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--participants", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--reply-delay", type=float, default=0.5, help="seconds per reply")
+    parser.add_argument("--db", default=None, help="database URL (default: a throwaway PG)")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        db = args.db or stack.enter_context(throwaway_postgres())
+        result = run_load(db, args.participants, args.turns, args.reply_delay)
+    per_page: dict[str, list[float]] = result["per_page"]  # type: ignore[assignment]
+    print(
+        f"{args.participants} participants at once, {args.turns} messages each, "
+        f"reply delay {args.reply_delay} s, PostgreSQL; all done in {result['elapsed_s']:.1f} s"
+    )
+    print(f"{'page':28} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for page, values in per_page.items():
+        print(
+            f"{page:28} {len(values):5d} {1000 * percentile(values, 0.5):8.0f} "
+            f"{1000 * percentile(values, 0.9):8.0f} {1000 * percentile(values, 0.99):8.0f} "
+            f"{1000 * max(values):8.0f}"
+        )
+    problems: list[str] = result["problems"]  # type: ignore[assignment]
+    print(f"problems: {len(problems)}")
+    for line in problems[:20]:
+        print("  " + line)
+    if problems:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
