@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -151,3 +152,18 @@ def extend_prompt(prompt: Prompt, suffix: str) -> Prompt:
     else:
         messages.append({"role": "assistant", "content": suffix})
     return messages
+
+
+def conversation_key(prompt: Prompt) -> str | None:
+    """A stable key for a chat that carries no conversation id: its opening (system
+    prompt and first user message) stays the same for the whole chat. Transcripts have
+    no such mark and get None."""
+    if isinstance(prompt, str):
+        return None
+    opening = []
+    for message in prompt:
+        opening.append(f"{message['role']}:{message['content']}")
+        if message["role"] == "user":
+            break
+    digest = hashlib.blake2b("\x1e".join(opening).encode(), digest_size=8).hexdigest()
+    return f"chat-{digest}"
