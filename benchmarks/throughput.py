@@ -408,6 +408,7 @@ def main() -> None:
     recomputed = stats["prompt_tokens"] - stats["cached_tokens"]
     turns = len(config.topics) * args.repetitions * args.iterations
 
+    calls = list(calls)  # the run's requests only, not the rate measurements below
     if args.breakdown:
         print_breakdown(calls, b_time)
 
