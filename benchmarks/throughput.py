@@ -480,3 +480,7 @@ def main() -> None:
         f"stancelab / honest ceiling: {honest / b_time:.0%}; engine time for stancelab's own "
         f"token counts {c_time:.1f} s ({c_time / b_time:.0%} of its wall time)"
     )
+
+
+if __name__ == "__main__":
+    main()
