@@ -4,6 +4,11 @@ Run: python benchmarks/survey_cache.py [--model qwen2.5-coder-0.5b] [--agents 6]
 Each measurement uses its own agent context (a unique background), so "cold" really is
 the first time the engine sees that prefix; "warm" contexts were used for a turn first,
 as in a debate where the survey follows the agent's own reply.
+
+``--compare 200`` instead scores that many survey points twice, each way on its own
+engine: the level-by-level token tree (one node per request) and the greedy-path walk
+``score_choices`` uses now, and prints requests and recomputed prompt tokens per survey
+point and the total variation distance between the two distributions.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 from stancelab.conversation.personas import Persona
-from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
+from stancelab.conversation.survey import SCALE, SurveyItem, SurveyMode, ask
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.debate import Debate, DebateSpec, Turn
-from stancelab.engine.base import GenerationRequest
+from stancelab.engine.base import ChoiceRequest, GenerationRequest
 from stancelab.engine.llamacpp import load_engine
+from stancelab.engine.scoring import score_by_token_tree
 
 HISTORY = [
     "Climate change is exaggerated; the economy matters more than distant projections.",
@@ -29,19 +36,27 @@ HISTORY = [
 ]
 
 
-def agent_context(index: int, tag: str) -> Debate:
-    background = (
-        f"You are Agent{tag}{index}, a lifelong Republican from Ohio. "
-        "You believe illegal immigration is a big problem. You don't believe climate change, "
-        "racism or gun violence are big problems. You run a family hardware store, coach "
-        "youth baseball, and distrust federal mandates that raise costs for small businesses."
-    )
+BACKGROUNDS = (
+    "You are {name}, a lifelong Republican from Ohio. You believe illegal immigration is a "
+    "big problem. You don't believe climate change, racism or gun violence are big problems. "
+    "You run a family hardware store, coach youth baseball, and distrust federal mandates "
+    "that raise costs for small businesses.",
+    "You are {name}, a passionate Democrat from Oregon. You believe climate change, racism "
+    "and gun violence are big problems. You don't believe that illegal immigration is a big "
+    "problem. You work as a nurse in a public hospital.",
+    "You are {name}. You are an American.",
+)
+TOPICS = ("climate change", "racism", "gun violence", "illegal immigration")
+
+
+def agent_context(index: int, tag: str, topic: str = "climate change", kind: int = 0) -> Debate:
+    background = BACKGROUNDS[kind].format(name=f"Agent{tag}{index}")
     persona = Persona(f"Agent{tag}{index}", "republican", background)
     others = (
         Persona("Abigail", "democrat", "You are Abigail."),
         Persona("Sam", "default", "You are an American."),
     )
-    debate = Debate(DebateSpec("climate change", (persona, *others), 9), load_prompts())
+    debate = Debate(DebateSpec(topic, (persona, *others), 9), load_prompts())
     for i, text in enumerate(HISTORY, start=1):
         debate.turns.append(Turn(i, (i - 1) % 3, text, text))
     return debate
@@ -59,11 +74,74 @@ def timed_surveys(engine, debates, mode, warm_first):  # type: ignore[no-untyped
     return times
 
 
+def total_variation(p: Sequence[float], q: Sequence[float]) -> float:
+    """Half the L1 distance between two distributions over the same candidates."""
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
+
+
+def compare(model: str, points: int, parallel: int) -> None:
+    """Old (tree level per call) and new (greedy paths) scoring on the same survey points."""
+    per_context = len(HISTORY) + 1
+    contexts = -(-points // per_context)
+    debates = [
+        agent_context(i, "cmp", TOPICS[i % len(TOPICS)], i % len(BACKGROUNDS))
+        for i in range(contexts)
+    ]
+    old_engine = load_engine(model, n_parallel=parallel)
+    new_engine = load_engine(model, n_parallel=parallel)
+    tvs: list[float] = []
+    old_requests = new_requests = 0
+    old_seconds = new_seconds = 0.0
+    worst: tuple[float, list[float], list[float]] = (0.0, [], [])
+    for turns in range(per_context):  # histories grow as in a debate: prefixes are reused
+        batch = debates[: max(0, min(contexts, points - len(tvs)))]
+        requests = []
+        for d in batch:
+            d.turns[:] = [Turn(i, (i - 1) % 3, t, t) for i, t in enumerate(HISTORY[:turns], 1)]
+            requests.append(ChoiceRequest(d.survey_prompt(0), SCALE))
+        start = time.perf_counter()
+        old = score_by_token_tree(old_engine.next_tokens, requests)
+        old_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        new = new_engine.score_choices(requests)
+        new_seconds += time.perf_counter() - start
+        for o, n in zip(old, new, strict=True):
+            tv = total_variation(o.probabilities, n.probabilities)
+            tvs.append(tv)
+            if tv >= worst[0]:
+                worst = (tv, list(o.probabilities), list(n.probabilities))
+            old_requests += o.requests
+            new_requests += n.requests
+    n = len(tvs)
+    print(f"model {model}, {n} survey points ({contexts} agent contexts x {per_context} turns)")
+    print(f"{'walk':<26}{'requests/point':>15}{'recomputed tok/point':>22}{'seconds':>9}")
+    for label, engine, reqs, secs in (
+        ("tree (one node/request)", old_engine, old_requests, old_seconds),
+        ("greedy paths (new)", new_engine, new_requests, new_seconds),
+    ):
+        print(
+            f"{label:<26}{reqs / n:>15.2f}{engine.stats.recomputed_tokens / n:>22.1f}{secs:>9.1f}"
+        )
+    print(
+        f"total variation old vs new: max {max(tvs):.4f}, mean {statistics.mean(tvs):.5f}, "
+        f"points above 0.01: {sum(tv > 0.01 for tv in tvs)}"
+    )
+    print(f"worst point old: {[round(x, 3) for x in worst[1]]}")
+    print(f"worst point new: {[round(x, 3) for x in worst[2]]}")
+    old_engine.close()
+    new_engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--agents", type=int, default=6)
+    parser.add_argument("--compare", type=int, default=0, help="survey points to compare")
+    parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args()
+    if args.compare:
+        compare(args.model, args.compare, args.parallel)
+        return
     engine = load_engine(args.model, n_parallel=4)
     n = args.agents
     tokens = engine.generate(

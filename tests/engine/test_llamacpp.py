@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, GenerationRequest
+from stancelab.engine.base import ChoiceRequest, GenerationRequest, PathRequest
 from stancelab.engine.llamacpp import LlamaCppEngine
+from stancelab.engine.scoring import score_by_token_tree
 
 pytestmark = pytest.mark.engine
 
@@ -51,6 +52,34 @@ def test_ten_is_not_mistaken_for_one(small_engine: LlamaCppEngine) -> None:
     [s] = small_engine.score_choices([ChoiceRequest(prompt, SCALE)])
     assert s.probabilities[10] > s.probabilities[1]
     assert s.most_likely == "10"
+
+
+def test_path_scoring_matches_the_tree_walk_in_fewer_requests(
+    small_engine: LlamaCppEngine,
+) -> None:
+    prompts = [PROMPT, PROMPT.replace("racism", "climate change"), PROMPT.replace("an", "a")]
+    requests = [ChoiceRequest(p, SCALE) for p in prompts]
+    tree = score_by_token_tree(small_engine.next_tokens, requests)
+    paths = small_engine.score_choices(requests)
+    for old, new in zip(tree, paths, strict=True):
+        tv = 0.5 * sum(
+            abs(a - b) for a, b in zip(old.probabilities, new.probabilities, strict=True)
+        )
+        assert tv < 0.02
+        assert new.requests < old.requests
+        assert new.nodes >= 2
+
+
+def test_token_paths_report_the_unbiased_distribution(small_engine: LlamaCppEngine) -> None:
+    # The bias steers the greedy path through " " then "1"; the reported tops must be
+    # the model's own next-token distribution at each node, as next_tokens gives it.
+    [path] = small_engine.next_token_paths([PathRequest(PROMPT, 10, 3, prefer=(" ", "1"))])
+    assert len(path.tops) == 3
+    node = PROMPT
+    for top, token in zip(path.tops, path.tokens, strict=False):
+        [reference] = small_engine.next_tokens([node], 10)
+        assert dict(top.tokens[:3]) == pytest.approx(dict(reference.tokens[:3]), abs=0.02)
+        node += token
 
 
 def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEngine) -> None:

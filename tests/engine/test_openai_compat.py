@@ -336,6 +336,49 @@ def test_the_server_killed_mid_run_and_restarted_loses_nothing() -> None:
         proc.stop()
 
 
+def test_conversations_keep_their_replica_move_when_it_dies_and_come_back() -> None:
+    first = ServerProcess(MODEL, port=free_port(), parallel=2, ctx_per_slot=2048)
+    second = ServerProcess(MODEL, port=free_port(), parallel=2, ctx_per_slot=2048)
+    first.start()
+    second.start()
+    debates = make_debates(3, iterations=3)
+    turns: list[tuple[int, int]] = []
+    killed = threading.Event()
+
+    def on_turn(debate: Debate, turn: Turn) -> None:
+        turns.append((id(debate), turn.iteration))
+        if turn.iteration == 1 and not killed.is_set():
+            killed.set()
+            first.kill()
+
+    try:
+        with connect([first.url, second.url], cooldown_s=2.0, max_retries=10) as lm:
+            key = next(
+                f"probe-{i}" for i in range(100) if lm.router.owner(f"probe-{i}").base == first.url
+            )
+            probe = [GenerationRequest("Say hi:", max_tokens=2, conversation_id=key)]
+            lm.generate(probe)
+            run_debates(lm, debates, DebateEvents(on_turn=on_turn))
+            assert killed.is_set()
+            lm.generate(probe)  # its replica is dead: the conversation moves
+            served = lm.router.placements
+            for conversation, replicas in served.items():
+                assert replicas[0] in (first.url, second.url)
+                if replicas[0] == second.url and conversation != key:
+                    assert replicas == [second.url]  # the others never moved
+            first.start()
+            time.sleep(2.1)  # the cooldown ends; the replica answers again
+            lm.generate(probe)
+            assert served[key] == [first.url, second.url, first.url]
+            assert lm.stats.extra["errors"].get("connection", 0) >= 1
+        for debate in debates:
+            assert_complete(debate)
+        assert len(turns) == len(set(turns)) == 3 * 3  # nothing lost, nothing twice
+    finally:
+        first.stop()
+        second.stop()
+
+
 # ------------------------------------------------------------------ configuration
 
 

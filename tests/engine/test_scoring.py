@@ -7,9 +7,9 @@ import math
 import pytest
 
 from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, TopTokens
+from stancelab.engine.base import ChoiceRequest, PathRequest, TokenPath, TopTokens
 from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.scoring import score_by_token_tree
+from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 
 
 def scores_for(dist: dict[str, float]) -> list[float]:
@@ -99,3 +99,72 @@ def test_empty_tokens_do_not_loop() -> None:
     [s] = score_by_token_tree(next_tokens, [ChoiceRequest("Q:", SCALE)])
     assert s.probabilities[4] == pytest.approx(1.0)
     assert calls == ["Q:"]
+
+
+# A next-token table over emitted text, and an engine that walks it greedily the way
+# llama.cpp does with a logit bias on the preferred texts.
+TABLE = {
+    "": [(" ", 0.8), ("1", 0.1), (" I", 0.1)],
+    " ": [("7", 0.5), ("1", 0.3), ("8", 0.2)],
+    " 1": [("0", 0.6), ("\n", 0.4)],
+    "1": [("0", 0.5), ("\n", 0.5)],
+}
+
+
+def table_paths(requests, log):  # type: ignore[no-untyped-def]
+    out = []
+    for r in requests:
+        log.append(r)
+        node = r.prompt[len("Q:") :]
+        tops, tokens = [], []
+        for _ in range(r.max_tokens):
+            row = TABLE.get(node)
+            if row is None:
+                break
+            tops.append(TopTokens([(t, math.log(q)) for t, q in row]))
+            preferred = [t for t, _ in row if t in r.prefer]
+            token = preferred[0] if preferred else row[0][0]
+            tokens.append(token)
+            node += token
+        out.append(TokenPath(tops, tokens, prompt_tokens=1))
+    return out
+
+
+def table_next_tokens(prompts, top_k):  # type: ignore[no-untyped-def]
+    return [TopTokens([(t, math.log(q)) for t, q in TABLE[p[len("Q:") :]]]) for p in prompts]
+
+
+def test_greedy_paths_give_the_tree_walks_distribution_in_fewer_requests() -> None:
+    log: list[PathRequest] = []
+    request = ChoiceRequest("Q:", SCALE, conversation_id="agent-1")
+    [tree] = score_by_token_tree(table_next_tokens, [request])
+    [paths] = score_by_token_paths(lambda rs: table_paths(rs, log), [request])
+    assert paths.probabilities == pytest.approx(tree.probabilities)
+    assert paths.probabilities[10] > 0 and paths.probabilities[1] > 0
+    assert tree.requests == 4  # "", " ", " 1", "1"
+    # The first path runs "" -> " " -> " 1"; only the unbiased branch "1" needs a second.
+    assert paths.requests == 2
+    assert paths.nodes == tree.nodes == 4
+    assert log[0].prefer == (" ", "1") and log[0].max_tokens == 3
+    assert log[1].prompt == "Q:1"
+    assert all(r.conversation_id == "agent-1" for r in log)
+
+
+def test_path_walk_asks_one_node_per_prompt_at_a_time() -> None:
+    # An engine without paths answers one node per request: the walk still finishes,
+    # and never sends two requests on the same prompt in one batch (they would land in
+    # different slots and each recompute the context).
+    batches: list[list[str]] = []
+
+    def one_node(requests):  # type: ignore[no-untyped-def]
+        batches.append([r.prompt for r in requests])
+        tops = table_next_tokens([r.prompt for r in requests], 40)
+        return [TokenPath([t], []) for t in tops]
+
+    requests = [ChoiceRequest("Q:", SCALE), ChoiceRequest("Q:", SCALE)]
+    first, second = score_by_token_paths(one_node, requests)
+    [tree] = score_by_token_tree(table_next_tokens, [requests[0]])
+    assert first.probabilities == pytest.approx(tree.probabilities)
+    assert second.probabilities == pytest.approx(tree.probabilities)
+    assert all(len(batch) == 2 for batch in batches)  # one per request, both prompts
+    assert len(batches) == 4

@@ -109,6 +109,7 @@ class SurveyItem:
     question_id: str = ATTITUDE
     question: str = ""
     kind: str = "scale"
+    conversation_id: str | None = None
 
 
 def ask(
@@ -132,7 +133,9 @@ def ask(
         }
 
     if SurveyMode.DISTRIBUTION in modes and scale:
-        scores = lm.score_choices([ChoiceRequest(items[k].prompt, SCALE) for k in scale])
+        scores = lm.score_choices(
+            [ChoiceRequest(items[k].prompt, SCALE, items[k].conversation_id) for k in scale]
+        )
         for k, s in zip(scale, scores, strict=True):
             ok = s.coverage > 0
             answers[(k, SurveyMode.DISTRIBUTION)] = SurveyAnswer(
@@ -155,6 +158,7 @@ def ask(
                     temperature=0.0,
                     max_tokens=8 if items[k].kind == "scale" else 96,
                     stop=("\n",),
+                    conversation_id=items[k].conversation_id,
                 )
                 for k in greedy
             ]

@@ -217,6 +217,7 @@ class Debate:
             max_tokens=self.spec.max_tokens,
             seed=derive_seed(self.spec.seed, step.iteration, attempt),
             stop=self._stops,
+            conversation_id=f"debate-{self.spec.seed}-agent-{step.speaker}",
         )
 
     def clean_reply(self, raw: str, speaker: int) -> tuple[str, bool]:
@@ -319,6 +320,7 @@ def _run_surveys(
                     question_id=q.id,
                     question=q.text,
                     kind=q.kind,
+                    conversation_id=f"debate-{debate.spec.seed}-agent-{agent}",
                 )
                 lm = choose(debate, agent)
                 engines[id(lm)] = lm

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from stancelab.engine.scoring import score_by_token_tree
+from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 from stancelab.engine.types import (
     ChoiceRequest,
     ChoiceScores,
@@ -20,7 +20,9 @@ from stancelab.engine.types import (
     Generation,
     GenerationRequest,
     Message,
+    PathRequest,
     Prompt,
+    TokenPath,
     TopTokens,
     extend_prompt,
 )
@@ -33,7 +35,9 @@ __all__ = [
     "GenerationRequest",
     "LanguageModel",
     "Message",
+    "PathRequest",
     "Prompt",
+    "TokenPath",
     "TopTokens",
     "extend_prompt",
 ]
@@ -54,13 +58,30 @@ class LanguageModel(ABC):
     def score_choices(
         self, requests: Sequence[ChoiceRequest], top_k: int = 40
     ) -> list[ChoiceScores]:
-        """Probability of each candidate, from whole-candidate token log-probabilities."""
+        """Probability of each candidate, from whole-candidate token log-probabilities.
 
+        Engines that answer path requests (a prefix cache makes a short greedy path as cheap
+        as one token) resolve the tree in about one request per candidate list; the others
+        ask one tree level per batched call.
+        """
+        if type(self).next_token_paths is not LanguageModel.next_token_paths:
+            return score_by_token_paths(self.next_token_paths, requests, top_k=top_k)
         return score_by_token_tree(self.next_tokens, requests, top_k=top_k)
 
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         """Top-k next tokens after each prompt; engines with log-probabilities implement it."""
         raise NotImplementedError(f"{type(self).__name__} offers no token log-probabilities")
+
+    def next_token_paths(self, requests: Sequence[PathRequest]) -> list[TokenPath]:
+        """Greedy continuations with the top-k tokens at every position (PathRequest).
+
+        This default resolves only the first position, through ``next_tokens``; engines
+        that generate with log-probabilities override it.
+        """
+        tops = self.next_tokens([r.prompt for r in requests], max(r.top_k for r in requests))
+        return [
+            TokenPath([t], [], prompt_tokens=t.prompt_tokens, latency_s=t.latency_s) for t in tops
+        ]
 
     def describe(self) -> dict[str, Any]:
         """What a run records about this engine (name, file hash, settings)."""

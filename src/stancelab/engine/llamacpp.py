@@ -15,11 +15,14 @@ from stancelab.engine.base import (
     Generation,
     GenerationRequest,
     LanguageModel,
+    PathRequest,
     Prompt,
+    TokenPath,
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError
 from stancelab.engine.models import model_fingerprint, resolve_model, sha256_file
+from stancelab.engine.openai import codec
 
 
 def _threads_from_env() -> int:
@@ -80,6 +83,7 @@ def engine_params(
     cache_ram_mib: int,
     lora_adapters: Sequence[tuple[Path, float]] = (),
     backend_sampling: bool = False,
+    poll: int = 0,
 ) -> Any:
     """llama.cpp settings stancelab uses everywhere: slots, prefix and RAM prompt cache."""
     import xllamacpp  # noqa: PLC0415 - lazy: the llama.cpp engine is heavy to import
@@ -97,6 +101,14 @@ def engine_params(
     n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
+    # llama.cpp's worker threads busy-wait between graph steps (poll 50 of 100 by
+    # default). Beside other processes a spinning thread burns the time slice another
+    # thread of the same step waits for, so a debate ran 3.4-3.8x slower beside two busy
+    # processes where a fair share of the cores costs 2x. 0 makes them sleep instead.
+    if not 0 <= poll <= 100:
+        raise ConfigError(f"llama.cpp poll must be 0..100, got {poll}")
+    params.cpuparams.poll = poll
+    params.cpuparams_batch.poll = poll
     params.cache_ram_mib = cache_ram_mib
     # On a GPU build the server otherwise samples every slot on one CPU thread over the
     # whole vocabulary, which caps batched decoding (requests asking for pre-sampling
@@ -128,6 +140,7 @@ class LlamaCppEngine(LanguageModel):
         lora_adapters: Sequence[tuple[Path, float]] = (),
         backend_sampling: bool = False,
         sampling: dict[str, Any] | None = None,
+        poll: int = 0,
     ) -> None:
         super().__init__()
         self.sampling = sampling_settings(sampling)
@@ -146,6 +159,7 @@ class LlamaCppEngine(LanguageModel):
             cache_ram_mib,
             self.lora_adapters,
             backend_sampling,
+            poll,
         )
         n_threads = params.cpuparams.n_threads
         self._settings = {
@@ -154,6 +168,7 @@ class LlamaCppEngine(LanguageModel):
             "threads": n_threads,
             "cache_ram_mib": cache_ram_mib,
             "backend_sampling": backend_sampling,
+            "poll": poll,
             "sampling": self.sampling,
             "xllamacpp": getattr(xllamacpp, "__version__", "unknown"),
         }
@@ -198,65 +213,33 @@ class LlamaCppEngine(LanguageModel):
             error = response["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
             raise EngineError(f"llama.cpp rejected a request: {message}")
-        usage = response.get("usage", {})
+        counts = codec.usage(response)
         with self._stats_lock:  # many worker threads count into one total
             self.stats.requests += 1
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
-            self.stats.completion_tokens += int(usage.get("completion_tokens", 0))
-            self.stats.cached_tokens += int(response.get("timings", {}).get("cache_n", 0))
+            self.stats.prompt_tokens += counts.prompt_tokens
+            self.stats.completion_tokens += counts.completion_tokens
+            self.stats.cached_tokens += counts.cached_tokens
         return response
 
-    @staticmethod
-    def _payload(prompt: Prompt) -> tuple[dict[str, Any], bool]:
-        if isinstance(prompt, str):
-            return {"prompt": prompt}, False
-        return {"messages": list(prompt)}, True
-
     def _generate_one(self, request: GenerationRequest) -> Generation:
-        payload, chat = self._payload(request.prompt)
-        payload.update(
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            cache_prompt=True,
-            **self.sampling,
-        )
-        if request.stop:
-            payload["stop"] = list(request.stop)
-        if request.seed is not None:
-            payload["seed"] = request.seed
-        start = time.perf_counter()
-        response = self._call(payload, chat)
-        latency = time.perf_counter() - start
-        choice = response["choices"][0]
-        text = choice["message"]["content"] if chat else choice["text"]
-        usage = response.get("usage", {})
-        return Generation(
-            text=text or "",
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-            cached_tokens=int(response.get("timings", {}).get("cache_n", 0)),
-            latency_s=latency,
-            finish_reason=str(choice.get("finish_reason", "stop")),
-        )
+        _, payload, chat = codec.generation_payload(request)
+        payload.update(cache_prompt=True, **self.sampling)
+        started = time.perf_counter()
+        return codec.parse_generation(self._call(payload, chat), chat, started)
+
+    def _path_one(self, request: PathRequest) -> TokenPath:
+        _, payload, chat = codec.path_payload(request, bias_by_text=True)
+        payload["cache_prompt"] = True
+        started = time.perf_counter()
+        path = codec.parse_token_path(self._call(payload, chat), started)
+        if path is None:
+            raise EngineError("llama.cpp returned no log-probabilities")
+        return path
 
     def _next_one(self, prompt: Prompt, top_k: int) -> TopTokens:
-        payload, chat = self._payload(prompt)
-        payload.update(max_tokens=1, temperature=0.0, cache_prompt=True)
-        if chat:
-            payload.update(logprobs=True, top_logprobs=top_k)
-        else:
-            payload["n_probs"] = top_k
-        start = time.perf_counter()
-        response = self._call(payload, chat)
-        latency = time.perf_counter() - start
-        try:
-            content = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise EngineError("llama.cpp returned no log-probabilities") from exc
-        tokens = [(str(t["token"]), float(t["logprob"])) for t in content]
-        usage = response.get("usage", {})
-        prompt_n = int(response.get("timings", {}).get("prompt_n", usage.get("prompt_tokens", 0)))
-        return TopTokens(tokens=tokens, prompt_tokens=prompt_n, latency_s=latency)
+        path = self._path_one(PathRequest(prompt, top_k))
+        top = path.tops[0]
+        return TopTokens(top.tokens, prompt_tokens=path.prompt_tokens, latency_s=path.latency_s)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Run all requests concurrently over the engine's slots."""
@@ -265,6 +248,12 @@ class LlamaCppEngine(LanguageModel):
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         """Top-k next tokens for every prompt, concurrently."""
         return list(self._pool.map(lambda p: self._next_one(p, top_k), prompts))
+
+    def next_token_paths(self, requests: Sequence[PathRequest]) -> list[TokenPath]:
+        """Greedy paths with the top-k tokens at every position, concurrently; the
+        preferred texts go as llama.cpp's text logit bias, and the log-probabilities it
+        reports are those before the bias."""
+        return list(self._pool.map(self._path_one, requests))
 
     def close(self) -> None:
         """Stop the worker threads; the server is freed with the object."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -26,6 +27,10 @@ class GenerationRequest:
     max_tokens: int = 128
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    conversation_id: str | None = None
+    """Stable key of the conversation this prompt extends (a debate agent's context, a
+    study participant's chat): engines with several replicas keep it on one replica, and
+    cache-aware routers receive it as the session key. None: routed by prompt prefix."""
 
 
 @dataclass
@@ -46,6 +51,8 @@ class ChoiceRequest:
 
     prompt: Prompt
     choices: tuple[str, ...]
+    conversation_id: str | None = None
+    """As GenerationRequest.conversation_id: the conversation the scored prompt copies."""
 
 
 @dataclass
@@ -59,6 +66,9 @@ class ChoiceScores:
     requests: int = 0
     prompt_tokens: int = 0
     latency_s: float = 0.0
+    nodes: int = 0
+    """Token-tree nodes whose next-token distribution the score needed (requests may
+    resolve several nodes at once)."""
 
     @property
     def most_likely(self) -> str:
@@ -80,6 +90,34 @@ class TopTokens:
     """The most likely next tokens after a prompt, as (text, logprob) pairs."""
 
     tokens: list[tuple[str, float]]
+    prompt_tokens: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PathRequest:
+    """Ask for a short greedy continuation with the top-k tokens at every position.
+
+    One request then resolves a path of token-tree nodes instead of one node. ``prefer``
+    are texts whose tokens get a large logit bias, so the greedy path runs through the
+    nodes the scorer needs next (" " then "1" for a 0-10 scale); engines report the
+    log-probabilities before any bias, so the distributions stay the model's own.
+    """
+
+    prompt: Prompt
+    top_k: int
+    max_tokens: int = 1
+    prefer: tuple[str, ...] = ()
+    conversation_id: str | None = None
+
+
+@dataclass
+class TokenPath:
+    """The answer to a PathRequest: ``tops[i]`` is the next-token distribution after the
+    prompt plus ``tokens[:i]``; ``tokens[i]`` is the token the engine then emitted."""
+
+    tops: list[TopTokens]
+    tokens: list[str]
     prompt_tokens: int = 0
     latency_s: float = 0.0
 
@@ -114,3 +152,18 @@ def extend_prompt(prompt: Prompt, suffix: str) -> Prompt:
     else:
         messages.append({"role": "assistant", "content": suffix})
     return messages
+
+
+def conversation_key(prompt: Prompt) -> str | None:
+    """A stable key for a chat that carries no conversation id: its opening (system
+    prompt and first user message) stays the same for the whole chat. Transcripts have
+    no such mark and get None."""
+    if isinstance(prompt, str):
+        return None
+    opening = []
+    for message in prompt:
+        opening.append(f"{message['role']}:{message['content']}")
+        if message["role"] == "user":
+            break
+    digest = hashlib.blake2b("\x1e".join(opening).encode(), digest_size=8).hexdigest()
+    return f"chat-{digest}"

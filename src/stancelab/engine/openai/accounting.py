@@ -1,0 +1,53 @@
+"""Token, cost, error and retry totals of a remote backend, kept in EngineStats."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from stancelab.engine.openai import codec
+from stancelab.engine.types import EngineStats
+
+
+class Accounting:
+    """Adds every answer's usage and every failure to ``stats``; thread-safe."""
+
+    def __init__(
+        self,
+        stats: EngineStats,
+        endpoints: Sequence[str],
+        price_per_1k_prompt: float = 0.0,
+        price_per_1k_completion: float = 0.0,
+    ) -> None:
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._prices = (price_per_1k_prompt, price_per_1k_completion)
+        stats.extra.update(
+            retries=0, errors={}, cost_usd=0.0, endpoints=dict.fromkeys(endpoints, 0)
+        )
+
+    def answer(self, endpoint: str, data: dict[str, Any]) -> None:
+        """Count one successful answer from ``endpoint`` (a public URL)."""
+        counts = codec.usage(data)
+        prompt_price, completion_price = self._prices
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.prompt_tokens += counts.prompt_tokens
+            self.stats.completion_tokens += counts.completion_tokens
+            self.stats.cached_tokens += counts.cached_tokens
+            self.stats.extra["cost_usd"] += (
+                counts.prompt_tokens * prompt_price + counts.completion_tokens * completion_price
+            ) / 1000
+            self.stats.extra["endpoints"][endpoint] += 1
+
+    def error(self, kind: str) -> None:
+        """Count one failed attempt by kind (timeout, connection, http_503, ...)."""
+        with self._lock:
+            errors: dict[str, int] = self.stats.extra["errors"]
+            errors[kind] = errors.get(kind, 0) + 1
+
+    def retry(self) -> None:
+        """Count one further attempt."""
+        with self._lock:
+            self.stats.extra["retries"] += 1
