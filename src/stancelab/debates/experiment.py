@@ -32,6 +32,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PromptFormatName = Literal["auto", "transcript", "chat"]
+
+
+class ModelEntry(ModelConfig):
+    """A model entry of an experiment file: a model config plus its prompt format."""
+
+    prompt_format: PromptFormatName | None = None
+    """transcript, chat or auto; None: the experiment's ``prompt_format``."""
+
+    def engine_key(self) -> str:
+        """What decides the engine: the same model in two formats shares one engine."""
+        return self.model_dump_json(exclude={"prompt_format"})
+
+
 class TopicConfig(_Strict):
     """A topic; ``big_problem_for`` names the party that calls it a big problem."""
 
@@ -64,13 +78,24 @@ class PersonaConfig(_Strict):
     """A persona YAML file (hand-written or generated earlier)."""
     generate: int | None = Field(default=None, ge=1)
     """Generate this many personas per party when ``file`` does not exist yet."""
-    model: ModelConfig | None = None
-    """Model that writes the stories (defaults to the experiment's model)."""
+    model: ModelEntry | None = None
+    """Model that writes the stories (defaults to the experiment's model); the stories
+    are written in its prompt format."""
     reuse_across_repetitions: bool = False
     """False: each repetition gets its own persona in the first slot of each kind."""
     check_fidelity: bool = True
     min_on_side: float = Field(default=0.7, ge=0, le=1)
     min_separation: float = Field(default=1.0, ge=0)
+    screen: bool = False
+    """Re-draw a generated story whose own pre-debate survey sits on the wrong side of the
+    scale on a topic with a known party position (off: the paper did not screen)."""
+    screen_max_redraws: int = Field(default=3, ge=1)
+    """Re-draws per story before the screen gives up and keeps the last one."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _writer(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _source(self) -> PersonaConfig:
@@ -120,9 +145,9 @@ class ConditionConfig(_Strict):
     adapters trained with different seeds); defaults to the name."""
     tuned: bool | None = None
     """Drawn dotted (after tuning) rather than solid; defaults to: its models have adapters."""
-    model: ModelConfig | None = None
+    model: ModelEntry | None = None
     """Replaces the experiment's model(s) for every agent kind in this condition."""
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
     """Model per agent kind in this condition (wins over ``model``)."""
 
     @field_validator("model", mode="before")
@@ -154,14 +179,18 @@ class ExperimentConfig(_Strict):
     """One experiment file: topics x setups x repetitions debates."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    model: ModelConfig
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    model: ModelEntry
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
     """Optional model per agent kind (``republican: ...``); others use ``model``."""
     topics: list[TopicConfig]
     setups: list[SetupConfig]
     repetitions: int = Field(ge=1)
     iterations: int = Field(ge=0)
     seed: int = 0
+    prompt_format: PromptFormatName = "auto"
+    """transcript (the paper's Figure 2), chat (messages) or auto; a model entry's own
+    ``prompt_format`` wins. auto: chat for models with a chat template, see
+    docs/experiments.md."""
     personas: PersonaConfig
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     reply: ReplyConfig = Field(default_factory=ReplyConfig)
@@ -282,7 +311,11 @@ class ExperimentConfig(_Strict):
                 adapter["path"] = content_hash(Path(adapter["path"]))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    def model_for(self, kind: str, condition: str | None = None) -> ModelConfig:
+    def format_for(self, entry: ModelEntry) -> str:
+        """The requested prompt format of a model entry (its own, else the experiment's)."""
+        return entry.prompt_format or self.prompt_format
+
+    def model_for(self, kind: str, condition: str | None = None) -> ModelEntry:
         """The model an agent kind runs on (in a condition, when the experiment has them)."""
         if condition:
             c = self.condition(condition)
@@ -334,21 +367,25 @@ def load_experiment(path: Path) -> ExperimentConfig:
     return _with_adapter_paths(config, base)
 
 
+def _entry(model: ModelConfig) -> ModelEntry:
+    return model if isinstance(model, ModelEntry) else ModelEntry(**model.model_dump())
+
+
 def _with_adapter_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     """Adapter paths in every model entry, taken relative to the experiment file."""
     conditions = [
         c.model_copy(
             update={
-                "model": c.model.resolve_paths(base) if c.model else None,
-                "models": {k: m.resolve_paths(base) for k, m in c.models.items()},
+                "model": _entry(c.model.resolve_paths(base)) if c.model else None,
+                "models": {k: _entry(m.resolve_paths(base)) for k, m in c.models.items()},
             }
         )
         for c in config.conditions
     ]
     return config.model_copy(
         update={
-            "model": config.model.resolve_paths(base),
-            "models": {k: m.resolve_paths(base) for k, m in config.models.items()},
+            "model": _entry(config.model.resolve_paths(base)),
+            "models": {k: _entry(m.resolve_paths(base)) for k, m in config.models.items()},
             "conditions": conditions,
         }
     )

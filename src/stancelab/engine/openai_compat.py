@@ -54,6 +54,22 @@ class NoLogprobsError(EngineError):
     """The server answered without token log-probabilities (the survey needs ``generate``)."""
 
 
+class ChatOnlyError(EngineError):
+    """The server has no text-completion route for this model: prompts must be chat."""
+
+
+def is_chat_only_answer(path: str, status: int, message: str) -> bool:
+    """Whether a refused ``/completions`` request means "this endpoint serves chat only".
+
+    OpenAI answers 404 "This is a chat model and not supported in the v1/completions
+    endpoint"; servers without the route answer 404 or 405 without naming a model.
+    """
+    if path != "/completions" or status not in (404, 405):
+        return False
+    text = message.lower()
+    return "chat" in text or "model" not in text
+
+
 class OpenAIOptions(BaseModel):
     """Settings of the ``openai`` backend (``options:`` in a model config)."""
 
@@ -356,6 +372,12 @@ class OpenAICompatModel(LanguageModel):
             self._count(f"http_{status}")
             if status in RETRY_STATUSES or status >= 500:
                 raise _Retryable(f"HTTP {status}: {message}", retry_after=retry_after)
+            if is_chat_only_answer(path, status, message):
+                raise ChatOnlyError(
+                    f"server {_public_url(endpoint.base)} serves {self.name!r} as a chat "
+                    f"model only (HTTP {status} on /completions: {message}); switch to "
+                    "prompt_format: chat (--prompt-format chat)"
+                )
             if status == 404 and "model" in message.lower():
                 raise ModelError(
                     f"server {_public_url(endpoint.base)} has no model {self.name!r} "
