@@ -74,6 +74,7 @@ def test_me_substitution_in_each_agents_view() -> None:
     names = [p.name for p in debate.spec.personas]
     for agent in range(3):
         prompt = debate.turn_prompt(agent)
+        assert isinstance(prompt, str)  # the paper's transcript format
         assert prompt.startswith(debate.spec.personas[agent].background)
         assert (
             "This is a debate about climate change. Complete your next reply. Keep your "

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import random
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from stancelab.conversation.seeds import derive_seed
-from stancelab.conversation.templates import BUILTIN, read_template
-from stancelab.engine.base import GenerationRequest
+from stancelab.conversation.templates import BUILTIN, PromptFormat, parse_format, read_template
+from stancelab.engine.base import GenerationRequest, LanguageModel, Prompt
 from stancelab.engine.errors import ConfigError
-
-if TYPE_CHECKING:
-    from stancelab.engine.base import LanguageModel
 
 DEFAULT_BACKGROUND = "You are an American."
 KNOWN_KINDS = ("republican", "democrat", "default")
@@ -265,7 +265,11 @@ def _clean_story(text: str) -> str:
     # Drop a chatty opener such as "Sure! Here's a background story:".
     if lines and lines[0].endswith(":") and len(lines[0].split()) < 12:
         lines = lines[1:]
+    # Drop a title line such as "**The Rancher's Story**" or "Title: ...".
+    if lines and (lines[0].startswith(("#", "**", "Title")) and len(lines[0].split()) < 10):
+        lines = lines[1:]
     story = " ".join(line for line in lines if line).strip().strip('"')
+    story = story.replace("**", "")
     # A story cut by the token limit ends at its last full sentence.
     end = max(story.rfind(". "), story.rfind("! "), story.rfind("? "))
     if story[-1:] not in ".!?" and end > len(story) // 2:
@@ -273,69 +277,262 @@ def _clean_story(text: str) -> str:
     return story
 
 
+# Capitalised words that open "X is/has/grew ..." sentences without being a name.
+_NOT_NAMES = frozenset(
+    [
+        "You",
+        "Your",
+        "He",
+        "She",
+        "They",
+        "It",
+        "This",
+        "That",
+        "These",
+        "Those",
+        "There",
+        "Here",
+        "We",
+        "I",
+        "Our",
+        "My",
+        "His",
+        "Her",
+        "Their",
+        "As",
+        "In",
+        "On",
+        "At",
+        "For",
+        "From",
+        "With",
+        "When",
+        "While",
+        "After",
+        "Before",
+        "Since",
+        "Throughout",
+        "Growing",
+        "Born",
+        "Raised",
+        "Today",
+        "Now",
+        "Every",
+        "Each",
+        "Despite",
+        "Although",
+        "Though",
+        "But",
+        "And",
+        "Yet",
+        "So",
+        "Because",
+        "If",
+        "Over",
+        "Through",
+        "America",
+        "American",
+        "Americans",
+        "The",
+        "A",
+        "An",
+        "One",
+        "Life",
+        "Family",
+        "Politics",
+        "Democracy",
+        "God",
+        "Faith",
+        "Republican",
+        "Republicans",
+        "Democrat",
+        "Democrats",
+        "Conservative",
+        "Liberal",
+        "Congress",
+        "Washington",
+        "Climate",
+        "Racism",
+        "Immigration",
+        "Gun",
+        "Guns",
+        "Freedom",
+        "Liberty",
+        "Justice",
+        "Change",
+        "Education",
+    ]
+)
+_NAME_INTRO = re.compile(
+    r"(?:[Yy]our name is|[Yy]ou are|[Yy]ou're|named|[Mm]eet|I am|I'm)\s+"
+    r"([A-Z][a-z]+)(?:\s+[A-Z][a-z]+)?\b"
+)
+_THIRD_PERSON = re.compile(
+    r"(?:^|[.!?]\s+|,\s+)([A-Z][a-z]+)(?:\s+[A-Z][a-z]+)?(?:'s|\s+(?:has|had|is|was|grew|"
+    r"lives|lived|believes|became|works|worked|spent|comes|came)\b)"
+)
+
+
+def _known_first_names() -> frozenset[str]:
+    text = resources.files(BUILTIN).joinpath("names.txt").read_text(encoding="utf-8")
+    return frozenset(n.strip() for n in text.splitlines() if n.strip())
+
+
+_OPENING = re.compile(r"\s*(Your name is|You are|Meet)\s+([A-Z][a-z]+)(\s+[A-Z][a-z]+)?([.,])")
+
+
+def story_names(story: str) -> set[str]:
+    """Person names a story uses: introduced ("Your name is X", "You are X,"), acting in the
+    third person ("Brett has grown up"), or any first name from the shipped list."""
+    found = {m.group(1) for m in _NAME_INTRO.finditer(story)}
+    found |= {m.group(1) for m in _THIRD_PERSON.finditer(story)}
+    words = set(re.findall(r"\b[A-Z][a-z]+\b", story))
+    found |= words & _known_first_names()
+    return {n for n in found if n not in _NOT_NAMES}
+
+
+def name_story(story: str, name: str) -> str | None:
+    """The story with ``name`` as its only name, or None when it names someone else.
+
+    The protagonist a story introduces itself ("Your name is Jacob.", "You are Jacob,")
+    becomes ``name`` (the opening introduction is dropped: the background template says
+    "Your name is NAME." itself); a story that still names anyone else is refused so the
+    caller draws it again.
+    """
+    intro = _OPENING.match(story)
+    if intro:
+        old = intro.group(2)
+        if intro.group(1).lower() == "your name is" and intro.group(4) == ".":
+            story = story[intro.end() :].lstrip()
+        story = re.sub(rf"\b{re.escape(old)}\b", name, story)
+    others = story_names(story) - {name}
+    return None if others else story
+
+
+@dataclass
+class StoryDraft:
+    """One written story (finished stories are kept when a run is killed)."""
+
+    party: str
+    slot: int
+    name: str
+    story: str
+    attempts: int
+
+
+def persona_prompt(meta: str, prompt_format: PromptFormat) -> Prompt:
+    """The meta-prompt as a transcript to complete or as one user message."""
+    if prompt_format == PromptFormat.CHAT:
+        return [{"role": "user", "content": meta}]
+    return meta + "\n\n"
+
+
+def write_story(
+    lm: LanguageModel,
+    prompt: Prompt,
+    name: str,
+    seeds: Sequence[int],
+    max_tokens: int,
+) -> tuple[str | None, int]:
+    """Draw a story at temperature 1.0 until one is usable and names only ``name``;
+    returns (story or None, attempts used)."""
+    for attempt, seed in enumerate(seeds, start=1):
+        request = GenerationRequest(prompt, temperature=1.0, max_tokens=max_tokens, seed=seed)
+        story = _clean_story(lm.generate([request])[0].text)
+        if len(story.split()) < 15:
+            continue
+        named = name_story(story, name)
+        if named is not None:
+            return named, attempt
+    return None, len(seeds)
+
+
 def generate_personas(
     lm: LanguageModel,
     per_party: int,
-    topics: list[Topic],
+    topics: list[Topic] | None = None,
     seed: int = 0,
-    max_tokens: int = 200,
+    max_tokens: int = 256,
     max_retries: int = 3,
     prompt_folder: Path | None = None,
+    prompt_format: PromptFormat | str = PromptFormat.CHAT,
+    done: Sequence[StoryDraft] = (),
+    on_story: Callable[[StoryDraft], None] | None = None,
+    workers: int = 4,
 ) -> PersonaSet:
-    """Write ``per_party`` Republican and Democrat stories with the paper's meta-prompt at
-    temperature 1.0 (one request each, batched), each under a distinct name."""
+    """Write ``per_party`` Republican and Democrat stories with the paper's meta-prompt
+    (Figure 1) at temperature 1.0, each under a distinct name.
+
+    Every story covers the four Pew topics whatever ``topics`` the experiment debates
+    (None: the four). Stories are requested concurrently (``workers`` in flight) and each
+    is handed to ``on_story`` as soon as it is written; ``done`` holds stories a killed
+    run finished already, which are not written again.
+    """
 
     if per_party < 1:
         raise ConfigError(f"per_party must be at least 1, got {per_party}")
-    meta_template, background_template = _persona_templates(prompt_folder)
+    chosen = parse_format(prompt_format)
+    covered = [paper_topic(t) for t in PAPER_TOPICS]
+    extra = [t for t in topics or [] if t.name.strip().lower() not in PAPER_TOPICS]
+    meta_template, background_template = persona_templates(prompt_folder)
     names = persona_names(2 * per_party, seed, exclude={BUILTIN_PERSONAS["default"][0].name})
     slots = [(party, i) for party in PARTIES for i in range(per_party)]
+    slot_names = {slot: names[k] for k, slot in enumerate(slots)}
     prompts = {
         party: meta_template.format(
-            party=party.capitalize(), ideology=ideology_lines(party, topics)
+            party=party.capitalize(), ideology=ideology_lines(party, [*covered, *extra])
         )
         for party in PARTIES
     }
-    stories: dict[tuple[str, int], str] = {}
-    attempt = 0
-    while len(stories) < len(slots) and attempt <= max_retries:
-        todo = [s for s in slots if s not in stories]
-        requests = [
-            GenerationRequest(
-                [{"role": "user", "content": prompts[party]}],
-                temperature=1.0,
-                max_tokens=max_tokens,
-                seed=derive_seed(seed, party, i, attempt),
-            )
-            for party, i in todo
-        ]
-        for slot, gen in zip(todo, lm.generate(requests), strict=True):
-            story = _clean_story(gen.text)
-            if len(story.split()) >= 15:
-                stories[slot] = story
-        attempt += 1
-    if len(stories) < len(slots):
+    drafts: dict[tuple[str, int], StoryDraft] = {}
+    for draft in done:
+        if slot_names.get((draft.party, draft.slot)) == draft.name:
+            drafts[(draft.party, draft.slot)] = draft
+    lock = threading.Lock()
+
+    def one(slot: tuple[str, int]) -> None:
+        party, i = slot
+        seeds = [derive_seed(seed, party, i, attempt) for attempt in range(max_retries + 1)]
+        story, attempts = write_story(
+            lm, persona_prompt(prompts[party], chosen), slot_names[slot], seeds, max_tokens
+        )
+        if story is None:
+            return
+        draft = StoryDraft(party, i, slot_names[slot], story, attempts)
+        with lock:
+            drafts[slot] = draft
+            if on_story is not None:
+                on_story(draft)
+
+    todo = [s for s in slots if s not in drafts]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, todo))
+    if len(drafts) < len(slots):
         raise ConfigError(
-            f"the model wrote only {len(stories)} usable stories of "
-            f"{len(slots)} after {max_retries + 1} attempts"
+            f"the model wrote only {len(drafts)} usable stories of "
+            f"{len(slots)} after {max_retries + 1} attempts each"
         )
     personas = [
         Persona(
-            names[k], party, background_template.format(name=names[k], story=stories[(party, i)])
+            slot_names[slot],
+            slot[0],
+            background_template.format(name=slot_names[slot], story=drafts[slot].story),
         )
-        for k, (party, i) in enumerate(slots)
+        for slot in slots
     ]
     meta: dict[str, object] = {
         "model": lm.describe().get("name"),
         "seed": seed,
         "meta_prompt": {p: prompts[p] for p in PARTIES},
         "prompt_version": "persona_meta.v1",
+        "prompt_format": str(chosen),
         "temperature": 1.0,
+        "attempts": {slot_names[s]: drafts[s].attempts for s in slots},
     }
     return PersonaSet(personas, meta)
 
 
-def _persona_templates(folder: Path | None) -> tuple[str, str]:
+def persona_templates(folder: Path | None) -> tuple[str, str]:
     meta = read_template(BUILTIN, "persona_meta", folder=folder, fields={"party", "ideology"})
     background = read_template(
         BUILTIN, "persona_background", folder=folder, fields={"name", "story"}

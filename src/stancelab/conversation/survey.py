@@ -112,6 +112,14 @@ class SurveyItem:
     conversation_id: str | None = None
 
 
+def _max_tokens(item: SurveyItem) -> int:
+    if item.kind != "scale":
+        return 96
+    # A transcript continues "Me:" with the number; a chat model starts a fresh message
+    # and may lead with a few words ("I would say 7"), so it gets room for them.
+    return 8 if isinstance(item.prompt, str) else 16
+
+
 def ask(
     lm: LanguageModel, items: Sequence[SurveyItem], modes: Sequence[SurveyMode]
 ) -> list[SurveyAnswer]:
@@ -156,7 +164,7 @@ def ask(
                 GenerationRequest(
                     items[k].prompt,
                     temperature=0.0,
-                    max_tokens=8 if items[k].kind == "scale" else 96,
+                    max_tokens=_max_tokens(items[k]),
                     stop=("\n",),
                     conversation_id=items[k].conversation_id,
                 )

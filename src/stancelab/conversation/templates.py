@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
 from stancelab.engine.errors import ConfigError
 
 TEMPLATE_NAMES = ("debate_context", "debate_turn", "survey_question", "survey_prompt")
+CHAT_TEMPLATE_NAMES = ("chat_other", "chat_turn", "chat_survey")
+"""Read only for the chat format, so a transcript-only prompt folder keeps working."""
 DEFAULT_VERSION = "v1"
+
+
+class PromptFormat(StrEnum):
+    """How a conversation is put to the model."""
+
+    TRANSCRIPT = "transcript"
+    """One text to complete, the paper's Figure 2 (a completion endpoint)."""
+    CHAT = "chat"
+    """Messages: the story and topic line as system, own replies as assistant, the others'
+    as user messages carrying the speaker's name, then the request (a chat endpoint)."""
+
+
+def parse_format(value: str | PromptFormat) -> PromptFormat:
+    """'transcript' or 'chat'; anything else is one ConfigError line."""
+    try:
+        return PromptFormat(str(value).strip().lower())
+    except ValueError:
+        raise ConfigError(f"unknown prompt format {value!r}; use transcript or chat") from None
+
+
 BUILTIN = "stancelab.conversation.prompts"
 """The package that holds the built-in debate, survey and persona wordings."""
 
@@ -26,32 +49,44 @@ class PromptSet:
     survey_prompt: str
     source: str = "builtin"
     version: str = DEFAULT_VERSION
+    format: PromptFormat = PromptFormat.TRANSCRIPT
+    chat_other: str = ""
+    chat_turn: str = ""
+    chat_survey: str = ""
+
+    def names(self) -> tuple[str, ...]:
+        """The templates this format sends."""
+        if self.format == PromptFormat.CHAT:
+            return TEMPLATE_NAMES + CHAT_TEMPLATE_NAMES
+        return TEMPLATE_NAMES
 
     def fingerprint(self) -> str:
-        """Short sha256 over all four texts, stored with every run."""
+        """Short sha256 over every text this format uses, stored with every run.
+
+        The transcript format hashes the same four texts as before chat existed, so its
+        hash is unchanged.
+        """
         digest = hashlib.sha256()
-        for name in TEMPLATE_NAMES:
+        for name in self.names():
             digest.update(getattr(self, name).encode())
             digest.update(b"\0")
         return digest.hexdigest()[:16]
 
     def describe(self) -> dict[str, str]:
-        """Version, source and hash for a run's snapshot."""
-        return {"version": self.version, "source": self.source, "sha256": self.fingerprint()}
+        """Format, version, source and hash for a run's snapshot."""
+        return {
+            "format": str(self.format),
+            "version": self.version,
+            "source": self.source,
+            "sha256": self.fingerprint(),
+        }
 
     def with_question(self, question: str | None) -> PromptSet:
         """A copy whose survey question is replaced (None keeps it)."""
         if question is None:
             return self
         _check_fields("survey_question", question, {"topic"})
-        return PromptSet(
-            self.debate_context,
-            self.debate_turn,
-            question,
-            self.survey_prompt,
-            self.source,
-            self.version,
-        )
+        return replace(self, survey_question=question)
 
 
 _FIELDS = {
@@ -59,6 +94,9 @@ _FIELDS = {
     "debate_turn": set(),
     "survey_question": {"topic"},
     "survey_prompt": {"question"},
+    "chat_other": {"name", "text"},
+    "chat_turn": {"word_limit"},
+    "chat_survey": {"question"},
 }
 
 
@@ -109,10 +147,22 @@ def read_template(
     return text
 
 
-def load_prompts(folder: Path | None = None, version: str = DEFAULT_VERSION) -> PromptSet:
-    """Read NAME.VERSION.txt for each template from a folder, or the built-in ones."""
+def load_prompts(
+    folder: Path | None = None,
+    version: str = DEFAULT_VERSION,
+    format: PromptFormat | str = PromptFormat.TRANSCRIPT,
+) -> PromptSet:
+    """Read NAME.VERSION.txt for each template the format uses, from a folder or built in."""
+    chosen = parse_format(format)
+    names = TEMPLATE_NAMES + (CHAT_TEMPLATE_NAMES if chosen == PromptFormat.CHAT else ())
     texts = {}
-    for name in TEMPLATE_NAMES:
+    for name in names:
         text = read_template(BUILTIN, name, version=version, folder=folder, fields=_FIELDS[name])
-        texts[name] = text.strip() if name == "survey_question" else text
-    return PromptSet(**texts, source="builtin" if folder is None else str(folder), version=version)
+        strip = name == "survey_question" or name in CHAT_TEMPLATE_NAMES
+        texts[name] = text.strip() if strip else text
+    return PromptSet(
+        **texts,
+        source="builtin" if folder is None else str(folder),
+        version=version,
+        format=chosen,
+    )

@@ -24,6 +24,7 @@ from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep
 from stancelab.debates.experiment import load_experiment
+from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
 from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
 from stancelab.debates.sauce import load_sauce
@@ -80,6 +81,13 @@ def debate(
     api_key_env: Annotated[
         str | None, typer.Option(help="Environment variable holding the API key.")
     ] = None,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help="transcript (the paper's Figure 2), chat (messages) or auto (chat when the "
+            "model has a chat template)."
+        ),
+    ] = "auto",
 ) -> None:
     """Run one debate, streaming the transcript, and store and plot the attitudes."""
 
@@ -87,7 +95,8 @@ def debate(
     if not kinds:
         raise ConfigError("no agents given; use e.g. --agents republican,democrat,default")
     model_config = _model_config(model, backend, base_url, api_key_env, parallel)
-    prompt_set = load_prompts(prompts).with_question(question)
+    chosen = resolve_format(model_config, check_format_option(prompt_format))
+    prompt_set = load_prompts(prompts, format=chosen).with_question(question)
     spec = DebateSpec(
         topic=topic.strip(),
         personas=tuple(personas_for(kinds)),
@@ -105,6 +114,7 @@ def debate(
         "survey_modes": list(spec.survey_modes),
         "seed": seed,
         "word_limit": word_limit,
+        "prompt_format": str(chosen),
     }
     _run_streamed(spec, prompt_set, model_config, parallel, out, db, config)
 
@@ -230,10 +240,18 @@ def sauce(
     api_key_env: Annotated[
         str | None, typer.Option(help="Environment variable holding the API key.")
     ] = None,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help="transcript (the paper's Figure 2), chat (messages) or auto (chat when the "
+            "model has a chat template)."
+        ),
+    ] = "auto",
 ) -> None:
     """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
 
     model_config = _model_config(model, backend, base_url, api_key_env, parallel)
+    chosen = resolve_format(model_config, check_format_option(prompt_format))
     spec = load_sauce(file, seed=seed, survey_modes=parse_modes(survey_mode), topic=topic)
     config = {
         "command": "sauce",
@@ -242,8 +260,9 @@ def sauce(
         "seed": seed,
         "iterations": spec.iterations,
         "survey_modes": list(spec.survey_modes),
+        "prompt_format": str(chosen),
     }
-    _run_streamed(spec, load_prompts(), model_config, parallel, out, db, config)
+    _run_streamed(spec, load_prompts(format=chosen), model_config, parallel, out, db, config)
 
 
 def _finish_debate_run(done: SingleDebate, stats: Any) -> None:
@@ -371,21 +390,31 @@ def personas_generate(
     model: Annotated[str, typer.Option(help="Model that writes the stories.")] = (
         "qwen2.5-coder-0.5b"
     ),
-    topics: Annotated[str, typer.Option(help="Comma list of topics for the ideology.")] = (
-        "climate change,racism,gun violence,illegal immigration"
-    ),
+    topics: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of extra topics for the ideology; the four Pew topics are "
+            "always covered."
+        ),
+    ] = "climate change,racism,gun violence,illegal immigration",
     seed: Annotated[int, typer.Option(help="Seed for names and sampling.")] = 0,
+    prompt_format: Annotated[
+        str, typer.Option(help="transcript, chat or auto (chat when the model has a template).")
+    ] = "auto",
 ) -> None:
     """Write background stories with the paper's meta-prompt (Figure 1)."""
 
     if per_party < 1:
         raise ConfigError(f"--per-party must be at least 1, got {per_party}")
     chosen = [paper_topic(t) for t in topics.split(",") if t.strip()]
+    model_config = ModelConfig(name=model)
+    fmt = resolve_format(model_config, check_format_option(prompt_format))
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
-    with console.status(f"writing {2 * per_party} stories with {model}…"):
-        engine = open_model(model)
+    with console.status(f"writing {2 * per_party} stories with {model} ({fmt} format)…"):
+        engine = open_model(model_config)
         try:
-            personas = generate_personas(engine, per_party, chosen, seed=seed)
+            probe_format(engine, fmt)
+            personas = generate_personas(engine, per_party, chosen, seed=seed, prompt_format=fmt)
         finally:
             engine.close()
     personas.save(out)

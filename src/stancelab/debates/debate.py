@@ -22,8 +22,8 @@ from stancelab.conversation.survey import (
     SurveyQuestion,
     ask,
 )
-from stancelab.conversation.templates import PromptSet
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
+from stancelab.conversation.templates import PromptFormat, PromptSet
+from stancelab.engine.base import Generation, GenerationRequest, LanguageModel, Message, Prompt
 from stancelab.engine.errors import ConfigError
 
 _GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
@@ -108,10 +108,22 @@ class TurnStep:
 class Debate:
     """State of one debate; prompts are rebuilt append-only from the stored turns."""
 
-    def __init__(self, spec: DebateSpec, prompts: PromptSet) -> None:
+    def __init__(
+        self,
+        spec: DebateSpec,
+        prompts: PromptSet,
+        formats: Sequence[PromptFormat] | None = None,
+    ) -> None:
+        """``formats`` gives each agent's prompt format (agents on different models may
+        differ); None: every agent uses ``prompts.format``."""
         self.spec = spec
         self.prompts = prompts
         n = len(spec.personas)
+        self.formats = tuple(formats) if formats is not None else (prompts.format,) * n
+        if len(self.formats) != n:
+            raise ConfigError(f"{len(self.formats)} prompt formats for {n} agents")
+        if PromptFormat.CHAT in self.formats and not prompts.chat_turn:
+            raise ConfigError("chat prompts need the chat templates: load_prompts(format='chat')")
         if spec.first_speaker is not None:
             self.first_speaker = spec.first_speaker
         else:
@@ -180,17 +192,52 @@ class Debate:
             lines.append(f"{who}: {turn.text}\n")
         return "".join(lines)
 
+    def is_chat(self, agent: int) -> bool:
+        """True when this agent's prompts are chat messages rather than one transcript."""
+        return self.formats[agent] == PromptFormat.CHAT
+
     def context(self, agent: int) -> str:
-        """The agent's view: its background, the topic line and the history so far."""
+        """The agent's view as a transcript: its background, the topic line, the history."""
         return self._headers[agent] + self._history(agent)
 
-    def turn_prompt(self, agent: int) -> str:
-        """Prompt asking the agent for its next reply (paper Fig. 2b)."""
+    def messages(self, agent: int, request: str) -> list[Message]:
+        """The agent's view as chat messages, ending with ``request`` from the user.
+
+        The story and topic line are the system message, the agent's own replies are
+        assistant messages, the others' replies user messages carrying the speaker's name
+        (consecutive ones joined into one message, as chat templates expect turns to
+        alternate), and the request closes the last user message.
+        """
+        out: list[Message] = [{"role": "system", "content": self._headers[agent].strip()}]
+        pending: list[str] = []
+        for turn in self.turns:
+            if turn.speaker == agent:
+                if pending:
+                    out.append({"role": "user", "content": "\n\n".join(pending)})
+                    pending = []
+                out.append({"role": "assistant", "content": turn.text})
+            else:
+                name = self.spec.personas[turn.speaker].name
+                pending.append(self.prompts.chat_other.format(name=name, text=turn.text))
+        out.append({"role": "user", "content": "\n\n".join([*pending, request])})
+        return out
+
+    def turn_prompt(self, agent: int) -> Prompt:
+        """Prompt asking the agent for its next reply (paper Fig. 2b, or its chat form)."""
+        if self.is_chat(agent):
+            request = self.prompts.chat_turn.format(word_limit=self.spec.word_limit)
+            return self.messages(agent, request)
         return self.context(agent) + self.prompts.debate_turn
 
-    def survey_prompt(self, agent: int, question: str | None = None) -> str:
-        """Prompt asking a survey question on a copy of the context (Fig. 2c)."""
+    def survey_prompt(self, agent: int, question: str | None = None) -> Prompt:
+        """Prompt asking a survey question on a copy of the context (Fig. 2c).
+
+        Built fresh from the turns each time: no survey question or answer is ever part
+        of any agent's history.
+        """
         text = self.question if question is None else question
+        if self.is_chat(agent):
+            return self.messages(agent, self.prompts.chat_survey.format(question=text))
         return self.context(agent) + self.prompts.survey_prompt.format(question=text)
 
     @property

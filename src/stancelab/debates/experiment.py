@@ -6,17 +6,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stancelab.conversation.personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
 from stancelab.conversation.seeds import derive_seed
 from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, ModelEntry
+from stancelab.engine.factory import ModelConfig
 from stancelab.engine.models import content_hash
-from stancelab.engine.registry import RelativePath
+from stancelab.engine.registry import RelativePath, model_entry
 
 # The paper's setups (PROTOCOL.md part A), usable by name in an experiment file.
 SETUP_PRESETS: dict[str, tuple[str, ...]] = {
@@ -31,6 +39,24 @@ SETUP_PRESETS: dict[str, tuple[str, ...]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+PromptFormatName = Literal["auto", "transcript", "chat"]
+
+
+class ExperimentModel(ModelConfig):
+    """A model entry of an experiment file: a model config plus its prompt format."""
+
+    prompt_format: PromptFormatName | None = None
+    """transcript, chat or auto; None: the experiment's ``prompt_format``."""
+
+    def engine_key(self) -> str:
+        """What decides the engine: the same model in two formats shares one engine."""
+        return self.model_dump_json(exclude={"prompt_format"})
+
+
+ModelEntry = Annotated[ExperimentModel, BeforeValidator(model_entry)]
+"""A model field of an experiment file: a mapping, or just a model name."""
 
 
 class TopicConfig(_Strict):
@@ -66,12 +92,18 @@ class PersonaConfig(_Strict):
     generate: int | None = Field(default=None, ge=1)
     """Generate this many personas per party when ``file`` does not exist yet."""
     model: ModelEntry | None = None
-    """Model that writes the stories (defaults to the experiment's model)."""
+    """Model that writes the stories (defaults to the experiment's model); the stories
+    are written in its prompt format."""
     reuse_across_repetitions: bool = False
     """False: each repetition gets its own persona in the first slot of each kind."""
     check_fidelity: bool = True
     min_on_side: float = Field(default=0.7, ge=0, le=1)
     min_separation: float = Field(default=1.0, ge=0)
+    screen: bool = False
+    """Re-draw a generated story whose own pre-debate survey sits on the wrong side of the
+    scale on a topic with a known party position (off: the paper did not screen)."""
+    screen_max_redraws: int = Field(default=3, ge=1)
+    """Re-draws per story before the screen gives up and keeps the last one."""
 
     @model_validator(mode="after")
     def _source(self) -> PersonaConfig:
@@ -151,6 +183,10 @@ class ExperimentConfig(_Strict):
     repetitions: int = Field(ge=1)
     iterations: int = Field(ge=0)
     seed: int = 0
+    prompt_format: PromptFormatName = "auto"
+    """transcript (the paper's Figure 2), chat (messages) or auto; a model entry's own
+    ``prompt_format`` wins. auto: chat for models with a chat template, see
+    docs/experiments.md."""
     personas: PersonaConfig
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     reply: ReplyConfig = Field(default_factory=ReplyConfig)
@@ -259,7 +295,11 @@ class ExperimentConfig(_Strict):
                 adapter["path"] = content_hash(Path(adapter["path"]))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    def model_for(self, kind: str, condition: str | None = None) -> ModelConfig:
+    def format_for(self, entry: ModelEntry) -> str:
+        """The requested prompt format of a model entry (its own, else the experiment's)."""
+        return entry.prompt_format or self.prompt_format
+
+    def model_for(self, kind: str, condition: str | None = None) -> ModelEntry:
         """The model an agent kind runs on (in a condition, when the experiment has them)."""
         if condition:
             c = self.condition(condition)

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from stancelab.conversation.personas import PARTIES, Persona, Topic
+from stancelab.conversation.personas import (
+    PAPER_TOPICS,
+    PARTIES,
+    Persona,
+    PersonaSet,
+    Topic,
+    ideology_lines,
+    paper_topic,
+    persona_prompt,
+    persona_templates,
+    write_story,
+)
+from stancelab.conversation.seeds import derive_seed
 from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
-from stancelab.conversation.templates import PromptSet
+from stancelab.conversation.templates import PromptFormat, PromptSet
 from stancelab.debates.debate import Debate, DebateSpec
 from stancelab.engine.base import LanguageModel
 
@@ -56,12 +71,15 @@ def survey_personas(
     topics: list[Topic],
     prompts: PromptSet,
     mode: SurveyMode = SurveyMode.DISTRIBUTION,
+    prompt_format: PromptFormat | None = None,
 ) -> list[FidelityRow]:
-    """Ask each persona the survey question with an empty history, for every topic."""
+    """Ask each persona the survey question with an empty history, for every topic, in
+    the format the debates will use (None: ``prompts.format``)."""
     items, keys = [], []
+    formats = None if prompt_format is None else (prompt_format,)
     for topic in topics:
         for persona in personas:
-            debate = Debate(DebateSpec(topic.name, (persona,), 0), prompts)
+            debate = Debate(DebateSpec(topic.name, (persona,), 0), prompts, formats)
             items.append(SurveyItem(0, 0, debate.survey_prompt(0)))
             keys.append((persona, topic))
     answers = ask(lm, items, (mode,))
@@ -93,3 +111,85 @@ def summarise(rows: list[FidelityRow], topics: list[Topic]) -> list[TopicFidelit
                 separation = float(means[high]) - float(means[low])  # type: ignore[arg-type]
         out.append(TopicFidelity(topic.name, high, on_side, means, separation))
     return out
+
+
+def wrong_side(score: float | None, topic: Topic, party: str) -> bool:
+    """True when a partisan's score sits on the other party's side of the midpoint."""
+    belief = topic.believes(party)
+    if score is None or belief is None:
+        return False
+    return (score > MIDPOINT) != belief or score == MIDPOINT
+
+
+def screen_personas(
+    personas: PersonaSet,
+    writer: LanguageModel,
+    engines: dict[str, LanguageModel],
+    formats: dict[str, PromptFormat],
+    topics: list[Topic],
+    prompts: PromptSet,
+    modes: Sequence[SurveyMode],
+    max_redraws: int = 3,
+    seed: int = 0,
+    prompt_format: PromptFormat = PromptFormat.CHAT,
+    prompt_folder: Path | None = None,
+    max_tokens: int = 256,
+) -> tuple[PersonaSet, dict[str, Any]]:
+    """Re-draw stories whose own pre-debate survey sits on the wrong side of the scale.
+
+    Optional (the paper did not screen). Each partisan is surveyed on every topic with a
+    known party position, in its debate format; a story on the wrong side of the
+    midpoint on any of them is written again (new seed, same name and meta-prompt) up to
+    ``max_redraws`` times; the last draw is kept either way. Returns the new set and a
+    record for the run: how many re-draws, and how many stories still sit wrong.
+    """
+    known = [t for t in topics if t.big_problem_for is not None]
+    mode = SurveyMode.DISTRIBUTION if SurveyMode.DISTRIBUTION in modes else SurveyMode.GENERATE
+    meta_template, background_template = persona_templates(prompt_folder)
+    covered = [paper_topic(t) for t in PAPER_TOPICS]
+    extra = [t for t in topics if t.name.strip().lower() not in PAPER_TOPICS]
+    current = list(personas.personas)
+    redrawn = still = 0
+    record: dict[str, int] = {}
+
+    def wrong(persona: Persona) -> bool:
+        rows = survey_personas(
+            engines[persona.kind], [persona], known, prompts, mode, formats[persona.kind]
+        )
+        by_topic = {t.name: t for t in known}
+        return any(wrong_side(r.score, by_topic[r.topic], persona.kind) for r in rows)
+
+    for k, persona in enumerate(current):
+        if persona.kind not in PARTIES or not known:
+            continue
+        meta = meta_template.format(
+            party=persona.kind.capitalize(),
+            ideology=ideology_lines(persona.kind, [*covered, *extra]),
+        )
+        for attempt in range(max_redraws + 1):
+            if not wrong(persona):
+                break
+            if attempt == max_redraws:
+                still += 1
+                break
+            seeds = [derive_seed(seed, "screen", persona.name, attempt, j) for j in range(4)]
+            story, _ = write_story(
+                writer, persona_prompt(meta, prompt_format), persona.name, seeds, max_tokens
+            )
+            redrawn += 1
+            record[persona.name] = attempt + 1
+            if story is not None:
+                persona = Persona(
+                    persona.name,
+                    persona.kind,
+                    background_template.format(name=persona.name, story=story),
+                )
+                current[k] = persona
+    screened = {
+        "on": True,
+        "redrawn": redrawn,
+        "still_wrong": still,
+        "max_redraws": max_redraws,
+        "per_persona": record,
+    }
+    return PersonaSet(current, {**personas.meta, "screen": screened}), screened

@@ -7,22 +7,41 @@ up where a killed run stopped without recomputing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stancelab._version import __version__
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet, generate_personas
+from stancelab.conversation.personas import (
+    BUILTIN_PERSONAS,
+    PersonaSet,
+    StoryDraft,
+    generate_personas,
+)
 from stancelab.conversation.survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
-from stancelab.conversation.templates import PromptSet, load_prompts
+from stancelab.conversation.templates import PromptFormat, PromptSet, load_prompts
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
-from stancelab.debates.experiment import ExperimentConfig, PlannedDebate, plan_debates
-from stancelab.debates.fidelity import TopicFidelity, summarise, survey_personas
+from stancelab.debates.experiment import (
+    ExperimentConfig,
+    ExperimentModel,
+    PlannedDebate,
+    plan_debates,
+)
+from stancelab.debates.fidelity import (
+    TopicFidelity,
+    screen_personas,
+    summarise,
+    survey_personas,
+)
+from stancelab.debates.formats import probe_format, resolve_format
 from stancelab.debates.single import run_versions
 from stancelab.debates.store import SCHEMA_VERSION, Store
 from stancelab.engine.base import LanguageModel
@@ -50,6 +69,11 @@ class RunFolder:
     def personas(self) -> Path:
         """The persona set this run uses."""
         return self.path / "personas.yaml"
+
+    @property
+    def partial_personas(self) -> Path:
+        """Stories written so far, kept when persona writing is killed."""
+        return self.path / "personas.partial.yaml"
 
     @property
     def meta(self) -> Path:
@@ -152,9 +176,16 @@ class ModelPool:
         # A caller's opener may hand out one engine for several configs.
         return list({id(e): e for e in self._engines.values()}.values())
 
+    @staticmethod
+    def _key(config: ModelConfig) -> str:
+        # The same model in two prompt formats is one engine.
+        return (
+            config.engine_key() if isinstance(config, ExperimentModel) else config.model_dump_json()
+        )
+
     def get(self, config: ModelConfig) -> LanguageModel:
         """Open (once) and return the engine for a config."""
-        key = config.model_dump_json()
+        key = self._key(config)
         if key not in self._engines:
             self._engines[key] = self._opener(config)
         return self._engines[key]
@@ -170,9 +201,9 @@ class ModelPool:
             for k in self.STAT_KEYS
         }
 
-    def release(self, keep: list[ModelConfig]) -> None:
+    def release(self, keep: Sequence[ModelConfig]) -> None:
         """Close and forget every engine not opened for one of ``keep``."""
-        wanted = {c.model_dump_json() for c in keep}
+        wanted = {self._key(c) for c in keep}
         for key in [k for k in self._engines if k not in wanted]:
             engine = self._engines.pop(key)
             # Closed only once no remaining config (kept or not yet released) shares it.
@@ -202,38 +233,107 @@ class RunResult:
     stats: dict[str, int]
 
 
+Formats = dict[tuple[str, str], PromptFormat]
+"""(condition, agent kind) -> the prompt format that agent's model gets."""
+
+WRITER = "personas"
+"""The key of the persona writer's format in a Formats map."""
+
+
+def _read_drafts(path: Path) -> list[StoryDraft]:
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+        return [StoryDraft(**entry) for entry in data]
+    except (yaml.YAMLError, TypeError) as exc:
+        raise ConfigError(
+            f"{path} is damaged ({exc}); delete it to write the stories again"
+        ) from None
+
+
 def load_or_make_personas(
     config: ExperimentConfig,
     folder: RunFolder,
     models: ModelPool,
     log: Callable[[str], None] = print,
+    writer_format: PromptFormat = PromptFormat.CHAT,
 ) -> PersonaSet:
-    """The run's persona set: its own copy, the configured file, or newly generated."""
+    """The run's persona set: its own copy, the configured file, or newly generated.
+
+    Generated stories are saved one by one as they are written (personas.partial.yaml in
+    the run folder), so a run killed while writing keeps the finished ones.
+    """
     if folder.personas.is_file():
         return PersonaSet.load(folder.personas)
     source = config.personas.file
     if source is not None and source.is_file():
         personas = PersonaSet.load(source)
     elif config.personas.generate is not None:
-        log(f"writing {2 * config.personas.generate} persona stories…")
-        writer = models.get(config.personas.model or config.model)
+        drafts = _read_drafts(folder.partial_personas)
+        total = 2 * config.personas.generate
+        log(
+            f"writing {total - len(drafts)} persona stories ({writer_format} format)"
+            + (f", {len(drafts)} kept from an earlier attempt" if drafts else "")
+            + "…"
+        )
+        writer_config = config.personas.model or config.model
+        writer = models.get(writer_config)
+        lock = threading.Lock()
+
+        def keep(draft: StoryDraft) -> None:
+            with lock:
+                drafts.append(draft)
+                tmp = folder.partial_personas.with_name(folder.partial_personas.name + ".tmp")
+                tmp.write_text(
+                    yaml.safe_dump(
+                        [dataclasses.asdict(d) for d in drafts], sort_keys=False, allow_unicode=True
+                    )
+                )
+                tmp.replace(folder.partial_personas)
+
         personas = generate_personas(
             writer,
             config.personas.generate,
             config.topic_objects(),
             seed=config.seed,
             prompt_folder=config.prompts.folder,
+            prompt_format=writer_format,
+            done=list(drafts),
+            on_story=keep,
+            workers=writer_config.parallel,
         )
-        if source is not None:  # keep a reusable copy where the file asked for it
-            source.parent.mkdir(parents=True, exist_ok=True)
-            personas.save(source)
     else:
         raise ConfigError(f"persona file {source} does not exist and personas.generate is not set")
     for p in personas.personas:
         if not p.background.strip():
             raise ConfigError(f"persona {p.name!r} has an empty background story")
-    personas.save(folder.personas)
     return personas
+
+
+def _save_personas(config: ExperimentConfig, folder: RunFolder, personas: PersonaSet) -> None:
+    source = config.personas.file
+    if source is not None and not source.is_file():  # a reusable copy where the file asked
+        source.parent.mkdir(parents=True, exist_ok=True)
+        personas.save(source)
+    personas.save(folder.personas)
+    folder.partial_personas.unlink(missing_ok=True)
+
+
+def resolve_formats(config: ExperimentConfig) -> Formats:
+    """Every (condition, kind) model entry's prompt format, and the persona writer's.
+
+    Cheap checks only (GGUF metadata): a chat format on a GGUF without a chat template is
+    refused here, before anything is written.
+    """
+    formats: Formats = {}
+    for condition in config.condition_names():
+        for kind in KINDS:
+            entry = config.model_for(kind, condition)
+            formats[(condition, kind)] = resolve_format(entry, config.format_for(entry))
+    writer = config.personas.model or config.model
+    formats[("", WRITER)] = resolve_format(writer, config.format_for(writer))
+    return formats
 
 
 def run_experiment(
@@ -245,9 +345,13 @@ def run_experiment(
     models: ModelPool | None = None,
 ) -> RunResult:
     """Run (or resume) every debate of an experiment; returns when all are finished."""
-    prompts = load_prompts(config.prompts.folder, config.prompts.version).with_question(
-        config.survey.question
-    )
+    formats = resolve_formats(config)
+    chat = PromptFormat.CHAT in formats.values()
+    prompts = load_prompts(
+        config.prompts.folder,
+        config.prompts.version,
+        format=PromptFormat.CHAT if chat else PromptFormat.TRANSCRIPT,
+    ).with_question(config.survey.question)
     modes = parse_modes(config.survey.modes)
     if config.conditions:  # a bad adapter in the last condition must fail now, not hours later
         for condition in config.conditions:
@@ -255,12 +359,17 @@ def run_experiment(
                 m.model_dump_json(): m for m in (config.model_for(k, condition.name) for k in KINDS)
             }.values():
                 check_model(model)
-    folder, resumed = open_run_folder(config, config_text, out)
-    store = Store(folder.db)
     owned = models is None  # a caller's pool stays open for the caller
     pool = ModelPool() if models is None else models
     try:
-        return _run(config, prompts, modes, folder, resumed, store, pool, progress, log)
+        # The first condition's engines are opened and asked whether they take their
+        # format (a chat-only server refuses a transcript) before any file is written.
+        first = config.condition_names()[0]
+        for kind in KINDS:
+            probe_format(pool.get(config.model_for(kind, first)), formats[(first, kind)])
+        folder, resumed = open_run_folder(config, config_text, out)
+        store = Store(folder.db)
+        return _run(config, prompts, modes, formats, folder, resumed, store, pool, progress, log)
     finally:
         if owned:
             pool.close()
@@ -270,6 +379,7 @@ def _run(
     config: ExperimentConfig,
     prompts: PromptSet,
     modes: tuple[SurveyMode, ...],
+    formats: Formats,
     folder: RunFolder,
     resumed: bool,
     store: Store,
@@ -277,10 +387,6 @@ def _run(
     progress: Progress | None,
     log: Callable[[str], None],
 ) -> RunResult:
-    personas = load_or_make_personas(config, folder, models, log)
-    pools = {kind: personas.of_kind(kind) for kind in ("republican", "democrat")}
-    default = BUILTIN_PERSONAS["default"][0]
-    plan = plan_debates(config, pools, default)
     conditions = config.condition_names()
     engines = _engines(config, models, conditions[0])
     # A server without token log-probabilities cannot score answers: fall back to
@@ -291,12 +397,44 @@ def _run(
         if note:
             modes, notes = fallback, [*notes, note]
             log(f"WARNING: {note}")
+    kind_formats = {kind: formats[(conditions[0], kind)] for kind in KINDS}
+    fresh = not folder.personas.is_file()
+    personas = load_or_make_personas(config, folder, models, log, formats[("", WRITER)])
+    if fresh and config.personas.screen and config.personas.generate is not None:
+        log("screening the stories: re-drawing those whose own survey sits on the wrong side…")
+        personas, screened = screen_personas(
+            personas,
+            models.get(config.personas.model or config.model),
+            engines,
+            kind_formats,
+            config.topic_objects(),
+            prompts,
+            modes,
+            max_redraws=config.personas.screen_max_redraws,
+            seed=config.seed,
+            prompt_format=formats[("", WRITER)],
+            prompt_folder=config.prompts.folder,
+        )
+        personas.meta["screen"] = screened
+        log(
+            f"screen: {screened['redrawn']} re-draw(s); "
+            f"{screened['still_wrong']} stor(y/ies) still on the wrong side"
+        )
+    if fresh:
+        _save_personas(config, folder, personas)
+    pools = {kind: personas.of_kind(kind) for kind in ("republican", "democrat")}
+    default = BUILTIN_PERSONAS["default"][0]
+    plan = plan_debates(config, pools, default)
 
     if resumed:
         run_id = str(folder.read_meta()["run_id"])
         store.set_run_status(run_id, "running")
     else:
-        versions = run_versions(models.describe(), prompts, config.seed, modes, notes)
+        versions = {
+            **run_versions(models.describe(), prompts, config.seed, modes, notes),
+            "prompt_formats": {(f"{c}/{k}" if c else k): str(f) for (c, k), f in formats.items()},
+            "persona_screen": personas.meta.get("screen", {"on": False}),
+        }
         run_id = store.start_run(config.model_dump(mode="json"), versions, kind="experiment")
         meta = {
             "run_id": run_id,
@@ -311,8 +449,10 @@ def _run(
         tmp.replace(folder.meta)
 
     # Personas are checked on the first condition's model (the base model, by convention).
-    fidelity, fidelity_ok = _fidelity(config, personas, prompts, engines, store, run_id, log)
-    debates = _debates(config, plan, prompts, modes, store, run_id)
+    fidelity, fidelity_ok = _fidelity(
+        config, personas, prompts, kind_formats, modes, engines, store, run_id, log
+    )
+    debates = _debates(config, plan, prompts, modes, formats, store, run_id)
     if progress is not None:
         for planned, debate, _ in debates:
             progress.add(_cell(planned), _steps(debate), _steps_done(debate))
@@ -331,6 +471,8 @@ def _run(
                 if any(not d.done for _, d, _ in part):
                     engines = _engines(config, models, condition)
                     _check_modes(engines, modes, condition)
+                    for kind, engine in engines.items():
+                        probe_format(engine, formats[(condition, kind)])
                     store.update_run_versions(
                         run_id,
                         {
@@ -390,6 +532,8 @@ def _fidelity(
     config: ExperimentConfig,
     personas: PersonaSet,
     prompts: PromptSet,
+    formats: dict[str, PromptFormat],
+    modes: tuple[SurveyMode, ...],
     engines: dict[str, LanguageModel],
     store: Store,
     run_id: str,
@@ -403,10 +547,14 @@ def _fidelity(
         log("fidelity check: surveying every persona before any debate…")
         checked = []
         default = BUILTIN_PERSONAS["default"][0]
+        # The run's own instrument: distribution where the engines give log-probabilities.
+        mode = SurveyMode.DISTRIBUTION if SurveyMode.DISTRIBUTION in modes else modes[0]
         for kind in ("republican", "democrat", "default"):
             group = personas.of_kind(kind) if kind != "default" else [default]
             if group:
-                checked += survey_personas(engines[kind], group, topics, prompts)
+                checked += survey_personas(
+                    engines[kind], group, topics, prompts, mode, formats[kind]
+                )
         store.add_persona_checks(run_id, checked)
         rows = store.persona_checks(run_id)
     summary = summarise(rows, topics)  # type: ignore[arg-type]
@@ -431,6 +579,7 @@ def _debates(
     plan: list[PlannedDebate],
     prompts: PromptSet,
     modes: tuple[SurveyMode, ...],
+    formats: Formats,
     store: Store,
     run_id: str,
 ) -> list[tuple[PlannedDebate, Debate, int]]:
@@ -448,7 +597,8 @@ def _debates(
             max_tokens=config.reply.max_tokens,
             temperature=config.reply.temperature,
         )
-        debate = Debate(spec, prompts)
+        agent_formats = [formats[(planned.condition, p.kind)] for p in planned.personas]
+        debate = Debate(spec, prompts, agent_formats)
         row = stored.get(planned.key)
         if row is None:
             debate_id = store.add_debate(

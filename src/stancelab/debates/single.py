@@ -18,6 +18,7 @@ from stancelab._version import __version__
 from stancelab.conversation.survey import SurveyMode, survey_modes_for
 from stancelab.conversation.templates import PromptSet
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, run_debates
+from stancelab.debates.formats import probe_format
 from stancelab.debates.store import Store
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
@@ -83,6 +84,7 @@ def run_single_debate(
     'interrupted' with every finished turn and survey answer kept. ``on_start(run_id,
     debate)`` is called once the run exists (the CLI prints the line-up there).
     """
+    probe_format(engine, prompts.format)  # a chat-only server refuses transcripts: say so now
     ensure_writable_dir(out)
     modes, note = survey_modes_for(engine, spec.survey_modes)
     notes = [note] if note else []

@@ -47,6 +47,7 @@ from stancelab.engine.openai.options import OpenAIOptions
 from stancelab.engine.openai.retry import FailoverWait, retrying
 from stancelab.engine.openai.routing import Endpoint, Router
 from stancelab.engine.openai.transport import (
+    ChatOnlyError,
     Retryable,
     exchange,
     normalise_base_url,
@@ -55,6 +56,7 @@ from stancelab.engine.openai.transport import (
 from stancelab.engine.types import conversation_key
 
 __all__ = [
+    "ChatOnlyError",
     "NoLogprobsError",
     "OpenAICompatModel",
     "OpenAIOptions",

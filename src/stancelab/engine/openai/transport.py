@@ -23,6 +23,22 @@ from stancelab.engine.errors import ConfigError, EngineError, ModelError
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
+class ChatOnlyError(EngineError):
+    """The server has no text-completion route for this model: prompts must be chat."""
+
+
+def is_chat_only_answer(path: str, status: int, message: str) -> bool:
+    """Whether a refused ``/completions`` request means "this endpoint serves chat only".
+
+    OpenAI answers 404 "This is a chat model and not supported in the v1/completions
+    endpoint"; servers without the route answer 404 or 405 without naming a model.
+    """
+    if path != "/completions" or status not in (404, 405):
+        return False
+    text = message.lower()
+    return "chat" in text or "model" not in text
+
+
 class Retryable(Exception):
     """An attempt failed in a way another attempt may fix."""
 
@@ -129,6 +145,11 @@ def exchange(
         count(f"http_{status}")
         if status in RETRY_STATUSES or status >= 500:
             raise Retryable(f"HTTP {status}: {message}", retry_after=retry_after)
+        if is_chat_only_answer(path, status, message):
+            raise ChatOnlyError(
+                f"server {where} serves {model!r} as a chat model only (HTTP {status} on "
+                f"/completions: {message}); switch to prompt_format: chat (--prompt-format chat)"
+            )
         if status == 404 and "model" in message.lower():
             raise ModelError(f"server {where} has no model {model!r} (HTTP 404: {message})")
         if status in (401, 403):
