@@ -1,8 +1,10 @@
 """Round-robin debates with hidden attitude surveys (Taubenfeld et al. 2024, section 4.3).
 
 A ``Debate`` is a small state machine: it says what it needs next (a survey of all
-agents, or one agent's turn) and records the answers. ``run_debates`` advances many
-debates in lockstep so the engine gets a whole batch of requests at every step.
+agents, or one agent's turn) and records the answers. ``run_debates`` drives debates
+to their end. The experiment runner gives each debate a thread of its own and one debate
+per call, so a slow debate never holds the others back; the engine batches the requests
+that arrive together from all threads (continuous batching over its slots).
 """
 
 from __future__ import annotations
