@@ -14,14 +14,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from stancelab.conversation.personas import personas_for
 from stancelab.conversation.survey import SurveyMode, parse_modes
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import DebateEvents, DebateSpec
+from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
+from stancelab.debates.debate import DebateEvents
 from stancelab.debates.experiment import ExperimentConfig, load_experiment
+from stancelab.debates.formats import check_format_option, resolve_format
 from stancelab.debates.results import Run, open_run
 from stancelab.debates.runner import run_experiment
-from stancelab.debates.single import run_single_debate
+from stancelab.debates.single import builtin_debate, run_single_debate
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, load_model
@@ -74,6 +74,7 @@ def debate(
     *,
     iterations: int = 9,
     model: ModelLike = "qwen2.5-coder-0.5b",
+    prompt_format: str = "auto",
     survey_modes: Sequence[str | SurveyMode] = ("distribution",),
     seed: int = 0,
     word_limit: int = 50,
@@ -86,32 +87,33 @@ def debate(
     """One debate between built-in personas, stored in ``OUT/debate-…``; returns its run.
 
     ``model`` may be a loaded model (kept open for the next call) or anything
-    ``load_model`` takes (opened and closed here).
+    ``load_model`` takes (opened and closed here). ``prompt_format`` is transcript (the
+    paper's Figure 2), chat, or auto: chat when a model entry has a chat template; an
+    already loaded model cannot be inspected, so auto means transcript for it.
     """
-    kinds = [k.strip().lower() for k in agents if k.strip()]
-    if not kinds:
-        raise ConfigError("no agents given; use e.g. agents=['republican', 'democrat']")
-    spec = DebateSpec(
-        topic=topic.strip(),
-        personas=tuple(personas_for(kinds)),
-        iterations=iterations,
-        seed=seed,
-        word_limit=word_limit,
-        survey_modes=parse_modes([str(m) for m in survey_modes]),
-    )
-    prompt_set = load_prompts(Path(prompts) if prompts else None).with_question(question)
-    owned = not isinstance(model, LanguageModel)
-    engine = load_model(model) if not isinstance(model, LanguageModel) else model
+    modes = parse_modes([str(m) for m in survey_modes])
+    spec = builtin_debate(topic, agents, iterations, seed, word_limit, modes)
+    requested = check_format_option(prompt_format)
+    if isinstance(model, LanguageModel):
+        chosen = parse_format(requested) if requested else PromptFormat.TRANSCRIPT
+        engine, owned = model, False
+    else:
+        entry = ModelConfig.parse(model)
+        chosen = resolve_format(entry, requested)
+        engine, owned = load_model(entry), True
+    prompt_set = load_prompts(Path(prompts) if prompts else None, format=chosen)
     config = {
         "command": "debate",
         "topic": spec.topic,
-        "agents": kinds,
+        "agents": [p.kind for p in spec.personas],
         "iterations": iterations,
         "model": engine.describe(),
         "seed": seed,
         "word_limit": word_limit,
+        "prompt_format": str(chosen),
     }
     try:
+        prompt_set = prompt_set.with_question(question)
         done = run_single_debate(spec, prompt_set, engine, config, Path(out), db, events)
     finally:
         if owned:

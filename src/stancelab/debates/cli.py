@@ -18,17 +18,22 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from stancelab.conversation.console import console, friendly_errors
-from stancelab.conversation.personas import generate_personas, paper_topic, personas_for
+from stancelab.conversation.personas import generate_personas, paper_topic
 from stancelab.conversation.survey import SurveyAnswer, parse_modes
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep
+from stancelab.debates.debate import Debate, DebateEvents, Turn, TurnStep
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
 from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
 from stancelab.debates.sauce import load_sauce
-from stancelab.debates.single import SingleDebate, ensure_writable_dir, run_single_debate
+from stancelab.debates.single import (
+    SingleDebate,
+    builtin_debate,
+    ensure_writable_dir,
+    run_single_debate,
+)
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
 
@@ -91,24 +96,16 @@ def debate(
 ) -> None:
     """Run one debate, streaming the transcript, and store and plot the attitudes."""
 
-    kinds = [k.strip().lower() for k in agents.split(",") if k.strip()]
-    if not kinds:
-        raise ConfigError("no agents given; use e.g. --agents republican,democrat,default")
+    spec = builtin_debate(
+        topic, agents.split(","), iterations, seed, word_limit, parse_modes(survey_mode)
+    )
     model_config = _model_config(model, backend, base_url, api_key_env, parallel)
     chosen = resolve_format(model_config, check_format_option(prompt_format))
     prompt_set = load_prompts(prompts, format=chosen).with_question(question)
-    spec = DebateSpec(
-        topic=topic.strip(),
-        personas=tuple(personas_for(kinds)),
-        iterations=iterations,
-        seed=seed,
-        word_limit=word_limit,
-        survey_modes=parse_modes(survey_mode),
-    )
     config = {
         "command": "debate",
         "topic": spec.topic,
-        "agents": kinds,
+        "agents": [p.kind for p in spec.personas],
         "iterations": iterations,
         "model": model_config.model_dump(mode="json"),
         "survey_modes": list(spec.survey_modes),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stancelab._version import __version__
+from stancelab.conversation.personas import personas_for
 from stancelab.conversation.survey import SurveyMode, survey_modes_for
 from stancelab.conversation.templates import PromptSet
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, run_debates
@@ -42,6 +44,28 @@ def run_versions(
         "survey_modes_used": [str(m) for m in modes],
         "notes": notes,
     }
+
+
+def builtin_debate(
+    topic: str,
+    kinds: Sequence[str],
+    iterations: int,
+    seed: int,
+    word_limit: int,
+    modes: tuple[SurveyMode, ...],
+) -> DebateSpec:
+    """A debate between the built-in personas of the given kinds (one per kind listed)."""
+    chosen = [k.strip().lower() for k in kinds if k.strip()]
+    if not chosen:
+        raise ConfigError("no agents given; use e.g. republican,democrat,default")
+    return DebateSpec(
+        topic=topic.strip(),
+        personas=tuple(personas_for(chosen)),
+        iterations=iterations,
+        seed=seed,
+        word_limit=word_limit,
+        survey_modes=modes,
+    )
 
 
 def ensure_writable_dir(folder: Path) -> Path:
@@ -129,4 +153,10 @@ def run_single_debate(
     return SingleDebate(run_id, folder, store, the_debate, time.perf_counter() - start, notes)
 
 
-__all__ = ["SingleDebate", "ensure_writable_dir", "run_single_debate", "run_versions"]
+__all__ = [
+    "SingleDebate",
+    "builtin_debate",
+    "ensure_writable_dir",
+    "run_single_debate",
+    "run_versions",
+]

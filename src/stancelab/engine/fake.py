@@ -31,6 +31,19 @@ def _as_text(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
+def _split(prompt: Prompt) -> tuple[str, str]:
+    """The prompt proper and the continuation scoring has emitted so far: the text after
+    the last ``Me:`` of a transcript, or a trailing assistant message of a chat."""
+    if isinstance(prompt, str):
+        marker = prompt.rfind("Me:")
+        if marker < 0:
+            return prompt, ""
+        return prompt[: marker + 3], prompt[marker + 3 :]
+    if prompt and prompt[-1]["role"] == "assistant":
+        return _as_text(prompt[:-1]), prompt[-1]["content"]
+    return _as_text(prompt), ""
+
+
 @dataclass
 class ScriptedModel(LanguageModel):
     """Replies come from a function of the request; next-token probabilities come from a
@@ -72,9 +85,7 @@ class ScriptedModel(LanguageModel):
         """One-character tokens with probabilities implied by the continuations."""
         out = []
         for prompt in prompts:
-            text = _as_text(prompt)
-            # Find which part of the prompt is the continuation emitted so far.
-            base, emitted = self._split(text)
+            base, emitted = _split(prompt)
             self.scored_prompts.append(base)
             dist = self.continuations(base)
             mass: dict[str, float] = {}
@@ -87,12 +98,6 @@ class ScriptedModel(LanguageModel):
             out.append(TopTokens([(t, math.log(p / total)) for t, p in ranked if p > 0]))
         return out
 
-    @staticmethod
-    def _split(text: str) -> tuple[str, str]:
-        marker = text.rfind("Me:")
-        if marker < 0:
-            return text, ""
-        return text[: marker + 3], text[marker + 3 :]
 
 
 def last_user_message(prompt: Prompt) -> str:
@@ -129,14 +134,6 @@ class FakeChatModel(ScriptedModel):
             self.reply = _echo
         if self.continuations is defaults["continuations"].default:
             self.continuations = _drifting_stance
-
-    @staticmethod
-    def _split(text: str) -> tuple[str, str]:
-        """Separate a trailing assistant prefix (what scoring has emitted) from the prompt."""
-        marker = text.rfind("\nassistant: ")
-        if marker < 0 or "\nuser: " in text[marker:]:
-            return text, ""
-        return text[:marker], text[marker + len("\nassistant: ") :]
 
 
 class FakeOptions(BaseModel):
