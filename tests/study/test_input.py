@@ -289,3 +289,16 @@ def test_a_database_from_0_2_gains_the_new_columns(tmp_path: Path) -> None:
         assert row is not None and "conversation.shown" in (row.page_times or {})
     finally:
         store.close()
+
+
+def test_request_rate_limit_on_send_keeps_the_message_in_the_box(
+    app_client: AppFactory, store: StudyStore
+) -> None:
+    client = app_client(limits={"requests_per_minute": 12, "min_seconds_between_messages": 0})
+    p = Participant(client).through_before("P-rate")  # 7 requests
+    while client.get("/study").status_code != 429:
+        pass
+    p.say("Do not lose me.", stance=4)
+    assert p.status == 429 and int(p.client.get("/healthz").status_code) == 200
+    assert "Do not lose me.</textarea>" in p.html and 'value="4" checked' in p.html
+    assert _users(store) == []
