@@ -3,6 +3,8 @@ nothing is lost or attached to the wrong participant.
 
 Run: python benchmarks/study_load.py [--participants 100] [--turns 3] [--reply-delay 0.5]
      [--db postgresql+psycopg://...]   (default: starts a throwaway PostgreSQL server)
+     [--in-process]                    (server and clients in one process; default: the
+                                        server runs in its own process, as in production)
 
 The chatbot is the scripted model with a fixed reply delay (a stand-in for the engine, so
 the figures are the web app's and the database's, not the model's); it echoes each
@@ -10,6 +12,8 @@ message, so a reply names the message it answers. Half the participants send the
 messages as plain forms (the POST waits for the reply), half as the page's JavaScript
 does (the POST returns at once, the reply comes over the event stream). Every
 participant's messages, replies and stances are read back from the database afterwards.
+While the participants run, a probe asks ``/healthz`` (answered on the event loop itself)
+every 100 ms: its latency shows whether anything blocks the server's event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import create_app
-from stancelab.study.config import load_study
+from stancelab.study.config import StudyConfig, load_study
 from stancelab.study.server import running_server
 from stancelab.study.store import StudyStore
 
@@ -223,9 +229,8 @@ def throwaway_postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_load(db: str, participants: int, turns: int, reply_delay_s: float) -> dict[str, object]:
-    """Serve a study on ``db`` and send ``participants`` at once; timings and problems."""
-    config = load_study(
+def _study_config(turns: int) -> StudyConfig:
+    return load_study(
         {
             "study": "load",
             "topics": [{"name": "climate change"}, {"name": "gun violence"}],
@@ -239,12 +244,85 @@ def run_load(db: str, participants: int, turns: int, reply_delay_s: float) -> di
             },
         }
     )
+
+
+def serve(db: str, port: int, turns: int, reply_delay_s: float) -> None:
+    """The study server alone (run by ``--serve`` in a child process)."""
     store = StudyStore(db)
-    lm = FakeChatModel(delay_s=reply_delay_s)
+    app = create_app(_study_config(turns), store, FakeChatModel(delay_s=reply_delay_s))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+
+
+@contextlib.contextmanager
+def server_process(db: str, turns: int, reply_delay_s: float) -> Iterator[str]:
+    """The study server in its own process; yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable,
+        __file__,
+        "--serve",
+        "--db",
+        db,
+        "--port",
+        str(port),
+        "--turns",
+        str(turns),
+        "--reply-delay",
+        str(reply_delay_s),
+    ]
+    child = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the study server did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def _probe_loop(url: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        while not stop.is_set():
+            t = time.perf_counter()
+            client.get("/healthz")
+            out.append(time.perf_counter() - t)
+            stop.wait(0.1)
+
+
+def run_load(
+    db: str,
+    participants: int,
+    turns: int,
+    reply_delay_s: float,
+    in_process: bool = True,
+) -> dict[str, object]:
+    """Serve a study on ``db`` and send ``participants`` at once; timings and problems."""
+    config = _study_config(turns)
+    store = StudyStore(db)
     visits = [Visit(f"load-{i:04d}", scripted=i % 2 == 1) for i in range(participants)]
     barrier = threading.Barrier(participants)
+    loop_probe: list[float] = []
     try:
-        with running_server(create_app(config, store, lm)) as url:
+        with contextlib.ExitStack() as stack:
+            if in_process:
+                app = create_app(config, store, FakeChatModel(delay_s=reply_delay_s))
+                url = stack.enter_context(running_server(app))
+            else:
+                url = stack.enter_context(server_process(db, turns, reply_delay_s))
+            stop = threading.Event()
+            probe = threading.Thread(target=_probe_loop, args=(url, stop, loop_probe))
+            probe.start()
             start = time.perf_counter()
             threads = [
                 threading.Thread(target=run_participant, args=(url, v, turns, barrier))
@@ -255,6 +333,8 @@ def run_load(db: str, participants: int, turns: int, reply_delay_s: float) -> di
             for thread in threads:
                 thread.join()
             elapsed = time.perf_counter() - start
+            stop.set()
+            probe.join()
         problems = [f"{v.pid}: {v.error}" for v in visits if v.error]
         problems += check(store, [v for v in visits if not v.error], turns)
     finally:
@@ -263,6 +343,7 @@ def run_load(db: str, participants: int, turns: int, reply_delay_s: float) -> di
     for visit in visits:
         for page, seconds in visit.timings:
             per_page[page].append(seconds)
+    per_page["healthz (event loop probe)"] = loop_probe
     return {"elapsed_s": elapsed, "per_page": dict(per_page), "problems": problems}
 
 
@@ -272,17 +353,29 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--reply-delay", type=float, default=0.5, help="seconds per reply")
     parser.add_argument("--db", default=None, help="database URL (default: a throwaway PG)")
+    parser.add_argument("--in-process", action="store_true", help="server in this process")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.db, args.port, args.turns, args.reply_delay)
+        return
     with contextlib.ExitStack() as stack:
         db = args.db or stack.enter_context(throwaway_postgres())
-        result = run_load(db, args.participants, args.turns, args.reply_delay)
+        result = run_load(
+            db, args.participants, args.turns, args.reply_delay, in_process=args.in_process
+        )
     per_page: dict[str, list[float]] = result["per_page"]  # type: ignore[assignment]
+    where = "one process" if args.in_process else "server in its own process"
     print(
         f"{args.participants} participants at once, {args.turns} messages each, "
-        f"reply delay {args.reply_delay} s, PostgreSQL; all done in {result['elapsed_s']:.1f} s"
+        f"reply delay {args.reply_delay} s, PostgreSQL, {where}; "
+        f"all done in {result['elapsed_s']:.1f} s"
     )
     print(f"{'page':28} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for page, values in per_page.items():
+        if not values:
+            continue
         print(
             f"{page:28} {len(values):5d} {1000 * percentile(values, 0.5):8.0f} "
             f"{1000 * percentile(values, 0.9):8.0f} {1000 * percentile(values, 0.99):8.0f} "

@@ -81,6 +81,8 @@ def test_participant_completes_session_in_chromium(
             dialog.dismiss()
 
         page.on("dialog", on_dialog)
+        streams: list[str] = []
+        page.on("request", lambda r: streams.append(r.url) if "/study/stream/" in r.url else None)
 
         def submit(form: str) -> None:
             """Click a form's button and wait for the answer page (the LLM may be slow)."""
@@ -124,6 +126,8 @@ def test_participant_completes_session_in_chromium(
         submit("#form-message")
         assert page.locator(".msg.assistant").count() == 2
         assert page.locator("#form-message").count() == 0  # max turns reached
+        # with JavaScript the replies came over the event stream, one per message
+        assert [u.rsplit("/", 1)[1] for u in streams] == ["1", "2"]
         submit("#form-finish")
         assert step() == "after"
         page.check("input[name=stance][value='7']")

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -230,3 +231,74 @@ def test_probe_runs_after_the_reply_and_is_stored_before_the_next_turn(
     assert store.stance_turns(row.id) == {0, 1, 2}
     collapsed = [e for i, e in enumerate(lm.events) if i == 0 or lm.events[i - 1] != e]
     assert collapsed == ["reply", "probe", "reply", "probe"]
+
+
+def test_a_database_from_0_2_gains_the_new_columns(tmp_path: Path) -> None:
+    from sqlalchemy import Column, MetaData, Table, create_engine, text
+
+    from stancelab.study.store import StudyBase
+
+    added = {
+        ("study_messages", "client_key"),
+        ("study_messages", "status"),
+        ("study_messages", "shown_at"),
+        ("study_messages", "cut"),
+        ("study_llm_stances", "created_at"),
+        ("study_participants", "page_times"),
+        ("study_participants", "platform_study_id"),
+        ("study_participants", "platform_session_id"),
+        ("study_participants", "attention"),
+    }
+    old = MetaData()
+    for table in StudyBase.metadata.sorted_tables:
+        if table.name in ("study_admin_sessions", "study_settings"):
+            continue
+        columns = [
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.columns
+            if (table.name, c.name) not in added
+        ]
+        Table(table.name, old, *columns)
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO study_participants (id, study, pid, condition, topic, step, "
+                "session_nonce, simulated, created_at, updated_at, model, template_hash) "
+                "VALUES ('p1', 'pilot', 'OLD', 'standard', 'climate change', 'conversation', "
+                "'n', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00', '', '')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO study_messages (participant_id, turn, role, text, created_at, "
+                "latency_s) VALUES ('p1', 1, 'user', 'old message', '2026-01-01 00:00:00', 0)"
+            )
+        )
+    engine.dispose()
+    store = StudyStore(path)
+    try:
+        [message] = store.messages("p1")
+        assert (message.text, message.status, message.cut) == ("old message", "answered", False)
+        store.add_user_message("p1", 2, "new message", 5, "key-0123456789")
+        assert store.message_by_key("p1", "key-0123456789") is not None
+        store.stamp_page("p1", "conversation.shown")
+        row = store.participant("p1")
+        assert row is not None and "conversation.shown" in (row.page_times or {})
+    finally:
+        store.close()
+
+
+def test_request_rate_limit_on_send_keeps_the_message_in_the_box(
+    app_client: AppFactory, store: StudyStore
+) -> None:
+    client = app_client(limits={"requests_per_minute": 12, "min_seconds_between_messages": 0})
+    p = Participant(client).through_before("P-rate")  # 7 requests
+    while client.get("/study").status_code != 429:
+        pass
+    p.say("Do not lose me.", stance=4)
+    assert p.status == 429 and int(p.client.get("/healthz").status_code) == 200
+    assert "Do not lose me.</textarea>" in p.html and 'value="4" checked' in p.html
+    assert _users(store) == []

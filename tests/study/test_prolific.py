@@ -8,13 +8,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import Counter
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from stancelab.engine.fake import FakeChatModel
+from stancelab.study.simulate import simulate
 from stancelab.study.store import ParticipantRow, StudyStore
 
-from .conftest import ADMIN_TOKEN, AppFactory, Participant
+from .conftest import ADMIN_TOKEN, AppFactory, Participant, make_config
 
 PROLIFIC = {
     "completion_code": "C1A2B3C4",
@@ -299,3 +302,22 @@ def test_other_browser_page_names_the_contact(app_client: AppFactory) -> None:
     other = TestClient(app_client(questions={"contact": "help@uni.example"}).app)
     response = other.get("/?pid=D1")
     assert response.status_code == 403 and "help@uni.example" in response.text
+
+
+def test_simulated_participants_wait_out_reading_times_and_pass_attention_checks(
+    tmp_path: Path,
+) -> None:
+    config = make_config(
+        min_reading_seconds={"consent": 1},
+        attention_checks=ATTENTION,
+        **PROLIFIC,
+    )
+    results = simulate(config, 2, db=tmp_path / "sim.db", lm=FakeChatModel(), turns=2)
+    assert [r.completed for r in results] == [True, True], [r.error for r in results]
+    assert {r.completion_code for r in results} == {"C1A2B3C4"}
+    store = StudyStore(tmp_path / "sim.db")
+    try:
+        rows = store.participants()
+        assert all(r.attention == {"colour": {"answer": "Blue", "passed": True}} for r in rows)
+    finally:
+        store.close()

@@ -37,13 +37,21 @@ def current_participant(request: Request, state: State) -> ParticipantRow | None
 MaybeParticipant = Annotated[ParticipantRow | None, Depends(current_participant)]
 
 
-def participant(row: MaybeParticipant, state: State) -> ParticipantRow:
-    """The signed-in participant, within their request rate; else the error page."""
+def signed_in(row: MaybeParticipant) -> ParticipantRow:
+    """The signed-in participant; else the error page."""
     if row is None:
         raise PageError(
             "Your session was not found. Please open the study from the link you were given.",
             403,
         )
+    return row
+
+
+SignedIn = Annotated[ParticipantRow, Depends(signed_in)]
+
+
+def participant(row: SignedIn, state: State) -> ParticipantRow:
+    """The signed-in participant, within their request rate; else the error page."""
     wait = state.requests.hit(row.id)
     if wait:
         raise TooFast(wait)
@@ -68,11 +76,15 @@ class StepForm:
     form: dict[str, str]
 
 
-def step_form(step: str) -> Callable[..., StepForm]:
+def step_form(step: str, rate_limited: bool = True) -> Callable[..., StepForm]:
     """A dependency: the participant at ``step`` with their CSRF-checked form. A form of
-    another step (a repeated or out-of-order submission) changes nothing: back to /study."""
+    another step (a repeated or out-of-order submission) changes nothing: back to /study.
+    ``rate_limited=False`` leaves the request-rate check to the handler (which can then
+    answer with the page and the participant's input instead of the bare 429 page)."""
 
-    def guard(row: Participant, form: Form, state: State) -> StepForm:
+    def guard(row: SignedIn, form: Form, state: State) -> StepForm:
+        if rate_limited:
+            participant(row, state)
         if row.step != step:
             raise Redirect("/study")
         expected = state.signer.csrf_token(row.id, row.session_nonce)

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from stancelab.engine.base import LanguageModel
 from stancelab.study.config import Condition, StudyConfig
 from stancelab.study.replies import Replies
-from stancelab.study.security import KeyedLocks, MinInterval, RateLimiter, Signer
+from stancelab.study.security import MinInterval, RateLimiter, Signer
 from stancelab.study.store import ParticipantRow, StudyStore
 
 SESSION_COOKIE = "sl_session"
@@ -42,7 +42,6 @@ class AppState:
     messages: MinInterval
     logins: RateLimiter
     new_sessions: RateLimiter
-    busy: KeyedLocks
     env: Environment
     rng_lock: threading.Lock
     replies: Replies

@@ -525,7 +525,7 @@ def accept_message(
 @router.post("/study/message")
 async def message(
     request: Request,
-    guarded: Annotated[StepForm, Depends(step_form("conversation"))],
+    guarded: Annotated[StepForm, Depends(step_form("conversation", rate_limited=False))],
     state: State,
 ) -> Response:
     """Store the participant's message, then answer it. With JavaScript (header
@@ -543,6 +543,7 @@ async def message(
     raw_key = form.get("key", "")
     key = raw_key if _KEY.fullmatch(raw_key) else None
     limit_chars = config.limits.max_message_chars
+    rate_wait = state.requests.hit(row.id)  # answered below with the page and the input
     error = None
     if not text:
         error = "Please write a message first."
@@ -552,7 +553,10 @@ async def message(
         if is_async:
             return JSONResponse({"error": error}, status_code=400)
         return await run_in_threadpool(conversation_page, state, row, error, 400, typed, stance)
-    accepted = await run_in_threadpool(accept_message, state, row, text, stance, key, turn_hint)
+    if rate_wait:
+        accepted = Accepted(wait_s=rate_wait)
+    else:
+        accepted = await run_in_threadpool(accept_message, state, row, text, stance, key, turn_hint)
     if accepted.wait_s:
         wait = max(1, round(accepted.wait_s + 0.49))
         error = f"Please wait {wait} second{'s' if wait != 1 else ''} and send your message again."

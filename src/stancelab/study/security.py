@@ -1,4 +1,4 @@
-"""Signed cookies bound to one participant, CSRF tokens, and a per-key rate limiter."""
+"""Signed cookies bound to one participant, CSRF tokens, and per-key rate limiters."""
 
 from __future__ import annotations
 
@@ -111,24 +111,3 @@ class MinInterval:
                 return max(0.05, self.interval_s - (now - last))
             self._last[key] = now
             return 0.0
-
-
-class KeyedLocks:
-    """A non-blocking lock per key: one request in flight per participant."""
-
-    def __init__(self) -> None:
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
-
-    def try_acquire(self, key: str) -> bool:
-        """Take the key's lock if free."""
-        with self._lock:
-            if key in self._busy:
-                return False
-            self._busy.add(key)
-            return True
-
-    def release(self, key: str) -> None:
-        """Free the key's lock."""
-        with self._lock:
-            self._busy.discard(key)

@@ -119,6 +119,9 @@ def make_persona(config: StudyConfig, rng: random.Random) -> Persona:
     return Persona(answers, background, stance)
 
 
+_READING = re.compile(r"more time to read this page \((\d+) more seconds?\)")
+
+
 class _Page:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
@@ -232,6 +235,10 @@ class SimulatedParticipant:
                 continue
             if response.status_code >= 500:
                 raise StancelabError(f"server error {response.status_code} on {url}")
+            reading = _READING.search(response.text) if response.status_code == 400 else None
+            if reading:  # the page's minimum reading time: read on, then submit again
+                time.sleep(int(reading.group(1)))
+                continue
             return _Page(response)
         raise StancelabError(f"still rate-limited after 60 tries on {url}")
 

@@ -78,6 +78,7 @@
   }
 
   function showError(form, message) {
+    saveDraft();  /* a reload keeps what was typed */
     var old = form.querySelector(".error.js");
     if (old) { old.remove(); }
     var p = document.createElement("p");
@@ -110,8 +111,17 @@
         credentials: "same-origin",
         headers: { "X-Study-Async": "1" }
       }).then(function (response) {
-        return response.json();
+        var type = response.headers.get("content-type") || "";
+        if (type.indexOf("application/json") === 0) { return response.json(); }
+        if (response.redirected) { return { navigate: response.url }; }
+        /* an HTML answer (rate limit, expired form): keep the text, say so */
+        return {
+          error: response.status === 429
+            ? "You are going a little fast. Please wait a few seconds and send again."
+            : "Your message could not be sent. Please reload the page; your text is kept here."
+        };
       }).then(function (data) {
+        if (data.navigate) { window.location.replace(data.navigate); return; }
         if (data.error) {
           form.removeAttribute("data-busy");
           button.disabled = false;
@@ -140,8 +150,10 @@
         button.disabled = true;
         listen(data.stream, reply);
       }).catch(function () {
+        /* the network failed: post the plain form (the same idempotency key, so a
+           message the server did receive is never stored twice) */
         form.removeAttribute("data-busy");
-        form.submit();  /* the same idempotency key: never stored twice */
+        form.submit();
       });
     });
   }
