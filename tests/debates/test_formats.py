@@ -74,7 +74,10 @@ def test_chat_renders_the_same_content_as_messages() -> None:
     assert [m["role"] for m in jack] == ["system", "assistant", "user"]  # type: ignore[index]
     assert jack[2]["content"].startswith("Abigail: Abi one.\n\nSam: Sam one.\n\n")  # type: ignore[index]
     survey = debate.survey_prompt(0)
-    assert survey[-1]["content"].startswith("On a scale of 0 to 10")  # type: ignore[index]
+    assert survey[-1]["content"] == (  # type: ignore[index]
+        "Abigail: Abi one.\n\nSam: Sam one.\n\nOn a scale of 0 to 10, how much do you think "
+        "that climate change is a big problem? Answer with one number from 0 to 10."
+    )
     assert survey[:-1] == jack[:-1]  # type: ignore[index]
 
 
@@ -136,7 +139,7 @@ def test_chat_on_a_gguf_without_a_chat_template_is_refused(tmp_path: Path) -> No
     templated = write_gguf(tmp_path / "chat.gguf", with_template=True)
     assert gguf_chat_template(bare) is None
     assert gguf_chat_template(templated) == "{{ x }}"
-    with pytest.raises(ConfigError, match="no chat template.*prompt_format: transcript"):
+    with pytest.raises(ConfigError, match=r"no chat template.*prompt_format: transcript"):
         resolve_format(ModelConfig(name=str(bare)), "chat")
     assert resolve_format(ModelConfig(name=str(bare)), None) == PromptFormat.TRANSCRIPT
     assert resolve_format(ModelConfig(name=str(templated)), "auto") == PromptFormat.CHAT
