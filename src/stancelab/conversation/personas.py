@@ -427,6 +427,13 @@ def persona_prompt(meta: str, prompt_format: PromptFormat) -> Prompt:
     return meta + "\n\n"
 
 
+def without_other_names(story: str, name: str) -> str:
+    """The story less every sentence that names someone other than ``name``."""
+    sentences = re.split(r"(?<=[.!?])\s+", story)
+    kept = [t for t in sentences if not (story_names(t) - {name})]
+    return " ".join(kept).strip()
+
+
 def write_story(
     lm: LanguageModel,
     prompt: Prompt,
@@ -435,7 +442,12 @@ def write_story(
     max_tokens: int,
 ) -> tuple[str | None, int]:
     """Draw a story at temperature 1.0 until one is usable and names only ``name``;
-    returns (story or None, attempts used)."""
+    returns (story or None, attempts used).
+
+    When every draw names someone else, the last usable draw is kept less the sentences
+    that do, so the agent's name stays the story's only name.
+    """
+    fallback = None
     for attempt, seed in enumerate(seeds, start=1):
         request = GenerationRequest(prompt, temperature=1.0, max_tokens=max_tokens, seed=seed)
         story = _clean_story(lm.generate([request])[0].text)
@@ -444,7 +456,13 @@ def write_story(
         named = name_story(story, name)
         if named is not None:
             return named, attempt
-    return None, len(seeds)
+        intro = _OPENING.match(story)
+        if intro and intro.group(1) == "Your name is" and intro.group(4) == ".":
+            story = story[intro.end() :].lstrip()
+        trimmed = without_other_names(story, name)
+        if len(trimmed.split()) >= 15:
+            fallback = trimmed
+    return fallback, len(seeds)
 
 
 def generate_personas(

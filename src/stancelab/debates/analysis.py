@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,19 +76,58 @@ def attitude_frame(store: Store, run_id: str) -> pd.DataFrame:
     return frame
 
 
+def clustered_se(values: Sequence[float], clusters: Sequence[object]) -> float:
+    """Cluster-robust (CR1) standard error of a mean, clustering by ``clusters``.
+
+    Agents of the same kind in one debate (two Republicans in an echo chamber) hear the
+    same conversation, so their answers are not independent: the debate, not the agent,
+    is the unit. With one answer per cluster this is the usual standard error; with
+    equal-sized clusters it is the standard error of the cluster means. NaN with fewer
+    than two clusters.
+    """
+    if len(values) != len(clusters):
+        raise ValueError("values and clusters must have the same length")
+    n = len(values)
+    if n == 0:
+        return math.nan
+    mean = sum(values) / n
+    sums: dict[object, float] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        sums[cluster] = sums.get(cluster, 0.0) + (value - mean)
+    g = len(sums)
+    if g < 2:
+        return math.nan
+    return math.sqrt(g / (g - 1) * sum(v * v for v in sums.values())) / n
+
+
 def mean_attitudes(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard error and count per condition, topic, setup, kind, mode and iteration.
 
-    Failed answers (no number) are left out of the mean and counted in ``failed``.
+    ``sem`` is clustered by debate (:func:`clustered_se`); ``n`` counts answers and
+    ``debates`` the clusters. Failed answers (no number) are left out of the mean and
+    counted in ``failed``.
     """
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
     if "condition" not in frame:
         frame = frame.assign(condition="", tuned=False)
     keys = ["condition", "tuned", "topic", "setup", "kind", "mode", "iteration"]
     if "question_id" in frame:
         frame = frame[frame["question_id"] == "attitude"]
     ok = frame[frame["ok"].astype(bool)]
-    grouped = ok.groupby(keys, sort=False)["score"]  # conditions keep the file's order
-    table = grouped.agg(mean="mean", sem="sem", n="count").reset_index()
+    rows = []
+    for key, group in ok.groupby(keys, sort=False):  # conditions keep the file's order
+        scores = [float(v) for v in group["score"]]
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "mean": sum(scores) / len(scores),
+                "sem": clustered_se(scores, list(group["debate_id"])),
+                "n": len(scores),
+                "debates": int(group["debate_id"].nunique()),
+            }
+        )
+    table = pd.DataFrame(rows, columns=[*keys, "mean", "sem", "n", "debates"])
     failed = (~frame["ok"].astype(bool)).groupby([frame[k] for k in keys]).sum()
     table["failed"] = [int(failed.get(tuple(r), 0)) for r in table[keys].itertuples(index=False)]
     return table
@@ -175,3 +217,56 @@ def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
     )
     with store.engine.connect() as conn:
         return pd.read_sql(query, conn)
+
+
+_SPEAKER_LINE = re.compile(r"(?:^|\n)\s*\**([A-Z][A-Za-z .'\-]{0,30}?)\**\s*:", re.MULTILINE)
+_NOT_SPEAKERS = frozenset({"Me", "System", "Note", "Answer", "Reply", "Response", "Assistant"})
+
+
+def foreign_script(text: str) -> bool:
+    """True when a reply holds letters outside the Latin scripts (e.g. a Chinese reply)."""
+    return any(ch.isalpha() and ord(ch) > 0x024F for ch in text)
+
+
+def invented_speakers(raw: str, participants: set[str]) -> set[str]:
+    """Speaker names in a raw reply ("Tom: ...") that are not in the debate."""
+    names = {m.group(1).strip() for m in _SPEAKER_LINE.finditer(raw)}
+    return {n for n in names if n not in participants and n not in _NOT_SPEAKERS}
+
+
+def reply_quality(store: Store, run_id: str) -> dict[str, float | int]:
+    """How many replies read as a debate: no other script, no invented speakers.
+
+    ``clean_share`` is the share of replies with neither. Replies are judged on the raw
+    model output (before the debate cut at the next speaker line), since a reply that
+    goes on to write lines for made-up people shows the model lost the conversation.
+    """
+    with store.session() as s:
+        rows = s.execute(
+            select(MessageRow.debate_id, MessageRow.text, MessageRow.raw_text)
+            .join(DebateRow, MessageRow.debate_id == DebateRow.id)
+            .where(DebateRow.run_id == run_id)
+        ).all()
+        agents = s.execute(
+            select(AgentRow.debate_id, AgentRow.name)
+            .join(DebateRow, AgentRow.debate_id == DebateRow.id)
+            .where(DebateRow.run_id == run_id)
+        ).all()
+    names: dict[int, set[str]] = {}
+    for debate_id, name in agents:
+        names.setdefault(debate_id, set()).add(name)
+    foreign = invented = clean = 0
+    for debate_id, text, raw in rows:
+        is_foreign = foreign_script(text)
+        has_invented = bool(invented_speakers(raw or "", names.get(debate_id, set())))
+        foreign += is_foreign
+        invented += has_invented
+        clean += not (is_foreign or has_invented)
+    total = len(rows)
+    return {
+        "replies": total,
+        "other_script": foreign,
+        "invented_speaker": invented,
+        "clean": clean,
+        "clean_share": clean / total if total else math.nan,
+    }

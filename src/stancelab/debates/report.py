@@ -11,7 +11,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from stancelab.conversation.personas import Topic
-from stancelab.debates.analysis import KIND_COLORS, attitude_frame, mean_attitudes
+from stancelab.debates.analysis import (
+    KIND_COLORS,
+    attitude_frame,
+    mean_attitudes,
+    reply_quality,
+)
 from stancelab.debates.fidelity import summarise
 from stancelab.debates.store import AgentRow, DebateRow, MessageRow, Store
 from stancelab.engine.errors import ConfigError
@@ -25,8 +30,11 @@ if TYPE_CHECKING:
 def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
     """Change from the first to the last survey per topic, setup, kind and mode.
 
-    Paired over agents: t-test, Wilcoxon signed-rank, and Cohen's d_z (mean change over
-    the standard deviation of the changes).
+    Clustered by debate: agents of the same kind in one debate are not independent, so
+    each debate contributes the mean change of its agents of that kind, and the tests run
+    over debates: t-test on those changes (paired first/last), Wilcoxon signed-rank, and
+    Cohen's d_z (mean change over their standard deviation). ``n`` counts debates,
+    ``agents`` the agents behind them.
     """
     import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
     from scipy import stats  # noqa: PLC0415 - lazy: scipy is heavy to import
@@ -44,7 +52,9 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
         )
         if first_it == last_it or first_it not in wide or last_it not in wide:
             continue
-        pairs = wide[[first_it, last_it]].dropna()
+        agent_pairs = wide[[first_it, last_it]].dropna()
+        # One row per debate: the mean of its agents of this kind.
+        pairs = agent_pairs.groupby(level="debate_id").mean()
         diff = pairs[last_it] - pairs[first_it]
         n = len(diff)
         t_p = w_p = d_z = math.nan
@@ -61,6 +71,7 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
                 "kind": kind,
                 "mode": mode,
                 "n": n,
+                "agents": len(agent_pairs),
                 "first_iteration": int(first_it),
                 "last_iteration": int(last_it),
                 "mean_first": float(pairs[first_it].mean()),
@@ -77,9 +88,10 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
 def tuning_effects(frame: pd.DataFrame) -> pd.DataFrame:
     """Final attitude of every tuned condition against the first untuned one (the base).
 
-    Paired by debate position (topic, setup, repetition, agent): base and tuned debates
-    share personas and seeds. Conditions with the same label (training seeds) are averaged
-    per position first. Paired t-test, Wilcoxon and Cohen's d_z on the differences.
+    Paired by debate (topic, setup, repetition): base and tuned debates share personas
+    and seeds. Agents of the same kind in one debate are averaged first (they are not
+    independent), and so are conditions with the same label (training seeds). Paired
+    t-test, Wilcoxon and Cohen's d_z on the per-debate differences.
     """
     import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
     from scipy import stats  # noqa: PLC0415 - lazy: scipy is heavy to import
@@ -88,7 +100,7 @@ def tuning_effects(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     ok = frame[(frame["question_id"] == "attitude") & frame["ok"].astype(bool)]
     last = ok[ok["iteration"] == ok.groupby("debate_id")["iteration"].transform("max")]
-    keys = ["topic", "setup", "kind", "mode", "repetition", "agent_index"]
+    keys = ["topic", "setup", "kind", "mode", "repetition"]
     untuned = [
         c
         for c in dict.fromkeys(last["condition"])
@@ -128,6 +140,44 @@ def tuning_effects(frame: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def parse_failures(
+    frame: pd.DataFrame, config: dict[str, Any], versions: dict[str, Any]
+) -> pd.DataFrame:
+    """Survey answers that held no number, per model, prompt format, agent kind and mode."""
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
+    frame = frame[frame["question_id"] == "attitude"]
+    formats = versions.get("prompt_formats") or {}
+    rows = []
+    for (condition, kind, mode), group in frame.groupby(
+        ["condition_name", "kind", "mode"], sort=False
+    ):
+        entry = _model_entry(config, str(kind), str(condition))
+        key = f"{condition}/{kind}" if condition else str(kind)
+        failed = int((~group["ok"].astype(bool)).sum())
+        rows.append(
+            {
+                "model": entry.get("name", "?"),
+                "format": formats.get(key, "transcript"),
+                "kind": kind,
+                "mode": mode,
+                "answers": len(group),
+                "no_number": failed,
+                "share": failed / len(group) if len(group) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _model_entry(config: dict[str, Any], kind: str, condition: str) -> dict[str, Any]:
+    for c in config.get("conditions") or []:
+        if c.get("name") == condition:
+            chosen = (c.get("models") or {}).get(kind) or c.get("model")
+            if chosen:
+                return dict(chosen)
+    return dict((config.get("models") or {}).get(kind) or config.get("model") or {})
 
 
 def default_baseline(store: Store, run_id: str) -> dict[str, float]:
@@ -340,6 +390,9 @@ def write_report(folder: RunFolder) -> Path:
     changes.to_csv(out / "attitude_change.csv", index=False)
     gaps.to_csv(out / "default_gap.csv", index=False)
     fidelity = _fidelity_table(store, run.id, run.config)
+    failures = parse_failures(frame, run.config, run.versions or {})
+    failures.to_csv(out / "parse_failures.csv", index=False)
+    quality = reply_quality(store, run.id)
     env = Environment(
         loader=PackageLoader("stancelab.debates", "report_assets"),
         autoescape=select_autoescape(["html", "j2"]),
@@ -353,6 +406,9 @@ def write_report(folder: RunFolder) -> Path:
         changes=_records(changes),
         gaps=_records(gaps),
         effects=_records(effects) if not effects.empty else None,
+        failures=_records(failures),
+        quality=quality,
+        versions=run.versions or {},
         transcripts=sample_transcripts(store, run.id),
         colors=KIND_COLORS,
     )

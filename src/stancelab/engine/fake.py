@@ -99,7 +99,6 @@ class ScriptedModel(LanguageModel):
         return out
 
 
-
 def last_user_message(prompt: Prompt) -> str:
     """The content of the last user message of a chat prompt (or the whole transcript)."""
     if isinstance(prompt, str):
