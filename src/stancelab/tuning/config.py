@@ -65,6 +65,8 @@ class NwpSettings(TrainSettings):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     text_format: Literal["answer", "question_answer"] = "answer"
     """answer: train on the answers alone (paper); question_answer: question, newline, answer."""
+    min_heldout_gain: float = Field(default=0.01, ge=0, lt=1)
+    """A run whose held-out loss fell by less than this share is flagged as not learning."""
 
 
 class DpoSettings(TrainSettings):
@@ -74,6 +76,8 @@ class DpoSettings(TrainSettings):
     beta: float = Field(default=0.5, gt=0)
     learning_rate: float = Field(default=5e-5, gt=0)
     pairs_per_question: int = Field(default=20, ge=1)
+    ln2_band: float = Field(default=0.02, ge=0)
+    """A run whose final loss stays within this band of ln 2 is flagged as not learning."""
 
 
 class QuestionSettings(_Strict):
@@ -97,6 +101,33 @@ class DatasetSettings(_Strict):
     temperature: float = 1.0
     max_tokens: int = Field(default=160, ge=8)
     min_words: int = Field(default=3, ge=1)
+    heldout_questions: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the questions whose answers are kept out of training, to check on them that
+    NWP and DPO learned (at least one question when above zero; 0 turns the check off)."""
+
+
+class ScreeningSettings(_Strict):
+    """Checks that the self-written data is what the intervention needs (screening.py)."""
+
+    judge: str | None = None
+    """Model that judges questions and answers (embedded name or GGUF path); None: the
+    model itself. It must give token log-probabilities (any llama.cpp model does)."""
+    questions: bool = True
+    """Check every model-written question: an opinion on US politics, phrased neutrally."""
+    min_question_score: float = Field(default=0.5, ge=0, le=1)
+    """A question is kept when P(Yes) reaches this on both checks."""
+    partisanship: bool = True
+    """Score every answer: the judge's Republican / Democrat / Neither distribution."""
+    keep_on_side_only: bool = False
+    """Train only on answers that lean toward their own party (the paper did not filter)."""
+    dpo_direction: bool = False
+    """DPO pairs only where the chosen answer leans further toward the party than the
+    rejected one (the paper did not filter)."""
+    min_on_side: float = Field(default=0.6, ge=0, le=1)
+    """Gate: share of the training party's answers that must lean its way."""
+    min_separation: float = Field(default=0.1, ge=-2, le=2)
+    """Gate: how much further (lean units, -1..1) the training party's answers must lean
+    its way than the other party's."""
 
 
 class EvalSettings(_Strict):
@@ -148,6 +179,8 @@ class FinetuneConfig(_Strict):
     """NWP rank the DPO adapter is trained on top of; None uses the first of ranks."""
     evaluation: EvalSettings | None = Field(default_factory=EvalSettings)
     debates: DebateSettings | None = Field(default_factory=DebateSettings)
+    screening: ScreeningSettings | None = Field(default_factory=ScreeningSettings)
+    """None turns every check off (the paper's loop as it was)."""
     generation_parallel: int = Field(default=8, ge=1)
 
     @classmethod

@@ -16,6 +16,7 @@ from stancelab.conversation.templates import DEFAULT_VERSION, read_template
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
 from stancelab.tuning.errors import DatasetError
 from stancelab.tuning.questions import PROMPTS, Question
+from stancelab.tuning.screening import on_side, partisanship_summary, score_partisanship, toward
 
 _REFUSAL = re.compile(
     r"\b(as an ai|i'?m sorry|i am sorry|i cannot|i can'?t (?:answer|provide|help)|"
@@ -153,8 +154,36 @@ def _seed(seed: int, party: str, question_id: str, k: int) -> int:
     return derive_seed(seed, party, question_id, k)
 
 
+def score_dataset(
+    judge: LanguageModel, path: Path, batch: int = 64, version: str = DEFAULT_VERSION
+) -> dict[str, Any]:
+    """Give every usable answer of a dataset file its partisanship score (resumable).
+
+    Rows already scored keep their score; the file is rewritten atomically after each
+    batch, so an interrupted run continues where it stopped. Returns the new summary.
+    """
+    rows = list(read_jsonl(path))
+    todo = [r for r in rows if r.get("usable") and "partisanship" not in r]
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        for row, score in zip(chunk, score_partisanship(judge, chunk, version), strict=True):
+            row["partisanship"] = {**score, "judge": judge.name}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        tmp.replace(path)
+    summary = summarize(path)
+    path.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def keep_on_side(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only the answers that lean toward their own party (the optional filter)."""
+    return [r for r in rows if on_side(r)]
+
+
 def summarize(path: Path) -> dict[str, Any]:
-    """Counts, filtered answers by reason, word-length statistics of a dataset file."""
+    """Counts, filtered answers by reason, word-length statistics of a dataset file,
+    and the partisanship of its usable answers when they were scored."""
     rows = list(read_jsonl(path))
     usable = [r for r in rows if r.get("usable")]
     words = [len(r["text"].split()) for r in usable]
@@ -172,6 +201,7 @@ def summarize(path: Path) -> dict[str, Any]:
         "words_mean": round(statistics.fmean(words), 2) if words else 0.0,
         "words_min": min(words) if words else 0,
         "words_max": max(words) if words else 0,
+        "partisanship": partisanship_summary(usable, str(usable[0]["party"])) if usable else None,
     }
 
 
@@ -201,11 +231,26 @@ def dpo_pairs(
     per_question: int = 20,
     seed: int = 0,
     prompt_format: str = "question",
+    direction: str | None = None,
 ) -> list[dict[str, str]]:
-    """Chosen = own party's answer, rejected = other party's answer to the same question."""
+    """Chosen = own party's answer, rejected = other party's answer to the same question.
+
+    With ``direction`` (a party), a pair is kept only when the chosen answer leans further
+    toward that party than the rejected one (both need partisanship scores); rejected
+    answers are tried in turn until one qualifies.
+    """
     by_question: dict[str, list[dict[str, Any]]] = {}
     for r in other:
         by_question.setdefault(str(r["question_id"]), []).append(r)
+
+    def leans_right_way(chosen: dict[str, Any], rejected: dict[str, Any]) -> bool:
+        if direction is None:
+            return True
+        a, b = chosen.get("partisanship"), rejected.get("partisanship")
+        if not a or not b:
+            return False
+        return toward(float(a["lean"]), direction) > toward(float(b["lean"]), direction)
+
     rng = random.Random(seed)
     grouped: dict[str, list[dict[str, Any]]] = {}
     for r in own:
@@ -221,6 +266,12 @@ def dpo_pairs(
                 if i < len(rejected_rows)
                 else rng.choice(rejected_rows)
             )
+            if not leans_right_way(chosen, rejected):
+                # The pairing in order failed; any rejected answer that qualifies will do.
+                fits = [r for r in rejected_rows if leans_right_way(chosen, r)]
+                if not fits:
+                    continue
+                rejected = fits[i % len(fits)]
             prompt = str(chosen["question"])
             pairs.append(
                 {
@@ -232,5 +283,6 @@ def dpo_pairs(
     if not pairs:
         raise DatasetError(
             "no DPO pairs: the two parties' datasets share no question with usable answers"
+            + (f" where the chosen answer leans further {direction}" if direction else "")
         )
     return pairs

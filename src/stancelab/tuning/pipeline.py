@@ -7,11 +7,13 @@ exists, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +30,20 @@ from stancelab.engine.llamacpp import load_engine
 from stancelab.engine.models import content_hash, folder_hash, model_fingerprint, resolve_model
 from stancelab.tuning import datasets as ds
 from stancelab.tuning.config import FinetuneConfig
+from stancelab.tuning.errors import DatasetError
 from stancelab.tuning.evaluate import evaluate
 from stancelab.tuning.export import export_lora_gguf
 from stancelab.tuning.hf import set_offline
 from stancelab.tuning.questions import (
+    BankLog,
+    Question,
     generate_questions,
     load_questions,
     save_questions,
     seed_questions,
 )
 from stancelab.tuning.report import table
+from stancelab.tuning.screening import check_questions, partisanship_gate
 from stancelab.tuning.train import train_dpo, train_nwp
 
 if TYPE_CHECKING:
@@ -65,14 +71,38 @@ def run_finetune(
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    # 1-2. Question bank and self-generated answers (the base model writes both).
+    # 1-2. Question bank and self-generated answers (the base model writes both; the
+    # model itself or a judge model screens them).
     q = config.questions
+    screening = config.screening
     qfile = q.file or out / "questions.yaml"
+    screen_file = qfile.with_name(qfile.stem + ".screen.json")
     data_dir = out / "data"
     t0 = time.perf_counter()
-    with load_engine(config.model, n_parallel=config.generation_parallel, ctx_per_slot=1024) as lm:
+    with contextlib.ExitStack() as stack:
+        lm = stack.enter_context(
+            load_engine(config.model, n_parallel=config.generation_parallel, ctx_per_slot=1024)
+        )
+        judge = lm
+        if screening is not None and screening.judge not in (None, config.model):
+            judge = stack.enter_context(
+                load_engine(
+                    str(screening.judge), n_parallel=config.generation_parallel, ctx_per_slot=1024
+                )
+            )
         bank = load_questions(qfile) if qfile.is_file() else seed_questions()
+        bank_log = BankLog()
         if len(bank) < q.count:
+            screen = None
+            if screening is not None and screening.questions:
+                min_score = screening.min_question_score
+
+                def screen(texts: list[str]) -> list[tuple[bool, str | None, dict[str, Any]]]:
+                    return [
+                        (c.kept, c.reason, c.as_dict())
+                        for c in check_questions(judge, texts, min_score)
+                    ]
+
             bank = generate_questions(
                 lm,
                 q.count,
@@ -84,48 +114,116 @@ def run_finetune(
                 temperature=q.temperature,
                 max_tokens=q.max_tokens,
                 progress=lambda r, n: log(f"questions: round {r}, {n}"),
+                screen=screen,
+                log=bank_log,
             )
             save_questions(bank, qfile)
+            screen_file.write_text(
+                json.dumps(
+                    {
+                        "judge": judge.name if screen is not None else None,
+                        "screened": screen is not None,
+                        **bank_log.as_dict(),
+                    },
+                    indent=2,
+                )
+            )
+        questions_summary = question_summary(bank, q.count, screen_file)
         log(f"question bank: {len(bank)} questions in {qfile}")
+        if len(bank) < q.count:
+            log(f"WARNING: {questions_summary['shortfall']}")
         summaries = {}
         for party in sorted(set(config.dataset.parties) | {config.party}):
             d = config.dataset
+            path = data_dir / f"{party}.jsonl"
             summaries[party] = ds.generate_answers(
                 lm,
                 bank,
                 party,
-                data_dir / f"{party}.jsonl",
+                path,
                 answers_per_question=d.answers_per_question,
                 temperature=d.temperature,
                 max_tokens=d.max_tokens,
                 min_words=d.min_words,
                 batch=config.generation_parallel * 4,
             )
+            if screening is not None and screening.partisanship:
+                summaries[party] = ds.score_dataset(
+                    judge, path, batch=config.generation_parallel * 8
+                )
+            p = summaries[party].get("partisanship") or {}
             log(
                 f"dataset {party}: {summaries[party]['usable']} usable of "
                 f"{summaries[party]['generated']} (filtered {summaries[party]['filtered']})"
+                + (
+                    f"; {p['on_side_share']:.0%} lean {party}, mean lean {p['mean_lean']:+.2f}"
+                    if p.get("on_side_share") is not None
+                    else ""
+                )
             )
     timings["data_s"] = time.perf_counter() - t0
 
-    own = ds.load_answers(data_dir / f"{config.party}.jsonl")
     other_party = "democrat" if config.party == "republican" else "republican"
+    own_all = ds.load_answers(data_dir / f"{config.party}.jsonl")
+    heldout_ids = heldout_questions(bank, config.dataset.heldout_questions)
+    own = [r for r in own_all if r["question_id"] not in heldout_ids]
+    own_heldout = [r for r in own_all if r["question_id"] in heldout_ids]
+    on_side_only = screening is not None and screening.keep_on_side_only
+    if on_side_only:
+        kept = ds.keep_on_side(own)
+        log(
+            f"filter on: {len(kept)} of {len(own)} {config.party} training answers "
+            f"lean {config.party}"
+        )
+        if not kept:
+            raise DatasetError(
+                f"screening.keep_on_side_only left no {config.party} answer to train on"
+            )
+        own = kept
+    other_all = (
+        ds.load_answers(data_dir / f"{other_party}.jsonl")
+        if (data_dir / f"{other_party}.jsonl").is_file()
+        else []
+    )
+    gate = None
+    if screening is not None and screening.partisanship:
+        gate = partisanship_gate(
+            own, other_all, config.party, screening.min_on_side, screening.min_separation
+        )
+        if gate["passed"] is False:
+            log(
+                "WARNING: the training data is not partisan enough: "
+                + "; ".join(gate["problems"])
+                + ". Training goes on, and the report carries this warning."
+            )
 
     # 3. Next-token training: every rank, every seed.
     t0 = time.perf_counter()
     variants: list[dict[str, Any]] = []
     texts = ds.training_texts(own, config.nwp.text_format)
+    heldout_texts = ds.training_texts(own_heldout, config.nwp.text_format)
+    training: dict[str, dict[str, Any]] = {}
     for rank in config.ranks:
         lora = config.nwp.lora.model_copy(update={"r": rank})
         settings = config.nwp.model_copy(update={"lora": lora})
         for seed in config.seeds:
             label = f"nwp-r{rank}-s{seed}"
             result = train_nwp(
-                config.model, texts, out / "adapters" / label, settings, seed, allow_network
+                config.model,
+                texts,
+                out / "adapters" / label,
+                settings,
+                seed,
+                allow_network,
+                heldout=heldout_texts,
             )
+            training[label] = result.summary()
             log(
                 f"{label}: {result.steps} steps, loss {result.final_loss}, "
-                f"{'reused' if result.skipped else f'{result.seconds:.0f} s'}"
+                f"{'reused' if result.skipped else f'{result.seconds:.0f} s'}; {result.verdict}"
             )
+            if result.learned is False:
+                log(f"WARNING: {label} did not learn: {result.verdict}")
             variants.append(
                 {
                     "label": label,
@@ -141,7 +239,22 @@ def run_finetune(
     t0 = time.perf_counter()
     if config.dpo is not None:
         other = ds.load_answers(data_dir / f"{other_party}.jsonl")
-        pairs = ds.dpo_pairs(own, other, config.dpo.pairs_per_question)
+        direction = config.party if screening is not None and screening.dpo_direction else None
+        pairs = ds.dpo_pairs(
+            own,
+            [r for r in other if r["question_id"] not in heldout_ids],
+            config.dpo.pairs_per_question,
+            direction=direction,
+        )
+        heldout_pairs: list[dict[str, str]] = []
+        with contextlib.suppress(DatasetError):  # no held-out question has a pair
+            heldout_pairs = ds.dpo_pairs(
+                own_heldout,
+                [r for r in other if r["question_id"] in heldout_ids],
+                config.dpo.pairs_per_question,
+                direction=direction,
+            )
+        log(f"DPO: {len(pairs)} training pairs, {len(heldout_pairs)} held-out pairs")
         dpo_rank = config.dpo_rank or config.ranks[0]
         for seed in config.seeds:
             nwp_dir = out / "adapters" / f"nwp-r{dpo_rank}-s{seed}" / "adapter"
@@ -154,8 +267,12 @@ def run_finetune(
                 config.dpo,
                 seed,
                 allow_network,
+                heldout_pairs=heldout_pairs,
             )
-            log(f"{label}: {result.steps} steps, loss {result.final_loss}")
+            training[label] = result.summary()
+            log(f"{label}: {result.steps} steps, loss {result.final_loss}; {result.verdict}")
+            if result.learned is False:
+                log(f"WARNING: {label} did not learn: {result.verdict}")
             variants.append(
                 {
                     "label": label,
@@ -240,7 +357,11 @@ def run_finetune(
         "name": config.name,
         "model": config.model,
         "party": config.party,
+        "questions": questions_summary,
         "datasets": summaries,
+        "screening": screening_record(config, heldout_ids),
+        "gate": gate,
+        "training": training,
         "timings": timings,
         "debates_run": str(debates_run) if debates_run else None,
         "rows": [
@@ -249,10 +370,65 @@ def run_finetune(
         ],
     }
     (out / "results.json").write_text(json.dumps(final, indent=2, default=str))
-    text = table(final["rows"])
+    text = table(final)
     (out / "table.txt").write_text(text + "\n")
     log("\n" + text)
     return final
+
+
+def heldout_questions(bank: Sequence[Question], share: float) -> set[str]:
+    """Ids of the questions whose answers stay out of training (drawn with a fixed seed)."""
+    if share <= 0 or len(bank) < 2:
+        return set()
+    count = min(len(bank) - 1, max(1, round(share * len(bank))))
+    return set(random.Random(0).sample(sorted(q.id for q in bank), count))
+
+
+def question_summary(bank: Sequence[Question], wanted: int, screen_file: Path) -> dict[str, Any]:
+    """How the bank was built: seeds, generated, screened candidates and drops."""
+    record = json.loads(screen_file.read_text()) if screen_file.is_file() else {}
+    checks = record.get("checks", [])
+    dropped = record.get("dropped", {})
+    summary: dict[str, Any] = {
+        "wanted": wanted,
+        "questions": len(bank),
+        "seed": sum(1 for q in bank if q.source == "seed"),
+        "generated": sum(1 for q in bank if q.source == "generated"),
+        "screened": bool(record.get("screened")),
+        "judge": record.get("judge"),
+        "checked": len(checks),
+        "kept_share": round(sum(1 for c in checks if c.get("kept")) / len(checks), 4)
+        if checks
+        else None,
+        "dropped": dropped,
+        "duplicates": record.get("duplicates"),
+        "rounds": record.get("rounds"),
+        "shortfall": None,
+    }
+    if len(bank) < wanted:
+        reasons = ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"
+        summary["shortfall"] = (
+            f"the question bank has {len(bank)} of the {wanted} questions asked for after "
+            f"{record.get('rounds')} rounds: the screen dropped "
+            f"{sum(dropped.values())} candidates ({reasons}) "
+            f"and {record.get('duplicates')} were near-duplicates; raise questions.max_rounds, "
+            "lower screening.min_question_score or use a stronger screening.judge"
+        )
+    return summary
+
+
+def screening_record(config: FinetuneConfig, heldout_ids: set[str]) -> dict[str, Any]:
+    """Which checks and filters were on, for the results and the report."""
+    s = config.screening
+    return {
+        "on": s is not None,
+        "judge": (s.judge or config.model) if s is not None else None,
+        "questions": bool(s and s.questions),
+        "partisanship": bool(s and s.partisanship),
+        "keep_on_side_only": bool(s and s.keep_on_side_only),
+        "dpo_direction": bool(s and s.dpo_direction),
+        "heldout_questions": sorted(heldout_ids),
+    }
 
 
 def _digest(value: Any) -> str:

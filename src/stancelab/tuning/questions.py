@@ -6,7 +6,7 @@ import difflib
 import random
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -29,6 +29,27 @@ class Question:
     id: str
     text: str
     source: str = "seed"
+
+
+@dataclass
+class BankLog:
+    """What growing the bank took: rounds, candidates, and why candidates were dropped."""
+
+    rounds: int = 0
+    candidates: int = 0
+    duplicates: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Screen verdicts: off_topic, leading, unscored -> count."""
+    checks: list[dict[str, object]] = field(default_factory=list)
+    """Every screened candidate with its scores (kept or not)."""
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready record."""
+        return asdict(self)
+
+
+Screen = Callable[[list[str]], list[tuple[bool, str | None, dict[str, object]]]]
+"""Judges candidate questions: (kept, reason when dropped, record) per candidate."""
 
 
 def seed_questions(version: str = DEFAULT_VERSION) -> list[Question]:
@@ -88,14 +109,22 @@ def generate_questions(
     seed: int = 0,
     version: str = DEFAULT_VERSION,
     progress: Callable[[int, int], None] | None = None,
+    screen: Screen | None = None,
+    log: BankLog | None = None,
 ) -> list[Question]:
-    """Grow the bank (seeds first) with model-written questions until ``count`` distinct ones."""
+    """Grow the bank (seeds first) with model-written questions until ``count`` distinct ones.
+
+    With ``screen``, each round's new distinct candidates are judged together and only the
+    kept ones join the bank; ``log`` counts rounds, near-duplicates and dropped candidates.
+    """
     bank = list(start if start is not None else seed_questions(version))
     template = read_template(PROMPTS, "question_generation", version=version).strip()
     rng = random.Random(seed)
+    log = log if log is not None else BankLog()
     for round_no in range(max_rounds):
         if len(bank) >= count:
             break
+        log.rounds += 1
         requests = []
         for k in range(parallel):
             example = rng.choice(bank).text
@@ -108,12 +137,27 @@ def generate_questions(
                     seed=seed * 100_003 + round_no * 101 + k,
                 )
             )
+        fresh: list[str] = []
         for generation in lm.generate(requests):
             for text in parse_questions(generation.text):
+                log.candidates += 1
+                if is_near_duplicate(text, [q.text for q in bank] + fresh, threshold):
+                    log.duplicates += 1
+                    continue
+                fresh.append(text)
+        while fresh and len(bank) < count:
+            # Judge only about as many as are still needed (twice that, as some fail).
+            chunk, fresh = fresh[: 2 * (count - len(bank))], fresh[2 * (count - len(bank)) :]
+            verdicts = screen(chunk) if screen is not None else None
+            for k, text in enumerate(chunk):
                 if len(bank) >= count:
                     break
-                if is_near_duplicate(text, [q.text for q in bank], threshold):
-                    continue
+                if verdicts is not None:
+                    kept, reason, record = verdicts[k]
+                    log.checks.append(record)
+                    if not kept:
+                        log.dropped[str(reason)] = log.dropped.get(str(reason), 0) + 1
+                        continue
                 bank.append(Question(f"q{len(bank) + 1:03d}", text, "generated"))
         if progress is not None:
             progress(round_no + 1, len(bank))

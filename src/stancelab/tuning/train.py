@@ -21,6 +21,14 @@ from typing import Any
 from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings, TrainSettings
 from stancelab.tuning.errors import AdapterError, DatasetError, HardwareError
 from stancelab.tuning.hf import base_checkpoint, check_rank, cuda_available, set_offline
+from stancelab.tuning.learning import (
+    dpo_pair_scores,
+    dpo_verdict,
+    heldout_nwp_loss,
+    logging_interval,
+    loss_curve,
+    nwp_verdict,
+)
 
 ADAPTER_META = "stancelab_adapter.json"
 
@@ -35,6 +43,39 @@ class TrainResult:
     final_loss: float | None
     resumed_from: str | None = None
     skipped: bool = False
+    curve: list[dict[str, float]] | None = None
+    """Logged training points: step, loss (and DPO reward statistics)."""
+    heldout: dict[str, Any] | None = None
+    """Held-out check before and after training (see stancelab.tuning.learning)."""
+    learned: bool | None = None
+    """False when the run did not learn (flagged); None when it could not be checked."""
+    verdict: str = ""
+
+    @classmethod
+    def reused(cls, adapter_dir: Path, meta: dict[str, Any]) -> TrainResult:
+        """A finished adapter read back from its metadata."""
+        return cls(
+            adapter_dir,
+            int(meta.get("steps", 0)),
+            0.0,
+            meta.get("final_loss"),
+            skipped=True,
+            curve=meta.get("curve"),
+            heldout=meta.get("heldout"),
+            learned=meta.get("learned"),
+            verdict=str(meta.get("verdict", "")),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the pipeline's results and report keep of a run."""
+        return {
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "curve": self.curve or [],
+            "heldout": self.heldout,
+            "learned": self.learned,
+            "verdict": self.verdict,
+        }
 
 
 def resolve_quantization(settings: TrainSettings) -> bool:
@@ -99,12 +140,23 @@ def lora_config(lora: LoraSettings) -> Any:
 
 
 def training_arguments(
-    settings: TrainSettings, output_dir: Path, seed: int, four_bit: bool
+    settings: TrainSettings, output_dir: Path, seed: int, four_bit: bool, examples: int = 0
 ) -> dict[str, Any]:
     """Trainer arguments that keep a CPU step close to a plain forward+backward."""
     cuda = cuda_available()
     micro = settings.micro_batch_size or settings.batch_size
     accumulation = max(1, settings.batch_size // micro)
+    logging_steps = (
+        logging_interval(
+            examples,
+            settings.logging_steps,
+            settings.batch_size,
+            settings.epochs,
+            settings.max_steps,
+        )
+        if examples
+        else settings.logging_steps
+    )
     return {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": micro,
@@ -123,7 +175,7 @@ def training_arguments(
         "gradient_checkpointing": settings.gradient_checkpointing,
         "dataloader_pin_memory": cuda,
         "dataloader_num_workers": 0,
-        "logging_steps": settings.logging_steps,
+        "logging_steps": logging_steps,
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
         "save_total_limit": settings.save_total_limit,
@@ -152,6 +204,8 @@ def _finished(adapter_dir: Path) -> dict[str, Any] | None:
 
 
 def _final_loss(history: list[dict[str, Any]]) -> float | None:
+    """The last logged loss window (not the whole-run average ``train_loss``, which
+    mixes in the first steps and hides whether the end of the run learned)."""
     losses = [float(h["loss"]) for h in history if "loss" in h]
     if not losses:
         losses = [float(h["train_loss"]) for h in history if "train_loss" in h]
@@ -169,15 +223,18 @@ def train_nwp(
     settings: NwpSettings,
     seed: int = 0,
     allow_network: bool = False,
+    heldout: Sequence[str] = (),
 ) -> TrainResult:
-    """Train a LoRA adapter on plain next-token prediction; resumes from the last checkpoint."""
+    """Train a LoRA adapter on plain next-token prediction; resumes from the last checkpoint.
+
+    ``heldout`` texts (answers to questions kept out of training) are scored before and
+    after training; the result says whether the held-out loss fell (``learned``).
+    """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
     done = _finished(adapter_dir)
     if done is not None:
-        return TrainResult(
-            adapter_dir, int(done.get("steps", 0)), 0.0, done.get("final_loss"), skipped=True
-        )
+        return TrainResult.reused(adapter_dir, done)
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DatasetError("no usable training texts: the dataset has no answers left")
@@ -203,7 +260,7 @@ def train_nwp(
     eos = tokenizer.eos_token or ""
     dataset = Dataset.from_dict({"text": [t if t.endswith(eos) else t + eos for t in texts]})
     args = SFTConfig(
-        **training_arguments(settings, output_dir / "checkpoints", seed, four_bit),
+        **training_arguments(settings, output_dir / "checkpoints", seed, four_bit, len(texts)),
         dataset_text_field="text",
         packing=False,
         padding_free=False,
@@ -216,23 +273,42 @@ def train_nwp(
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora),
     )
+    heldout_texts = [t if t.endswith(eos) else t + eos for t in heldout if t.strip()]
+    # LoRA's B starts at zero, so the untrained PEFT model is the base model.
+    before = (
+        heldout_nwp_loss(trainer.model, tokenizer, heldout_texts, settings.max_length)
+        if heldout_texts
+        else None
+    )
     resume = _last_checkpoint(output_dir / "checkpoints")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     trained: Any = trainer.model
     trained.save_pretrained(str(adapter_dir))
+    after = (
+        heldout_nwp_loss(trained, tokenizer, heldout_texts, settings.max_length)
+        if heldout_texts
+        else None
+    )
     history = list(trainer.state.log_history)
+    curve = loss_curve(history)
+    verdict = nwp_verdict(curve, before, after, settings.min_heldout_gain)
     result = TrainResult(
         adapter_dir,
         int(trainer.state.global_step),
         seconds,
         _final_loss(history),
         resumed_from=resume,
+        curve=curve,
+        heldout={"examples": len(heldout_texts), "loss_before": before, "loss_after": after},
+        learned=verdict["learned"],
+        verdict=verdict["reason"],
     )
     _write_meta(
         adapter_dir,
         {
+            **result.summary(),
             "kind": "nwp",
             "base_model": model,
             "base_sha256": base_sha,
@@ -280,15 +356,18 @@ def train_dpo(
     settings: DpoSettings,
     seed: int = 0,
     allow_network: bool = False,
+    heldout_pairs: Sequence[dict[str, str]] = (),
 ) -> TrainResult:
-    """DPO with a fresh LoRA on top of the merged NWP adapter (reference = NWP model)."""
+    """DPO with a fresh LoRA on top of the merged NWP adapter (reference = NWP model).
+
+    ``heldout_pairs`` are scored before and after: preference accuracy and mean implicit
+    reward margin against the reference; the result says whether DPO learned.
+    """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
     done = _finished(adapter_dir)
     if done is not None:
-        return TrainResult(
-            adapter_dir, int(done.get("steps", 0)), 0.0, done.get("final_loss"), skipped=True
-        )
+        return TrainResult.reused(adapter_dir, done)
     if not pairs:
         raise DatasetError("no DPO pairs: both parties need usable answers to the same questions")
     four_bit = resolve_quantization(settings)
@@ -307,7 +386,7 @@ def train_dpo(
     check_rank(base, settings.lora.r, settings.lora.target_modules)
     dataset = Dataset.from_list([dict(p) for p in pairs])
     args = DPOConfig(
-        **training_arguments(settings, output_dir / "checkpoints", seed, four_bit),
+        **training_arguments(settings, output_dir / "checkpoints", seed, four_bit, len(pairs)),
         beta=settings.beta,
         dataset_num_proc=None,
     )
@@ -318,23 +397,42 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora),
     )
+    held = [dict(p) for p in heldout_pairs]
+    # Before training the fresh LoRA is zero: the policy is the reference (the NWP model).
+    before, reference = (
+        dpo_pair_scores(trainer.model, tokenizer, held, settings.beta, settings.max_length)
+        if held
+        else (None, None)
+    )
     resume = _last_checkpoint(output_dir / "checkpoints")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     trained: Any = trainer.model
     trained.save_pretrained(str(adapter_dir))
+    after = (
+        dpo_pair_scores(trained, tokenizer, held, settings.beta, settings.max_length, reference)[0]
+        if held
+        else None
+    )
     history = list(trainer.state.log_history)
+    curve = loss_curve(history)
+    verdict = dpo_verdict(curve, before, after, settings.ln2_band)
     result = TrainResult(
         adapter_dir,
         int(trainer.state.global_step),
         seconds,
         _final_loss(history),
         resumed_from=resume,
+        curve=curve,
+        heldout={"pairs": len(held), "before": before, "after": after},
+        learned=verdict["learned"],
+        verdict=verdict["reason"],
     )
     _write_meta(
         adapter_dir,
         {
+            **result.summary(),
             "kind": "dpo",
             "base_model": model,
             "base_sha256": base_sha,

@@ -1,0 +1,128 @@
+"""How usable is each embedded model's self-written data? Questions kept, answers on side.
+
+For every model, the model itself is the writer and the judge (the pipeline's default):
+
+1. it writes ``--questions`` questions with the paper's prompt (no screen), then the
+   question screen judges them: share kept, and why the others were dropped;
+2. the Figure-10 partisan agent of each party answers the first seed questions of Table 2
+   (``--answers`` answers in all, half per party, T=1.0) and the judge scores each answer:
+   share on the intended side and mean lean (+1 Republican, -1 Democrat) per party;
+3. the judge's accuracy on the hand-labelled set of ``stancelab.tuning.labelled``, so the
+   shares above can be read against how well the judge sees anything at all.
+
+Usage:
+    python benchmarks/tuning_screens.py --models smollm2-135m qwen2.5-coder-0.5b \
+        --questions 20 --answers 30 --json out.json
+
+Sample sizes are small on purpose (a shared 2-core machine; the 1.5B model decodes about
+10 tok/s alone): read the shares as rough, with their counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from stancelab.engine.base import GenerationRequest
+from stancelab.engine.llamacpp import load_engine
+from stancelab.tuning.datasets import answer_prompt, classify_answer
+from stancelab.tuning.labelled import judge_accuracy
+from stancelab.tuning.questions import generate_questions, seed_questions
+from stancelab.tuning.screening import check_questions, score_partisanship, toward
+
+
+def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> dict[str, Any]:
+    """One model's figures (see the module docstring)."""
+    out: dict[str, Any] = {"model": model, "questions_asked": n_questions}
+    with load_engine(model, n_parallel=4, ctx_per_slot=1024) as lm:
+        t0 = time.perf_counter()
+        seeds = seed_questions()
+        bank = generate_questions(
+            lm, len(seeds) + n_questions, parallel=2, max_rounds=6, max_tokens=250
+        )
+        written = [q.text for q in bank if q.source == "generated"]
+        out["generate_questions_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        checks = check_questions(lm, written)
+        out["screen_questions_s"] = round(time.perf_counter() - t0, 1)
+        out["questions_written"] = len(written)
+        out["questions_kept"] = sum(c.kept for c in checks)
+        out["questions_dropped"] = {
+            r: sum(1 for c in checks if c.reason == r) for r in ("off_topic", "leading", "unscored")
+        }
+        out["question_checks"] = [c.as_dict() for c in checks]
+
+        t0 = time.perf_counter()
+        per_party = n_answers // 2
+        rows = []
+        for party in ("republican", "democrat"):
+            picks = [seeds[k % 5] for k in range(per_party)]
+            gens = lm.generate(
+                [
+                    GenerationRequest(
+                        answer_prompt(party, q.text),
+                        temperature=1.0,
+                        max_tokens=max_tokens,
+                        seed=1000 + k,
+                    )
+                    for k, q in enumerate(picks)
+                ]
+            )
+            for q, g in zip(picks, gens, strict=True):
+                if classify_answer(g.text) is None:
+                    rows.append({"party": party, "question": q.text, "text": g.text.strip()})
+        out["generate_answers_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        scores = score_partisanship(lm, rows)
+        out["score_answers_s"] = round(time.perf_counter() - t0, 1)
+        for party in ("republican", "democrat"):
+            mine = [(r, s) for r, s in zip(rows, scores, strict=True) if r["party"] == party]
+            out[party] = {
+                "answers": len(mine),
+                "on_side": sum(1 for _, s in mine if toward(s["lean"], party) > 0),
+                "mean_lean": round(statistics.fmean(s["lean"] for _, s in mine), 3)
+                if mine
+                else None,
+                "coverage": round(statistics.fmean(s["coverage"] for _, s in mine), 4)
+                if mine
+                else None,
+            }
+        out["answers"] = [{**r, **s} for r, s in zip(rows, scores, strict=True)]
+        t0 = time.perf_counter()
+        out["judge_accuracy"] = judge_accuracy(lm)
+        out["judge_accuracy_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m"])
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--answers", type=int, default=30)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = []
+    for model in args.models:
+        result = measure(model, args.questions, args.answers, args.max_tokens)
+        results.append(result)
+        r, d, j = result["republican"], result["democrat"], result["judge_accuracy"]
+        print(
+            f"{model}: questions kept {result['questions_kept']}/{result['questions_written']} "
+            f"(dropped {result['questions_dropped']}); on side R {r['on_side']}/{r['answers']} "
+            f"D {d['on_side']}/{d['answers']}; mean lean R {r['mean_lean']} D {d['mean_lean']}; "
+            f"judge accuracy questions {j['questions']} answers {j['answers']} "
+            f"(coverage {j['answer_coverage']}); times "
+            f"{ {k: v for k, v in result.items() if k.endswith('_s')} }",
+            flush=True,
+        )
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

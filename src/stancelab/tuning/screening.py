@@ -1,0 +1,211 @@
+"""Is the self-written data what the intervention needs? Two screens and a gate.
+
+- Question screen: every model-written question is asked two Yes/No questions (does it ask
+  for an opinion on US politics? is it phrased neutrally?) and kept when the probability of
+  "Yes" reaches a threshold on both. The probabilities come from the same whole-candidate
+  scoring the survey uses (``LanguageModel.score_choices``), on the model itself or a
+  judge model.
+- Answer partisanship: every answer's question and text go to the judge, which is asked
+  whose views the answer expresses; its distribution over Republican / Democrat / Neither
+  (averaged over both orders of the options) gives ``lean`` = P(Republican) - P(Democrat)
+  in [-1, 1]. An answer is on its intended side when it leans toward its own party.
+- Gate: the training party's answers must be on side often enough and lean further toward
+  that party than the other party's answers do; otherwise the run warns before training and
+  the Table-1 report carries a banner.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from stancelab.conversation.templates import DEFAULT_VERSION, read_template
+from stancelab.engine.base import ChoiceRequest, LanguageModel, Message
+from stancelab.tuning.questions import PROMPTS
+
+YES_NO = ("Yes", "No")
+PARTY_CHOICES = ("Republicans", "Democrats", "neither party")
+PARTY_ORDERS = (
+    "Republicans, Democrats or neither party",
+    "Democrats, Republicans or neither party",
+)
+
+
+@dataclass(frozen=True)
+class QuestionCheck:
+    """The screen's verdict on one question."""
+
+    text: str
+    p_politics: float
+    p_neutral: float
+    kept: bool
+    reason: str | None
+    """None when kept, else 'off_topic', 'leading' or 'unscored' (the judge gave no mass)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready record."""
+        return asdict(self)
+
+
+def _ask(text: str, reply: str) -> list[Message]:
+    """The judge's question, and the start of its reply that the candidates continue (a
+    bare chat reply often opens with other words, which leaves the candidates no mass)."""
+    return [{"role": "user", "content": text.strip()}, {"role": "assistant", "content": reply}]
+
+
+def _p_yes(scores: Any) -> float | None:
+    return float(scores.probabilities[0]) if scores.coverage > 0 else None
+
+
+def check_questions(
+    judge: LanguageModel,
+    questions: Sequence[str],
+    min_score: float = 0.5,
+    version: str = DEFAULT_VERSION,
+) -> list[QuestionCheck]:
+    """Score every question on topic and neutrality (batched); keep those reaching min_score."""
+    if not questions:
+        return []
+    topic = read_template(PROMPTS, "question_topic_check", version=version, fields={"question"})
+    neutral = read_template(PROMPTS, "question_neutral_check", version=version, fields={"question"})
+    reply = read_template(PROMPTS, "question_check_reply", version=version, fields=set())
+    requests = [
+        ChoiceRequest(_ask(template.format(question=q), reply.strip()), YES_NO)
+        for q in questions
+        for template in (topic, neutral)
+    ]
+    scores = judge.score_choices(requests)
+    out = []
+    for k, text in enumerate(questions):
+        p_topic, p_neutral = _p_yes(scores[2 * k]), _p_yes(scores[2 * k + 1])
+        if p_topic is None or p_neutral is None:
+            reason: str | None = "unscored"
+        elif p_topic < min_score:
+            reason = "off_topic"
+        elif p_neutral < min_score:
+            reason = "leading"
+        else:
+            reason = None
+        out.append(
+            QuestionCheck(
+                text,
+                round(p_topic or 0.0, 4),
+                round(p_neutral or 0.0, 4),
+                reason is None,
+                reason,
+            )
+        )
+    return out
+
+
+def toward(lean: float, party: str) -> float:
+    """A lean (+ Republican, - Democrat) seen from ``party``: positive means its side."""
+    return lean if party == "republican" else -lean
+
+
+def score_partisanship(
+    judge: LanguageModel, rows: Sequence[dict[str, Any]], version: str = DEFAULT_VERSION
+) -> list[dict[str, float]]:
+    """The judge's Republican / Democrat / Neither distribution for every answer, batched.
+
+    Each answer is judged with the options in both orders and the two averaged. Returns one
+    record per row: p_republican, p_democrat, p_neither, lean, coverage.
+    """
+    template = read_template(
+        PROMPTS, "answer_party_check", version=version, fields={"question", "answer", "options"}
+    )
+    reply = read_template(PROMPTS, "answer_party_reply", version=version, fields=set()).strip()
+    requests = [
+        ChoiceRequest(
+            _ask(template.format(question=r["question"], answer=r["text"], options=order), reply),
+            PARTY_CHOICES,
+        )
+        for r in rows
+        for order in PARTY_ORDERS
+    ]
+    scores = judge.score_choices(requests) if requests else []
+    out = []
+    for k in range(len(rows)):
+        both = [scores[2 * k + j] for j in range(len(PARTY_ORDERS))]
+        usable = [s for s in both if s.coverage > 0]
+        probs = (
+            [statistics.fmean(s.probabilities[i] for s in usable) for i in range(3)]
+            if usable
+            else [0.0, 0.0, 0.0]
+        )
+        out.append(
+            {
+                "p_republican": round(probs[0], 4),
+                "p_democrat": round(probs[1], 4),
+                "p_neither": round(probs[2], 4),
+                "lean": round(probs[0] - probs[1], 4),
+                "coverage": round(statistics.fmean(s.coverage for s in both), 4),
+            }
+        )
+    return out
+
+
+def on_side(row: dict[str, Any]) -> bool | None:
+    """Whether a scored answer leans toward its own party (None when not scored)."""
+    score = row.get("partisanship")
+    if not score or not score.get("coverage"):
+        return None
+    return toward(float(score["lean"]), str(row["party"])) > 0
+
+
+def partisanship_summary(rows: Sequence[dict[str, Any]], party: str) -> dict[str, Any]:
+    """Share on ``party``'s side and mean lean of the scored rows (lean: + Republican)."""
+    scored = [r for r in rows if on_side(r) is not None]
+    if not scored:
+        return {"scored": 0, "on_side_share": None, "mean_lean": None, "mean_toward": None}
+    leans = [float(r["partisanship"]["lean"]) for r in scored]
+    return {
+        "scored": len(scored),
+        "on_side_share": round(sum(1 for r in scored if on_side(r)) / len(scored), 4),
+        "mean_lean": round(statistics.fmean(leans), 4),
+        "mean_toward": round(statistics.fmean(toward(v, party) for v in leans), 4),
+    }
+
+
+def partisanship_gate(
+    own: Sequence[dict[str, Any]],
+    other: Sequence[dict[str, Any]],
+    party: str,
+    min_on_side: float,
+    min_separation: float,
+) -> dict[str, Any]:
+    """Is the training data partisan enough? ``passed`` None when nothing was scored.
+
+    Own side: the share of the training party's answers that lean its way. Separation:
+    how much further the training party's answers lean its way than the other party's.
+    """
+    mine = partisanship_summary(own, party)
+    theirs = partisanship_summary(other, party)
+    gate: dict[str, Any] = {
+        "party": party,
+        "min_on_side": min_on_side,
+        "min_separation": min_separation,
+        "on_side_share": mine["on_side_share"],
+        "separation": None,
+        "passed": None,
+        "problems": [],
+    }
+    if mine["on_side_share"] is None:
+        gate["problems"].append("no answer was scored for partisanship")
+        return gate
+    if theirs["mean_toward"] is not None:
+        gate["separation"] = round(mine["mean_toward"] - theirs["mean_toward"], 4)
+    if mine["on_side_share"] < min_on_side:
+        gate["problems"].append(
+            f"only {mine['on_side_share']:.0%} of the {party} answers lean {party} "
+            f"(needs {min_on_side:.0%})"
+        )
+    if gate["separation"] is not None and gate["separation"] < min_separation:
+        gate["problems"].append(
+            f"the {party} answers lean only {gate['separation']:+.2f} further {party} than "
+            f"the other party's (needs {min_separation:+.2f})"
+        )
+    gate["passed"] = not gate["problems"]
+    return gate
