@@ -42,7 +42,6 @@ def main() -> None:
     from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
     from stancelab.engine.models import resolve_model
     from stancelab.tuning.config import PAPER_TARGETS
-    from stancelab.tuning.engine import open_tuned
     from stancelab.tuning.export import export_lora_gguf, merge_to_gguf
     from stancelab.tuning.hf import base_checkpoint
 
@@ -75,7 +74,9 @@ def main() -> None:
         print(f"merged GGUF    {merged.stat().st_size / mib:7.1f} MiB, merge {t_merge:5.1f} s")
         engines: dict[str, LanguageModel] = {
             "base": load_engine("smollm2-135m", n_parallel=4, ctx_per_slot=512),
-            "base+adapter": open_tuned("smollm2-135m", [lora_file], n_parallel=4, ctx_per_slot=512),
+            "base+adapter": load_engine(
+                "smollm2-135m", adapters=[(lora_file, 1.0)], n_parallel=4, ctx_per_slot=512
+            ),
             "merged": LlamaCppEngine(merged, n_parallel=4, ctx_per_slot=512),
         }
         best = dict.fromkeys(engines, 0.0)

@@ -23,3 +23,23 @@ def _isolated_cache(
 ) -> None:
     """Keep tests from writing outside their temp folders, except the shared model cache."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# Fixtures that bring a slow real part with them, and the marker each one implies, so
+# `make test-fast` (-m "not engine and not training and not postgres and not browser")
+# leaves them out without every test file having to say so.
+SLOW_FIXTURES = {
+    "small_engine": "engine",
+    "smol_base": "training",
+    "random_adapter": "training",
+    "postgres_url": "postgres",
+    "browser": "browser",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = SLOW_FIXTURES.get(fixture)
+            if marker is not None:
+                item.add_marker(marker)

@@ -15,7 +15,9 @@ from stancelab.tuning.report import summarize_rows, table
 
 def test_evaluate_on_fixture_files(tmp_path: Path, smol_base: tuple[Path, str]) -> None:
     pytest.importorskip("lm_eval")
-    from stancelab.tuning.evaluate import evaluate, write_fixture
+    from stancelab.tuning.evaluate import evaluate
+
+    from .conftest import write_fixture
 
     data = write_fixture(tmp_path / "bench")
     rows = [json.loads(x) for x in (data / "mmlu" / "test.jsonl").read_text().splitlines()]
@@ -30,7 +32,9 @@ def test_evaluate_on_fixture_files(tmp_path: Path, smol_base: tuple[Path, str]) 
 
 
 def test_benchmark_files_in_the_wrong_format(tmp_path: Path) -> None:
-    from stancelab.tuning.evaluate import evaluate, local_task, write_fixture
+    from stancelab.tuning.evaluate import evaluate, local_task
+
+    from .conftest import write_fixture
 
     data = write_fixture(tmp_path / "bench")
     (data / "mmlu" / "test.jsonl").write_text(json.dumps({"prompt": "x", "label": 1}) + "\n")

@@ -41,7 +41,6 @@ def test_exported_adapter_matches_merged_transformers_model(
 
     from stancelab.engine.llamacpp import load_engine
     from stancelab.engine.models import resolve_model
-    from stancelab.tuning.engine import open_tuned
     from stancelab.tuning.export import export_lora_gguf
 
     checkpoint, _ = smol_base
@@ -61,7 +60,7 @@ def test_exported_adapter_matches_merged_transformers_model(
     base.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval untyped
     with (
         load_engine("smollm2-135m", n_parallel=1, ctx_per_slot=512) as plain,
-        open_tuned("smollm2-135m", [out], n_parallel=1, ctx_per_slot=512) as tuned,
+        load_engine("smollm2-135m", adapters=[(out, 1.0)], n_parallel=1, ctx_per_slot=512) as tuned,
     ):
         assert tuned.describe()["lora_adapters"][0]["path"] == str(out)
         cpp_base = [dict(t.tokens) for t in plain.next_tokens(PROMPTS, 5)]
@@ -94,8 +93,8 @@ def test_exported_adapter_matches_merged_transformers_model(
 def test_adapter_for_another_base_is_refused(
     tmp_path: Path, random_adapter: tuple[Path, Any]
 ) -> None:
+    from stancelab.engine.factory import load_model
     from stancelab.engine.models import resolve_model
-    from stancelab.tuning.engine import open_tuned
     from stancelab.tuning.export import export_lora_gguf
 
     adapter_dir, _ = random_adapter
@@ -124,7 +123,7 @@ def test_adapter_for_another_base_is_refused(
     (plain / "stancelab_adapter.json").unlink()
     good = export_lora_gguf(plain, base_gguf, tmp_path / "good.gguf", base_sha256="e" * 64)
     with pytest.raises(AdapterError, match="made for another base model"):
-        open_tuned("smollm2-135m", [good])
+        load_model({"name": "smollm2-135m", "adapters": [good]})
     with pytest.raises(AdapterError, match=r"is not a GGUF file|not a GGUF adapter"):
         (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
-        open_tuned("smollm2-135m", [tmp_path / "junk.gguf"])
+        load_model({"name": "smollm2-135m", "adapters": [tmp_path / "junk.gguf"]})
