@@ -22,6 +22,7 @@ import yaml
 from stancelab._version import __version__
 from stancelab.conversation.personas import (
     BUILTIN_PERSONAS,
+    KNOWN_KINDS,
     PersonaSet,
     StoryDraft,
     generate_personas,
@@ -49,7 +50,6 @@ from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, check_model, open_model
 
 RUN_META = "run.json"
-KINDS = ("republican", "democrat", "default")
 # Results are compatible across versions with the same major.minor and schema.
 COMPATIBLE = ".".join(__version__.split(".")[:2])
 
@@ -328,7 +328,7 @@ def resolve_formats(config: ExperimentConfig) -> Formats:
     """
     formats: Formats = {}
     for condition in config.condition_names():
-        for kind in KINDS:
+        for kind in KNOWN_KINDS:
             entry = config.model_for(kind, condition)
             formats[(condition, kind)] = resolve_format(entry, config.format_for(entry))
     writer = config.personas.model or config.model
@@ -356,7 +356,8 @@ def run_experiment(
     if config.conditions:  # a bad adapter in the last condition must fail now, not hours later
         for condition in config.conditions:
             for model in {
-                m.model_dump_json(): m for m in (config.model_for(k, condition.name) for k in KINDS)
+                m.model_dump_json(): m
+                for m in (config.model_for(k, condition.name) for k in KNOWN_KINDS)
             }.values():
                 check_model(model)
     owned = models is None  # a caller's pool stays open for the caller
@@ -365,7 +366,7 @@ def run_experiment(
         # The first condition's engines are opened and asked whether they take their
         # format (a chat-only server refuses a transcript) before any file is written.
         first = config.condition_names()[0]
-        for kind in KINDS:
+        for kind in KNOWN_KINDS:
             probe_format(pool.get(config.model_for(kind, first)), formats[(first, kind)])
         folder, resumed = open_run_folder(config, config_text, out)
         store = Store(folder.db)
@@ -397,7 +398,7 @@ def _run(
         if note:
             modes, notes = fallback, [*notes, note]
             log(f"WARNING: {note}")
-    kind_formats = {kind: formats[(conditions[0], kind)] for kind in KINDS}
+    kind_formats = {kind: formats[(conditions[0], kind)] for kind in KNOWN_KINDS}
     fresh = not folder.personas.is_file()
     personas = load_or_make_personas(config, folder, models, log, formats[("", WRITER)])
     if fresh and config.personas.screen and config.personas.generate is not None:
@@ -466,7 +467,7 @@ def _run(
         for index, condition in enumerate(conditions):
             part = [d for d in debates if d[0].condition == condition]
             if index > 0:
-                later = [config.model_for(k, c) for c in conditions[index:] for k in KINDS]
+                later = [config.model_for(k, c) for c in conditions[index:] for k in KNOWN_KINDS]
                 models.release(keep=later)
                 if any(not d.done for _, d, _ in part):
                     engines = _engines(config, models, condition)
@@ -508,7 +509,7 @@ def _run(
 def _engines(
     config: ExperimentConfig, models: ModelPool, condition: str
 ) -> dict[str, LanguageModel]:
-    return {kind: models.get(config.model_for(kind, condition)) for kind in KINDS}
+    return {kind: models.get(config.model_for(kind, condition)) for kind in KNOWN_KINDS}
 
 
 def _check_modes(
@@ -549,7 +550,7 @@ def _fidelity(
         default = BUILTIN_PERSONAS["default"][0]
         # The run's own instrument: distribution where the engines give log-probabilities.
         mode = SurveyMode.DISTRIBUTION if SurveyMode.DISTRIBUTION in modes else modes[0]
-        for kind in ("republican", "democrat", "default"):
+        for kind in KNOWN_KINDS:
             group = personas.of_kind(kind) if kind != "default" else [default]
             if group:
                 checked += survey_personas(
