@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -38,15 +38,11 @@ def attitude_frame(store: Store, run_id: str) -> pd.DataFrame:
     ``condition`` is the condition's label (conditions sharing one, such as adapters
     trained with different seeds, are averaged together); ``tuned`` marks tuned models.
     """
-    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
-
-    query = (
-        select(
-            DebateRow.id.label("debate_id"),
-            DebateRow.condition.label("condition_name"),
-            DebateRow.topic,
-            DebateRow.setup,
-            DebateRow.repetition,
+    frame = _per_agent_rows(
+        store,
+        run_id,
+        SurveyRow,
+        [
             SurveyRow.iteration,
             SurveyRow.agent_index,
             AgentRow.name,
@@ -58,17 +54,9 @@ def attitude_frame(store: Store, run_id: str) -> pd.DataFrame:
             SurveyRow.most_likely,
             SurveyRow.entropy_bits,
             SurveyRow.coverage,
-        )
-        .join(SurveyRow, SurveyRow.debate_id == DebateRow.id)
-        .join(
-            AgentRow,
-            (AgentRow.debate_id == DebateRow.id) & (AgentRow.agent_index == SurveyRow.agent_index),
-        )
-        .where(DebateRow.run_id == run_id)
-        .order_by(DebateRow.id, SurveyRow.iteration, SurveyRow.agent_index)
+        ],
+        order=[SurveyRow.iteration, SurveyRow.agent_index],
     )
-    with store.engine.connect() as conn:
-        frame = pd.read_sql(query, conn)
     groups = condition_groups(store, run_id)
     names = frame["condition_name"].astype(str)
     frame.insert(2, "condition", [groups.get(n, (n, False))[0] for n in names])
@@ -186,15 +174,11 @@ def plot_attitudes(frame: pd.DataFrame, path: Path, title: str | None = None) ->
 
 def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
     """One row per reply of a run, in speaking order, with its debate and speaker."""
-    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
-
-    query = (
-        select(
-            DebateRow.id.label("debate_id"),
-            DebateRow.condition.label("condition_name"),
-            DebateRow.topic,
-            DebateRow.setup,
-            DebateRow.repetition,
+    return _per_agent_rows(
+        store,
+        run_id,
+        MessageRow,
+        [
             MessageRow.iteration,
             MessageRow.agent_index,
             MessageRow.speaker,
@@ -206,14 +190,38 @@ def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
             MessageRow.cached_tokens,
             MessageRow.completion_tokens,
             MessageRow.latency_s,
+        ],
+        order=[MessageRow.iteration],
+    )
+
+
+def _per_agent_rows(
+    store: Store,
+    run_id: str,
+    table: type[MessageRow] | type[SurveyRow],
+    columns: list[Any],
+    order: list[Any],
+) -> pd.DataFrame:
+    """Rows of a per-agent table (replies or survey answers) of one run, each with its
+    debate's cell (condition, topic, setup, repetition) and its agent."""
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
+    query = (
+        select(
+            DebateRow.id.label("debate_id"),
+            DebateRow.condition.label("condition_name"),
+            DebateRow.topic,
+            DebateRow.setup,
+            DebateRow.repetition,
+            *columns,
         )
-        .join(MessageRow, MessageRow.debate_id == DebateRow.id)
+        .join(table, table.debate_id == DebateRow.id)
         .join(
             AgentRow,
-            (AgentRow.debate_id == DebateRow.id) & (AgentRow.agent_index == MessageRow.agent_index),
+            (AgentRow.debate_id == DebateRow.id) & (AgentRow.agent_index == table.agent_index),
         )
         .where(DebateRow.run_id == run_id)
-        .order_by(DebateRow.id, MessageRow.iteration)
+        .order_by(DebateRow.id, *order)
     )
     with store.engine.connect() as conn:
         return pd.read_sql(query, conn)
