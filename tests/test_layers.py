@@ -1,0 +1,55 @@
+"""The layers stay layers: each package imports only the ones below it, and nothing
+imports a module that does not exist (mypy would not see a lazy one)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "stancelab"
+
+# What each part may import from stancelab (besides itself and the leaf _version).
+ALLOWED = {
+    "engine": {"engine"},
+    "conversation": {"engine", "conversation"},
+    "debates": {"engine", "conversation", "debates"},
+    # The intervention re-runs the debates on the tuned model.
+    "tuning": {"engine", "conversation", "debates", "tuning"},
+    "study": {"engine", "conversation", "study"},
+}
+
+
+def stancelab_imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, n) for n in names if n.split(".")[0] == "stancelab"]
+    return found
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_each_layer_imports_only_the_layers_below(part: str) -> None:
+    wrong = []
+    for path in sorted((PACKAGE / part).rglob("*.py")):
+        for line, name in stancelab_imports(path):
+            target = name.split(".")[1] if "." in name else ""
+            if target not in ALLOWED[part] | {"_version"}:
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_stancelab_import_names_a_module_that_exists() -> None:
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, name in stancelab_imports(path):
+            if importlib.util.find_spec(name) is None:
+                missing.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+    assert not missing, "\n".join(missing)
