@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
 from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, PathRequest, TokenPath, TopTokens
+from stancelab.engine.base import ChoiceRequest, PathRequest, Prompt, TokenPath, TopTokens
 from stancelab.engine.fake import ScriptedModel
 from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 
@@ -111,12 +112,13 @@ TABLE = {
 }
 
 
-def table_paths(requests, log):  # type: ignore[no-untyped-def]
+def table_paths(requests: Sequence[PathRequest], log: list[PathRequest]) -> list[TokenPath]:
     out = []
     for r in requests:
         log.append(r)
-        node = r.prompt[len("Q:") :]
-        tops, tokens = [], []
+        node = str(r.prompt)[len("Q:") :]
+        tops: list[TopTokens] = []
+        tokens: list[str] = []
         for _ in range(r.max_tokens):
             row = TABLE.get(node)
             if row is None:
@@ -130,8 +132,8 @@ def table_paths(requests, log):  # type: ignore[no-untyped-def]
     return out
 
 
-def table_next_tokens(prompts, top_k):  # type: ignore[no-untyped-def]
-    return [TopTokens([(t, math.log(q)) for t, q in TABLE[p[len("Q:") :]]]) for p in prompts]
+def table_next_tokens(prompts: Sequence[Prompt], top_k: int = 40) -> list[TopTokens]:
+    return [TopTokens([(t, math.log(q)) for t, q in TABLE[str(p)[len("Q:") :]]]) for p in prompts]
 
 
 def test_greedy_paths_give_the_tree_walks_distribution_in_fewer_requests() -> None:

@@ -59,6 +59,7 @@ class KeywordJudge(LanguageModel):
         out = []
         for request in requests:
             text = str(request.prompt[0]["content"])  # type: ignore[index]
+            probs: tuple[float, ...]
             if request.choices == PARTY_CHOICES:
                 answer = text.split("Answer:", 1)[1]
                 right = any(w in answer for w in RIGHT_WORDS)

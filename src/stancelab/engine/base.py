@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 from stancelab.engine.types import (
@@ -90,7 +90,7 @@ class LanguageModel(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing
         """Release the engine's resources."""
 
-    def __enter__(self) -> LanguageModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
