@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from typing import Any
 
-from throughput import personas
+from throughput import Call, new_prompt_tokens, personas
 
 from stancelab.conversation.personas import BUILTIN_PERSONAS, PAPER_TOPICS
 from stancelab.conversation.templates import load_prompts
@@ -105,6 +106,28 @@ def run_policy(policy: str, args: argparse.Namespace) -> dict[str, float]:
             parallel=args.parallel * args.replicas,
             options={"routing": policy, "trust_env": False, "timeout_s": 600.0},
         )
+        calls: list[Call] = []
+        inner = lm._post
+
+        def post(path: str, payload: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+            started = time.perf_counter()
+            data = inner(path, payload, key)
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            calls.append(
+                Call(
+                    "request",
+                    started,
+                    0.0,
+                    {},
+                    str(payload.get("prompt", "")),
+                    str(choice.get("text") or ""),
+                    int(usage.get("prompt_tokens") or 0),
+                )
+            )
+            return data
+
+        lm._post = post  # type: ignore[method-assign]
         debates = workload(args.debates, args.iterations)
         start = time.perf_counter()
         # All debates at once, a batch per step, as the runner keeps the servers busy.
@@ -125,6 +148,7 @@ def run_policy(policy: str, args: argparse.Namespace) -> dict[str, float]:
             "requests": stats.requests,
             "replicas_used": len(spread),
             "moved": moved,
+            "needed": new_prompt_tokens(calls),
         }
     finally:
         for s in servers:
@@ -157,6 +181,13 @@ def main() -> None:
         )
     base, aff = results["least_in_flight"], results["affinity"]
     print(f"affinity vs least-in-flight: {base['seconds'] / aff['seconds']:.2f}x throughput")
+    for policy, r in results.items():
+        best = 1 - r["needed"] / max(1, r["prompt"])
+        print(
+            f"{policy}: genuinely new prompt tokens {r['needed']:.0f}, so at most {best:.1%} "
+            f"could be served from cache; {r['cached'] / max(1, r['prompt']) / best:.0%} of that "
+            f"was; {r['moved']:.0f} conversations moved"
+        )
 
 
 if __name__ == "__main__":
