@@ -3,7 +3,8 @@
 For every model, the model itself is the writer and the judge (the pipeline's default):
 
 1. it writes ``--questions`` questions with the paper's prompt (no screen), then the
-   question screen judges them: share kept, and why the others were dropped;
+   question screen judges them (thresholds calibrated on Table 2's seeds, the pipeline's
+   default): share kept, and why the others were dropped;
 2. the Figure-10 partisan agent of each party answers the first seed questions of Table 2
    (``--answers`` answers in all, half per party, T=1.0) and the judge scores each answer:
    share on the intended side and mean lean (+1 Republican, -1 Democrat) per party;
@@ -32,7 +33,7 @@ from stancelab.engine.llamacpp import load_engine
 from stancelab.tuning.datasets import answer_prompt, classify_answer
 from stancelab.tuning.labelled import judge_accuracy
 from stancelab.tuning.questions import generate_questions, seed_questions
-from stancelab.tuning.screening import check_questions, score_partisanship, toward
+from stancelab.tuning.screening import calibrate, check_questions, score_partisanship, toward
 
 
 def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> dict[str, Any]:
@@ -47,7 +48,9 @@ def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> di
         written = [q.text for q in bank if q.source == "generated"]
         out["generate_questions_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        checks = check_questions(lm, written)
+        thresholds = calibrate(lm, [q.text for q in seeds])
+        out["thresholds"] = [round(t, 4) for t in thresholds]
+        checks = check_questions(lm, written, thresholds)
         out["screen_questions_s"] = round(time.perf_counter() - t0, 1)
         out["questions_written"] = len(written)
         out["questions_kept"] = sum(c.kept for c in checks)
@@ -93,7 +96,7 @@ def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> di
             }
         out["answers"] = [{**r, **s} for r, s in zip(rows, scores, strict=True)]
         t0 = time.perf_counter()
-        out["judge_accuracy"] = judge_accuracy(lm)
+        out["judge_accuracy"] = judge_accuracy(lm, thresholds)
         out["judge_accuracy_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -116,7 +119,7 @@ def main() -> None:
             f"(dropped {result['questions_dropped']}); on side R {r['on_side']}/{r['answers']} "
             f"D {d['on_side']}/{d['answers']}; mean lean R {r['mean_lean']} D {d['mean_lean']}; "
             f"judge accuracy questions {j['questions']} answers {j['answers']} "
-            f"(coverage {j['answer_coverage']}); times "
+            f"(coverage {j['answer_coverage']}); thresholds {result['thresholds']}; times "
             f"{ {k: v for k, v in result.items() if k.endswith('_s')} }",
             flush=True,
         )

@@ -83,6 +83,18 @@ def test_whole_loop_from_one_file(
     assert (report / "index.html").is_file() and (report / "tuning_effect.csv").is_file()
     table = (out / "table.txt").read_text()
     assert "r=4 NWP" in table and "r=2 DPO" in table
+    # The data and training checks ran and are in the report (judge: the model itself).
+    assert result["questions"]["questions"] == 10 and not result["questions"]["screened"]
+    for party in ("republican", "democrat"):
+        assert result["datasets"][party]["partisanship"]["scored"] > 0
+    assert result["screening"]["heldout_questions"] and result["gate"]["passed"] is not None
+    assert set(result["training"]) == set(labels[1:])
+    for label in labels[1:]:
+        assert result["training"][label]["heldout"] and result["training"][label]["curve"]
+        assert result["training"][label]["learned"] is not None
+    assert "lean republican" in table and "held-out" in table
+    if not result["gate"]["passed"]:
+        assert "not partisan enough" in table.splitlines()[1]
     assert json.loads((out / "results.json").read_text())["rows"][0]["label"] == "base"
 
     # Everything is on disk: a second call recomputes nothing and gives the same table.

@@ -30,10 +30,11 @@ from stancelab.tuning.labelled import (
     judge_accuracy,
     labelled_rows,
 )
-from stancelab.tuning.questions import BankLog, generate_questions
+from stancelab.tuning.questions import BankLog, generate_questions, seed_questions
 from stancelab.tuning.report import table
 from stancelab.tuning.screening import (
     PARTY_CHOICES,
+    calibrate,
     check_questions,
     on_side,
     partisanship_gate,
@@ -49,6 +50,10 @@ class KeywordJudge(LanguageModel):
     """A judge with known verdicts: party by keywords, questions by the labelled lists."""
 
     name = "keyword-judge"
+
+    def __init__(self, yes_good: float = 0.9, yes_bad: float = 0.2) -> None:
+        super().__init__()
+        self.yes_good, self.yes_bad = yes_good, yes_bad
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         raise AssertionError("a judge only scores")
@@ -71,7 +76,8 @@ class KeywordJudge(LanguageModel):
                 good = question not in OFF_TOPIC_QUESTIONS and (
                     topic or question not in LEADING_QUESTIONS
                 )
-                probs = (0.9, 0.1) if good else (0.2, 0.8)
+                yes = self.yes_good if good else self.yes_bad
+                probs = (yes, 1 - yes)
             out.append(ChoiceScores(request.choices, probs, coverage=0.9))
         return out
 
@@ -128,6 +134,18 @@ def test_question_screen_refills_the_bank_on_the_real_engine(small_engine: Langu
 def test_judge_accuracy_on_labelled_set() -> None:
     accuracy = judge_accuracy(KeywordJudge())
     assert accuracy == {"questions": 1.0, "answers": 1.0, "answer_coverage": 0.9}
+
+
+def test_thresholds_calibrated_on_the_seed_questions() -> None:
+    seeds = [q.text for q in seed_questions()]
+    assert calibrate(KeywordJudge(), seeds) == (0.5, 0.5)
+    # A judge that says "No" to everything, but less to good questions: a fixed 0.5 drops
+    # every question, the calibrated thresholds keep the good ones only.
+    shy = KeywordJudge(yes_good=0.3, yes_bad=0.1)
+    assert not any(c.kept for c in check_questions(shy, GOOD_QUESTIONS))
+    thresholds = calibrate(shy, seeds)
+    assert thresholds == (0.3, 0.3)
+    assert judge_accuracy(shy, thresholds)["questions"] == 1.0
 
 
 def test_scores_filter_pairs_and_gate_on_labelled_answers() -> None:

@@ -114,8 +114,9 @@ class ScreeningSettings(_Strict):
     model itself. It must give token log-probabilities (any llama.cpp model does)."""
     questions: bool = True
     """Check every model-written question: an opinion on US politics, phrased neutrally."""
-    min_question_score: float = Field(default=0.5, ge=0, le=1)
-    """A question is kept when P(Yes) reaches this on both checks."""
+    min_question_score: float | None = Field(default=None, ge=0, le=1)
+    """A question is kept when P(Yes) reaches this on both checks; None: calibrated on
+    Table 2's seed questions (as high as the second lowest seed scores, at most 0.5)."""
     partisanship: bool = True
     """Score every answer: the judge's Republican / Democrat / Neither distribution."""
     keep_on_side_only: bool = False

@@ -95,7 +95,9 @@ def labelled_rows() -> list[dict[str, object]]:
     return rows
 
 
-def judge_accuracy(judge: LanguageModel, min_score: float = 0.5) -> dict[str, float]:
+def judge_accuracy(
+    judge: LanguageModel, min_score: float | tuple[float, float] = 0.5
+) -> dict[str, float]:
     """Share of the labelled questions and answers the judge gets right."""
     questions = GOOD_QUESTIONS + OFF_TOPIC_QUESTIONS + LEADING_QUESTIONS
     checks = check_questions(judge, questions, min_score)

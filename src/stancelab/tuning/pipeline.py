@@ -43,7 +43,7 @@ from stancelab.tuning.questions import (
     seed_questions,
 )
 from stancelab.tuning.report import table
-from stancelab.tuning.screening import check_questions, partisanship_gate
+from stancelab.tuning.screening import calibrate, check_questions, partisanship_gate
 from stancelab.tuning.train import train_dpo, train_nwp
 
 if TYPE_CHECKING:
@@ -94,8 +94,14 @@ def run_finetune(
         bank_log = BankLog()
         if len(bank) < q.count:
             screen = None
+            thresholds: tuple[float, float] | None = None
             if screening is not None and screening.questions:
-                min_score = screening.min_question_score
+                thresholds = (
+                    calibrate(judge, [s.text for s in seed_questions()])
+                    if screening.min_question_score is None
+                    else (screening.min_question_score, screening.min_question_score)
+                )
+                min_score = thresholds
 
                 def screen(texts: list[str]) -> list[tuple[bool, str | None, dict[str, Any]]]:
                     return [
@@ -123,6 +129,7 @@ def run_finetune(
                     {
                         "judge": judge.name if screen is not None else None,
                         "screened": screen is not None,
+                        "thresholds": thresholds,
                         **bank_log.as_dict(),
                     },
                     indent=2,

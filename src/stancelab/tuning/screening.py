@@ -59,15 +59,10 @@ def _p_yes(scores: Any) -> float | None:
     return float(scores.probabilities[0]) if scores.coverage > 0 else None
 
 
-def check_questions(
-    judge: LanguageModel,
-    questions: Sequence[str],
-    min_score: float = 0.5,
-    version: str = DEFAULT_VERSION,
-) -> list[QuestionCheck]:
-    """Score every question on topic and neutrality (batched); keep those reaching min_score."""
-    if not questions:
-        return []
+def _question_scores(
+    judge: LanguageModel, questions: Sequence[str], version: str
+) -> list[tuple[float | None, float | None]]:
+    """P(Yes) of the topic and the neutrality check for every question (batched)."""
     topic = read_template(PROMPTS, "question_topic_check", version=version, fields={"question"})
     neutral = read_template(PROMPTS, "question_neutral_check", version=version, fields={"question"})
     reply = read_template(PROMPTS, "question_check_reply", version=version, fields=set())
@@ -76,15 +71,50 @@ def check_questions(
         for q in questions
         for template in (topic, neutral)
     ]
-    scores = judge.score_choices(requests)
+    scores = judge.score_choices(requests) if requests else []
+    return [(_p_yes(scores[2 * k]), _p_yes(scores[2 * k + 1])) for k in range(len(questions))]
+
+
+def calibrate(
+    judge: LanguageModel,
+    reference: Sequence[str],
+    ceiling: float = 0.5,
+    version: str = DEFAULT_VERSION,
+) -> tuple[float, float]:
+    """Thresholds (topic, neutral) from questions known to be good (Table 2's seeds).
+
+    Small judges put most of their mass on "No" whatever the question, so a fixed 0.5
+    drops everything. A candidate must instead score at least as high as the second
+    lowest reference question (the lowest fifth), and never needs more than ``ceiling``.
+    """
+    scores = _question_scores(judge, reference, version)
+    out: list[float] = []
+    for i in range(2):
+        values = sorted(x for x in (v[i] for v in scores) if x is not None)
+        out.append(min(ceiling, values[len(values) // 5]) if values else ceiling)
+    return out[0], out[1]
+
+
+def check_questions(
+    judge: LanguageModel,
+    questions: Sequence[str],
+    min_score: float | tuple[float, float] = 0.5,
+    version: str = DEFAULT_VERSION,
+) -> list[QuestionCheck]:
+    """Score every question on topic and neutrality (batched); keep those whose P(Yes)
+    reaches ``min_score`` (one value, or (topic, neutral) thresholds from ``calibrate``)."""
+    if not questions:
+        return []
+    t_topic, t_neutral = min_score if isinstance(min_score, tuple) else (min_score, min_score)
     out = []
-    for k, text in enumerate(questions):
-        p_topic, p_neutral = _p_yes(scores[2 * k]), _p_yes(scores[2 * k + 1])
+    for text, (p_topic, p_neutral) in zip(
+        questions, _question_scores(judge, questions, version), strict=True
+    ):
         if p_topic is None or p_neutral is None:
             reason: str | None = "unscored"
-        elif p_topic < min_score:
+        elif p_topic < t_topic:
             reason = "off_topic"
-        elif p_neutral < min_score:
+        elif p_neutral < t_neutral:
             reason = "leading"
         else:
             reason = None
