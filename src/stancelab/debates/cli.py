@@ -27,7 +27,15 @@ from stancelab.conversation.store import Store
 from stancelab.conversation.survey import SurveyAnswer, parse_modes, survey_modes_for
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, TurnStep, run_debates
+from stancelab.debates.debate import (
+    Debate,
+    DebateEvents,
+    DebateSpec,
+    DecideStep,
+    Turn,
+    TurnStep,
+    run_debates,
+)
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
@@ -249,7 +257,15 @@ def _run_streamed(
             highlight=False,
         )
 
-    events = DebateEvents(on_turn=on_turn, on_survey=on_survey, on_retry=on_retry)
+    def on_decision(d: Debate, step: DecideStep, speaks: bool, raw: str) -> None:
+        verdict = "speaks" if speaks else "waits"
+        console.print(
+            f"[dim]    {names[step.speaker]} {verdict} ({raw.strip()[:30]!r})[/]", highlight=False
+        )
+
+    events = DebateEvents(
+        on_turn=on_turn, on_survey=on_survey, on_retry=on_retry, on_decision=on_decision
+    )
     start = time.perf_counter()
     try:
         run_debates(engine, [the_debate], events)
