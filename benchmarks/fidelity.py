@@ -162,29 +162,31 @@ def main() -> None:
     parser.add_argument("--screen", action="store_true", help="also run the optional screen")
     parser.add_argument("--json", help="write the full results (stories included) here")
     args = parser.parse_args()
-    results = []
+    results: list[dict[str, Any]] = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         engine = load_engine(model, n_parallel=args.parallel, ctx_per_slot=2048)
+        entry: dict[str, Any] = {"model": model, "formats": []}
+        results.append(entry)
         try:
-            entries = [
-                measure(
+            for name in [f.strip() for f in args.formats.split(",") if f.strip()]:
+                measured = measure(
                     engine,
-                    PromptFormat(f.strip()),
+                    PromptFormat(name),
                     args.per_party,
                     args.seed,
                     args.screen,
                     args.max_tokens,
                 )
-                for f in args.formats.split(",")
-                if f.strip()
-            ]
+                entry["formats"].append(measured)
+                # Each model and format as soon as it is measured: a long run that is
+                # cut short still leaves its finished figures.
+                print_table([{"model": model, "formats": [measured]}])
+                sys.stdout.flush()
+                if args.json:
+                    with open(args.json, "w", encoding="utf-8") as handle:
+                        json.dump(results, handle, indent=2, default=str)
         finally:
             engine.close()
-        results.append({"model": model, "formats": entries})
-    print_table(results)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2, default=str)
 
 
 if __name__ == "__main__":
