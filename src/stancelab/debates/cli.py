@@ -22,7 +22,7 @@ from stancelab.conversation.personas import generate_personas, paper_topic
 from stancelab.conversation.survey import SurveyAnswer, parse_modes
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, Turn, TurnStep
+from stancelab.debates.debate import Debate, DebateEvents, DecideStep, Turn, TurnStep
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
@@ -198,7 +198,16 @@ def _run_streamed(
             highlight=False,
         )
 
-    events = DebateEvents(on_turn=on_turn, on_survey=on_survey, on_retry=on_retry)
+    def on_decision(d: Debate, step: DecideStep, speaks: bool, raw: str) -> None:
+        verdict = "speaks" if speaks else "waits"
+        console.print(
+            f"[dim]    {d.spec.personas[step.speaker].name} {verdict} ({raw.strip()[:30]!r})[/]",
+            highlight=False,
+        )
+
+    events = DebateEvents(
+        on_turn=on_turn, on_survey=on_survey, on_retry=on_retry, on_decision=on_decision
+    )
     try:
         done = run_single_debate(spec, prompt_set, engine, config, out, db, events, on_start)
     finally:

@@ -24,11 +24,33 @@ from stancelab.conversation.survey import (
     SurveyQuestion,
     ask,
 )
-from stancelab.conversation.templates import PromptFormat, PromptSet
+from stancelab.conversation.templates import BUILTIN, PromptFormat, PromptSet, read_template
 from stancelab.engine.base import Generation, GenerationRequest, LanguageModel, Message, Prompt
 from stancelab.engine.errors import ConfigError
 
 _GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
+
+
+@dataclass(frozen=True)
+class Speaking:
+    """How one agent takes part (SAUCE's persons): in strict turn, or asynchronously.
+
+    An asynchronous agent is asked at each of its chances whether it wants to speak now
+    (SAUCE's asynchronous persons); a pass costs no message, and the host moves on.
+    """
+
+    asynchronous: bool = False
+    opinion: str | None = None
+    """SAUCE's ``opinion``: shown after the scenario in the agent's context."""
+    personality: str | None = None
+    """SAUCE's ``speaking_personality``: shown when the agent decides whether to speak."""
+    use_token: str = "<speak>"
+    pass_token: str = "<wait>"
+    examples: bool = False
+    """SAUCE's ``in_context_learning``: the decision request carries short examples."""
+
+
+HOSTS = ("round robin", "random")
 
 
 @dataclass(frozen=True)
@@ -50,8 +72,23 @@ class DebateSpec:
     """Replaces the topic line of the context (SAUCE's "scenario"); None keeps it."""
     first_speaker: int | None = None
     """Fixed first speaker (SAUCE's start_person_index); None draws it from the seed."""
+    ask_attitude: bool = True
+    """With no ``questions``: True asks the paper's attitude question, False asks none."""
+    host: str = "round robin"
+    """Who gets the next chance: "round robin" (every ``host_skip``-th agent) or "random"."""
+    host_skip: int = 1
+    speaking: tuple[Speaking, ...] = ()
+    """Per agent; empty: everyone speaks in strict turn."""
 
     def __post_init__(self) -> None:
+        if self.host not in HOSTS:
+            raise ConfigError(f"unknown host {self.host!r}; use {' or '.join(HOSTS)}")
+        if self.host_skip < 1:
+            raise ConfigError(f"host skip must be at least 1, got {self.host_skip}")
+        if self.speaking and len(self.speaking) != len(self.personas):
+            raise ConfigError(
+                f"{len(self.speaking)} speaking settings for {len(self.personas)} agents"
+            )
         if not self.topic.strip():
             raise ConfigError("the topic is empty; give a topic such as 'climate change'")
         if len(self.personas) < 1:
@@ -107,6 +144,15 @@ class TurnStep:
     speaker: int
 
 
+@dataclass(frozen=True)
+class DecideStep:
+    """An asynchronous agent is to decide whether it speaks at this chance."""
+
+    iteration: int
+    speaker: int
+    chance: int
+
+
 class Debate:
     """State of one debate; prompts are rebuilt append-only from the stored turns."""
 
@@ -134,7 +180,19 @@ class Debate:
         self.surveys: dict[tuple[int, int, str, SurveyMode], SurveyAnswer] = {}
         self.failed: str | None = None
         self.question = prompts.survey_question.format(topic=spec.topic)
-        self.questions = spec.questions or (SurveyQuestion(ATTITUDE, self.question),)
+        default_questions = (SurveyQuestion(ATTITUDE, self.question),) if spec.ask_attitude else ()
+        self.questions = spec.questions or default_questions
+        self.speaking = spec.speaking or tuple(Speaking() for _ in spec.personas)
+        self.decisions: dict[int, tuple[bool, str]] = {}
+        """chance -> (spoke?, the raw decision) for asynchronous agents."""
+        self.passes = 0
+        self._decide = self._decide_examples = ""
+        if any(s.asynchronous for s in self.speaking):
+            fields = {"personality", "use_token", "pass_token"}
+            self._decide = read_template(BUILTIN, "sauce_decide", fields=fields).strip()
+            self._decide_examples = read_template(
+                BUILTIN, "sauce_decide_examples", fields=fields
+            ).strip()
         self._headers = [self._header(p) for p in spec.personas]
         names = "|".join(re.escape(p.name) for p in spec.personas)
         self._speaker_line = re.compile(
@@ -149,7 +207,10 @@ class Debate:
                 topic=self.spec.topic,
                 word_limit=self.spec.word_limit,
             )
-        return f"{persona.background.strip()}\n\n{self.spec.scenario.strip()}\n\n"
+        index = self.spec.personas.index(persona)
+        opinion = self.spec.speaking[index].opinion if self.spec.speaking else None
+        opinion_line = f"{opinion.strip()}\n\n" if opinion else ""
+        return f"{persona.background.strip()}\n\n{self.spec.scenario.strip()}\n\n{opinion_line}"
 
     @property
     def n_agents(self) -> int:
@@ -159,6 +220,62 @@ class Debate:
     def speaker_at(self, iteration: int) -> int:
         """Index of the agent who speaks at a 1-based iteration (round robin)."""
         return (self.first_speaker + iteration - 1) % self.n_agents
+
+    @property
+    def chance(self) -> int:
+        """How many chances to speak have passed: every reply and every pass is one."""
+        return len(self.turns) + self.passes
+
+    def host_speaker(self, chance: int) -> int:
+        """Who the host gives the 0-based ``chance`` to (SAUCE's hosts)."""
+        if self.spec.host == "random" and chance > 0:
+            return random.Random(derive_seed(self.spec.seed, "host", chance)).randrange(
+                self.n_agents
+            )
+        return (self.first_speaker + chance * self.spec.host_skip) % self.n_agents
+
+    def decide_prompt(self, agent: int) -> Prompt:
+        """Ask an asynchronous agent whether it speaks now (a copy, never in history)."""
+        how = self.speaking[agent]
+        personality = f" {how.personality.strip()}" if how.personality else ""
+        fields = {
+            "personality": personality,
+            "use_token": how.use_token,
+            "pass_token": how.pass_token,
+        }
+        request = self._decide.format(**fields)
+        if how.examples:
+            request += " " + self._decide_examples.format(**fields)
+        if self.is_chat(agent):
+            return self.messages(agent, request)
+        return self.context(agent) + f"System: {request}\nMe:"
+
+    def decide_request(self, step: DecideStep) -> GenerationRequest:
+        """Greedy and short: the decision is a token, not a reply."""
+        return GenerationRequest(
+            prompt=self.decide_prompt(step.speaker), temperature=0.0, max_tokens=8, stop=("\n",)
+        )
+
+    def record_decision(self, step: DecideStep, raw: str) -> bool:
+        """Store a decision with SAUCE's rule: a non-empty answer without the pass token
+        speaks. Returns whether the agent speaks."""
+        how = self.speaking[step.speaker]
+        speaks = bool(raw.strip()) and how.pass_token not in raw
+        self.decisions[step.chance] = (speaks, raw)
+        if not speaks:
+            self.passes += 1
+            recent = [self.decisions.get(c, (True, ""))[0] for c in range(self.chance)]
+            tail = 0
+            for spoke in reversed(recent):
+                if spoke:
+                    break
+                tail += 1
+            if tail >= 3 * self.n_agents:
+                self.failed = (
+                    f"nobody chose to speak in {tail} chances in a row "
+                    f"(after {len(self.turns)} replies)"
+                )
+        return speaks
 
     @property
     def survey_iterations(self) -> list[int]:
@@ -247,7 +364,7 @@ class Debate:
         """True once every turn and survey is recorded, or the debate failed."""
         return self.failed is not None or self.next_step() is None
 
-    def next_step(self) -> SurveyStep | TurnStep | None:
+    def next_step(self) -> SurveyStep | TurnStep | DecideStep | None:
         """What the debate needs next."""
         if self.failed is not None:
             return None
@@ -255,7 +372,10 @@ class Debate:
         if any(self._missing(iteration, a) for a in range(self.n_agents)):
             return SurveyStep(iteration)
         if iteration < self.spec.iterations:
-            return TurnStep(iteration + 1, self.speaker_at(iteration + 1))
+            speaker = self.host_speaker(self.chance)
+            if self.speaking[speaker].asynchronous and self.chance not in self.decisions:
+                return DecideStep(iteration + 1, speaker, self.chance)
+            return TurnStep(iteration + 1, speaker)
         return None
 
     def turn_request(self, step: TurnStep, attempt: int) -> GenerationRequest:
@@ -278,7 +398,11 @@ class Debate:
     def record_turn(self, turn: Turn) -> None:
         """Append a reply; it must be the one next_step asked for."""
         step = self.next_step()
-        if not isinstance(step, TurnStep) or step.iteration != turn.iteration:
+        if (
+            not isinstance(step, TurnStep)
+            or step.iteration != turn.iteration
+            or step.speaker != turn.speaker
+        ):
             raise RuntimeError(f"turn {turn.iteration} recorded out of order (expected {step})")
         self.turns.append(turn)
 
@@ -330,6 +454,8 @@ class DebateEvents:
     on_survey: Callable[[Debate, list[SurveyAnswer]], None] | None = None
     on_failure: Callable[[Debate, str], None] | None = None
     on_retry: Callable[[Debate, TurnStep, int, str], None] | None = None
+    on_decision: Callable[[Debate, DecideStep, bool, str], None] | None = None
+    """An asynchronous agent decided whether to speak (True: it speaks)."""
     should_stop: Callable[[], bool] | None = None
     """Checked before every step; True ends the run early (finished work is kept)."""
     extra: dict[str, object] = field(default_factory=dict)
@@ -447,6 +573,27 @@ def _run_turns(
         pending = retry
 
 
+def _run_decisions(
+    choose: Callable[[Debate, int], LanguageModel],
+    work: list[tuple[Debate, DecideStep]],
+    events: DebateEvents,
+) -> None:
+    groups: dict[int, list[tuple[Debate, DecideStep]]] = {}
+    engines: dict[int, LanguageModel] = {}
+    for debate, step in work:
+        lm = choose(debate, step.speaker)
+        engines[id(lm)] = lm
+        groups.setdefault(id(lm), []).append((debate, step))
+    for engine_id, pairs in groups.items():
+        answers = engines[engine_id].generate([d.decide_request(step) for d, step in pairs])
+        for (debate, step), gen in zip(pairs, answers, strict=True):
+            speaks = debate.record_decision(step, gen.text)
+            if events.on_decision:
+                events.on_decision(debate, step, speaks, gen.text)
+            if debate.failed and events.on_failure:
+                events.on_failure(debate, debate.failed)
+
+
 def run_debates(
     models: ModelChoice, debates: Sequence[Debate], events: DebateEvents | None = None
 ) -> None:
@@ -456,14 +603,19 @@ def run_debates(
     while not (events.should_stop and events.should_stop()):
         surveys: list[tuple[Debate, SurveyStep]] = []
         turns: list[tuple[Debate, TurnStep]] = []
+        decisions: list[tuple[Debate, DecideStep]] = []
         for debate in debates:
             step = debate.next_step()
             if isinstance(step, SurveyStep):
                 surveys.append((debate, step))
             elif isinstance(step, TurnStep):
                 turns.append((debate, step))
-        if not surveys and not turns:
+            elif isinstance(step, DecideStep):
+                decisions.append((debate, step))
+        if not surveys and not turns and not decisions:
             return
+        if decisions:
+            _run_decisions(choose, decisions, events)
         if surveys:
             _run_surveys(choose, surveys, events)
         if turns:
