@@ -36,13 +36,20 @@ MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 
 
 def measure(
-    engine: Any, fmt: PromptFormat, per_party: int, seed: int, screen: bool, max_tokens: int
+    engine: Any,
+    fmt: PromptFormat,
+    per_party: int,
+    seed: int,
+    screen: bool,
+    max_tokens: int,
+    writer: Any = None,
 ) -> dict[str, Any]:
     topics = [paper_topic(t) for t in PAPER_TOPICS]
     prompts = load_prompts(format=PromptFormat.CHAT)  # holds every template
     start = time.perf_counter()
+    writer = writer or engine
     personas = generate_personas(
-        engine, per_party, seed=seed, prompt_format=fmt, workers=4, max_tokens=max_tokens
+        writer, per_party, seed=seed, prompt_format=fmt, workers=4, max_tokens=max_tokens
     )
     write_s = time.perf_counter() - start
     print(
@@ -55,7 +62,7 @@ def measure(
         formats = dict.fromkeys(engines, fmt)
         personas, screened = screen_personas(
             personas,
-            engine,
+            writer,
             engines,
             formats,
             topics,
@@ -159,12 +166,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=256, help="per story")
+    parser.add_argument(
+        "--story-sampling",
+        default="",
+        help="e.g. top_k=40,top_p=0.95,min_p=0.05: a second engine with this sampler cut "
+        "writes the stories (the protocol samples the whole distribution)",
+    )
     parser.add_argument("--screen", action="store_true", help="also run the optional screen")
     parser.add_argument("--json", help="write the full results (stories included) here")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         engine = load_engine(model, n_parallel=args.parallel, ctx_per_slot=2048)
+        writer = None
+        if args.story_sampling:
+            cut = {k: float(v) for k, v in (i.split("=") for i in args.story_sampling.split(","))}
+            writer = load_engine(model, n_parallel=args.parallel, ctx_per_slot=2048, sampling=cut)
         entry: dict[str, Any] = {"model": model, "formats": []}
         results.append(entry)
         try:
@@ -176,7 +193,9 @@ def main() -> None:
                     args.seed,
                     args.screen,
                     args.max_tokens,
+                    writer,
                 )
+                measured["story_sampling"] = args.story_sampling or "protocol"
                 entry["formats"].append(measured)
                 # Each model and format as soon as it is measured: a long run that is
                 # cut short still leaves its finished figures.
@@ -187,6 +206,8 @@ def main() -> None:
                         json.dump(results, handle, indent=2, default=str)
         finally:
             engine.close()
+            if writer is not None:
+                writer.close()
 
 
 if __name__ == "__main__":

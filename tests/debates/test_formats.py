@@ -142,7 +142,9 @@ def test_chat_on_a_gguf_without_a_chat_template_is_refused(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"no chat template.*prompt_format: transcript"):
         resolve_format(ModelConfig(name=str(bare)), "chat")
     assert resolve_format(ModelConfig(name=str(bare)), None) == PromptFormat.TRANSCRIPT
-    assert resolve_format(ModelConfig(name=str(templated)), "auto") == PromptFormat.CHAT
+    # auto: transcript on local engines (measured better), chat on servers.
+    assert resolve_format(ModelConfig(name=str(templated)), "auto") == PromptFormat.TRANSCRIPT
+    assert resolve_format(ModelConfig(name=str(templated)), "chat") == PromptFormat.CHAT
     assert resolve_format(ModelConfig(name=str(bare)), "transcript") == PromptFormat.TRANSCRIPT
     remote = ModelConfig(name="gpt-x", backend="openai", base_urls=["http://127.0.0.1:9/v1"])
     assert resolve_format(remote, None) == PromptFormat.CHAT

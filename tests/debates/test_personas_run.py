@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stancelab.debates.store import Store
 
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.runner import ModelPool, RunFolder, run_experiment
+from stancelab.debates.store import Store
 from stancelab.engine.base import GenerationRequest
 from stancelab.engine.fake import ScriptedModel
 

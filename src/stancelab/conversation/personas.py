@@ -260,6 +260,23 @@ def persona_names(count: int, seed: int, exclude: set[str]) -> list[str]:
     return pool[:count]
 
 
+_PREAMBLE = re.compile(
+    r"^(?:(?:Certainly|Sure|Of course|Absolutely|Okay|OK)[!.,]\s*(?:So,\s*)?|"
+    r"Here(?: is|'s) (?:a|the|your) [^.!?:]*[.!?:]\s*)+",
+    re.IGNORECASE,
+)
+_SECOND = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
+_FIRST = re.compile(r"\b(?:I|my|me|mine|myself)\b")
+
+
+def second_person(story: str) -> bool:
+    """Whether a story speaks to its character ("You grew up ...") as the meta-prompt asks,
+    rather than in the first or third person (a story in "I" gives the agent a narrator's
+    voice, not a background)."""
+    you = len(_SECOND.findall(story))
+    return you >= 2 and you >= len(_FIRST.findall(story))
+
+
 def _clean_story(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines()]
     # Drop a chatty opener such as "Sure! Here's a background story:".
@@ -270,6 +287,8 @@ def _clean_story(text: str) -> str:
         lines = lines[1:]
     story = " ".join(line for line in lines if line).strip().strip('"')
     story = story.replace("**", "")
+    # Drop an assistant's preamble sentence ("Certainly! So, imagine ...", "Sure!").
+    story = _PREAMBLE.sub("", story).strip()
     # A story cut by the token limit ends at its last full sentence.
     end = max(story.rfind(". "), story.rfind("! "), story.rfind("? "))
     if story[-1:] not in ".!?" and end > len(story) // 2:
@@ -451,7 +470,7 @@ def write_story(
     for attempt, seed in enumerate(seeds, start=1):
         request = GenerationRequest(prompt, temperature=1.0, max_tokens=max_tokens, seed=seed)
         story = _clean_story(lm.generate([request])[0].text)
-        if len(story.split()) < 15:
+        if len(story.split()) < 15 or not second_person(story):
             continue
         named = name_story(story, name)
         if named is not None:

@@ -227,7 +227,9 @@ def _per_agent_rows(
         return pd.read_sql(query, conn)
 
 
-_SPEAKER_LINE = re.compile(r"(?:^|\n)\s*\**([A-Z][A-Za-z .'\-]{0,30}?)\**\s*:", re.MULTILINE)
+_SPEAKER_LABEL = re.compile(
+    r"(?:^|\n|[.!?\"]\s+)\s*\**([A-Z][A-Za-z'\-]{0,20}(?: [A-Z][A-Za-z'\-]{0,20})?)\**\s*:"
+)
 _NOT_SPEAKERS = frozenset({"Me", "System", "Note", "Answer", "Reply", "Response", "Assistant"})
 
 
@@ -236,37 +238,32 @@ def foreign_script(text: str) -> bool:
     return any(ch.isalpha() and ord(ch) > 0x024F for ch in text)
 
 
-def invented_speakers(raw: str, participants: set[str]) -> set[str]:
-    """Speaker names in a raw reply ("Tom: ...") that are not in the debate."""
-    names = {m.group(1).strip() for m in _SPEAKER_LINE.finditer(raw)}
-    return {n for n in names if n not in participants and n not in _NOT_SPEAKERS}
+def other_speakers(raw: str, own: str) -> set[str]:
+    """Speaker labels in a raw reply ("Tom: ...", at its start, a line's or a sentence's)
+    naming anyone but the replying agent: the model writing lines for someone else, a
+    debater or an invented one."""
+    names = {m.group(1).strip() for m in _SPEAKER_LABEL.finditer(raw)}
+    return {n for n in names if n != own and n not in _NOT_SPEAKERS}
 
 
 def reply_quality(store: Store, run_id: str) -> dict[str, float | int]:
-    """How many replies read as a debate: no other script, no invented speakers.
+    """How many replies read as a debate: no other script, no lines for other speakers.
 
     ``clean_share`` is the share of replies with neither. Replies are judged on the raw
     model output (before the debate cut at the next speaker line), since a reply that
-    goes on to write lines for made-up people shows the model lost the conversation.
+    writes lines for someone else ("Jacob: ...", "Tom: ...") shows the model lost the
+    conversation; ``invented_speaker`` counts those replies.
     """
     with store.session() as s:
         rows = s.execute(
-            select(MessageRow.debate_id, MessageRow.text, MessageRow.raw_text)
+            select(MessageRow.speaker, MessageRow.text, MessageRow.raw_text)
             .join(DebateRow, MessageRow.debate_id == DebateRow.id)
             .where(DebateRow.run_id == run_id)
         ).all()
-        agents = s.execute(
-            select(AgentRow.debate_id, AgentRow.name)
-            .join(DebateRow, AgentRow.debate_id == DebateRow.id)
-            .where(DebateRow.run_id == run_id)
-        ).all()
-    names: dict[int, set[str]] = {}
-    for debate_id, name in agents:
-        names.setdefault(debate_id, set()).add(name)
     foreign = invented = clean = 0
-    for debate_id, text, raw in rows:
+    for speaker, text, raw in rows:
         is_foreign = foreign_script(text)
-        has_invented = bool(invented_speakers(raw or "", names.get(debate_id, set())))
+        has_invented = bool(other_speakers(raw or "", speaker))
         foreign += is_foreign
         invented += has_invented
         clean += not (is_foreign or has_invented)

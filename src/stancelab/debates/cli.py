@@ -89,8 +89,8 @@ def debate(
     prompt_format: Annotated[
         str,
         typer.Option(
-            help="transcript (the paper's Figure 2), chat (messages) or auto (chat when the "
-            "model has a chat template)."
+            help="transcript (the paper's Figure 2), chat (messages) or auto (transcript "
+            "on local models, chat on servers)."
         ),
     ] = "auto",
 ) -> None:
@@ -249,8 +249,8 @@ def sauce(
     prompt_format: Annotated[
         str,
         typer.Option(
-            help="transcript (the paper's Figure 2), chat (messages) or auto (chat when the "
-            "model has a chat template)."
+            help="transcript (the paper's Figure 2), chat (messages) or auto (transcript "
+            "on local models, chat on servers)."
         ),
     ] = "auto",
 ) -> None:
@@ -405,7 +405,7 @@ def personas_generate(
     ] = "climate change,racism,gun violence,illegal immigration",
     seed: Annotated[int, typer.Option(help="Seed for names and sampling.")] = 0,
     prompt_format: Annotated[
-        str, typer.Option(help="transcript, chat or auto (chat when the model has a template).")
+        str, typer.Option(help="transcript, chat or auto (transcript on local models).")
     ] = "auto",
 ) -> None:
     """Write background stories with the paper's meta-prompt (Figure 1)."""

@@ -1,11 +1,12 @@
 """Which prompt format each model gets, and refusing a format a model cannot take.
 
 ``transcript`` is the paper's Figure 2 on a completion endpoint; ``chat`` renders the same
-content as messages. ``auto`` (the default) picks by what the model is: chat for a model
-that carries a chat template (every embedded GGUF, instruct models on a server) and for
-OpenAI-compatible servers, transcript for a GGUF without one. docs/experiments.md gives
-the measurements behind that choice. Every refusal is one line, raised before a run
-writes anything.
+content as messages. ``auto`` (the default) picks transcript for models stancelab runs
+itself (llama.cpp, transformers): measured on the embedded instruct GGUFs with
+LLM-written personas, the transcript held the parties apart better than chat (see the
+fidelity table in docs/experiments.md); and chat for OpenAI-compatible servers, since
+most hosted models are chat-only. Every refusal is one line, raised before a run writes
+anything.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def resolve_format(config: ModelConfig, requested: str | None) -> PromptFormat:
                 "use prompt_format: transcript"
             )
         return chosen
-    if config.backend == "llamacpp":
-        return PromptFormat.CHAT if _gguf_has_template(config) else PromptFormat.TRANSCRIPT
-    return PromptFormat.CHAT
+    if config.backend == "openai":
+        return PromptFormat.CHAT
+    return PromptFormat.TRANSCRIPT
 
 
 def probe_format(lm: LanguageModel, chosen: PromptFormat) -> None:
