@@ -45,6 +45,35 @@ app.add_typer(personas_app, name="personas")
 KIND_STYLE = {"republican": "red", "democrat": "blue", "default": "white"}
 
 
+# Options the one-debate commands (debate, sauce) share, said once.
+ModelOption = Annotated[str, typer.Option(help="Embedded model name or path to a GGUF file.")]
+SurveyModeOption = Annotated[
+    str, typer.Option(help="distribution, generate, or both (comma list).")
+]
+OutOption = Annotated[Path, typer.Option(help="Folder under which the run folder is made.")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(help="Database URL instead of RUN/stancelab.db (e.g. postgresql+psycopg://...)."),
+]
+ParallelOption = Annotated[int, typer.Option(help="Engine slots (requests in flight).")]
+BackendOption = Annotated[
+    str, typer.Option(help="llamacpp (in-process), openai (a server), transformers or fake.")
+]
+BaseUrlOption = Annotated[
+    list[str] | None, typer.Option(help="OpenAI-compatible server URL (repeat for several).")
+]
+ApiKeyEnvOption = Annotated[
+    str | None, typer.Option(help="Environment variable holding the API key.")
+]
+PromptFormatOption = Annotated[
+    str,
+    typer.Option(
+        help="transcript (the paper's Figure 2), chat (messages) or auto (transcript "
+        "on local models, chat on servers)."
+    ),
+]
+
+
 @app.command()
 @friendly_errors
 def debate(
@@ -53,46 +82,23 @@ def debate(
         str, typer.Option(help="Comma list of kinds: republican, democrat, default.")
     ] = "republican,democrat,default",
     iterations: Annotated[int, typer.Option(help="Number of replies (one per iteration).")] = 9,
-    model: Annotated[
-        str, typer.Option(help="Embedded model name or path to a GGUF file.")
-    ] = "qwen2.5-coder-0.5b",
-    survey_mode: Annotated[
-        str, typer.Option(help="distribution, generate, or both (comma list).")
-    ] = "distribution",
+    model: ModelOption = "qwen2.5-coder-0.5b",
+    survey_mode: SurveyModeOption = "distribution",
     seed: Annotated[int, typer.Option(help="Seed for the first speaker and sampling.")] = 0,
     word_limit: Annotated[int, typer.Option(help="Replies must be shorter than this.")] = 50,
-    out: Annotated[Path, typer.Option(help="Folder under which the run folder is made.")] = Path(
-        "runs"
-    ),
-    db: Annotated[
-        str | None,
-        typer.Option(
-            help="Database URL instead of RUN/stancelab.db (e.g. postgresql+psycopg://...)."
-        ),
-    ] = None,
-    parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
+    out: OutOption = Path("runs"),
+    db: DbOption = None,
+    parallel: ParallelOption = 4,
     prompts: Annotated[
         Path | None, typer.Option(help="Folder with your own prompt templates.")
     ] = None,
     question: Annotated[
         str | None, typer.Option(help="Survey question; {topic} is filled in.")
     ] = None,
-    backend: Annotated[
-        str, typer.Option(help="llamacpp (in-process), openai (a server) or transformers.")
-    ] = "llamacpp",
-    base_url: Annotated[
-        list[str] | None, typer.Option(help="OpenAI-compatible server URL (repeat for several).")
-    ] = None,
-    api_key_env: Annotated[
-        str | None, typer.Option(help="Environment variable holding the API key.")
-    ] = None,
-    prompt_format: Annotated[
-        str,
-        typer.Option(
-            help="transcript (the paper's Figure 2), chat (messages) or auto (transcript "
-            "on local models, chat on servers)."
-        ),
-    ] = "auto",
+    backend: BackendOption = "llamacpp",
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    prompt_format: PromptFormatOption = "auto",
 ) -> None:
     """Run one debate, streaming the transcript, and store and plot the attitudes."""
 
@@ -221,38 +227,20 @@ def _run_streamed(
 @friendly_errors
 def sauce(
     file: Annotated[Path, typer.Argument(help="A SAUCE experiment file (JSON).")],
-    model: Annotated[
-        str, typer.Option(help="Embedded model name or path to a GGUF file.")
-    ] = "qwen2.5-coder-0.5b",
+    model: ModelOption = "qwen2.5-coder-0.5b",
     topic: Annotated[
         str | None,
         typer.Option(help="Topic for the built-in attitude question when the file asks none."),
     ] = None,
-    survey_mode: Annotated[
-        str, typer.Option(help="distribution, generate, or both.")
-    ] = "distribution",
+    survey_mode: SurveyModeOption = "distribution",
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder under which the run folder is made.")] = Path(
-        "runs"
-    ),
-    db: Annotated[
-        str | None, typer.Option(help="Database URL instead of RUN/stancelab.db.")
-    ] = None,
-    parallel: Annotated[int, typer.Option(help="Engine slots (requests in flight).")] = 4,
-    backend: Annotated[str, typer.Option(help="llamacpp, openai or transformers.")] = "llamacpp",
-    base_url: Annotated[
-        list[str] | None, typer.Option(help="OpenAI-compatible server URL (repeat for several).")
-    ] = None,
-    api_key_env: Annotated[
-        str | None, typer.Option(help="Environment variable holding the API key.")
-    ] = None,
-    prompt_format: Annotated[
-        str,
-        typer.Option(
-            help="transcript (the paper's Figure 2), chat (messages) or auto (transcript "
-            "on local models, chat on servers)."
-        ),
-    ] = "auto",
+    out: OutOption = Path("runs"),
+    db: DbOption = None,
+    parallel: ParallelOption = 4,
+    backend: BackendOption = "llamacpp",
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    prompt_format: PromptFormatOption = "auto",
 ) -> None:
     """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
 
