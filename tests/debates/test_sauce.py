@@ -112,7 +112,7 @@ def sauce_file(tmp_path: Path, persons: list[dict[str, object]], **experiment: o
     return path
 
 
-TROLLEY = [
+TROLLEY: list[dict[str, object]] = [
     {
         "class": "async_group_discussant",
         "name": "Amanda",
@@ -144,7 +144,9 @@ def test_persons_with_opinions_and_asynchronous_persons(tmp_path: Path) -> None:
     debate = Debate(spec, load_prompts())
     assert debate.survey_iterations == []  # the file asks nothing: no survey at all
     # Opinion follows the scenario in the person's own context, nobody else's.
-    assert debate.turn_prompt(0).startswith(
+    first = debate.turn_prompt(0)
+    assert isinstance(first, str)  # the paper's transcript format
+    assert first.startswith(
         "You are an attorney.\n\nYou discuss the trolley problem.\n\n"
         "You are strongly in favour of pulling the lever.\n\n"
     )
