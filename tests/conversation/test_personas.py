@@ -171,3 +171,21 @@ def _as_chat(request: GenerationRequest) -> GenerationRequest:
     return GenerationRequest(
         [{"role": "user", "content": request.prompt}], request.temperature, seed=request.seed
     )
+
+
+def test_second_person_stories_are_preferred_but_not_required() -> None:
+    first_person = (
+        "I grew up in a small town in Ohio and I became a passionate partisan. My family "
+        "and my church shaped what I believe about my country."
+    )
+    second = (
+        "You grew up in a small town in Ohio and you became a passionate partisan. Your "
+        "family and your church shaped what you believe about your country."
+    )
+    drafts = iter([first_person, second])
+    story, attempts = write_story(
+        ScriptedModel(reply=lambda r: next(drafts)), "Write.", "Aaron", [1, 2, 3], 64
+    )
+    assert (story, attempts) == (second, 2)
+    stubborn = ScriptedModel(reply=lambda r: first_person)
+    assert write_story(stubborn, "Write.", "Aaron", [1, 2], 64) == (first_person, 2)

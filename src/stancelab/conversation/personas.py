@@ -460,27 +460,30 @@ def write_story(
     seeds: Sequence[int],
     max_tokens: int,
 ) -> tuple[str | None, int]:
-    """Draw a story at temperature 1.0 until one is usable and names only ``name``;
-    returns (story or None, attempts used).
+    """Draw a story at temperature 1.0 until one is usable, names only ``name`` and
+    speaks to its character in the second person; returns (story or None, attempts used).
 
-    When every draw names someone else, the last usable draw is kept less the sentences
-    that do, so the agent's name stays the story's only name.
+    When no draw does all that, the first usable one is kept, less any sentence that
+    names someone else, so the agent's name stays the story's only name.
     """
     fallback = None
     for attempt, seed in enumerate(seeds, start=1):
         request = GenerationRequest(prompt, temperature=1.0, max_tokens=max_tokens, seed=seed)
         story = _clean_story(lm.generate([request])[0].text)
-        if len(story.split()) < 15 or not second_person(story):
+        if len(story.split()) < 15:
             continue
         named = name_story(story, name)
-        if named is not None:
+        if named is not None and second_person(named):
             return named, attempt
-        intro = _OPENING.match(story)
-        if intro and intro.group(1) == "Your name is" and intro.group(4) == ".":
-            story = story[intro.end() :].lstrip()
-        trimmed = without_other_names(story, name)
-        if len(trimmed.split()) >= 15:
-            fallback = trimmed
+        if named is None:
+            intro = _OPENING.match(story)
+            if intro and intro.group(1) == "Your name is" and intro.group(4) == ".":
+                story = story[intro.end() :].lstrip()
+            named = without_other_names(story, name)
+        # Kept in case no draw does better: a small model may never write in the second
+        # person, and a story in "I" still carries the party's ideology.
+        if len(named.split()) >= 15 and fallback is None:
+            fallback = named
     return fallback, len(seeds)
 
 
