@@ -27,6 +27,9 @@ class LlamaCppOptions(BaseModel):
     """RAM prompt cache; 0 keeps only what the slots hold."""
     backend_sampling: bool = False
     """Sample on the GPU (CUDA builds of xllamacpp)."""
+    poll: int = Field(default=0, ge=0, le=100)
+    """How long llama.cpp's threads spin before they sleep (0: sleep at once, fair on a
+    shared machine; 50: llama.cpp's own default)."""
     sampling: dict[str, float] | None = None
     """Sampler cut, e.g. ``{top_k: 40, top_p: 0.95}``; default: the whole distribution."""
 
