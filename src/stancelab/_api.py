@@ -18,7 +18,7 @@ from stancelab.conversation.survey import SurveyMode, parse_modes
 from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
 from stancelab.debates.debate import DebateEvents
 from stancelab.debates.experiment import ExperimentConfig, load_experiment
-from stancelab.debates.formats import check_format_option, resolve_format
+from stancelab.debates.formats import AUTO, check_format_option, resolve_format
 from stancelab.debates.results import Run, open_run
 from stancelab.debates.runner import run_experiment
 from stancelab.debates.single import builtin_debate, run_single_debate
@@ -95,7 +95,7 @@ def debate(
     spec = builtin_debate(topic, agents, iterations, seed, word_limit, modes)
     requested = check_format_option(prompt_format)
     if isinstance(model, LanguageModel):
-        chosen = parse_format(requested) if requested else PromptFormat.TRANSCRIPT
+        chosen = PromptFormat.TRANSCRIPT if requested in (None, AUTO) else parse_format(requested)
         engine, owned = model, False
     else:
         entry = ModelConfig.parse(model)

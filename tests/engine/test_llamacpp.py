@@ -65,7 +65,11 @@ def test_path_scoring_matches_the_tree_walk_in_fewer_requests(
         tv = 0.5 * sum(
             abs(a - b) for a, b in zip(old.probabilities, new.probabilities, strict=True)
         )
-        assert tv < 0.02
+        # Measured: the tree walk against itself differs by up to 0.012 (llama.cpp's logits
+        # depend on how a token was batched), paths against the walk by up to 0.025 on Qwen
+        # 0.5B and 0.029 on SmolLM2 within the full suite. A scoring bug ("10" folded into
+        # "1", a biased distribution reported) moves far more than 0.05.
+        assert tv < 0.05
         assert new.requests < old.requests
         assert new.nodes >= 2
 
