@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from stancelab.engine.base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
 from stancelab.engine.capabilities import supports_logprobs
@@ -91,6 +92,19 @@ class SurveyAnswer:
     question_id: str = ATTITUDE
     question: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+
+    def measurement(self) -> dict[str, Any]:
+        """What every store keeps of an answer, whoever was asked (debater or chatbot)."""
+        return {
+            "mode": str(self.mode),
+            "ok": self.ok,
+            "score": self.score,
+            "most_likely": self.most_likely,
+            "entropy_bits": self.entropy_bits,
+            "coverage": self.coverage,
+            "distribution": self.distribution,
+            "raw_text": self.raw_text,
+        }
 
 
 def parse_rating(text: str) -> float | None:

@@ -270,18 +270,11 @@ class Store:
                         debate_id=debate_id,
                         iteration=a.iteration,
                         agent_index=a.agent_index,
-                        mode=str(a.mode),
                         question_id=a.question_id,
                         question=a.question,
-                        ok=a.ok,
-                        score=a.score,
-                        most_likely=a.most_likely,
-                        entropy_bits=a.entropy_bits,
-                        coverage=a.coverage,
-                        distribution=a.distribution,
-                        raw_text=a.raw_text,
                         prompt_tokens=a.prompt_tokens,
                         latency_s=a.latency_s,
+                        **a.measurement(),
                     )
                 )
             s.commit()

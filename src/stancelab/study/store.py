@@ -605,14 +605,7 @@ class StudyStore:
                     LlmStanceRow(
                         participant_id=participant_id,
                         turn=a.iteration,
-                        mode=str(a.mode),
-                        ok=a.ok,
-                        score=a.score,
-                        most_likely=a.most_likely,
-                        coverage=a.coverage,
-                        entropy_bits=a.entropy_bits,
-                        distribution=a.distribution,
-                        raw_text=a.raw_text,
+                        **a.measurement(),
                     )
                 )
             try:
