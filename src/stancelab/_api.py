@@ -88,20 +88,21 @@ def debate(
 
     ``model`` may be a loaded model (kept open for the next call) or anything
     ``load_model`` takes (opened and closed here). ``prompt_format`` is transcript (the
-    paper's Figure 2), chat, or auto: chat when a model entry has a chat template; an
-    already loaded model cannot be inspected, so auto means transcript for it.
+    paper's Figure 2), chat, or auto: transcript on local models, chat on servers (see
+    docs/experiments.md); for an already loaded model auto means transcript.
     """
     modes = parse_modes([str(m) for m in survey_modes])
     spec = builtin_debate(topic, agents, iterations, seed, word_limit, modes)
     requested = check_format_option(prompt_format)
-    if isinstance(model, LanguageModel):
+    entry = None if isinstance(model, LanguageModel) else ModelConfig.parse(model)
+    if entry is None:
         chosen = PromptFormat.TRANSCRIPT if requested in (None, AUTO) else parse_format(requested)
-        engine, owned = model, False
     else:
-        entry = ModelConfig.parse(model)
         chosen = resolve_format(entry, requested)
-        engine, owned = load_model(entry), True
+    # Everything that can be refused is checked before a model is loaded.
     prompt_set = load_prompts(Path(prompts) if prompts else None, format=chosen)
+    prompt_set = prompt_set.with_question(question)
+    engine = model if isinstance(model, LanguageModel) else load_model(ModelConfig.parse(model))
     config = {
         "command": "debate",
         "topic": spec.topic,
@@ -113,9 +114,8 @@ def debate(
         "prompt_format": str(chosen),
     }
     try:
-        prompt_set = prompt_set.with_question(question)
         done = run_single_debate(spec, prompt_set, engine, config, Path(out), db, events)
     finally:
-        if owned:
+        if engine is not model:  # opened here, so closed here
             engine.close()
     return Run(done.store, done.run_id, done.folder)
