@@ -6,11 +6,16 @@ wait for each other instead of failing; a server database gets a connection pool
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from stancelab.engine.errors import StoreError
 
 
 def database_url(target: str | Path) -> str:
@@ -45,3 +50,27 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # unparsable: show nothing rather than risk a password
         return "(database url)"
+
+
+def utc_now() -> dt.datetime:
+    """The time every row is stamped with (timezone-aware UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def open_tables(
+    target: str | Path,
+    metadata: MetaData,
+    what: str,
+    upgrade: Callable[[Engine], None] | None = None,
+) -> tuple[str, Engine]:
+    """Open a database and create a store's tables (and add columns a newer version
+    needs); any failure is one StoreError naming the store, with the password masked."""
+    url = database_url(target)
+    try:
+        engine = open_engine(url)
+        metadata.create_all(engine)
+        if upgrade is not None:
+            upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open {what} {safe_url(url)}: {exc.__cause__ or exc}") from exc
+    return url, engine

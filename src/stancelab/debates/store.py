@@ -25,10 +25,9 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.conversation.database import database_url, open_engine, safe_url
+from stancelab.conversation.database import open_tables, utc_now
 from stancelab.conversation.export import check_formats, write_tables
 from stancelab.conversation.survey import SurveyAnswer, SurveyMode
 from stancelab.debates.debate import Debate, Turn
@@ -41,10 +40,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class Base(DeclarativeBase):
     """Declarative base for stancelab's tables."""
 
@@ -54,7 +49,7 @@ class RunRow(Base):
 
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="running")
     error: Mapped[str | None] = mapped_column(Text)
@@ -157,14 +152,7 @@ class Store:
     """Open (and create) a results database and write runs into it."""
 
     def __init__(self, target: str | Path) -> None:
-        self.url = database_url(target)
-        try:
-            self.engine = open_engine(self.url)
-            Base.metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot open results database {safe_url(self.url)}: {exc.__cause__ or exc}"
-            ) from exc
+        self.url, self.engine = open_tables(target, Base.metadata, "results database")
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -199,7 +187,7 @@ class Store:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise StoreError(f"no run {run_id!r} in {self.url}")
-            row.status, row.error, row.finished_at = status, error, _now()
+            row.status, row.error, row.finished_at = status, error, utc_now()
             s.commit()
 
     def add_debate(

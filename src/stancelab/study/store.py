@@ -35,10 +35,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.conversation.database import database_url, open_engine, safe_url
+from stancelab.conversation.database import open_tables, utc_now
 from stancelab.conversation.export import json_columns_as_text
 from stancelab.conversation.survey import SurveyAnswer
 from stancelab.engine.errors import StoreError
@@ -46,10 +46,6 @@ from stancelab.engine.errors import StoreError
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
 ENDED = ("no_consent", "screened_out", "withdrawn")
 """Steps that end a session without completing it (they hold no place in a quota)."""
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class StudyBase(DeclarativeBase):
@@ -68,8 +64,8 @@ class ParticipantRow(StudyBase):
     step: Mapped[str] = mapped_column(String(20), default="consent")
     session_nonce: Mapped[str] = mapped_column(String(64))
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     completion_code: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200), default="")
@@ -105,7 +101,7 @@ class ChatMessageRow(StudyBase):
     role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     human_stance: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     client_key: Mapped[str | None] = mapped_column(String(64))
     """The idempotency key of the form that sent a participant message (a repeat finds it)."""
@@ -136,7 +132,7 @@ class LlmStanceRow(StudyBase):
     entropy_bits: Mapped[float | None] = mapped_column(Float)
     distribution: Mapped[list[float] | None] = mapped_column(JSON)
     raw_text: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=utc_now)
     """When the probe's answer was stored ("probe done")."""
     __table_args__ = (UniqueConstraint("participant_id", "turn", "mode"),)
 
@@ -159,7 +155,7 @@ class AdminSessionRow(StudyBase):
 
     __tablename__ = "study_admin_sessions"
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -169,7 +165,7 @@ class StudySettingRow(StudyBase):
     __tablename__ = "study_settings"
     study: Mapped[str] = mapped_column(String(100), primary_key=True)
     closed: Mapped[bool] = mapped_column(Boolean, default=False)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 STUDY_TABLES = (
@@ -213,16 +209,10 @@ class StudyStore:
     """Open (and create) the study tables in a database and read and write them."""
 
     def __init__(self, target: str | Path) -> None:
-        self.url = database_url(target)
         self._assign_lock = threading.Lock()
-        try:
-            self.engine = open_engine(self.url)
-            StudyBase.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot open study database {safe_url(self.url)}: {exc.__cause__ or exc}"
-            ) from exc
+        self.url, self.engine = open_tables(
+            target, StudyBase.metadata, "study database", upgrade=_add_missing_columns
+        )
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -334,7 +324,7 @@ class StudyStore:
             if row is None:
                 s.add(StudySettingRow(study=study, closed=closed))
             else:
-                row.closed, row.updated_at = closed, _now()
+                row.closed, row.updated_at = closed, utc_now()
             s.commit()
 
     def withdraw(self, participant_id: str, delete_data: bool = True) -> None:
@@ -366,7 +356,7 @@ class StudyStore:
                 ):
                     setattr(row, field, None)
             row.step = "withdrawn"
-            row.updated_at = _now()
+            row.updated_at = utc_now()
             s.commit()
 
     def participant(self, participant_id: str) -> ParticipantRow | None:
@@ -393,7 +383,7 @@ class StudyStore:
                 if not hasattr(ParticipantRow, key):
                     raise StoreError(f"participants have no field {key!r}")
                 setattr(row, key, value)
-            row.updated_at = _now()
+            row.updated_at = utc_now()
             s.commit()
             return row
 
@@ -467,7 +457,7 @@ class StudyStore:
             s.execute(  # activity: an unfinished session that sends messages holds its place
                 update(ParticipantRow)
                 .where(ParticipantRow.id == participant_id)
-                .values(updated_at=_now())
+                .values(updated_at=utc_now())
             )
             try:
                 s.commit()
@@ -495,7 +485,7 @@ class StudyStore:
             if row is None or row.status != "failed":
                 raise DuplicateTurn(f"message {message_id} is not a failed one")
             row.text, row.human_stance, row.client_key = user_text, human_stance, client_key
-            row.status, row.created_at = "pending", _now()
+            row.status, row.created_at = "pending", utc_now()
             try:
                 s.commit()
             except IntegrityError:
@@ -560,7 +550,7 @@ class StudyStore:
                     ChatMessageRow.turn.in_(list(turns)),
                     ChatMessageRow.shown_at.is_(None),
                 )
-                .values(shown_at=_now())
+                .values(shown_at=utc_now())
             )
             s.commit()
 
@@ -573,7 +563,7 @@ class StudyStore:
             times = dict(row.page_times or {})
             if event in times:
                 return
-            times[event] = _now().isoformat()
+            times[event] = utc_now().isoformat()
             row.page_times = times  # a new dict, so the JSON column is written
             s.commit()
 
@@ -627,7 +617,7 @@ class StudyStore:
     # --- admin sessions ---------------------------------------------------------------
     def add_admin_session(self, token_sha256: str, lifetime: dt.timedelta) -> None:
         """Record a new admin session (and drop expired ones)."""
-        now = _now()
+        now = utc_now()
         with self.session() as s:
             s.execute(delete(AdminSessionRow).where(AdminSessionRow.expires_at <= now))
             s.add(AdminSessionRow(token_sha256=token_sha256, expires_at=now + lifetime))
@@ -642,7 +632,7 @@ class StudyStore:
         expires = row.expires_at
         if expires.tzinfo is None:  # SQLite returns naive UTC
             expires = expires.replace(tzinfo=dt.UTC)
-        return expires > _now()
+        return expires > utc_now()
 
     def end_admin_session(self, token_sha256: str) -> None:
         """Log an admin session out."""
@@ -653,7 +643,9 @@ class StudyStore:
     def expire_admin_sessions_now(self) -> None:
         """End every admin session (a token change, or a test of expiry)."""
         with self.session() as s:
-            s.execute(update(AdminSessionRow).values(expires_at=_now() - dt.timedelta(seconds=1)))
+            s.execute(
+                update(AdminSessionRow).values(expires_at=utc_now() - dt.timedelta(seconds=1))
+            )
             s.commit()
 
     def add_labels(self, rows: Sequence[StrategyLabelRow]) -> None:
