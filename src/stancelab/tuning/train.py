@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,19 +291,13 @@ def train_nwp(
         if heldout_texts
         else None
     )
-    history = list(trainer.state.log_history)
-    curve = loss_curve(history)
-    verdict = nwp_verdict(curve, before, after, settings.min_heldout_gain)
-    result = TrainResult(
+    result = _trained_result(
+        trainer,
         adapter_dir,
-        int(trainer.state.global_step),
         seconds,
-        _final_loss(history),
-        resumed_from=resume,
-        curve=curve,
-        heldout={"examples": len(heldout_texts), "loss_before": before, "loss_after": after},
-        learned=verdict["learned"],
-        verdict=verdict["reason"],
+        resume,
+        {"examples": len(heldout_texts), "loss_before": before, "loss_after": after},
+        lambda curve: nwp_verdict(curve, before, after, settings.min_heldout_gain),
     )
     _write_meta(
         adapter_dir,
@@ -320,7 +314,7 @@ def train_nwp(
             "final_loss": result.final_loss,
             "examples": len(texts),
             "four_bit": four_bit,
-            "log": history,
+            "log": list(trainer.state.log_history),
         },
     )
     return result
@@ -415,19 +409,13 @@ def train_dpo(
         if held
         else None
     )
-    history = list(trainer.state.log_history)
-    curve = loss_curve(history)
-    verdict = dpo_verdict(curve, before, after, settings.ln2_band)
-    result = TrainResult(
+    result = _trained_result(
+        trainer,
         adapter_dir,
-        int(trainer.state.global_step),
         seconds,
-        _final_loss(history),
-        resumed_from=resume,
-        curve=curve,
-        heldout={"pairs": len(held), "before": before, "after": after},
-        learned=verdict["learned"],
-        verdict=verdict["reason"],
+        resume,
+        {"pairs": len(held), "before": before, "after": after},
+        lambda curve: dpo_verdict(curve, before, after, settings.ln2_band),
     )
     _write_meta(
         adapter_dir,
@@ -445,7 +433,32 @@ def train_dpo(
             "seconds": seconds,
             "final_loss": result.final_loss,
             "pairs": len(pairs),
-            "log": history,
+            "log": list(trainer.state.log_history),
         },
     )
     return result
+
+
+def _trained_result(
+    trainer: Any,
+    adapter_dir: Path,
+    seconds: float,
+    resume: str | None,
+    heldout: dict[str, Any],
+    judge: Callable[[list[dict[str, float]]], dict[str, Any]],
+) -> TrainResult:
+    """What a finished NWP or DPO run did: its loss curve, held-out figures and verdict."""
+    history = list(trainer.state.log_history)
+    curve = loss_curve(history)
+    verdict = judge(curve)
+    return TrainResult(
+        adapter_dir,
+        int(trainer.state.global_step),
+        seconds,
+        _final_loss(history),
+        resumed_from=resume,
+        curve=curve,
+        heldout=heldout,
+        learned=verdict["learned"],
+        verdict=verdict["reason"],
+    )
