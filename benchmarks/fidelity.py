@@ -1,7 +1,7 @@
 """How well each embedded model holds its personas before any debate, in each prompt format.
 
 Run: python benchmarks/fidelity.py [--models qwen2.5-coder-1.5b] [--formats transcript,chat]
-     [--per-party 4] [--json out.json] [--screen]
+     [--per-party 4] [--story-format chat] [--json out.json] [--screen]
 
 For every model and format: the model writes ``--per-party`` Republican and Democrat
 stories with the paper's meta-prompt (Figure 1, temperature 1.0, in that format), then
@@ -43,17 +43,20 @@ def measure(
     screen: bool,
     max_tokens: int,
     writer: Any = None,
+    story_format: PromptFormat | None = None,
 ) -> dict[str, Any]:
     topics = [paper_topic(t) for t in PAPER_TOPICS]
     prompts = load_prompts(format=PromptFormat.CHAT)  # holds every template
     start = time.perf_counter()
     writer = writer or engine
+    story_format = story_format or fmt
     personas = generate_personas(
-        writer, per_party, seed=seed, prompt_format=fmt, workers=4, max_tokens=max_tokens
+        writer, per_party, seed=seed, prompt_format=story_format, workers=4, max_tokens=max_tokens
     )
     write_s = time.perf_counter() - start
     print(
-        f"[{engine.name} {fmt}] {len(personas.personas)} stories in {write_s:.0f} s",
+        f"[{engine.name} {fmt}] {len(personas.personas)} stories ({story_format}) in "
+        f"{write_s:.0f} s",
         file=sys.stderr,
     )
     screened = None
@@ -69,7 +72,7 @@ def measure(
             prompts,
             (SurveyMode.DISTRIBUTION,),
             seed=seed,
-            prompt_format=fmt,
+            prompt_format=story_format,
         )
     group = [*personas.personas, BUILTIN_PERSONAS["default"][0]]
     start = time.perf_counter()
@@ -96,6 +99,7 @@ def measure(
         )
     return {
         "format": str(fmt),
+        "story_format": str(story_format),
         "rows": rows,
         "write_s": round(write_s, 1),
         "survey_s": round(survey_s, 1),
@@ -121,7 +125,7 @@ def fmt_num(value: float | None, signed: bool = False) -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print(
-        "| model | format | topic | R / D / Default | R on side | D on side | separation "
+        "| model | stories / survey | topic | R / D / Default | R on side | D on side | separation "
         "| generate: separation | generate: no number |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -133,7 +137,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 rs, rn = r["on_side"].get("republican", (0, 0))
                 ds, dn = r["on_side"].get("democrat", (0, 0))
                 print(
-                    f"| {result['model']} | {entry['format']} | {r['topic']} | "
+                    f"| {result['model']} | {entry['story_format']} / {entry['format']} | "
+                    f"{r['topic']} | "
                     f"{fmt_num(m['republican'])} / {fmt_num(m['democrat'])} / "
                     f"{fmt_num(m['default'])} | {rs}/{rn} | {ds}/{dn} | "
                     f"{fmt_num(r['separation'], True)} | "
@@ -152,9 +157,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 else ""
             )
             print(
-                f"{result['model']} {entry['format']}: separation >= 1.0 in the right "
-                f"direction on {good}/4 topics; stories {entry['write_s']} s, surveys "
-                f"{entry['survey_s']} s{extra}"
+                f"{result['model']} {entry['story_format']} / {entry['format']}: separation "
+                f">= 1.0 in the right direction on {good}/4 topics; stories "
+                f"{entry['write_s']} s, surveys {entry['survey_s']} s{extra}"
             )
 
 
@@ -171,6 +176,12 @@ def main() -> None:
         default="",
         help="e.g. top_k=40,top_p=0.95,min_p=0.05: a second engine with this sampler cut "
         "writes the stories (the protocol samples the whole distribution)",
+    )
+    parser.add_argument(
+        "--story-format",
+        choices=[str(f) for f in PromptFormat],
+        help="the format stories are written in (default: each survey format); an "
+        "experiment sets it with personas.model's prompt_format",
     )
     parser.add_argument("--screen", action="store_true", help="also run the optional screen")
     parser.add_argument("--json", help="write the full results (stories included) here")
@@ -194,6 +205,7 @@ def main() -> None:
                     args.screen,
                     args.max_tokens,
                     writer,
+                    PromptFormat(args.story_format) if args.story_format else None,
                 )
                 measured["story_sampling"] = args.story_sampling or "protocol"
                 entry["formats"].append(measured)

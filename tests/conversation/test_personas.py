@@ -16,6 +16,7 @@ from stancelab.conversation.personas import (
     name_story,
     paper_topic,
     persona_names,
+    reads_as_story,
     write_story,
 )
 from stancelab.engine.base import GenerationRequest
@@ -45,8 +46,39 @@ def story(request: GenerationRequest) -> str:
         "Sure! Here is a story:\n"
         f"You grew up in a small town and became a passionate {party}. You care about "
         "your community, your family and your country, and you speak up at every town "
-        f"hall meeting. Seed {request.seed}."
+        "hall meeting on guns, racism, the climate and immigration. "
+        f"Seed {request.seed}."
     )
+
+
+@pytest.mark.parametrize(
+    ("draft", "usable"),
+    [
+        (
+            "You grew up in Texas. You think guns keep families safe, racism is a thing of "
+            "the past and the climate has always changed.",
+            True,
+        ),
+        (
+            "I'll be happy to craft a background story about a passionate Democrat partisan "
+            "that aligns with your beliefs. How would you like to proceed?",
+            False,
+        ),
+        (
+            '{"name": "Tom", "political_affiliation": "Republican", "racism": "false", '
+            '"climate_change": "false", "gun_violence": "false"}',
+            False,
+        ),
+        (
+            "You grew up on a farm in Ohio and you love your family, your church, your dog "
+            "and the county fair every single summer.",
+            False,
+        ),
+        ("You believe racism and gun violence are big problems.", False),
+    ],
+)
+def test_only_prose_on_the_ideology_counts_as_a_story(draft: str, usable: bool) -> None:
+    assert reads_as_story(draft, TOPICS) is usable
 
 
 def test_generation_names_and_round_trip(tmp_path: Path) -> None:

@@ -148,6 +148,11 @@ def test_chat_on_a_gguf_without_a_chat_template_is_refused(tmp_path: Path) -> No
     assert resolve_format(ModelConfig(name=str(bare)), "transcript") == PromptFormat.TRANSCRIPT
     remote = ModelConfig(name="gpt-x", backend="openai", base_urls=["http://127.0.0.1:9/v1"])
     assert resolve_format(remote, None) == PromptFormat.CHAT
+    # Stories: auto writes them in chat wherever there is a template; explicit wins.
+    assert resolve_format(ModelConfig(name=str(templated)), "auto", writing=True) == "chat"
+    assert resolve_format(ModelConfig(name=str(bare)), "auto", writing=True) == "transcript"
+    written = resolve_format(ModelConfig(name=str(templated)), "transcript", writing=True)
+    assert written == PromptFormat.TRANSCRIPT
 
 
 def test_unknown_formats_are_one_line_errors(tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ def story_or_reply(request: GenerationRequest) -> str:
         party = "Democrat" if "Democrat partisan" in prompt else "Republican"
         return (
             f"You grew up in a small town and became a passionate {party}. You care about "
-            f"your family and your country and speak at every town hall. Draw {request.seed}."
+            "your family and your country and speak at every town hall about guns, racism, "
+            f"the climate and immigration. Draw {request.seed}."
         )
     return " A fair point about the topic."
 
@@ -103,7 +104,8 @@ def test_the_optional_screen_redraws_stories_on_the_wrong_side(tmp_path: Path) -
             if drawn["n"] == 1:  # the first Republican story reads like a Democrat's
                 return (
                     "You grew up reading pamphlets on environmentalism and you fight for "
-                    "the climate every day, marching with your friends downtown."
+                    "the climate, against guns and against racism every day, marching with "
+                    "your friends downtown."
                 )
         return story_or_reply(request)
 

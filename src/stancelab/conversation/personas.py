@@ -277,6 +277,43 @@ def second_person(story: str) -> bool:
     return you >= 2 and you >= len(_FIRST.findall(story))
 
 
+# A draft that is code, markup or a reply to the user instead of a story ("I'll be happy to
+# craft a background story ... How would you like to proceed?"), as small models write when
+# the meta-prompt reaches them as raw text.
+_NOT_A_STORY = re.compile(
+    r"```|[{}<>\[\]|]|\bhow would you like\b|\bwould you like me\b|\bhappy to (?:help|craft|"
+    r"write|create)\b|\bI can(?:not|'t) (?:help|assist|create|write|provide)\b|\bas an AI\b|"
+    r"\blanguage model\b",
+    re.IGNORECASE,
+)
+
+
+def topic_stems(topic: Topic) -> tuple[str, ...]:
+    """Four-letter stems of a topic's words ("raci" matches racism, racial, racist)."""
+    return tuple(w[:4].lower() for w in re.findall(r"[A-Za-z]{3,}", topic.name))
+
+
+def covers_ideology(story: str, topics: Sequence[Topic]) -> bool:
+    """Whether a story names at least half of the topics its meta-prompt lists: the
+    meta-prompt asks for the character's ideology on each, and a story about something
+    else gives the agent no stance to hold."""
+    if not topics:
+        return True
+    words = {w[:4].lower() for w in re.findall(r"[A-Za-z]{3,}", story)}
+    named = sum(1 for t in topics if any(stem in words for stem in topic_stems(t)))
+    return 2 * named >= len(topics)
+
+
+def reads_as_story(story: str, topics: Sequence[Topic] = ()) -> bool:
+    """A usable draft: prose of at least 15 words, not code, markup or a reply to the user,
+    that speaks to at least half of its ideology's topics."""
+    return (
+        len(story.split()) >= 15
+        and _NOT_A_STORY.search(story) is None
+        and covers_ideology(story, topics)
+    )
+
+
 def _clean_story(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines()]
     # Drop a chatty opener such as "Sure! Here's a background story:".
@@ -459,9 +496,11 @@ def write_story(
     name: str,
     seeds: Sequence[int],
     max_tokens: int,
+    topics: Sequence[Topic] = (),
 ) -> tuple[str | None, int]:
-    """Draw a story at temperature 1.0 until one is usable, names only ``name`` and
-    speaks to its character in the second person; returns (story or None, attempts used).
+    """Draw a story at temperature 1.0 until one is usable (``reads_as_story``: prose on at
+    least half of ``topics``), names only ``name`` and speaks to its character in the
+    second person; returns (story or None, attempts used).
 
     When no draw does all that, the first usable one is kept, less any sentence that
     names someone else, so the agent's name stays the story's only name.
@@ -470,7 +509,7 @@ def write_story(
     for attempt, seed in enumerate(seeds, start=1):
         request = GenerationRequest(prompt, temperature=1.0, max_tokens=max_tokens, seed=seed)
         story = _clean_story(lm.generate([request])[0].text)
-        if len(story.split()) < 15:
+        if not reads_as_story(story, topics):
             continue
         named = name_story(story, name)
         if named is not None and second_person(named):
@@ -493,7 +532,7 @@ def generate_personas(
     topics: list[Topic] | None = None,
     seed: int = 0,
     max_tokens: int = 256,
-    max_retries: int = 3,
+    max_retries: int = 7,
     prompt_folder: Path | None = None,
     prompt_format: PromptFormat | str = PromptFormat.CHAT,
     done: Sequence[StoryDraft] = (),
@@ -534,7 +573,12 @@ def generate_personas(
         party, i = slot
         seeds = [derive_seed(seed, party, i, attempt) for attempt in range(max_retries + 1)]
         story, attempts = write_story(
-            lm, persona_prompt(prompts[party], chosen), slot_names[slot], seeds, max_tokens
+            lm,
+            persona_prompt(prompts[party], chosen),
+            slot_names[slot],
+            seeds,
+            max_tokens,
+            [*covered, *extra],
         )
         if story is None:
             return

@@ -393,7 +393,8 @@ def personas_generate(
     ] = "climate change,racism,gun violence,illegal immigration",
     seed: Annotated[int, typer.Option(help="Seed for names and sampling.")] = 0,
     prompt_format: Annotated[
-        str, typer.Option(help="transcript, chat or auto (transcript on local models).")
+        str,
+        typer.Option(help="transcript, chat or auto (chat where the model has a chat template)."),
     ] = "auto",
 ) -> None:
     """Write background stories with the paper's meta-prompt (Figure 1)."""
@@ -402,7 +403,7 @@ def personas_generate(
         raise ConfigError(f"--per-party must be at least 1, got {per_party}")
     chosen = [paper_topic(t) for t in topics.split(",") if t.strip()]
     model_config = ModelConfig(name=model)
-    fmt = resolve_format(model_config, check_format_option(prompt_format))
+    fmt = resolve_format(model_config, check_format_option(prompt_format), writing=True)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     with console.status(f"writing {2 * per_party} stories with {model} ({fmt} format)…"):
         engine = open_model(model_config)

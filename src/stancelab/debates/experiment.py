@@ -93,7 +93,8 @@ class PersonaConfig(_Strict):
     """Generate this many personas per party when ``file`` does not exist yet."""
     model: ModelEntry | None = None
     """Model that writes the stories (defaults to the experiment's model); the stories
-    are written in its prompt format."""
+    are written in its prompt format, where ``auto`` means chat whenever the model has a
+    chat template (the meta-prompt is an instruction; see debates/formats.py)."""
     reuse_across_repetitions: bool = False
     """False: each repetition gets its own persona in the first slot of each kind."""
     check_fidelity: bool = True
@@ -185,8 +186,8 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     prompt_format: PromptFormatName = "auto"
     """transcript (the paper's Figure 2), chat (messages) or auto; a model entry's own
-    ``prompt_format`` wins. auto: chat for models with a chat template, see
-    docs/experiments.md."""
+    ``prompt_format`` wins. auto: chat on OpenAI-compatible servers, transcript on models
+    stancelab runs itself (measured, see docs/experiments.md)."""
     personas: PersonaConfig
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     reply: ReplyConfig = Field(default_factory=ReplyConfig)

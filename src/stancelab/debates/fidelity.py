@@ -172,9 +172,14 @@ def screen_personas(
             if attempt == max_redraws:
                 still += 1
                 break
-            seeds = [derive_seed(seed, "screen", persona.name, attempt, j) for j in range(4)]
+            seeds = [derive_seed(seed, "screen", persona.name, attempt, j) for j in range(8)]
             story, _ = write_story(
-                writer, persona_prompt(meta, prompt_format), persona.name, seeds, max_tokens
+                writer,
+                persona_prompt(meta, prompt_format),
+                persona.name,
+                seeds,
+                max_tokens,
+                [*covered, *extra],
             )
             redrawn += 1
             record[persona.name] = attempt + 1

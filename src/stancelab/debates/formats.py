@@ -5,8 +5,9 @@ content as messages. ``auto`` (the default) picks transcript for models stancela
 itself (llama.cpp, transformers): measured on the embedded instruct GGUFs with
 LLM-written personas, the transcript held the parties apart better than chat (see the
 fidelity table in docs/experiments.md); and chat for OpenAI-compatible servers, since
-most hosted models are chat-only. Every refusal is one line, raised before a run writes
-anything.
+most hosted models are chat-only. Persona stories are the exception: ``auto`` writes them
+in chat wherever the model has a chat template (see :func:`resolve_format`). Every
+refusal is one line, raised before a run writes anything.
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ def _gguf_has_template(config: ModelConfig) -> bool | None:
     return gguf_chat_template(path) is not None
 
 
-def resolve_format(config: ModelConfig, requested: str | None) -> PromptFormat:
+def resolve_format(
+    config: ModelConfig, requested: str | None, writing: bool = False
+) -> PromptFormat:
     """The format a model entry runs in; refuses chat on a GGUF without a chat template.
+
+    ``writing``: the format for writing persona stories, where ``auto`` means chat
+    wherever the GGUF has a chat template. The meta-prompt is an instruction, and an
+    instruct model given it as raw text writes code, JSON or a reply to the user: measured
+    on qwen2.5-coder-1.5b, chat-written stories separated the parties by 1.3 to 2.0 points
+    on three topics in transcript debates (docs/experiments.md). An explicit format is
+    used for stories and debates alike.
 
     Cheap (reads GGUF metadata, starts no engine), so an experiment is checked before any
     file is written. A server's chat-only answer is found later by :func:`probe_format`.
@@ -49,6 +59,8 @@ def resolve_format(config: ModelConfig, requested: str | None) -> PromptFormat:
             )
         return chosen
     if config.backend == "openai":
+        return PromptFormat.CHAT
+    if writing and config.backend == "llamacpp" and _gguf_has_template(config):
         return PromptFormat.CHAT
     return PromptFormat.TRANSCRIPT
 

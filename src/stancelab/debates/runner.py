@@ -332,7 +332,7 @@ def resolve_formats(config: ExperimentConfig) -> Formats:
             entry = config.model_for(kind, condition)
             formats[(condition, kind)] = resolve_format(entry, config.format_for(entry))
     writer = config.personas.model or config.model
-    formats[("", WRITER)] = resolve_format(writer, config.format_for(writer))
+    formats[("", WRITER)] = resolve_format(writer, config.format_for(writer), writing=True)
     return formats
 
 
