@@ -278,9 +278,10 @@ def _spin(until: float) -> None:
         x = (x * 31 + 7) % 1_000_003
 
 
-def _one_debate_seconds(model: str, poll: int, iterations: int) -> float:
+def _one_debate_seconds(model: str, poll: int, threads: int | None, iterations: int) -> float:
     """Seconds for one three-way debate (surveys included) on a fresh engine."""
-    engine = load_engine(model, n_parallel=4, poll=poll)
+    engine = load_engine(model, n_parallel=4, poll=poll, threads=threads)
+    print(f"  (engine on {engine.describe()['threads']} threads)", flush=True)
     try:
         people = personas(1)
         debate = Debate(
@@ -305,31 +306,41 @@ def _one_debate_seconds(model: str, poll: int, iterations: int) -> float:
 
 
 def busy_check(model: str, spinners: int, iterations: int, max_s: float) -> None:
-    """One debate alone and beside ``spinners`` spinning processes, with llama.cpp's
-    polling threads (poll 50, its default) and sleeping ones (poll 0, stancelab's)."""
+    """One debate alone and beside ``spinners`` spinning processes, on every core with
+    llama.cpp's polling threads (poll 50, its default) and sleeping ones (poll 0), and
+    with stancelab's default (threads for the cores idle at start). Each slowdown is
+    against the fastest run alone, the fair share against the machine's cores."""
     cores = os.cpu_count() or 1
-    threads = cores  # the engine's default
-    fair = max(1.0, (spinners + threads) / cores)
+    fair = max(1.0, (spinners + cores) / cores)
     print(
         f"one three-way debate, {iterations} replies, {model}; {spinners} spinning processes "
         f"on {cores} cores: a fair share of the CPU makes it {fair:.1f}x slower"
     )
-    print(f"{'poll':<6}{'alone s':>9}{'busy s':>9}{'slowdown':>10}{'vs fair':>9}")
     ctx = multiprocessing.get_context("spawn")
-    for poll in (50, 0):
-        alone = _one_debate_seconds(model, poll, iterations)
+    rows = []
+    for label, poll, threads in (
+        ("all cores, poll 50", 50, cores),
+        ("all cores, poll 0", 0, cores),
+        ("idle cores, poll 0", 0, None),  # stancelab's default
+    ):
+        alone = _one_debate_seconds(model, poll, threads, iterations)
         until = time.monotonic() + max_s  # the load stops by itself even if we crash
         load = [ctx.Process(target=_spin, args=(until,), daemon=True) for _ in range(spinners)]
         for proc in load:
             proc.start()
         try:
-            busy = _one_debate_seconds(model, poll, iterations)
+            time.sleep(0.5)  # the spinners are running when the engine picks its threads
+            busy = _one_debate_seconds(model, poll, threads, iterations)
         finally:
             for proc in load:
                 proc.terminate()
                 proc.join(5)
+        rows.append((label, alone, busy))
+    best = min(alone for _, alone, _ in rows)
+    print(f"{'threads, poll':<22}{'alone s':>9}{'busy s':>9}{'slowdown':>10}{'vs fair':>9}")
+    for label, alone, busy in rows:
         print(
-            f"{poll:<6}{alone:>9.1f}{busy:>9.1f}{busy / alone:>9.2f}x{busy / alone / fair:>8.2f}x"
+            f"{label:<22}{alone:>9.1f}{busy:>9.1f}{busy / best:>9.2f}x{busy / best / fair:>8.2f}x"
         )
 
 

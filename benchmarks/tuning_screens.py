@@ -1,6 +1,7 @@
 """How usable is each embedded model's self-written data? Questions kept, answers on side.
 
-For every model, the model itself is the writer and the judge (the pipeline's default):
+For every model, the model itself is the writer and, unless ``--judge`` names one judge for
+all, the judge (the pipeline's default):
 
 1. it writes ``--questions`` questions with the paper's prompt (no screen), then the
    question screen judges them (thresholds calibrated on Table 2's seeds, the pipeline's
@@ -25,6 +26,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,20 @@ from stancelab.tuning.questions import generate_questions, seed_questions
 from stancelab.tuning.screening import calibrate, check_questions, score_partisanship, toward
 
 
-def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> dict[str, Any]:
+def measure(
+    model: str, n_questions: int, n_answers: int, max_tokens: int, judge_name: str | None
+) -> dict[str, Any]:
     """One model's figures (see the module docstring)."""
-    out: dict[str, Any] = {"model": model, "questions_asked": n_questions}
-    with load_engine(model, n_parallel=4, ctx_per_slot=1024) as lm:
+    out: dict[str, Any] = {
+        "model": model,
+        "judge": judge_name or model,
+        "questions_asked": n_questions,
+    }
+    with ExitStack() as stack:
+        lm = stack.enter_context(load_engine(model, n_parallel=4, ctx_per_slot=1024))
+        judge = lm
+        if judge_name and judge_name != model:
+            judge = stack.enter_context(load_engine(judge_name, n_parallel=4, ctx_per_slot=1024))
         t0 = time.perf_counter()
         seeds = seed_questions()
         bank = generate_questions(
@@ -48,9 +60,9 @@ def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> di
         written = [q.text for q in bank if q.source == "generated"]
         out["generate_questions_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        thresholds = calibrate(lm, [q.text for q in seeds])
+        thresholds = calibrate(judge, [q.text for q in seeds])
         out["thresholds"] = [round(t, 4) for t in thresholds]
-        checks = check_questions(lm, written, thresholds)
+        checks = check_questions(judge, written, thresholds)
         out["screen_questions_s"] = round(time.perf_counter() - t0, 1)
         out["questions_written"] = len(written)
         out["questions_kept"] = sum(c.kept for c in checks)
@@ -80,7 +92,7 @@ def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> di
                     rows.append({"party": party, "question": q.text, "text": g.text.strip()})
         out["generate_answers_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        scores = score_partisanship(lm, rows)
+        scores = score_partisanship(judge, rows)
         out["score_answers_s"] = round(time.perf_counter() - t0, 1)
         for party in ("republican", "democrat"):
             mine = [(r, s) for r, s in zip(rows, scores, strict=True) if r["party"] == party]
@@ -96,7 +108,7 @@ def measure(model: str, n_questions: int, n_answers: int, max_tokens: int) -> di
             }
         out["answers"] = [{**r, **s} for r, s in zip(rows, scores, strict=True)]
         t0 = time.perf_counter()
-        out["judge_accuracy"] = judge_accuracy(lm, thresholds)
+        out["judge_accuracy"] = judge_accuracy(judge, thresholds)
         out["judge_accuracy_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -108,14 +120,18 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--judge", default=None, help="one judge for every writer (default: each judges itself)"
+    )
     args = parser.parse_args()
     results = []
     for model in args.models:
-        result = measure(model, args.questions, args.answers, args.max_tokens)
+        result = measure(model, args.questions, args.answers, args.max_tokens, args.judge)
         results.append(result)
         r, d, j = result["republican"], result["democrat"], result["judge_accuracy"]
         print(
-            f"{model}: questions kept {result['questions_kept']}/{result['questions_written']} "
+            f"{model} (judge {result['judge']}): questions kept "
+            f"{result['questions_kept']}/{result['questions_written']} "
             f"(dropped {result['questions_dropped']}); on side R {r['on_side']}/{r['answers']} "
             f"D {d['on_side']}/{d['answers']}; mean lean R {r['mean_lean']} D {d['mean_lean']}; "
             f"judge accuracy questions {j['questions']} answers {j['answers']} "

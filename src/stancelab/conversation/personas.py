@@ -593,8 +593,10 @@ def generate_personas(
         list(pool.map(one, todo))
     if len(drafts) < len(slots):
         raise ConfigError(
-            f"the model wrote only {len(drafts)} usable stories of "
-            f"{len(slots)} after {max_retries + 1} attempts each"
+            f"the model wrote only {len(drafts)} usable stories of {len(slots)} after "
+            f"{max_retries + 1} attempts each (the others were not prose on the ideology's "
+            "topics; the finished ones are kept): use a larger model for personas.model, "
+            "or a persona file"
         )
     personas = [
         Persona(

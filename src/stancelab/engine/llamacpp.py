@@ -75,6 +75,22 @@ def sampling_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
     return {**PROTOCOL_SAMPLING, **overrides}
 
 
+def idle_cores(sample_s: float = 0.2) -> int:
+    """Cores no process is using right now (CPU use sampled for ``sample_s``), at least one.
+
+    llama.cpp's threads meet at a barrier after every graph step, so one thread that
+    another process pushes off its core stalls the rest: beside two spinning processes on
+    two cores a debate on two threads ran 5.0x slower than alone, where a fair share of
+    the CPU costs 2x (benchmarks/throughput.py --busy). Threads only for the idle cores
+    keep a busy machine's share fair; on an idle machine this is every core.
+    """
+    import psutil  # noqa: PLC0415 - lazy: only engines that pick their own threads
+
+    cores = os.cpu_count() or 1
+    busy = float(psutil.cpu_percent(interval=sample_s)) / 100
+    return max(1, min(cores, round(cores * (1 - busy))))
+
+
 def engine_params(
     model_path: Path,
     n_parallel: int,
@@ -98,13 +114,12 @@ def engine_params(
         ]
     params.n_parallel = n_parallel
     params.n_ctx = ctx_per_slot * n_parallel
-    n_threads = threads or _threads_from_env() or max(1, os.cpu_count() or 1)
+    n_threads = threads or _threads_from_env() or idle_cores()
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
     # llama.cpp's worker threads busy-wait between graph steps (poll 50 of 100 by
-    # default). Beside other processes a spinning thread burns the time slice another
-    # thread of the same step waits for, so a debate ran 3.4-3.8x slower beside two busy
-    # processes where a fair share of the cores costs 2x. 0 makes them sleep instead.
+    # default); 0 makes them sleep, which measured no worse alone and less bad beside
+    # other processes (the thread count above is what makes a busy machine fair).
     if not 0 <= poll <= 100:
         raise ConfigError(f"llama.cpp poll must be 0..100, got {poll}")
     params.cpuparams.poll = poll

@@ -22,7 +22,8 @@ class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threads: int | None = Field(default=None, ge=1)
-    """CPU threads (default: ``STANCELAB_THREADS`` or the engine's choice)."""
+    """CPU threads (default: ``STANCELAB_THREADS``, else the cores idle when the engine
+    starts, so a shared machine's other work keeps its share)."""
     cache_ram_mib: int = Field(default=8192, ge=0)
     """RAM prompt cache; 0 keeps only what the slots hold."""
     backend_sampling: bool = False
