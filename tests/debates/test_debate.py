@@ -98,6 +98,11 @@ def test_reply_cleanup() -> None:
     assert text == "Fine."
     text, _ = debate.clean_reply(' "Quoted answer here."\nModerator: next', speaker)
     assert text == "Quoted answer here."
+    # A debater's label inside the reply, after a sentence, starts someone else's line.
+    text, _ = debate.clean_reply(f" Yes, it does. {other}: No. Me: Yes.", speaker)
+    assert text == "Yes, it does."
+    text, _ = debate.clean_reply(f" I told {other}: listen to the facts.", speaker)
+    assert text == f"I told {other}: listen to the facts."
     long = " ".join(f"word{i}" for i in range(80))
     text, truncated = debate.clean_reply(long, speaker)
     assert truncated and len(text.split()) == 49

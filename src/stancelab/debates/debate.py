@@ -195,8 +195,13 @@ class Debate:
             ).strip()
         self._headers = [self._header(p) for p in spec.personas]
         names = "|".join(re.escape(p.name) for p in spec.personas)
+        # A reply ends where a speaker line begins: on a new line (any name-like label), or
+        # after a sentence for a debater's own label ("... on it. Samantha: Yes, ...": the
+        # model writing Samantha's lines inside the reply).
         self._speaker_line = re.compile(
-            rf"\n\s*(?:Me|System|{names}|{_GENERIC_SPEAKER})\s*:", re.MULTILINE
+            rf"\n\s*(?:Me|System|{names}|{_GENERIC_SPEAKER})\s*:"
+            rf"|(?<=[.!?\"])[ \t]+(?:Me|System|{names})\s*:",
+            re.MULTILINE,
         )
         self._stops = ("\nMe:", "\nSystem:", *(f"\n{p.name}:" for p in spec.personas))
 
