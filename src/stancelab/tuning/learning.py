@@ -177,9 +177,9 @@ def nwp_verdict(
         return {
             "learned": False,
             "reason": f"held-out loss {before:.3f} -> {after:.3f} "
-            f"({gain:+.1%}, needs a fall of {min_gain:.0%}): the adapter did not learn",
+            f"({-gain:+.2%}, needs a fall of {min_gain:.0%}): the adapter did not learn",
         }
-    return {"learned": True, "reason": f"held-out loss {before:.3f} -> {after:.3f} ({-gain:+.1%})"}
+    return {"learned": True, "reason": f"held-out loss {before:.3f} -> {after:.3f} ({-gain:+.2%})"}
 
 
 def dpo_verdict(
