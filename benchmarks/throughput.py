@@ -71,6 +71,34 @@ def personas(n: int) -> PersonaSet:
     return PersonaSet(out, {"source": "benchmark"})
 
 
+def workload_file(
+    name: str,
+    model: str,
+    parallel: int,
+    topics: list[str],
+    repetitions: int,
+    iterations: int,
+    survey_mode: str = "distribution",
+) -> Path:
+    """The benchmark's experiment file (three-way debates, fixed personas, no fidelity
+    check) in a fresh temporary folder, so every way and every script runs one workload."""
+    work = Path(tempfile.mkdtemp(prefix=f"stancelab-{name}-"))
+    personas(repetitions).save(work / "personas.yaml")
+    experiment = {
+        "name": name,
+        "model": {"name": model, "parallel": parallel},
+        "topics": topics,
+        "setups": ["three-way"],
+        "repetitions": repetitions,
+        "iterations": iterations,
+        "personas": {"file": "personas.yaml", "check_fidelity": False},
+        "survey": {"modes": [survey_mode]},
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
 def naive(engine: LlamaCppEngine, debates: list[Debate]) -> tuple[float, int]:
     """One debate after another, one request at a time, no prompt cache, parsed surveys."""
     server = engine._server  # the raw llama.cpp server, as a plain script would use it
@@ -384,20 +412,16 @@ def main() -> None:
         busy_check(args.model, args.busy, 3, args.busy_max_s)
         return
     topics = list(PAPER_TOPICS)[: args.topics]
-    work = Path(tempfile.mkdtemp(prefix="stancelab-bench-"))
-    personas(args.repetitions).save(work / "personas.yaml")
-    experiment = {
-        "name": "bench",
-        "model": {"name": args.model, "parallel": args.parallel},
-        "topics": topics,
-        "setups": ["three-way"],
-        "repetitions": args.repetitions,
-        "iterations": args.iterations,
-        "personas": {"file": "personas.yaml", "check_fidelity": False},
-        "survey": {"modes": [args.survey_mode]},
-    }
-    path = work / "bench.yaml"
-    path.write_text(yaml.safe_dump(experiment))
+    path = workload_file(
+        "bench",
+        args.model,
+        args.parallel,
+        topics,
+        args.repetitions,
+        args.iterations,
+        args.survey_mode,
+    )
+    work = path.parent
     config = load_experiment(path)
     engine = load_engine(
         args.model,

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from throughput import Call, ceiling, count_survey_nodes, new_prompt_tokens, personas
+from throughput import (
+    Call,
+    ceiling,
+    count_survey_nodes,
+    new_prompt_tokens,
+    personas,
+    workload_file,
+)
 
 from stancelab.conversation.personas import BUILTIN_PERSONAS, PAPER_TOPICS
 from stancelab.conversation.survey import parse_rating
@@ -144,20 +148,10 @@ def main() -> None:
     calls = record(lm)
     survey_nodes = count_survey_nodes(lm)  # type: ignore[arg-type]
     topics = list(PAPER_TOPICS)[: args.topics]
-    work = Path(tempfile.mkdtemp(prefix="stancelab-gpu-"))
-    personas(args.repetitions).save(work / "personas.yaml")
-    experiment = {
-        "name": "gpu-bench",
-        "model": {"name": args.model, "parallel": args.parallel},
-        "topics": topics,
-        "setups": ["three-way"],
-        "repetitions": args.repetitions,
-        "iterations": args.iterations,
-        "personas": {"file": "personas.yaml", "check_fidelity": False},
-        "survey": {"modes": ["distribution"]},
-    }
-    path = work / "bench.yaml"
-    path.write_text(yaml.safe_dump(experiment))
+    path = workload_file(
+        "gpu-bench", args.model, args.parallel, topics, args.repetitions, args.iterations
+    )
+    work = path.parent
     config = load_experiment(path)
     result = run_experiment(
         config, path.read_text(), work / "runs", log=lambda m: None, models=ModelPool(lambda c: lm)
