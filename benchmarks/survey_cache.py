@@ -14,6 +14,7 @@ point and the total variation distance between the two distributions.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -79,6 +80,32 @@ def total_variation(p: Sequence[float], q: Sequence[float]) -> float:
     return 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
 
 
+def systematic(pairs: Sequence[tuple[list[float], list[float], list[float]]]) -> None:
+    """Is new - old a bias or noise? Per candidate, the mean difference over all points
+    and its standard error (a bias shows as a mean many standard errors from 0); and the
+    difference in the 0-10 expected value, the figure a study reports."""
+    n = len(pairs)
+    print("candidate      mean(new-old)  s.e.   |  mean(again-old)  s.e.")
+    for c in range(len(pairs[0][0])):
+        cols = []
+        for k in (1, 2):
+            diffs = [p[k][c] - p[0][c] for p in pairs]
+            cols.append((statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(n)))
+        (new_mean, new_se), (again_mean, again_se) = cols
+        print(f"{c:>9}{new_mean:>+15.5f}{new_se:>8.5f}   |{again_mean:>+15.5f}{again_se:>9.5f}")
+
+    def expected(probs: Sequence[float]) -> float:
+        return sum(i * q for i, q in enumerate(probs))
+
+    for label, k in (("new - old", 1), ("again - old", 2)):
+        deltas = [expected(p[k]) - expected(p[0]) for p in pairs]
+        print(
+            f"expected 0-10 value, {label}: mean {statistics.mean(deltas):+.4f} "
+            f"(s.e. {statistics.stdev(deltas) / math.sqrt(n):.4f}), "
+            f"max |diff| {max(abs(d) for d in deltas):.4f}"
+        )
+
+
 def compare(model: str, points: int, parallel: int) -> None:
     """Old (tree level per call) and new (greedy paths) scoring on the same survey points."""
     per_context = len(HISTORY) + 1
@@ -91,6 +118,8 @@ def compare(model: str, points: int, parallel: int) -> None:
     new_engine = load_engine(model, n_parallel=parallel)
     tvs: list[float] = []
     noise: list[float] = []
+    whitespace: list[float] = []  # P(the first answer token is whitespace alone), per point
+    pairs: list[tuple[list[float], list[float], list[float]]] = []  # old, new, old again
     old_recomputed = 0
     old_requests = new_requests = 0
     old_seconds = new_seconds = 0.0
@@ -114,7 +143,16 @@ def compare(model: str, points: int, parallel: int) -> None:
         again = score_by_token_tree(old_engine.next_tokens, requests)
         for o, a in zip(old, again, strict=True):
             noise.append(total_variation(o.probabilities, a.probabilities))
-        for o, n in zip(old, new, strict=True):
+        # Where the two walks can differ by more than the engine's noise: the tree walk
+        # appends each node's text to the prompt and lets the engine tokenise it again, so
+        # after a lone " " it conditions on " 7" spelled the canonical way; the path walk
+        # conditions on the tokens the model itself emitted (" " then "7").
+        for root in old_engine.next_tokens([r.prompt for r in requests], 40):
+            whitespace.append(
+                sum(math.exp(lp) for tok, lp in root.tokens if tok and not tok.strip())
+            )
+        for o, n, a in zip(old, new, again, strict=True):
+            pairs.append((list(o.probabilities), list(n.probabilities), list(a.probabilities)))
             tv = total_variation(o.probabilities, n.probabilities)
             tvs.append(tv)
             if tv >= worst[0]:
@@ -137,6 +175,17 @@ def compare(model: str, points: int, parallel: int) -> None:
         f"noise floor, the tree walk repeated on the same engine: max {max(noise):.4f}, "
         f"mean {statistics.mean(noise):.5f}, points above 0.01: {sum(x > 0.01 for x in noise)}"
     )
+    for label, keep in (
+        ("first token whitespace < 1%", lambda w: w < 0.01),
+        ("first token whitespace >= 1%", lambda w: w >= 0.01),
+    ):
+        part = [tv for tv, w in zip(tvs, whitespace, strict=True) if keep(w)]
+        if part:
+            print(
+                f"  points with {label}: {len(part)}, TV max {max(part):.4f}, "
+                f"mean {statistics.mean(part):.5f}, above 0.01: {sum(tv > 0.01 for tv in part)}"
+            )
+    systematic(pairs)
     print(f"worst point old: {[round(x, 3) for x in worst[1]]}")
     print(f"worst point new: {[round(x, 3) for x in worst[2]]}")
     old_engine.close()

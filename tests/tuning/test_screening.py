@@ -36,6 +36,7 @@ from stancelab.tuning.screening import (
     PARTY_CHOICES,
     calibrate,
     check_questions,
+    distinguishability,
     on_side,
     partisanship_gate,
     partisanship_summary,
@@ -186,6 +187,59 @@ def test_scores_filter_pairs_and_gate_on_labelled_answers() -> None:
     assert none["passed"] is None
 
 
+RIGHT_CLAUSES = ("secure the border", "cut taxes", "protect gun rights", "less regulation")
+LEFT_CLAUSES = ("welcome immigrants", "fund public schools", "pass gun control", "act on climate")
+FILLER = ("I think", "Honestly,", "For my family,", "In my town,")
+
+
+def _answers(party: str, clauses: Sequence[str], questions: int = 6) -> list[dict[str, Any]]:
+    return [
+        {
+            "party": party,
+            "question_id": f"q{q}",
+            "text": f"{FILLER[k]} we should {clauses[(q + k) % 4]} and {clauses[(q + k + 1) % 4]}.",
+        }
+        for q in range(questions)
+        for k in range(4)
+    ]
+
+
+def test_distinguishability_tells_partisan_from_party_blind_answers() -> None:
+    rep, dem = _answers("republican", RIGHT_CLAUSES), _answers("democrat", LEFT_CLAUSES)
+    told = distinguishability(rep, dem)
+    assert told["questions"] == 6 and told["answers"] == 48
+    assert told["accuracy"] is not None and told["accuracy"] >= 0.9
+    assert 0.1 < told["band"] < 0.2  # 1.96 * sqrt(0.25 / 48)
+    # Party-blind data: both parties wrote the very same answers, so no classifier can do
+    # better than chance on unseen questions.
+    mixed = _answers("republican", RIGHT_CLAUSES[:2] + LEFT_CLAUSES[:2])
+    blind = distinguishability(mixed, [{**r, "party": "democrat"} for r in mixed])
+    assert blind["accuracy"] is not None and blind["accuracy"] <= 0.5
+    # Answers that share no word: not measured, and the reason is kept.
+    terse = distinguishability(
+        [{"party": "republican", "question_id": f"q{i}", "text": f"r{i}"} for i in range(3)],
+        [{"party": "democrat", "question_id": f"q{i}", "text": f"d{i}"} for i in range(3)],
+    )
+    assert terse["accuracy"] is None and "no terms remain" in terse["unmeasured"]
+    # One shared question is too few to hold any out.
+    assert distinguishability(rep[:4], dem[:4])["accuracy"] is None
+
+    # The gate fails on party-blind data even with no judge scores, and names why.
+    gate = partisanship_gate(
+        mixed,
+        [{**r, "party": "democrat"} for r in mixed],
+        "republican",
+        0.6,
+        0.1,
+        min_distinguishable=0.6,
+    )
+    assert gate["passed"] is False
+    assert "tells the two parties' answers apart on unseen questions" in gate["problems"][0]
+    assert partisanship_gate(rep, dem, "republican", 0.6, 0.1, 0.6)["problems"] == [
+        "no answer was scored for partisanship"
+    ]
+
+
 def test_report_carries_the_gate_and_learning_banners() -> None:
     rows = [
         {"label": "base", "kind": "base", "rank": 0, "attitude": 5.2},
@@ -199,6 +253,8 @@ def test_report_carries_the_gate_and_learning_banners() -> None:
         "min_on_side": 0.6,
         "separation": 0.02,
         "min_separation": 0.1,
+        "min_distinguishable": 0.6,
+        "distinguishability": {"accuracy": 0.51, "answers": 200, "band": 0.069},
     }
     training = {
         "dpo-r4-s0": {
@@ -235,6 +291,7 @@ def test_report_carries_the_gate_and_learning_banners() -> None:
     assert "on-side answers only ON" in text and "direction only off" in text
     assert "40% lean republican, mean lean -0.10" in text
     assert "acc 0.50->0.50" in text and "NO" in text
+    assert "told apart on unseen questions 51% of 200 answers (chance 50% +- 7%)" in text
     clean = table({**record, "gate": {**gate, "passed": True}, "training": {}})
     assert "!!!" not in clean
     # The old call with bare rows still gives the plain table.

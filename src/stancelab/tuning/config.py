@@ -129,6 +129,9 @@ class ScreeningSettings(_Strict):
     min_separation: float = Field(default=0.1, ge=-2, le=2)
     """Gate: how much further (lean units, -1..1) the training party's answers must lean
     its way than the other party's."""
+    min_distinguishable: float = Field(default=0.6, ge=0, le=1)
+    """Gate: how often a word-level classifier must tell the two parties' answers apart
+    on questions it did not see (0.5 is chance; 0 turns the check off). Judge-free."""
 
 
 class EvalSettings(_Strict):

@@ -201,9 +201,10 @@ def dpo_verdict(
     if before is None or after is None:
         reasons.append("no held-out pairs")
     elif not (after["reward_accuracy"] > 0.5 and after["reward_margin"] > 0):
+        pairs = f" on {int(after['pairs'])} pairs" if after.get("pairs") else ""
         reasons.append(
             f"held-out preference accuracy {after['reward_accuracy']:.2f} and reward margin "
-            f"{after['reward_margin']:+.3f} are not above chance"
+            f"{after['reward_margin']:+.3f}{pairs} are not above chance"
         )
     if reasons:
         return {"learned": False, "reason": "; ".join(reasons)}

@@ -193,9 +193,14 @@ def run_finetune(
         else []
     )
     gate = None
-    if screening is not None and screening.partisanship:
+    if screening is not None and (screening.partisanship or screening.min_distinguishable > 0):
         gate = partisanship_gate(
-            own, other_all, config.party, screening.min_on_side, screening.min_separation
+            own,
+            other_all,
+            config.party,
+            screening.min_on_side,
+            screening.min_separation,
+            screening.min_distinguishable,
         )
         if gate["passed"] is False:
             log(

@@ -126,10 +126,21 @@ def data_lines(results: dict[str, Any]) -> list[str]:
         )
     gate = results.get("gate")
     if gate and gate.get("passed") is not None:
+        told = gate.get("distinguishability") or {}
         lines.append(
             f"gate: {'passed' if gate['passed'] else 'FAILED'} "
             f"(on side {_pct(gate.get('on_side_share'))}, needs {_pct(gate.get('min_on_side'))}; "
-            f"separation {gate.get('separation')}, needs {gate.get('min_separation')})"
+            f"separation {gate.get('separation')}, needs {gate.get('min_separation')}"
+            + (
+                f"; parties told apart on unseen questions {_pct(told['accuracy'])} "
+                f"of {told['answers']} answers (chance 50% +- {_pct(told['band'])}), "
+                f"needs {_pct(gate.get('min_distinguishable'))}"
+                if told.get("accuracy") is not None
+                else f"; parties' answers not compared: {told['unmeasured']}"
+                if told.get("unmeasured")
+                else ""
+            )
+            + ")"
         )
     return lines
 

@@ -9,9 +9,15 @@
   whose views the answer expresses; its distribution over Republican / Democrat / Neither
   (averaged over both orders of the options) gives ``lean`` = P(Republican) - P(Democrat)
   in [-1, 1]. An answer is on its intended side when it leans toward its own party.
+- Distinguishability (no judge): can the two parties' answers be told apart at all? A
+  word-level classifier (TF-IDF and logistic regression, scikit-learn) is trained on some
+  questions' answers and tested on the answers to questions it never saw. Near one half, the
+  answers differ in nothing tied to the party, so DPO pairs (own answer over the other
+  party's) carry no preference a model can learn beyond the pairs themselves. It is a lower
+  bound: a difference the words do not show may still exist.
 - Gate: the training party's answers must be on side often enough and lean further toward
-  that party than the other party's answers do; otherwise the run warns before training and
-  the Table-1 report carries a banner.
+  that party than the other party's answers do, and the parties must be distinguishable;
+  otherwise the run warns before training and the Table-1 report carries a banner.
 """
 
 from __future__ import annotations
@@ -199,17 +205,69 @@ def partisanship_summary(rows: Sequence[dict[str, Any]], party: str) -> dict[str
     }
 
 
+def distinguishability(
+    own: Sequence[dict[str, Any]], other: Sequence[dict[str, Any]], folds: int = 5
+) -> dict[str, Any]:
+    """How often a word-level classifier names the right party of answers to questions it
+    did not train on (see the module doc); ``accuracy`` None with fewer than two questions
+    answered by both parties.
+
+    ``band`` is the half-width of the 95% interval of an accuracy of one half on this many
+    answers: an accuracy inside 0.5 +- band is what indistinguishable data gives.
+    """
+    by_party = {id(r): 1 for r in own} | {id(r): 0 for r in other}
+    shared = {str(r["question_id"]) for r in own} & {str(r["question_id"]) for r in other}
+    rows = [r for r in (*own, *other) if str(r["question_id"]) in shared]
+    out: dict[str, Any] = {
+        "answers": len(rows),
+        "questions": len(shared),
+        "accuracy": None,
+        "band": None,
+        "method": "tfidf word 1-2 grams + logistic regression, folds by question",
+    }
+    if len(shared) < 2:
+        return out
+    # Lazy: scikit-learn is only needed here, and only by the tuning extra.
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.model_selection import GroupKFold, cross_val_score  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+
+    classifier = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=2000),
+    )
+    try:
+        scores = cross_val_score(
+            classifier,
+            [str(r["text"]) for r in rows],
+            [by_party[id(r)] for r in rows],
+            groups=[str(r["question_id"]) for r in rows],
+            cv=GroupKFold(n_splits=min(folds, len(shared))),
+            error_score="raise",
+        )
+    except ValueError as exc:  # too few shared words to learn from
+        out["unmeasured"] = str(exc).splitlines()[0]
+        return out
+    out["accuracy"] = round(float(statistics.fmean(scores)), 4)
+    out["band"] = round(1.96 * (0.25 / len(rows)) ** 0.5, 4)
+    return out
+
+
 def partisanship_gate(
     own: Sequence[dict[str, Any]],
     other: Sequence[dict[str, Any]],
     party: str,
     min_on_side: float,
     min_separation: float,
+    min_distinguishable: float = 0.0,
 ) -> dict[str, Any]:
-    """Is the training data partisan enough? ``passed`` None when nothing was scored.
+    """Is the training data partisan enough? ``passed`` None when nothing was checked.
 
     Own side: the share of the training party's answers that lean its way. Separation:
     how much further the training party's answers lean its way than the other party's.
+    Distinguishable: ``distinguishability`` of the two parties' answers (judge-free, so it
+    is checked even when no answer was scored), when ``min_distinguishable`` is above 0.
     """
     mine = partisanship_summary(own, party)
     theirs = partisanship_summary(other, party)
@@ -217,13 +275,26 @@ def partisanship_gate(
         "party": party,
         "min_on_side": min_on_side,
         "min_separation": min_separation,
+        "min_distinguishable": min_distinguishable,
         "on_side_share": mine["on_side_share"],
         "separation": None,
+        "distinguishability": None,
         "passed": None,
         "problems": [],
     }
+    if min_distinguishable > 0 and other:
+        told = distinguishability(own, other)
+        gate["distinguishability"] = told
+        if told["accuracy"] is not None and told["accuracy"] < min_distinguishable:
+            gate["problems"].append(
+                f"a word-level classifier tells the two parties' answers apart on unseen "
+                f"questions {told['accuracy']:.0%} of the time (chance 50% +- "
+                f"{told['band']:.0%}, needs {min_distinguishable:.0%}): DPO pairs carry no "
+                "party preference to learn"
+            )
     if mine["on_side_share"] is None:
         gate["problems"].append("no answer was scored for partisanship")
+        gate["passed"] = False if len(gate["problems"]) > 1 else None
         return gate
     if theirs["mean_toward"] is not None:
         gate["separation"] = round(mine["mean_toward"] - theirs["mean_toward"], 4)
