@@ -16,6 +16,12 @@ Usage:
     python benchmarks/tuning_screens.py --models smollm2-135m qwen2.5-coder-0.5b \
         --questions 20 --answers 30 --json out.json
 
+``--distinguish K`` instead measures whether the two parties' answers differ at all, with
+no judge: each party answers every Table 2 seed question K times (T=1.0), once with the
+party context as the system message (the pipeline) and once with it in the user message,
+and the gate's word-level classifier (``screening.distinguishability``) names the party of
+answers to questions it did not train on. 0.5 is chance.
+
 Sample sizes are small on purpose (a shared 2-core machine; the 1.5B model decodes about
 10 tok/s alone): read the shares as rough, with their counts.
 """
@@ -32,10 +38,16 @@ from typing import Any
 
 from stancelab.engine.base import GenerationRequest
 from stancelab.engine.llamacpp import load_engine
-from stancelab.tuning.datasets import answer_prompt, classify_answer
+from stancelab.tuning.datasets import answer_prompt, classify_answer, partisan_context
 from stancelab.tuning.labelled import judge_accuracy
 from stancelab.tuning.questions import generate_questions, seed_questions
-from stancelab.tuning.screening import calibrate, check_questions, score_partisanship, toward
+from stancelab.tuning.screening import (
+    calibrate,
+    check_questions,
+    distinguishability,
+    score_partisanship,
+    toward,
+)
 
 
 def measure(
@@ -113,6 +125,48 @@ def measure(
     return out
 
 
+def distinguish(model: str, per_question: int, max_tokens: int) -> dict[str, Any]:
+    """Distinguishability of one model's two parties' answers, per prompt placement."""
+    seeds = seed_questions()
+    out: dict[str, Any] = {"model": model, "answers_per_party": per_question * len(seeds)}
+    with load_engine(model, n_parallel=8, ctx_per_slot=512) as lm:
+        for placement in ("system", "user"):
+            asks = [
+                (party, q, k)
+                for party in ("republican", "democrat")
+                for q in seeds
+                for k in range(per_question)
+            ]
+
+            def prompt(party: str, question: str, placement: str = placement) -> Any:
+                if placement == "system":
+                    return answer_prompt(party, question)
+                return [{"role": "user", "content": f"{partisan_context(party)}\n\n{question}"}]
+
+            t0 = time.perf_counter()
+            gens = lm.generate(
+                [
+                    GenerationRequest(
+                        prompt(party, q.text),
+                        temperature=1.0,
+                        max_tokens=max_tokens,
+                        seed=1000 * k + i,
+                    )
+                    for i, (party, q, k) in enumerate(asks)
+                ]
+            )
+            rows = [
+                {"party": party, "question_id": q.id, "text": g.text.strip()}
+                for (party, q, _), g in zip(asks, gens, strict=True)
+            ]
+            told = distinguishability(
+                [r for r in rows if r["party"] == "republican"],
+                [r for r in rows if r["party"] == "democrat"],
+            )
+            out[placement] = {**told, "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m"])
@@ -123,8 +177,25 @@ def main() -> None:
     parser.add_argument(
         "--judge", default=None, help="one judge for every writer (default: each judges itself)"
     )
+    parser.add_argument(
+        "--distinguish", type=int, default=0, help="answers per seed question and party"
+    )
     args = parser.parse_args()
     results = []
+    if args.distinguish:
+        for model in args.models:
+            result = distinguish(model, args.distinguish, args.max_tokens)
+            results.append(result)
+            print(
+                f"{model}: {result['answers_per_party']} answers per party; parties told "
+                f"apart on unseen questions, context as system message "
+                f"{result['system']['accuracy']}, in the user message "
+                f"{result['user']['accuracy']} (chance 0.5 +- {result['user']['band']})",
+                flush=True,
+            )
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     for model in args.models:
         result = measure(model, args.questions, args.answers, args.max_tokens, args.judge)
         results.append(result)

@@ -289,8 +289,8 @@ def partisanship_gate(
             gate["problems"].append(
                 f"a word-level classifier tells the two parties' answers apart on unseen "
                 f"questions {told['accuracy']:.0%} of the time (chance 50% +- "
-                f"{told['band']:.0%}, needs {min_distinguishable:.0%}): DPO pairs carry no "
-                "party preference to learn"
+                f"{told['band']:.0%}, needs {min_distinguishable:.0%}): the DPO pairs carry "
+                "little or no party preference to learn"
             )
     if mine["on_side_share"] is None:
         gate["problems"].append("no answer was scored for partisanship")
