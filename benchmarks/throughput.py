@@ -37,7 +37,7 @@ from stancelab.debates.debate import Debate, DebateSpec, Turn, TurnStep, run_deb
 from stancelab.debates.experiment import load_experiment, plan_debates
 from stancelab.debates.runner import ModelPool, run_experiment
 from stancelab.engine.base import ChoiceRequest, ChoiceScores
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
+from stancelab.engine.llamacpp import LlamaCppEngine, idle_cores, load_engine
 
 
 def personas(n: int) -> PersonaSet:
@@ -381,6 +381,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
+        "--threads", type=int, default=None, help="llama.cpp threads for every way (all cores)"
+    )
+    parser.add_argument(
         "--cache-ram-mib",
         type=int,
         default=8192,
@@ -423,11 +426,17 @@ def main() -> None:
     )
     work = path.parent
     config = load_experiment(path)
+    # Every way gets the same thread count, fixed here: the engine's default takes only the
+    # cores idle when it starts, and the naive engine starts right after stancelab's, whose
+    # threads may not have gone quiet yet; a naive loop on fewer threads would flatter the
+    # ratio.
+    threads = args.threads or os.cpu_count() or 1
     engine = load_engine(
         args.model,
         n_parallel=args.parallel,
         cache_ram_mib=args.cache_ram_mib,
         backend_sampling=args.backend_sampling,
+        threads=threads,
     )
     calls = record_calls(engine)
     survey_nodes = count_survey_nodes(engine)
@@ -461,7 +470,16 @@ def main() -> None:
     if not args.skip_naive:
         engine.close()
         naive_engine = LlamaCppEngine(
-            engine.model_path, n_parallel=1, cache_ram_mib=0, backend_sampling=args.backend_sampling
+            engine.model_path,
+            n_parallel=1,
+            cache_ram_mib=0,
+            backend_sampling=args.backend_sampling,
+            threads=threads,
+        )
+        print(
+            f"threads: stancelab {engine.describe()['threads']}, naive "
+            f"{naive_engine.describe()['threads']}; cores idle when the naive loop starts: "
+            f"{idle_cores(1.0)} of {os.cpu_count()}"
         )
         prompts = load_prompts()
         planned = plan_debates(
