@@ -118,7 +118,6 @@ def compare(model: str, points: int, parallel: int) -> None:
     new_engine = load_engine(model, n_parallel=parallel)
     tvs: list[float] = []
     noise: list[float] = []
-    whitespace: list[float] = []  # P(the first answer token is whitespace alone), per point
     pairs: list[tuple[list[float], list[float], list[float]]] = []  # old, new, old again
     old_recomputed = 0
     old_requests = new_requests = 0
@@ -143,14 +142,6 @@ def compare(model: str, points: int, parallel: int) -> None:
         again = score_by_token_tree(old_engine.next_tokens, requests)
         for o, a in zip(old, again, strict=True):
             noise.append(total_variation(o.probabilities, a.probabilities))
-        # Where the two walks can differ by more than the engine's noise: the tree walk
-        # appends each node's text to the prompt and lets the engine tokenise it again, so
-        # after a lone " " it conditions on " 7" spelled the canonical way; the path walk
-        # conditions on the tokens the model itself emitted (" " then "7").
-        for root in old_engine.next_tokens([r.prompt for r in requests], 40):
-            whitespace.append(
-                sum(math.exp(lp) for tok, lp in root.tokens if tok and not tok.strip())
-            )
         for o, n, a in zip(old, new, again, strict=True):
             pairs.append((list(o.probabilities), list(n.probabilities), list(a.probabilities)))
             tv = total_variation(o.probabilities, n.probabilities)
@@ -175,16 +166,6 @@ def compare(model: str, points: int, parallel: int) -> None:
         f"noise floor, the tree walk repeated on the same engine: max {max(noise):.4f}, "
         f"mean {statistics.mean(noise):.5f}, points above 0.01: {sum(x > 0.01 for x in noise)}"
     )
-    for label, keep in (
-        ("first token whitespace < 1%", lambda w: w < 0.01),
-        ("first token whitespace >= 1%", lambda w: w >= 0.01),
-    ):
-        part = [tv for tv, w in zip(tvs, whitespace, strict=True) if keep(w)]
-        if part:
-            print(
-                f"  points with {label}: {len(part)}, TV max {max(part):.4f}, "
-                f"mean {statistics.mean(part):.5f}, above 0.01: {sum(tv > 0.01 for tv in part)}"
-            )
     systematic(pairs)
     print(f"worst point old: {[round(x, 3) for x in worst[1]]}")
     print(f"worst point new: {[round(x, 3) for x in worst[2]]}")

@@ -36,9 +36,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.base import GenerationRequest
+from stancelab.engine.base import GenerationRequest, Message
 from stancelab.engine.llamacpp import load_engine
-from stancelab.tuning.datasets import answer_prompt, classify_answer, partisan_context
+from stancelab.tuning.datasets import answer_prompt, classify_answer
 from stancelab.tuning.labelled import judge_accuracy
 from stancelab.tuning.questions import generate_questions, seed_questions
 from stancelab.tuning.screening import (
@@ -125,29 +125,31 @@ def measure(
     return out
 
 
+def placed_prompt(party: str, question: str, placement: str) -> list[Message]:
+    """The pipeline's answer prompt, or the same words as one user message."""
+    messages = answer_prompt(party, question)
+    if placement == "system":
+        return messages
+    return [{"role": "user", "content": "\n\n".join(m["content"] for m in messages)}]
+
+
 def distinguish(model: str, per_question: int, max_tokens: int) -> dict[str, Any]:
     """Distinguishability of one model's two parties' answers, per prompt placement."""
     seeds = seed_questions()
+    asks = [
+        (party, q, k)
+        for party in ("republican", "democrat")
+        for q in seeds
+        for k in range(per_question)
+    ]
     out: dict[str, Any] = {"model": model, "answers_per_party": per_question * len(seeds)}
     with load_engine(model, n_parallel=8, ctx_per_slot=512) as lm:
         for placement in ("system", "user"):
-            asks = [
-                (party, q, k)
-                for party in ("republican", "democrat")
-                for q in seeds
-                for k in range(per_question)
-            ]
-
-            def prompt(party: str, question: str, placement: str = placement) -> Any:
-                if placement == "system":
-                    return answer_prompt(party, question)
-                return [{"role": "user", "content": f"{partisan_context(party)}\n\n{question}"}]
-
             t0 = time.perf_counter()
             gens = lm.generate(
                 [
                     GenerationRequest(
-                        prompt(party, q.text),
+                        placed_prompt(party, q.text, placement),
                         temperature=1.0,
                         max_tokens=max_tokens,
                         seed=1000 * k + i,
@@ -167,6 +169,30 @@ def distinguish(model: str, per_question: int, max_tokens: int) -> dict[str, Any
     return out
 
 
+def screens_line(result: dict[str, Any]) -> str:
+    """One model's screen figures on a line."""
+    r, d, j = result["republican"], result["democrat"], result["judge_accuracy"]
+    return (
+        f"{result['model']} (judge {result['judge']}): questions kept "
+        f"{result['questions_kept']}/{result['questions_written']} "
+        f"(dropped {result['questions_dropped']}); on side R {r['on_side']}/{r['answers']} "
+        f"D {d['on_side']}/{d['answers']}; mean lean R {r['mean_lean']} D {d['mean_lean']}; "
+        f"judge accuracy questions {j['questions']} answers {j['answers']} "
+        f"(coverage {j['answer_coverage']}); thresholds {result['thresholds']}; times "
+        f"{ {k: v for k, v in result.items() if k.endswith('_s')} }"
+    )
+
+
+def distinguish_line(result: dict[str, Any]) -> str:
+    """One model's distinguishability figures on a line."""
+    return (
+        f"{result['model']}: {result['answers_per_party']} answers per party; parties told "
+        f"apart on unseen questions, context as system message "
+        f"{result['system']['accuracy']}, in the user message "
+        f"{result['user']['accuracy']} (chance 0.5 +- {result['user']['band']})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m"])
@@ -182,34 +208,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = []
-    if args.distinguish:
-        for model in args.models:
-            result = distinguish(model, args.distinguish, args.max_tokens)
-            results.append(result)
-            print(
-                f"{model}: {result['answers_per_party']} answers per party; parties told "
-                f"apart on unseen questions, context as system message "
-                f"{result['system']['accuracy']}, in the user message "
-                f"{result['user']['accuracy']} (chance 0.5 +- {result['user']['band']})",
-                flush=True,
-            )
-        if args.json is not None:
-            args.json.write_text(json.dumps(results, indent=2))
-        return
     for model in args.models:
-        result = measure(model, args.questions, args.answers, args.max_tokens, args.judge)
+        if args.distinguish:
+            result = distinguish(model, args.distinguish, args.max_tokens)
+            line = distinguish_line(result)
+        else:
+            result = measure(model, args.questions, args.answers, args.max_tokens, args.judge)
+            line = screens_line(result)
         results.append(result)
-        r, d, j = result["republican"], result["democrat"], result["judge_accuracy"]
-        print(
-            f"{model} (judge {result['judge']}): questions kept "
-            f"{result['questions_kept']}/{result['questions_written']} "
-            f"(dropped {result['questions_dropped']}); on side R {r['on_side']}/{r['answers']} "
-            f"D {d['on_side']}/{d['answers']}; mean lean R {r['mean_lean']} D {d['mean_lean']}; "
-            f"judge accuracy questions {j['questions']} answers {j['answers']} "
-            f"(coverage {j['answer_coverage']}); thresholds {result['thresholds']}; times "
-            f"{ {k: v for k, v in result.items() if k.endswith('_s')} }",
-            flush=True,
-        )
+        print(line, flush=True)
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=2))
 

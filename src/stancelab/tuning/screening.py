@@ -215,11 +215,15 @@ def distinguishability(
     ``band`` is the half-width of the 95% interval of an accuracy of one half on this many
     answers: an accuracy inside 0.5 +- band is what indistinguishable data gives.
     """
-    by_party = {id(r): 1 for r in own} | {id(r): 0 for r in other}
     shared = {str(r["question_id"]) for r in own} & {str(r["question_id"]) for r in other}
-    rows = [r for r in (*own, *other) if str(r["question_id"]) in shared]
+    labelled = [
+        (r, label)
+        for group, label in ((own, 1), (other, 0))
+        for r in group
+        if str(r["question_id"]) in shared
+    ]
     out: dict[str, Any] = {
-        "answers": len(rows),
+        "answers": len(labelled),
         "questions": len(shared),
         "accuracy": None,
         "band": None,
@@ -240,9 +244,9 @@ def distinguishability(
     try:
         scores = cross_val_score(
             classifier,
-            [str(r["text"]) for r in rows],
-            [by_party[id(r)] for r in rows],
-            groups=[str(r["question_id"]) for r in rows],
+            [str(r["text"]) for r, _ in labelled],
+            [label for _, label in labelled],
+            groups=[str(r["question_id"]) for r, _ in labelled],
             cv=GroupKFold(n_splits=min(folds, len(shared))),
             error_score="raise",
         )
@@ -250,7 +254,7 @@ def distinguishability(
         out["unmeasured"] = str(exc).splitlines()[0]
         return out
     out["accuracy"] = round(float(statistics.fmean(scores)), 4)
-    out["band"] = round(1.96 * (0.25 / len(rows)) ** 0.5, 4)
+    out["band"] = round(1.96 * (0.25 / len(labelled)) ** 0.5, 4)
     return out
 
 
@@ -293,8 +297,10 @@ def partisanship_gate(
                 "little or no party preference to learn"
             )
     if mine["on_side_share"] is None:
+        # Nothing scored: the gate can only fail on distinguishability, never pass.
+        failed = bool(gate["problems"])
         gate["problems"].append("no answer was scored for partisanship")
-        gate["passed"] = False if len(gate["problems"]) > 1 else None
+        gate["passed"] = False if failed else None
         return gate
     if theirs["mean_toward"] is not None:
         gate["separation"] = round(mine["mean_toward"] - theirs["mean_toward"], 4)
