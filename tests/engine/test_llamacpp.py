@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, GenerationRequest, PathRequest
+from stancelab.engine.base import ChoiceRequest, Generation, GenerationRequest, PathRequest
 from stancelab.engine.llamacpp import LlamaCppEngine
 from stancelab.engine.scoring import score_by_token_tree
 
@@ -148,3 +148,29 @@ def test_replies_sample_the_whole_distribution(small_engine: LlamaCppEngine) -> 
     assert all(text in kept for text in cut)
     # This prompt leaves about a fifth of the mass outside the kept tokens.
     assert sum(text not in kept for text in whole) >= 4
+
+
+def test_more_conversations_than_slots_come_back_from_the_ram_cache(
+    small_engine: LlamaCppEngine,
+) -> None:
+    """Six conversations on four slots: each one's next turn is restored from llama.cpp's
+    RAM prompt cache, not recomputed."""
+    contexts = [
+        f"Speaker {k} talks about {topic}: " + " ".join(f"{topic}{i}" for i in range(60))
+        for k, topic in enumerate(("apple", "river", "stone", "cloud", "maple", "tiger"))
+    ]
+
+    def turn(prompts: list[str]) -> list[Generation]:
+        return small_engine.generate(
+            [
+                GenerationRequest(p, temperature=0.0, max_tokens=2, conversation_id=f"c{k}")
+                for k, p in enumerate(prompts)
+            ]
+        )
+
+    first = turn(contexts)
+    second = turn([c + " and then" for c in contexts])
+    for before, after in zip(first, second, strict=True):
+        # Everything the first request computed, less the token llama.cpp always
+        # evaluates again.
+        assert after.cached_tokens >= before.prompt_tokens - 1
