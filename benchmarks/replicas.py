@@ -123,6 +123,7 @@ def run_policy(policy: str, args: argparse.Namespace) -> dict[str, float]:
                     str(payload.get("prompt", "")),
                     str(choice.get("text") or ""),
                     int(usage.get("prompt_tokens") or 0),
+                    key,
                 )
             )
             return data
@@ -149,6 +150,7 @@ def run_policy(policy: str, args: argparse.Namespace) -> dict[str, float]:
             "replicas_used": len(spread),
             "moved": moved,
             "needed": new_prompt_tokens(calls),
+            "needed_own": new_prompt_tokens(calls, per_conversation=True),
         }
     finally:
         for s in servers:
@@ -183,10 +185,12 @@ def main() -> None:
     print(f"affinity vs least-in-flight: {base['seconds'] / aff['seconds']:.2f}x throughput")
     for policy, r in results.items():
         best = 1 - r["needed"] / max(1, r["prompt"])
+        own = 1 - r["needed_own"] / max(1, r["prompt"])
         print(
             f"{policy}: genuinely new prompt tokens {r['needed']:.0f}, so at most {best:.1%} "
             f"could be served from cache; {r['cached'] / max(1, r['prompt']) / best:.0%} of that "
-            f"was; {r['moved']:.0f} conversations moved"
+            f"was; {r['moved']:.0f} conversations moved; a cache that reuses only each "
+            f"conversation's own history could serve at most {own:.1%}"
         )
 
 
