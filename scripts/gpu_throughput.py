@@ -28,6 +28,7 @@ from throughput import (
     count_survey_nodes,
     new_prompt_tokens,
     personas,
+    run_speedup,
     workload_file,
 )
 
@@ -63,6 +64,7 @@ def record(lm: OpenAICompatModel) -> list[Call]:
                 str(prompt),
                 str(output),
                 int(usage.get("prompt_tokens") or 0),
+                key,
             )
         )
         return data
@@ -158,11 +160,16 @@ def main() -> None:
     )
     stancelab_s = result.elapsed_s
     calls = list(calls)  # the run's requests only, not the rate measurements below
+    sent, cached = lm.stats.prompt_tokens, lm.stats.cached_tokens
     generated = lm.stats.completion_tokens
     prompt_rate, decode_rate = batched_rates(lm, args.parallel)
     needed_prompt = new_prompt_tokens(calls)
     replies = sum(int(c.timings["predicted_n"]) for c in calls if c.kind == "generate")
-    honest = ceiling(prompt_rate, decode_rate, needed_prompt, replies + survey_nodes[0])
+    recomputed = sent - cached
+    faster = run_speedup(prompt_rate, decode_rate, recomputed, generated, stancelab_s)
+    honest = ceiling(
+        prompt_rate * faster, decode_rate * faster, needed_prompt, replies + survey_nodes[0]
+    )
     naive_s = None
     if args.naive:
         planned = plan_debates(
@@ -184,9 +191,12 @@ def main() -> None:
     for label, seconds in rows:
         vs = f"{naive_s / seconds:.2f}x" if naive_s else "-"
         print(f"{label:<28}{seconds:>10.1f}{vs:>10}{honest / seconds:>12.0%}")
-    print(f"batched rates: prompt {prompt_rate:.0f} tok/s, generation {decode_rate:.0f} tok/s")
     print(
-        f"prompt tokens {lm.stats.prompt_tokens}, cached {lm.stats.cached_tokens}, needed "
+        f"batched rates: prompt {prompt_rate:.0f} tok/s, generation {decode_rate:.0f} tok/s "
+        f"(the ceiling's scaled by {faster:.2f}: the run went that much faster)"
+    )
+    print(
+        f"prompt tokens {sent}, cached {cached}, needed "
         f"{needed_prompt}; generated {generated}; survey points {survey_nodes[1]}, scoring "
         f"requests {sum(c.kind == 'score' for c in calls)}"
     )
