@@ -491,6 +491,7 @@ def main() -> None:
     turns = len(config.topics) * args.repetitions * args.iterations
 
     calls = list(calls)  # the run's requests only, not the rate measurements below
+    shared = engine.in_flight.shared
     if args.breakdown:
         print_breakdown(calls, b_time)
 
@@ -574,7 +575,8 @@ def main() -> None:
     )
     print(
         f"survey: {survey_nodes[1]} survey points, {score_calls} scoring requests "
-        f"({score_calls / max(1, survey_nodes[1]):.2f} per survey point)"
+        f"({score_calls / max(1, survey_nodes[1]):.2f} per survey point); {shared} more "
+        f"requests were answered by an identical one in flight and not sent"
     )
     print(
         f"stancelab / honest ceiling: {honest / b_time:.0%}; engine time for stancelab's own "

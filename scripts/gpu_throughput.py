@@ -160,7 +160,7 @@ def main() -> None:
     )
     stancelab_s = result.elapsed_s
     calls = list(calls)  # the run's requests only, not the rate measurements below
-    sent, cached = lm.stats.prompt_tokens, lm.stats.cached_tokens
+    sent, cached, shared = lm.stats.prompt_tokens, lm.stats.cached_tokens, lm.in_flight.shared
     generated = lm.stats.completion_tokens
     prompt_rate, decode_rate = batched_rates(lm, args.parallel)
     needed_prompt = new_prompt_tokens(calls)
@@ -198,7 +198,8 @@ def main() -> None:
     print(
         f"prompt tokens {sent}, cached {cached}, needed "
         f"{needed_prompt}; generated {generated}; survey points {survey_nodes[1]}, scoring "
-        f"requests {sum(c.kind == 'score' for c in calls)}"
+        f"requests {sum(c.kind == 'score' for c in calls)}; {shared} identical requests in "
+        f"flight answered once"
     )
 
 

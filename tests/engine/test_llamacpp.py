@@ -174,3 +174,22 @@ def test_more_conversations_than_slots_come_back_from_the_ram_cache(
         # Everything the first request computed, less the token llama.cpp always
         # evaluates again.
         assert after.cached_tokens >= before.prompt_tokens - 1
+
+
+def test_identical_deterministic_requests_at_once_are_sent_once(
+    small_engine: LlamaCppEngine,
+) -> None:
+    """Four copies of one greedy path request at once (every repetition's Default agent
+    before the first reply) reach llama.cpp fewer than four times and get one answer;
+    sampled replies are always sent."""
+    request = PathRequest(PROMPT, top_k=5, max_tokens=3, prefer=(" ", "1"))
+    before, shared = small_engine.stats.requests, small_engine.in_flight.shared
+    paths = small_engine.next_token_paths([request] * 4)
+    sent = small_engine.stats.requests - before
+    assert sent < 4 and sent + small_engine.in_flight.shared - shared == 4
+    assert all(p.tokens == paths[0].tokens and p.tops == paths[0].tops for p in paths)
+    assert all(p.prompt_tokens == paths[0].prompt_tokens > 0 for p in paths)
+
+    before = small_engine.stats.requests
+    small_engine.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)
+    assert small_engine.stats.requests - before == 4

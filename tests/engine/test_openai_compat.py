@@ -147,6 +147,20 @@ def test_a_real_debate_runs_through_http(server: ServerProcess) -> None:
         assert stats.extra["cost_usd"] == pytest.approx(expected_cost)
 
 
+def test_identical_deterministic_requests_at_once_are_sent_once(server: ServerProcess) -> None:
+    """A hosted API bills every copy: four identical temperature-0 requests at once are
+    sent fewer than four times and all get the one answer; sampled ones are all sent."""
+    with connect(server.url) as lm:
+        greedy = GenerationRequest(PROMPT, temperature=0.0, max_tokens=4)
+        replies = lm.generate([greedy] * 4)
+        assert lm.stats.requests < 4
+        assert lm.stats.requests + lm.in_flight.shared == 4
+        assert len({g.text for g in replies}) == 1
+        before = lm.stats.requests
+        lm.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)
+        assert lm.stats.requests - before == 4
+
+
 def test_the_model_name_is_checked_against_the_server(server: ServerProcess) -> None:
     with pytest.raises(ModelError, match=r"no server lists model 'mistral-7b'.*smollm2-135m"):
         OpenAICompatModel("mistral-7b", [server.url])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from stancelab.engine.inflight import InFlight
 from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 from stancelab.engine.types import (
     ChoiceRequest,
@@ -50,6 +51,9 @@ class LanguageModel(ABC):
 
     def __init__(self) -> None:
         self.stats = EngineStats()
+        self.in_flight: InFlight[dict[str, Any]] = InFlight()
+        """Engines that answer concurrent requests send identical deterministic ones once
+        (engine/inflight.py); ``in_flight.shared`` counts the answers that were shared."""
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from stancelab.engine.base import (
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError
+from stancelab.engine.inflight import request_key
 from stancelab.engine.models import model_fingerprint, resolve_model, sha256_file
 from stancelab.engine.openai import codec
 
@@ -236,17 +238,22 @@ class LlamaCppEngine(LanguageModel):
             self.stats.cached_tokens += counts.cached_tokens
         return response
 
+    def _send(self, payload: dict[str, Any], chat: bool, deterministic: bool) -> dict[str, Any]:
+        send = partial(self._call, payload, chat)
+        return self.in_flight.run(request_key(payload, chat), send) if deterministic else send()
+
     def _generate_one(self, request: GenerationRequest) -> Generation:
         _, payload, chat = codec.generation_payload(request)
         payload.update(cache_prompt=True, **self.sampling)
         started = time.perf_counter()
-        return codec.parse_generation(self._call(payload, chat), chat, started)
+        answer = self._send(payload, chat, request.temperature == 0)
+        return codec.parse_generation(answer, chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         _, payload, chat = codec.path_payload(request, bias_by_text=True)
         payload["cache_prompt"] = True
         started = time.perf_counter()
-        path = codec.parse_token_path(self._call(payload, chat), started)
+        path = codec.parse_token_path(self._send(payload, chat, deterministic=True), started)
         if path is None:
             raise EngineError("llama.cpp returned no log-probabilities")
         return path

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -40,6 +41,7 @@ from stancelab.engine.base import (
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.inflight import request_key
 from stancelab.engine.openai import codec
 from stancelab.engine.openai.accounting import Accounting
 from stancelab.engine.openai.codec import parse_top_logprobs
@@ -266,7 +268,9 @@ class OpenAICompatModel(LanguageModel):
             del payload["top_p"]
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        data = self._post(path, payload, key)
+        send = partial(self._post, path, payload, key)
+        deterministic = request.temperature == 0
+        data = self.in_flight.run(request_key(path, payload), send) if deterministic else send()
         return codec.parse_generation(data, chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
@@ -279,7 +283,8 @@ class OpenAICompatModel(LanguageModel):
         payload = {"model": self.name, **opts.extra_body, **fields}
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        data = self._post(path, payload, key)
+        send = partial(self._post, path, payload, key)
+        data = self.in_flight.run(request_key(path, payload), send)  # greedy: deterministic
         try:
             answer = codec.parse_token_path(data, started)
         except ValueError:
