@@ -183,12 +183,16 @@ def test_identical_deterministic_requests_at_once_are_sent_once(
     before the first reply) reach llama.cpp fewer than four times and get one answer;
     sampled replies are always sent."""
     request = PathRequest(PROMPT, top_k=5, max_tokens=3, prefer=(" ", "1"))
-    before, shared = small_engine.stats.requests, small_engine.in_flight.shared
+    stats = small_engine.stats
+    before, shared = stats.requests, small_engine.in_flight.shared
+    recomputed = stats.recomputed_tokens
     paths = small_engine.next_token_paths([request] * 4)
-    sent = small_engine.stats.requests - before
+    sent = stats.requests - before
     assert sent < 4 and sent + small_engine.in_flight.shared - shared == 4
     assert all(p.tokens == paths[0].tokens and p.tops == paths[0].tops for p in paths)
-    assert all(p.prompt_tokens == paths[0].prompt_tokens > 0 for p in paths)
+    # A copy computed nothing: the answers' own counts add up to what the engine did.
+    assert sum(p.prompt_tokens == 0 for p in paths) == 4 - sent
+    assert sum(p.prompt_tokens for p in paths) == stats.recomputed_tokens - recomputed
 
     before = small_engine.stats.requests
     small_engine.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)

@@ -156,6 +156,11 @@ def test_identical_deterministic_requests_at_once_are_sent_once(server: ServerPr
         assert lm.stats.requests < 4
         assert lm.stats.requests + lm.in_flight.shared == 4
         assert len({g.text for g in replies}) == 1
+        # A copy's whole prompt counts as served: per-reply counts add up to the server's.
+        assert sum(g.cached_tokens == g.prompt_tokens > 0 for g in replies) == lm.in_flight.shared
+        assert sum(g.prompt_tokens - g.cached_tokens for g in replies) == (
+            lm.stats.recomputed_tokens
+        )
         before = lm.stats.requests
         lm.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)
         assert lm.stats.requests - before == 4

@@ -39,9 +39,12 @@ class InFlight(Generic[T]):
         self.shared = 0
         """How many callers received another caller's answer instead of sending."""
 
-    def run(self, key: str, send: Callable[[], T]) -> T:
-        """The answer to ``send()`` for ``key``: this caller's, or that of the caller
-        whose identical request is in flight."""
+    def run(self, key: str | None, send: Callable[[], T]) -> tuple[T, bool]:
+        """The answer to ``send()`` and whether it was another caller's: the one whose
+        identical request (same ``key``) is in flight. ``key`` None: a request that must
+        be sent whatever else is in flight (a sampled one)."""
+        if key is None:
+            return send(), False
         with self._lock:
             running = self._running.get(key)
             if running is None:
@@ -50,7 +53,7 @@ class InFlight(Generic[T]):
             else:
                 self.shared += 1
         if running is not None:
-            return running.result()  # re-raises the sender's error
+            return running.result(), True  # re-raises the sender's error
         try:
             answer = send()
         except BaseException as exc:
@@ -58,7 +61,7 @@ class InFlight(Generic[T]):
             raise
         else:
             mine.set_result(answer)
-            return answer
+            return answer, False
         finally:
             with self._lock:
                 del self._running[key]

@@ -268,10 +268,10 @@ class OpenAICompatModel(LanguageModel):
             del payload["top_p"]
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        send = partial(self._post, path, payload, key)
-        deterministic = request.temperature == 0
-        data = self.in_flight.run(request_key(path, payload), send) if deterministic else send()
-        return codec.parse_generation(data, chat, started)
+        # Temperature 0 is deterministic: an identical request in flight can answer it.
+        in_flight_key = request_key(path, payload) if request.temperature == 0 else None
+        data, shared = self.in_flight.run(in_flight_key, partial(self._post, path, payload, key))
+        return codec.parse_generation(data, chat, started, shared)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         if self._logprobs is False:
@@ -283,10 +283,11 @@ class OpenAICompatModel(LanguageModel):
         payload = {"model": self.name, **opts.extra_body, **fields}
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        send = partial(self._post, path, payload, key)
-        data = self.in_flight.run(request_key(path, payload), send)  # greedy: deterministic
+        # A token path is greedy: an identical request in flight can always answer it.
+        in_flight_key = request_key(path, payload)
+        data, shared = self.in_flight.run(in_flight_key, partial(self._post, path, payload, key))
         try:
-            answer = codec.parse_token_path(data, started)
+            answer = codec.parse_token_path(data, started, shared)
         except ValueError:
             answer = None
         if answer is None:
