@@ -8,11 +8,11 @@ each candidate answer, computed from the log-probabilities of the whole candidat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from stancelab.engine.inflight import InFlight
+from stancelab.engine.inflight import InFlight, request_key
 from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
 from stancelab.engine.types import (
     ChoiceRequest,
@@ -54,6 +54,14 @@ class LanguageModel(ABC):
         self.in_flight: InFlight[dict[str, Any]] = InFlight()
         """Engines that answer concurrent requests send identical deterministic ones once
         (engine/inflight.py); ``in_flight.shared`` counts the answers that were shared."""
+
+    def _send_once(
+        self, send: Callable[[], dict[str, Any]], *request: Any, deterministic: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """The answer to ``send()`` and whether it was shared: a deterministic request
+        (a greedy token path, a temperature-0 reply) identical to one in flight (same
+        ``request`` parts, the wire payload) gets that one's answer; any other is sent."""
+        return self.in_flight.run(request_key(*request) if deterministic else None, send)
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:

@@ -22,7 +22,6 @@ from stancelab.engine.base import (
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError
-from stancelab.engine.inflight import request_key
 from stancelab.engine.models import model_fingerprint, resolve_model, sha256_file
 from stancelab.engine.openai import codec
 
@@ -238,25 +237,22 @@ class LlamaCppEngine(LanguageModel):
             self.stats.cached_tokens += counts.cached_tokens
         return response
 
-    def _send(
-        self, payload: dict[str, Any], chat: bool, deterministic: bool
-    ) -> tuple[dict[str, Any], bool]:
-        """The answer, and whether it was shared with an identical request in flight."""
-        key = request_key(payload, chat) if deterministic else None
-        return self.in_flight.run(key, partial(self._call, payload, chat))
-
     def _generate_one(self, request: GenerationRequest) -> Generation:
         _, payload, chat = codec.generation_payload(request)
         payload.update(cache_prompt=True, **self.sampling)
         started = time.perf_counter()
-        answer, shared = self._send(payload, chat, request.temperature == 0)
+        send = partial(self._call, payload, chat)
+        answer, shared = self._send_once(
+            send, payload, chat, deterministic=request.temperature == 0
+        )
         return codec.parse_generation(answer, chat, started, shared)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         _, payload, chat = codec.path_payload(request, bias_by_text=True)
         payload["cache_prompt"] = True
         started = time.perf_counter()
-        answer, shared = self._send(payload, chat, deterministic=True)
+        send = partial(self._call, payload, chat)
+        answer, shared = self._send_once(send, payload, chat, deterministic=True)  # greedy
         path = codec.parse_token_path(answer, started, shared)
         if path is None:
             raise EngineError("llama.cpp returned no log-probabilities")

@@ -41,7 +41,6 @@ from stancelab.engine.base import (
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError, ModelError
-from stancelab.engine.inflight import request_key
 from stancelab.engine.openai import codec
 from stancelab.engine.openai.accounting import Accounting
 from stancelab.engine.openai.codec import parse_top_logprobs
@@ -268,9 +267,8 @@ class OpenAICompatModel(LanguageModel):
             del payload["top_p"]
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        # Temperature 0 is deterministic: an identical request in flight can answer it.
-        in_flight_key = request_key(path, payload) if request.temperature == 0 else None
-        data, shared = self.in_flight.run(in_flight_key, partial(self._post, path, payload, key))
+        send = partial(self._post, path, payload, key)
+        data, shared = self._send_once(send, path, payload, deterministic=request.temperature == 0)
         return codec.parse_generation(data, chat, started, shared)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
@@ -283,9 +281,8 @@ class OpenAICompatModel(LanguageModel):
         payload = {"model": self.name, **opts.extra_body, **fields}
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        # A token path is greedy: an identical request in flight can always answer it.
-        in_flight_key = request_key(path, payload)
-        data, shared = self.in_flight.run(in_flight_key, partial(self._post, path, payload, key))
+        send = partial(self._post, path, payload, key)
+        data, shared = self._send_once(send, path, payload, deterministic=True)  # greedy
         try:
             answer = codec.parse_token_path(data, started, shared)
         except ValueError:
