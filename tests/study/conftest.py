@@ -27,6 +27,8 @@ def config_dict(**overrides: Any) -> dict[str, Any]:
         "conditions": ["standard"],
         "turns": {"min": 2, "max": 3},
         "model": "smollm2-135m",
+        # the app's mechanics are tested on the 0-10 item; the agreement default has its own
+        "stance_item": "big_problem",
         "limits": {"min_seconds_between_messages": 0, "requests_per_minute": 1000},
     }
     data.update(overrides)
@@ -98,7 +100,8 @@ class Participant:
         assert self.step == "conversation", self.html
         return self
 
-    def say(self, text: str, stance: int | None = None) -> Participant:
+    def say(self, text: str, stance: int | str | None = "same") -> Participant:
+        """Send a message with a per-turn stance (a point, "same", or None: none given)."""
         turn = re.search(r'name="turn" value="(\d+)"', self.html)
         assert turn, self.html
         data = {"csrf": self.csrf, "turn": turn.group(1), "message": text, "key": self.key}
@@ -106,9 +109,11 @@ class Participant:
             data["stance"] = str(stance)
         return self.post("/study/message", data)
 
-    def finish(self, after: int = 6, perceived: tuple[int, int] = (3, 6)) -> Participant:
+    def finish(
+        self, after: int = 6, perceived: tuple[int, int] = (3, 6), last: int | str = "same"
+    ) -> Participant:
         if self.step == "conversation":
-            self.post("/study/finish-conversation", {"csrf": self.csrf})
+            self.post("/study/finish-conversation", {"csrf": self.csrf, "stance": str(last)})
         assert self.step == "after", self.html
         self.post(
             "/study/after", {"csrf": self.csrf, "stance": str(after), "reason": "after reason"}

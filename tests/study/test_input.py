@@ -33,7 +33,13 @@ def test_repeated_submit_returns_the_same_result_not_a_rate_limit(
     client = app_client(limits={"min_seconds_between_messages": 30, "requests_per_minute": 1000})
     p = Participant(client)
     p.through_before("P-double")
-    form = {"csrf": p.csrf, "turn": "1", "message": "Only once please.", "key": p.key}
+    form = {
+        "csrf": p.csrf,
+        "turn": "1",
+        "message": "Only once please.",
+        "key": p.key,
+        "stance": "same",
+    }
     first = client.post("/study/message", data=form)
     second = client.post("/study/message", data=form)
     assert first.status_code == second.status_code == 200
@@ -49,7 +55,13 @@ def test_double_click_while_the_reply_is_written_waits_for_the_same_reply(
     app = create_app(make_config(), store, lm, secret=SECRET)
     p = Participant(TestClient(app, follow_redirects=True))
     p.through_before("P-click")
-    form = {"csrf": p.csrf, "turn": "1", "message": "Clicked twice.", "key": p.key}
+    form = {
+        "csrf": p.csrf,
+        "turn": "1",
+        "message": "Clicked twice.",
+        "key": p.key,
+        "stance": "same",
+    }
     results: list[tuple[int, str]] = []
 
     def click() -> None:
@@ -146,7 +158,13 @@ def test_async_submit_streams_the_reply_and_reload_shows_it_pending(store: Study
     p.through_before("P-stream")
     sent = p.client.post(
         "/study/message",
-        data={"csrf": p.csrf, "turn": "1", "message": "Are you there?", "key": p.key},
+        data={
+            "csrf": p.csrf,
+            "turn": "1",
+            "message": "Are you there?",
+            "key": p.key,
+            "stance": "same",
+        },
         headers={"X-Study-Async": "1"},
     )
     assert sent.status_code == 200 and sent.json() == {"turn": 1, "stream": "/study/stream/1"}
@@ -216,7 +234,7 @@ def test_probe_runs_after_the_reply_and_is_stored_before_the_next_turn(
     assert "You said: First." in p.html and store.stance_turns(row.id) == {0}
     sent = p.client.post(
         "/study/message",
-        data={"csrf": p.csrf, "turn": "2", "message": "Second.", "key": p.key},
+        data={"csrf": p.csrf, "turn": "2", "message": "Second.", "key": p.key, "stance": "5"},
         headers={"X-Study-Async": "1"},
     )
     assert sent.json()["turn"] == 2

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import JSON, Boolean, Float, Integer, MetaData, String, Text, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
 
 from stancelab.engine.errors import StoreError
 
@@ -74,3 +75,24 @@ def open_tables(
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open {what} {safe_url(url)}: {exc.__cause__ or exc}") from exc
     return url, engine
+
+
+class AnswerColumns:
+    """The columns of one stored survey answer, whoever was asked (a debater, the study's
+    chatbot, a judge rating a reply): one definition for every store, filled from
+    ``SurveyAnswer.measurement()``."""
+
+    mode: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    """Expected value over the scale (distribution) or the parsed number (generate)."""
+    most_likely: Mapped[int | None] = mapped_column(Integer)
+    entropy_bits: Mapped[float | None] = mapped_column(Float)
+    coverage: Mapped[float | None] = mapped_column(Float)
+    """Raw probability mass the model put on the scale's points before normalising."""
+    distribution: Mapped[list[float] | None] = mapped_column(JSON)
+    raw_text: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Prompt tokens the engine computed for this answer (those served from a prefix
+    cache or by an identical request in flight are not counted), in both modes."""
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

@@ -12,8 +12,125 @@ from stancelab.engine.base import ChoiceRequest, GenerationRequest, LanguageMode
 from stancelab.engine.capabilities import supports_logprobs
 from stancelab.engine.errors import ConfigError
 
-SCALE = tuple(str(i) for i in range(11))
+ATTITUDE = "attitude"
 _RATING = re.compile(r"(?<![\d.])(10(?:\.0+)?|[0-9](?:\.\d+)?)(?![\d.]*\d)")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The answer points of a rating question and what they mean.
+
+    Points are the whole numbers ``low..high``; ``labels`` names some of them and must name
+    both ends. A labelled middle point (an odd number of points) is the scale's neutral
+    point: only a scale that has one can say whether an answer moved "toward neutral" or
+    "flipped sides". The model is scored on every point as a whole candidate, so at most
+    eleven points (0-10) are allowed.
+    """
+
+    low: int
+    high: int
+    labels: tuple[tuple[int, str], ...]
+    """(point, label) pairs, in point order."""
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.high - self.low + 1 <= 11 or self.low < 0:
+            raise ConfigError(
+                f"a scale needs 2 to 11 whole points from 0 up, got {self.low}..{self.high}"
+            )
+        named = dict(self.labels)
+        for point in named:
+            if not self.low <= point <= self.high:
+                raise ConfigError(f"scale label for {point} is outside {self.low}..{self.high}")
+        missing = [p for p in (self.low, self.high) if not named.get(p, "").strip()]
+        if missing:
+            raise ConfigError(
+                f"a scale needs a label at both ends; none for {', '.join(map(str, missing))}"
+            )
+
+    @classmethod
+    def of(cls, low: int, high: int, labels: dict[int, str]) -> Scale:
+        """A scale from a mapping of labels."""
+        return cls(low, high, tuple(sorted((int(k), str(v)) for k, v in labels.items())))
+
+    @property
+    def points(self) -> tuple[int, ...]:
+        """Every answer a person or model may give."""
+        return tuple(range(self.low, self.high + 1))
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The answers as the whole candidates a model is scored on."""
+        return tuple(str(p) for p in self.points)
+
+    @property
+    def midpoint(self) -> float | None:
+        """The labelled neutral point, or None when the scale has none."""
+        if (self.low + self.high) % 2:
+            return None
+        middle = (self.low + self.high) // 2
+        return float(middle) if dict(self.labels).get(middle, "").strip() else None
+
+    def label(self, point: int) -> str:
+        """The label of a point ('' when unlabelled)."""
+        return dict(self.labels).get(point, "")
+
+    def side(self, value: float) -> int:
+        """-1 below the neutral point, 0 on it, +1 above it (needs a midpoint)."""
+        if self.midpoint is None:
+            raise ConfigError("this scale has no labelled midpoint, so it has no sides")
+        return (value > self.midpoint) - (value < self.midpoint)
+
+    def instruction(self) -> str:
+        """How to answer, as told to a model: the range and every labelled point."""
+        named = ", ".join(f"{p} = {text}" for p, text in self.labels)
+        return f"Answer with a single number from {self.low} to {self.high} ({named})."
+
+    def as_dict(self) -> dict[str, Any]:
+        """The scale as stored with every answer it was used for."""
+        return {"low": self.low, "high": self.high, "labels": {str(p): t for p, t in self.labels}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scale:
+        """The scale stored by ``as_dict``."""
+        return cls.of(
+            int(data["low"]), int(data["high"]), {int(k): v for k, v in data["labels"].items()}
+        )
+
+
+ZERO_TO_TEN = Scale.of(0, 10, {0: "Not a problem at all", 10: "A very big problem"})
+"""The debate paper's one-ended attitude scale (no neutral point)."""
+SCALE = ZERO_TO_TEN.candidates
+
+
+@dataclass(frozen=True)
+class StanceItem:
+    """One stance question, worded once and asked of people and models alike.
+
+    ``text`` may hold ``{topic}`` and ``{statement}`` (the position a bipolar item asks
+    agreement with). A model is told the scale's points and labels after the question; a
+    person sees them as the answer buttons.
+    """
+
+    text: str
+    scale: Scale = ZERO_TO_TEN
+    id: str = ATTITUDE
+
+    def question(self, topic: str, statement: str = "") -> str:
+        """The question as a person reads it."""
+        return self.text.format(topic=topic, statement=statement)
+
+    def model_question(self, topic: str, statement: str = "") -> str:
+        """The question as a model is asked it: with how to answer."""
+        return f"{self.question(topic, statement)} {self.scale.instruction()}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The item as stored with the answers it produced."""
+        return {"id": self.id, "text": self.text, "scale": self.scale.as_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StanceItem:
+        """The item stored by ``as_dict``."""
+        return cls(str(data["text"]), Scale.from_dict(data["scale"]), str(data.get("id", ATTITUDE)))
 
 
 class SurveyMode(StrEnum):
@@ -40,9 +157,6 @@ def parse_modes(text: str | Sequence[str]) -> tuple[SurveyMode, ...]:
     if not modes:
         raise ConfigError("at least one survey mode is needed")
     return tuple(dict.fromkeys(modes))
-
-
-ATTITUDE = "attitude"
 
 
 @dataclass(frozen=True)
@@ -94,7 +208,8 @@ class SurveyAnswer:
     extra: dict[str, float] = field(default_factory=dict)
 
     def measurement(self) -> dict[str, Any]:
-        """What every store keeps of an answer, whoever was asked (debater or chatbot)."""
+        """What every store keeps of an answer, whoever was asked (the columns of
+        ``conversation.database.AnswerColumns``)."""
         return {
             "mode": str(self.mode),
             "ok": self.ok,
@@ -104,13 +219,37 @@ class SurveyAnswer:
             "coverage": self.coverage,
             "distribution": self.distribution,
             "raw_text": self.raw_text,
+            "prompt_tokens": self.prompt_tokens,
+            "latency_s": self.latency_s,
         }
 
+    @classmethod
+    def from_measurement(cls, row: Any, **where: Any) -> SurveyAnswer:
+        """An answer read back from a stored row with ``AnswerColumns``; ``where`` gives
+        the fields that say who was asked (iteration, agent_index, question ...)."""
+        return cls(
+            mode=SurveyMode(row.mode),
+            ok=row.ok,
+            score=row.score,
+            most_likely=row.most_likely,
+            entropy_bits=row.entropy_bits,
+            coverage=row.coverage,
+            distribution=row.distribution,
+            raw_text=row.raw_text,
+            prompt_tokens=row.prompt_tokens or 0,
+            latency_s=row.latency_s or 0.0,
+            **where,
+        )
 
-def parse_rating(text: str) -> float | None:
-    """The first number 0..10 in a reply ('8', '8/10', 'About 7.', '7.5'), else None."""
+
+def parse_rating(text: str, scale: Scale = ZERO_TO_TEN) -> float | None:
+    """The first number 0..10 in a reply ('8', '8/10', 'About 7.', '7.5') when it lies on
+    the scale, else None."""
     match = _RATING.search(text)
-    return float(match.group(1)) if match else None
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if scale.low <= value <= scale.high else None
 
 
 @dataclass(frozen=True)
@@ -124,6 +263,8 @@ class SurveyItem:
     question: str = ""
     kind: str = "scale"
     conversation_id: str | None = None
+    scale: Scale = ZERO_TO_TEN
+    """The points a scale question is answered on."""
 
 
 def _max_tokens(item: SurveyItem) -> int:
@@ -156,7 +297,10 @@ def ask(
 
     if SurveyMode.DISTRIBUTION in modes and scale:
         scores = lm.score_choices(
-            [ChoiceRequest(items[k].prompt, SCALE, items[k].conversation_id) for k in scale]
+            [
+                ChoiceRequest(items[k].prompt, items[k].scale.candidates, items[k].conversation_id)
+                for k in scale
+            ]
         )
         for k, s in zip(scale, scores, strict=True):
             ok = s.coverage > 0
@@ -189,7 +333,7 @@ def ask(
             item = items[k]
             mode = SurveyMode.GENERATE
             if item.kind == "scale":
-                rating = parse_rating(g.text)
+                rating = parse_rating(g.text, item.scale)
                 ok, score = rating is not None, rating
             else:
                 ok, score, rating = bool(g.text.strip()), None, None

@@ -27,9 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.conversation.database import open_tables, utc_now
+from stancelab.conversation.database import AnswerColumns, open_tables, utc_now
 from stancelab.conversation.export import check_formats, write_tables
-from stancelab.conversation.survey import SurveyAnswer, SurveyMode
+from stancelab.conversation.survey import SurveyAnswer
 from stancelab.debates.debate import Debate, Turn
 from stancelab.engine.errors import StoreError
 
@@ -110,26 +110,17 @@ class MessageRow(Base):
     __table_args__ = (UniqueConstraint("debate_id", "iteration"),)
 
 
-class SurveyRow(Base):
-    """One survey answer: iteration, agent, mode and the distribution or parsed number."""
+class SurveyRow(AnswerColumns, Base):
+    """One survey answer: iteration, agent, question, and the measurement columns every
+    stored answer has (``AnswerColumns``)."""
 
     __tablename__ = "survey_answers"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     debate_id: Mapped[int] = mapped_column(ForeignKey("debates.id"), index=True)
     iteration: Mapped[int] = mapped_column(Integer)
     agent_index: Mapped[int] = mapped_column(Integer)
-    mode: Mapped[str] = mapped_column(String(16))
     question_id: Mapped[str] = mapped_column(String(100), default="attitude")
     question: Mapped[str] = mapped_column(Text)
-    ok: Mapped[bool] = mapped_column()
-    score: Mapped[float | None] = mapped_column(Float)
-    most_likely: Mapped[int | None] = mapped_column(Integer)
-    entropy_bits: Mapped[float | None] = mapped_column(Float)
-    coverage: Mapped[float | None] = mapped_column(Float)
-    distribution: Mapped[list[float] | None] = mapped_column(JSON)
-    raw_text: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     __table_args__ = (
         UniqueConstraint("debate_id", "iteration", "agent_index", "question_id", "mode"),
     )
@@ -260,8 +251,6 @@ class Store:
                         agent_index=a.agent_index,
                         question_id=a.question_id,
                         question=a.question,
-                        prompt_tokens=a.prompt_tokens,
-                        latency_s=a.latency_s,
                         **a.measurement(),
                     )
                 )
@@ -318,19 +307,10 @@ class Store:
             # Surveys first: record_turn checks that each turn's surveys are done.
             for a in s.scalars(select(SurveyRow).where(SurveyRow.debate_id == debate_id)):
                 debate.record_survey(
-                    SurveyAnswer(
+                    SurveyAnswer.from_measurement(
+                        a,
                         iteration=a.iteration,
                         agent_index=a.agent_index,
-                        mode=SurveyMode(a.mode),
-                        ok=a.ok,
-                        score=a.score,
-                        most_likely=a.most_likely,
-                        entropy_bits=a.entropy_bits,
-                        coverage=a.coverage,
-                        distribution=a.distribution,
-                        raw_text=a.raw_text,
-                        prompt_tokens=a.prompt_tokens,
-                        latency_s=a.latency_s,
                         question_id=a.question_id,
                         question=a.question,
                     )

@@ -15,6 +15,7 @@ would need a second store for one app; the threadpool keeps one.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -90,7 +91,9 @@ def create_app(
         *(
             load_template(n, version)
             for n in ("chatbot_standard", "chatbot_personalised", "stance_probe")
-        )
+        ),
+        # the item is part of what the probe asks: a changed wording or scale is a new hash
+        json.dumps(config.item().as_dict(), sort_keys=True),
     )
     state = AppState(
         config=config,

@@ -12,7 +12,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stancelab.conversation.survey import SurveyAnswer, SurveyItem, SurveyMode, ask
+from stancelab.conversation.survey import (
+    ZERO_TO_TEN,
+    Scale,
+    SurveyAnswer,
+    SurveyItem,
+    SurveyMode,
+    ask,
+)
 from stancelab.conversation.templates import read_template
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
 from stancelab.engine.errors import ConfigError
@@ -97,11 +104,13 @@ class Chatbot:
 
     system_prompt: str
     question: str
-    """The survey question, topic filled in."""
+    """The stance item as the model is asked it (topic and scale filled in)."""
     temperature: float = 0.7
     max_tokens: int = 160
     modes: tuple[SurveyMode, ...] = (SurveyMode.DISTRIBUTION,)
     probe_template: str = "{question}"
+    scale: Scale = ZERO_TO_TEN
+    """The points the hidden probe is scored on."""
 
     @classmethod
     def build(
@@ -113,6 +122,7 @@ class Chatbot:
         temperature: float = 0.7,
         max_tokens: int = 160,
         modes: Sequence[str] = ("distribution",),
+        scale: Scale = ZERO_TO_TEN,
     ) -> Chatbot:
         """A standard chatbot, or a personalised one when a profile is given."""
         if personal_profile is None:
@@ -130,6 +140,7 @@ class Chatbot:
             max_tokens=max_tokens,
             modes=tuple(SurveyMode(m) for m in modes),
             probe_template=load_template("stance_probe", version),
+            scale=scale,
         )
 
     def messages(
@@ -187,10 +198,10 @@ class Chatbot:
         histories: Sequence[Sequence[ChatTurn]],
         turns: Sequence[int] | None = None,
     ) -> list[SurveyAnswer]:
-        """The LLM's 0-10 stance after each history (one answer per history and mode)."""
+        """The LLM's stance on the item after each history (one answer per history and mode)."""
         turns = turns if turns is not None else [len(h) for h in histories]
         items = [
-            SurveyItem(iteration=t, agent_index=0, prompt=self.probe_prompt(h))
+            SurveyItem(iteration=t, agent_index=0, prompt=self.probe_prompt(h), scale=self.scale)
             for h, t in zip(histories, turns, strict=True)
         ]
         return ask(lm, items, self.modes)

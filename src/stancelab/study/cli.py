@@ -22,6 +22,7 @@ from stancelab.engine.factory import ModelConfig, open_model
 from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
 from stancelab.study.audit import audit
 from stancelab.study.config import Condition, load_study
+from stancelab.study.replies import check_probe_coverage
 from stancelab.study.report import write_report
 from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
@@ -72,6 +73,17 @@ def serve(
     store = StudyStore(db)
     needs_model = any(c != Condition.STATIC for c in config.conditions)
     lm = open_model(config.model) if needs_model else None
+    if lm is not None:
+        try:
+            coverage = check_probe_coverage(config, lm)
+        except StancelabError:
+            lm.close()
+            raise
+        if coverage:
+            console.print(
+                "probe coverage on the stance item: "
+                + ", ".join(f"{t} {c:.0%}" for t, c in coverage.items())
+            )
     token = admin_token_from_env()
     if token is None:
         err_console.print("[yellow]STANCELAB_ADMIN_TOKEN is not set: admin pages are off[/]")

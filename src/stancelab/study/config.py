@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stancelab.conversation.survey import Scale, StanceItem
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, ModelEntry
 
@@ -34,6 +35,102 @@ class Topic(_Strict):
 
     name: str = Field(min_length=1, max_length=200)
     statements: list[str] = Field(default_factory=list)
+    position: str | None = Field(default=None, min_length=1, max_length=500)
+    """The statement a bipolar stance item asks agreement with (``{statement}``); none
+    given: "<Topic> is a big problem."."""
+
+    @property
+    def statement(self) -> str:
+        """The position people and the chatbot rate their agreement with."""
+        if self.position:
+            return self.position
+        return f"{self.name[:1].upper()}{self.name[1:]} is a big problem."
+
+
+_ITEM_FIELDS = {"topic", "statement"}
+AGREEMENT_LABELS = {
+    1: "Strongly disagree",
+    2: "Disagree",
+    3: "Somewhat disagree",
+    4: "Neither agree nor disagree",
+    5: "Somewhat agree",
+    6: "Agree",
+    7: "Strongly agree",
+}
+
+
+def _check_fields(value: str, allowed: set[str]) -> str:
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad braces: {exc}") from exc
+    unknown = used - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return value
+
+
+class StanceItemConfig(_Strict):
+    """The stance question, worded once: participants answer it before, during and after
+    the conversation, the chatbot's hidden probe asks it, a judge rates replies on it, and
+    the perception questions ask it about the chatbot's first and last reply.
+
+    The default is a bipolar 7-point agreement item with a labelled neutral midpoint;
+    ``stance_item: big_problem`` is the debate paper's one-ended 0-10 item."""
+
+    text: str = 'How much do you agree or disagree with this statement? "{statement}"'
+    low: int = 1
+    high: int = 7
+    labels: dict[int, str] = Field(default_factory=lambda: dict(AGREEMENT_LABELS))
+    """Point -> label; both ends need one, a labelled middle point is the neutral point."""
+    perception_first: str = (
+        "Think of the chatbot's FIRST reply in your conversation. In that reply, how much "
+        'did the chatbot agree or disagree with this statement? "{statement}"'
+    )
+    perception_last: str = (
+        "Think of the chatbot's LAST reply in your conversation. In that reply, how much "
+        'did the chatbot agree or disagree with this statement? "{statement}"'
+    )
+
+    @field_validator("text", "perception_first", "perception_last")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        return _check_fields(value, _ITEM_FIELDS)
+
+    @model_validator(mode="after")
+    def _valid_scale(self) -> StanceItemConfig:
+        try:
+            self.scale()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def scale(self) -> Scale:
+        """The answer points."""
+        return Scale.of(self.low, self.high, self.labels)
+
+    def item(self) -> StanceItem:
+        """The item as the shared survey instrument."""
+        return StanceItem(self.text, self.scale())
+
+
+BIG_PROBLEM = StanceItemConfig(
+    text="On a scale of 0 to 10, how much do you think that {topic} is a big problem?",
+    low=0,
+    high=10,
+    labels={0: "Not a problem at all", 10: "A very big problem"},
+    perception_first=(
+        "Think of the chatbot's FIRST reply in your conversation. In that reply, how much "
+        "did the chatbot think that {topic} is a big problem?"
+    ),
+    perception_last=(
+        "Think of the chatbot's LAST reply in your conversation. In that reply, how much "
+        "did the chatbot think that {topic} is a big problem?"
+    ),
+)
+PRESETS = {"agreement": StanceItemConfig(), "big_problem": BIG_PROBLEM}
 
 
 class DemographicQuestion(_Strict):
@@ -129,9 +226,12 @@ class Questions(_Strict):
         "In two or three sentences, tell us about yourself: what you do, where you live, "
         "and what matters to you."
     )
-    stance: str = "On a scale of 0 to 10, how much do you think that {topic} is a big problem?"
-    scale_low: str = "Not a problem at all"
-    scale_high: str = "A very big problem"
+    stance: str | None = None
+    """Deprecated (use ``stance_item``): a 0-10 question; set, it builds a 0-10 item."""
+    scale_low: str | None = None
+    """Deprecated: the 0 label of the 0-10 item built from ``stance``."""
+    scale_high: str | None = None
+    """Deprecated: the 10 label of the 0-10 item built from ``stance``."""
     reason: str = "In a sentence or two, why?"
     chat_intro: str = (
         "Please talk with the chatbot about {topic}. Share your view and respond to its "
@@ -139,14 +239,12 @@ class Questions(_Strict):
     )
     current_stance: str = "Where do you stand right now?"
     statements_intro: str = "Please read these statements about {topic} carefully."
-    perception_start: str = (
-        "At the START of the conversation, where did the chatbot stand? On a scale of 0 to "
-        "10, how much did it think that {topic} is a big problem?"
-    )
-    perception_end: str = (
-        "At the END of the conversation, where did the chatbot stand? On a scale of 0 to 10, "
-        "how much did it think that {topic} is a big problem?"
-    )
+    perception_start: str | None = None
+    """Deprecated (use ``stance_item.perception_first``)."""
+    perception_end: str | None = None
+    """Deprecated (use ``stance_item.perception_last``)."""
+    same_as_before: str = "Same as before"
+    """The explicit "unchanged" answer beside the per-turn stance scale."""
     debrief: str = (
         "Thank you for taking part. The chatbot was an AI language model; its statements "
         "may be wrong or one-sided. The study looks at how people and chatbots influence "
@@ -180,17 +278,10 @@ class Questions(_Strict):
         "stance", "perception_start", "perception_end", "chat_intro", "statements_intro"
     )
     @classmethod
-    def _only_known_fields(cls, value: str) -> str:
-        try:
-            used = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"bad braces: {exc}") from exc
-        unknown = used - {"topic", "min_turns", "max_turns"}
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {sorted(unknown)}; allowed: topic, min_turns, max_turns"
-            )
-        return value
+    def _only_known_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_fields(value, {"topic", "min_turns", "max_turns"})
 
 
 class Turns(_Strict):
@@ -218,9 +309,14 @@ class Chatbot(_Strict):
 
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=160, ge=8, le=2048)
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"
+    """Which templates in ``study/prompts`` (v1 asks the probe on a 0-10 scale only)."""
     stance_modes: list[SurveyModeName] = Field(default_factory=_default_modes)
-    """How the hidden per-turn survey reads the LLM's 0-10 answer."""
+    """How the hidden per-turn survey reads the LLM's answer on the stance item."""
+    min_probe_coverage: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Least probability mass the chatbot's probe must put on the scale's points (checked
+    before the study opens, and on every stored answer); below it, its expected value is
+    noise and the report flags every number built on it."""
 
 
 class Limits(_Strict):
@@ -235,6 +331,24 @@ class Limits(_Strict):
     form, ``Authorization: Bearer``, ``X-Admin-Token``); more get 429."""
     admin_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
     """How long an admin login lasts; the server forgets it then (or at logout)."""
+
+
+class Analysis(_Strict):
+    """The analysis plan, fixed with the study before any data exist: who is analysed,
+    and the fewest observations a test needs."""
+
+    require_completed: bool = True
+    """Only participants who reached the end page are analysed."""
+    require_attention: bool = True
+    """Participants who failed an attention check are excluded."""
+    exclude_simulated: bool = True
+    """Simulated participants are excluded (a database of only simulated ones is a pilot:
+    all are analysed and the report says so)."""
+    exclude_withdrawn: bool = True
+    """Withdrawn participants are excluded (their answers are deleted anyway)."""
+    min_n: int = Field(default=5, ge=2)
+    """Fewest participants (or pairs, or clusters) a test needs; below it the test is
+    reported as not run, with the reason."""
 
 
 class StudyConfig(_Strict):
@@ -276,8 +390,55 @@ class StudyConfig(_Strict):
     resume_without_cookie: bool = False
     """Let a known participant id resume from another browser (weaker: anyone with the id can)."""
     seed: int = 0
+    stance_item: StanceItemConfig = Field(default_factory=StanceItemConfig)
+    """The stance question both sides answer (``agreement`` or ``big_problem`` preset, or
+    a mapping); see ``StanceItemConfig``."""
     stance_change_threshold: float = Field(default=0.5, gt=0.0)
-    """A measured LLM stance moving by at least this much counts as a change."""
+    """A stance moving by at least this many points counts as a change, for the
+    participant and the chatbot alike (one rule for both sides)."""
+    analysis: Analysis = Field(default_factory=lambda: Analysis())
+
+    @field_validator("stance_item", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in PRESETS:
+                raise ValueError(f"unknown preset {value!r}; use {', '.join(PRESETS)} or a mapping")
+            return PRESETS[value].model_copy()
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_item(cls, data: Any) -> Any:
+        """A 0.3 study file that words its 0-10 question in ``questions`` keeps it."""
+        if not isinstance(data, dict) or "stance_item" in data:
+            return data
+        questions = data.get("questions")
+        if not isinstance(questions, dict) or not any(
+            questions.get(k) for k in ("stance", "scale_low", "scale_high")
+        ):
+            return data
+        legacy = BIG_PROBLEM.model_dump()
+        legacy["text"] = questions.get("stance") or legacy["text"]
+        legacy["labels"] = {
+            0: questions.get("scale_low") or BIG_PROBLEM.labels[0],
+            10: questions.get("scale_high") or BIG_PROBLEM.labels[10],
+        }
+        legacy["perception_first"] = questions.get("perception_start") or legacy["perception_first"]
+        legacy["perception_last"] = questions.get("perception_end") or legacy["perception_last"]
+        return {**data, "stance_item": legacy}
+
+    @model_validator(mode="after")
+    def _probe_template_fits_item(self) -> StudyConfig:
+        if self.chatbot.prompt_version == "v1" and (
+            self.stance_item.low,
+            self.stance_item.high,
+        ) != (0, 10):
+            raise ValueError(
+                "chatbot.prompt_version v1 asks the probe on a 0-10 scale; the stance item "
+                f"runs {self.stance_item.low}..{self.stance_item.high}: use v2"
+            )
+        return self
 
     @field_validator("conditions")
     @classmethod
@@ -313,6 +474,27 @@ class StudyConfig(_Strict):
     def fill(self, text: str, topic: str) -> str:
         """A wording with the topic and turn limits filled in."""
         return text.format(topic=topic, min_turns=self.turns.min, max_turns=self.turns.max)
+
+    def item(self) -> StanceItem:
+        """The stance item both sides answer."""
+        return self.stance_item.item()
+
+    def stance_question(self, topic: str) -> str:
+        """The stance item as a participant reads it for this topic."""
+        return self.item().question(topic, self.topic(topic).statement)
+
+    def probe_question(self, topic: str) -> str:
+        """The stance item as the chatbot (or a judge) is asked it, with the scale."""
+        return self.item().model_question(topic, self.topic(topic).statement)
+
+    def perception_question(self, topic: str, which: str) -> str:
+        """Where the participant thinks the chatbot stood in its first or last reply."""
+        text = (
+            self.stance_item.perception_first
+            if which == "first"
+            else self.stance_item.perception_last
+        )
+        return text.format(topic=topic, statement=self.topic(topic).statement)
 
 
 def load_study(source: Path | str | dict[str, Any]) -> StudyConfig:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import StancelabError
+from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.study.chat import Chatbot, ChatTurn, format_profile
 from stancelab.study.config import Condition, StudyConfig
 from stancelab.study.store import ChatMessageRow, DuplicateTurn, ParticipantRow, StudyStore
@@ -28,7 +28,7 @@ JobKey = tuple[str, int]
 
 def build_chatbot(config: StudyConfig, row: ParticipantRow) -> Chatbot:
     """The chatbot of one participant's condition and topic."""
-    question = config.fill(config.questions.stance, row.topic)
+    question = config.probe_question(row.topic)
     profile = None
     if row.condition == Condition.PERSONALISED:
         labels = {q.id: q.label for q in config.questions.demographics}
@@ -43,6 +43,7 @@ def build_chatbot(config: StudyConfig, row: ParticipantRow) -> Chatbot:
         temperature=config.chatbot.temperature,
         max_tokens=config.chatbot.max_tokens,
         modes=config.chatbot.stance_modes,
+        scale=config.stance_item.scale(),
     )
 
 
@@ -57,6 +58,38 @@ def answered_history(
         for t in sorted(users)
         if t in bots and (before_turn is None or t < before_turn)
     ]
+
+
+def probe_coverage(config: StudyConfig, lm: LanguageModel) -> dict[str, float]:
+    """The probability mass the chatbot's probe puts on the item's points before any
+    reply, per topic and condition's prompt (distribution mode; 1.0 in generate mode)."""
+    if "distribution" not in config.chatbot.stance_modes:
+        return {}
+    coverage: dict[str, float] = {}
+    for topic in config.topics:
+        row = ParticipantRow(topic=topic.name, condition=Condition.STANDARD, demographics={})
+        bot = build_chatbot(config, row)
+        answers = bot.stances(lm, [[]], [0])
+        found = [a.coverage for a in answers if a.coverage is not None]
+        coverage[topic.name] = min(found) if found else 0.0
+    return coverage
+
+
+def check_probe_coverage(config: StudyConfig, lm: LanguageModel) -> dict[str, float]:
+    """Refuse a chatbot whose probe puts too little probability on the scale: its stance
+    scores would be noise (``chatbot.min_probe_coverage``). Returns the coverage per topic."""
+    coverage = probe_coverage(config, lm)
+    low = {t: c for t, c in coverage.items() if c < config.chatbot.min_probe_coverage}
+    if low:
+        topic, worst = min(low.items(), key=lambda kv: kv[1])
+        raise ConfigError(
+            f"chatbot.min_probe_coverage: {lm.name} puts {worst:.1%} of its probability on "
+            f"the stance item's points for topic {topic!r} (minimum "
+            f"{config.chatbot.min_probe_coverage:.0%}); its stance scores would be noise: use "
+            "a larger model, stance_modes [generate], or lower the minimum and let the report "
+            "flag every affected number"
+        )
+    return coverage
 
 
 class Replies:

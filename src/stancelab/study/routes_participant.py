@@ -129,6 +129,7 @@ def entry(
             quota_per_condition=recruitment.quota_per_condition,
             platform_study_id=_platform_id(request, "STUDY_ID"),
             platform_session_id=_platform_id(request, "SESSION_ID"),
+            stance_item=config.item().as_dict(),
         )
     except StudyFull:
         raise PageError(
@@ -159,8 +160,33 @@ def study(row: Participant, state: State) -> Response:
     if row.step == "conversation":
         return conversation_page(state, row)
     if row.step == "perception":
-        return page(state, "perception.html", **context(state, row, errors=[], values={}))
+        return perception_page(state, row)
     return end_page(state, row)
+
+
+def perception_page(
+    state: AppState,
+    row: ParticipantRow,
+    errors: list[str] | None = None,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    """Where the participant thinks the chatbot stood in its first and its last reply:
+    the replies they read, compared with the chatbot's stance measured right after them."""
+    config = state.config
+    return page(
+        state,
+        "perception.html",
+        status=status,
+        **context(
+            state,
+            row,
+            errors=errors or [],
+            values=values or {},
+            perception_first=config.perception_question(row.topic, "first"),
+            perception_last=config.perception_question(row.topic, "last"),
+        ),
+    )
 
 
 def end_page(state: AppState, row: ParticipantRow) -> Response:
@@ -269,8 +295,6 @@ def stance_page(
     status: int = 200,
 ) -> Response:
     """The 0-10 stance page before or after the conversation."""
-    values = values or {}
-    chosen = int_field(values, "stance")
     return page(
         state,
         "stance.html",
@@ -280,8 +304,7 @@ def stance_page(
             row,
             which=which,
             errors=errors or [],
-            values=values,
-            chosen=chosen,
+            values=values or {},
             attention_after=_attention(state, "after"),
         ),
     )
@@ -295,6 +318,8 @@ class Conversation:
     pending: list[ChatMessageRow]
     failed: ChatMessageRow | None
     last_stance: int | None
+    """The stance sent with the latest message (None before the first): what "same as
+    before" means, with the stance-before page's answer before any message."""
     next_turn: int
 
     @classmethod
@@ -315,15 +340,24 @@ def conversation_page(
     error: str | None = None,
     status: int = 200,
     typed: str | None = None,
-    chosen: int | None = None,
+    chosen: str | None = None,
     headers: dict[str, str] | None = None,
+    finish_error: str | None = None,
+    finish_stance: str | None = None,
 ) -> Response:
-    """The chat (or the static statements) with pending messages and what was typed."""
+    """The chat (or the static statements) with pending messages and what was typed.
+    No stance is pre-selected: ``chosen`` / ``finish_stance`` only re-show what the
+    participant picked in a form that came back with an error."""
     config = state.config
     if row.condition == Condition.STATIC:
         statements = config.topic(row.topic).statements
+        # the error (a minimum reading time not yet over) must show on this page too: a
+        # page that refuses without saying why leaves a person, or a pilot, stuck
         return page(
-            state, "statements.html", status=status, **context(state, row, statements=statements)
+            state,
+            "statements.html",
+            status=status,
+            **context(state, row, statements=statements, errors=[error] if error else []),
         )
     messages = state.store.messages(row.id)
     chat = Conversation.read(messages)
@@ -335,9 +369,6 @@ def conversation_page(
         error = FAILED
     if typed is None and chat.failed is not None:
         typed = chat.failed.text
-    stance = chosen if chosen is not None else chat.last_stance
-    if stance is None:
-        stance = row.stance_before
     n_sent = len(chat.history) + len(chat.pending)
     response = page(
         state,
@@ -349,7 +380,9 @@ def conversation_page(
             history=chat.history,
             pending=chat.pending,
             next_turn=chat.next_turn,
-            stance=stance,
+            stance=chosen,
+            finish_stance=finish_stance,
+            finish_error=finish_error,
             error=error,
             typed=typed or "",
             can_finish=len(chat.history) >= config.turns.min and not chat.pending,
@@ -438,16 +471,55 @@ def about(guarded: Annotated[StepForm, Depends(step_form("about"))], state: Stat
 def stance_form(state: AppState, form: dict[str, str]) -> tuple[int | None, str, list[str]]:
     """The 0-10 answer and reason of a stance page, with the errors to show."""
     limit_chars = state.config.limits.max_message_chars
-    stance = int_field(form, "stance")
+    scale = state.config.stance_item.scale()
+    stance = int_field(form, "stance", scale.low, scale.high)
     reason = form.get("reason", "").strip()
     errors = []
     if stance is None:
-        errors.append("Please choose a number from 0 to 10.")
+        errors.append(f"Please choose a number from {scale.low} to {scale.high}.")
     if not reason:
         errors.append("Please give a short reason.")
     elif len(reason) > limit_chars:
         errors.append(f"Please keep it under {limit_chars} characters (it has {len(reason)}).")
     return stance, reason, errors
+
+
+@dataclass
+class TurnStance:
+    """The per-turn stance of a message or finish form: a point, or "same as before"."""
+
+    value: int | None
+    source: str | None
+    """'chosen' or 'same'; None when the form did not answer."""
+    seconds: float | None
+    raw: str
+    """What the form sent, to show it again after an error."""
+
+
+NO_TURN_STANCE = "Please say where you stand now (a number, or “Same as before”)."
+
+
+def turn_stance(state: AppState, form: dict[str, str], previous: int | None) -> TurnStance:
+    """Read the per-turn stance: nothing is assumed when the participant did not answer,
+    and "same as before" is recorded as such (its value is the previous answer)."""
+    scale = state.config.stance_item.scale()
+    raw = form.get("stance", "").strip()
+    ms = int_field(form, "stance_ms", 0, 86_400_000)
+    seconds = ms / 1000 if ms is not None else None
+    if raw == "same" and previous is not None:
+        return TurnStance(previous, "same", seconds, raw)
+    value = int_field(form, "stance", scale.low, scale.high)
+    if value is None:
+        return TurnStance(None, None, seconds, raw)
+    return TurnStance(value, "chosen", seconds, raw)
+
+
+def _form_seconds(row: ParticipantRow, shown_event: str) -> float | None:
+    """Seconds since a page event (the fallback answer time without JavaScript)."""
+    shown = (row.page_times or {}).get(shown_event)
+    if shown is None:
+        return None
+    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(shown)).total_seconds()
 
 
 @router.post("/study/before")
@@ -478,13 +550,15 @@ class Accepted:
     """The stored message's turn (None: nothing stored, show the conversation)."""
     wait_s: float = 0.0
     """Sent too soon after the previous message: nothing stored, try again after this."""
+    missing_stance: bool = False
+    """A new message without a per-turn stance: nothing stored, ask for it."""
 
 
 def accept_message(
     state: AppState,
     row: ParticipantRow,
     text: str,
-    stance: int | None,
+    stance: TurnStance,
     key: str | None,
     turn_hint: int | None,
 ) -> Accepted:
@@ -502,16 +576,23 @@ def accept_message(
             return Accepted()
         if chat.failed is None and chat.next_turn > config.turns.max:
             return Accepted()  # the conversation is full: only "finish" is left
+        if stance.source is None:  # checked after the repeats above: they need no answer
+            return Accepted(missing_stance=True)
         wait = state.messages.hit(row.id)
         if wait:
             return Accepted(wait_s=wait)
-        if stance is None:
-            stance = chat.last_stance if chat.last_stance is not None else row.stance_before
+        value = stance.value
+        if stance.source == "same" and chat.last_stance is not None:
+            value = chat.last_stance  # "same" as the latest stored answer, whatever the tab saw
         try:
             if chat.failed is not None:
-                store.resend_user_message(chat.failed.id, text, stance, key)
+                store.resend_user_message(
+                    chat.failed.id, text, value, key, stance.source, stance.seconds
+                )
             else:
-                store.add_user_message(row.id, chat.next_turn, text, stance, key)
+                store.add_user_message(
+                    row.id, chat.next_turn, text, value, key, stance.source, stance.seconds
+                )
         except DuplicateTurn:  # another request took this turn (or this key) meanwhile
             if key:
                 existing = store.message_by_key(row.id, key)
@@ -539,7 +620,10 @@ async def message(
     typed = form.get("message", "")
     text = typed.replace("\r\n", "\n").strip()
     turn_hint = int_field(form, "turn", 1, 10_000)
-    stance = int_field(form, "stance")
+    previous = await run_in_threadpool(_previous_stance, state, row)
+    stance = turn_stance(state, form, previous)
+    if stance.source is not None and stance.seconds is None:
+        stance.seconds = _form_seconds(row, "conversation.shown")
     raw_key = form.get("key", "")
     key = raw_key if _KEY.fullmatch(raw_key) else None
     limit_chars = config.limits.max_message_chars
@@ -552,11 +636,17 @@ async def message(
     if error is not None:
         if is_async:
             return JSONResponse({"error": error}, status_code=400)
-        return await run_in_threadpool(conversation_page, state, row, error, 400, typed, stance)
+        return await run_in_threadpool(conversation_page, state, row, error, 400, typed, stance.raw)
     if rate_wait:
         accepted = Accepted(wait_s=rate_wait)
     else:
         accepted = await run_in_threadpool(accept_message, state, row, text, stance, key, turn_hint)
+    if accepted.missing_stance:
+        if is_async:
+            return JSONResponse({"error": NO_TURN_STANCE}, status_code=400)
+        return await run_in_threadpool(
+            conversation_page, state, row, NO_TURN_STANCE, 400, typed, stance.raw
+        )
     if accepted.wait_s:
         wait = max(1, round(accepted.wait_s + 0.49))
         error = f"Please wait {wait} second{'s' if wait != 1 else ''} and send your message again."
@@ -567,7 +657,7 @@ async def message(
                 headers={"Retry-After": str(wait)},
             )
         return await run_in_threadpool(
-            conversation_page, state, row, error, 429, typed, stance, {"Retry-After": str(wait)}
+            conversation_page, state, row, error, 429, typed, stance.raw, {"Retry-After": str(wait)}
         )
     if accepted.turn is None:
         if is_async:
@@ -589,9 +679,15 @@ async def message(
             pass  # the conversation page shows the message as pending and refreshes
         except Exception:  # logged by the job; the message is kept for sending again
             return await run_in_threadpool(
-                conversation_page, state, row, FAILED, 503, None, stance, {"Retry-After": "10"}
+                conversation_page, state, row, FAILED, 503, None, stance.raw, {"Retry-After": "10"}
             )
     return to_study()
+
+
+def _previous_stance(state: AppState, row: ParticipantRow) -> int | None:
+    """What "same as before" stands for: the latest stance sent, else the stance before."""
+    last = Conversation.read(state.store.messages(row.id)).last_stance
+    return last if last is not None else row.stance_before
 
 
 @router.post("/study/finish-conversation")
@@ -622,7 +718,21 @@ def finish_conversation(
                 else "Please wait for the chatbot's reply before finishing.",
                 400,
             )
+        previous = chat.last_stance if chat.last_stance is not None else row.stance_before
+        stance = turn_stance(state, guarded.form, previous)
+        if stance.source is None:
+            return conversation_page(
+                state, row, status=400, finish_error=NO_TURN_STANCE, finish_stance=stance.raw
+            )
+        if stance.seconds is None:
+            stance.seconds = _form_seconds(row, "conversation.shown")
         state.replies.ensure_probes(row, chat.history)
+        store.update(
+            row.id,
+            stance_last=stance.value,
+            stance_last_source=stance.source,
+            stance_last_seconds=stance.seconds,
+        )
     store.stamp_page(row.id, "conversation.submitted")
     store.update(row.id, step="after")
     return to_study()
@@ -664,26 +774,17 @@ def perception(
 ) -> Response:
     """Record where the participant thinks the chatbot stood at the start and the end."""
     row, form = guarded.row, guarded.form
-    start_value = int_field(form, "perceived_start")
-    end_value = int_field(form, "perceived_end")
+    scale = state.config.stance_item.scale()
+    start_value = int_field(form, "perceived_start", scale.low, scale.high)
+    end_value = int_field(form, "perceived_end", scale.low, scale.high)
     wait = reading_wait(state, row, "perception")
     if start_value is None or end_value is None or wait:
         message = (
             reading_error(wait)
             if start_value is not None and end_value is not None
-            else "Please choose a number from 0 to 10 for both questions."
+            else f"Please choose a number from {scale.low} to {scale.high} for both questions."
         )
-        return page(
-            state,
-            "perception.html",
-            status=400,
-            **context(
-                state,
-                row,
-                errors=[message],
-                values={"start": start_value, "end": end_value},
-            ),
-        )
+        return perception_page(state, row, [message], dict(form), 400)
     state.store.stamp_page(row.id, "perception.submitted")
     state.store.update(
         row.id,

@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 
-from stancelab.conversation.survey import SCALE, SurveyItem, SurveyMode, ask
+from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message
 from stancelab.engine.errors import StancelabError
 from stancelab.engine.factory import open_model
 from stancelab.study.app import create_app
 from stancelab.study.chat import clean_reply, load_template
 from stancelab.study.config import StudyConfig
+from stancelab.study.replies import check_probe_coverage
 from stancelab.study.server import running_server
 from stancelab.study.store import StudyStore
 
@@ -115,7 +116,13 @@ def make_persona(config: StudyConfig, rng: random.Random) -> Persona:
         elif q.kind == "text" and not value:
             value = "prefer not to say"
         answers[q.id] = value
-    stance = rng.choice([0, 1, 2, 3, 7, 8, 9, 10])
+    scale = config.stance_item.scale()
+    # a clear view on one side: the outer points, never the neutral middle
+    span = scale.high - scale.low
+    lean = [
+        p for p in scale.points if abs(p - scale.low) < span / 3 or abs(scale.high - p) < span / 3
+    ]
+    stance = rng.choice(lean)
     return Persona(answers, background, stance)
 
 
@@ -169,14 +176,16 @@ class SimulatedParticipant:
         self.track_stance = track_stance
         self.max_tokens = max_tokens
         self.topic = ""
+        self.last_stance: int | None = None
         self.result = SimulationResult(pid=pid, completed=False)
 
     # --- the persona's mind ---------------------------------------------------------
     def _persona_messages(self, replies: Sequence[str], sent: Sequence[str]) -> list[Message]:
-        system = load_template("participant_persona").format(
+        version = self.config.chatbot.prompt_version
+        system = load_template("participant_persona", version).format(
             topic=self.topic or "the topic",
             background=self.persona.background,
-            stance=self.persona.stance,
+            stance=self._view(version),
         )
         messages: list[Message] = [{"role": "system", "content": system}]
         messages.append(
@@ -189,6 +198,19 @@ class SimulatedParticipant:
             messages.append({"role": "assistant", "content": own})
             messages.append({"role": "user", "content": reply})
         return messages
+
+    def _view(self, version: str) -> str:
+        """The persona's stance in words (v1 templates take the bare 0-10 number)."""
+        if version == "v1":
+            return str(self.persona.stance)
+        scale = self.config.stance_item.scale()
+        question = self.config.stance_question(self.topic or self.config.topics[0].name)
+        label = scale.label(self.persona.stance)
+        return (
+            f'Asked "{question}", you answer {self.persona.stance} on a scale from '
+            f"{scale.low} ({scale.label(scale.low)}) to {scale.high} ({scale.label(scale.high)})"
+            + (f": {label}." if label else ".")
+        )
 
     def _write(self, replies: Sequence[str], sent: Sequence[str]) -> str:
         prompt = self._persona_messages(replies, sent)
@@ -212,16 +234,19 @@ class SimulatedParticipant:
             prompt.append({"role": "user", "content": question})
         else:
             prompt[-1] = {"role": "user", "content": prompt[-1]["content"] + "\n\n" + question}
-        answer = ask(self.lm, [SurveyItem(0, 0, prompt)], (SurveyMode.DISTRIBUTION,))[0]
+        scale = self.config.stance_item.scale()
+        item = SurveyItem(0, 0, prompt, scale=scale)
+        answer = ask(self.lm, [item], (SurveyMode.DISTRIBUTION,))[0]
         if answer.score is None:
             return self.persona.stance
-        return int(SCALE[max(0, min(10, round(answer.score)))])
+        return max(scale.low, min(scale.high, round(answer.score)))
 
     def _stance_question(self) -> str:
-        return (
-            self.config.fill(self.config.questions.stance, self.topic)
-            + " Answer with a single number from 0 to 10."
-        )
+        return self.config.probe_question(self.topic)
+
+    def _perception_question(self, which: str) -> str:
+        scale = self.config.stance_item.scale()
+        return f"{self.config.perception_question(self.topic, which)} {scale.instruction()}"
 
     # --- HTTP ------------------------------------------------------------------------
     def _send(
@@ -267,6 +292,7 @@ class SimulatedParticipant:
                 page = self._send(client, "POST", "/study/about", data)
             elif step == "before":
                 self.topic = self._topic_from(page)
+                self.last_stance = self.persona.stance
                 page = self._send(
                     client,
                     "POST",
@@ -290,11 +316,20 @@ class SimulatedParticipant:
                     continue
                 replies = page.replies()
                 self.result.replies = replies
-                if len(replies) >= self.turns:
-                    page = self._send(client, "POST", "/study/finish-conversation", {"csrf": csrf})
+                stance = self._rate(replies, sent, self._stance_question())
+                # an unchanged view is given as the explicit "same as before" answer
+                answer = "same" if stance == self.last_stance else str(stance)
+                self.last_stance = stance
+                if len(replies) >= self.turns or 'name="message"' not in page.text:
+                    finish = self._finish_csrf(page, csrf)
+                    page = self._send(
+                        client,
+                        "POST",
+                        "/study/finish-conversation",
+                        {"csrf": finish, "stance": answer},
+                    )
                     continue
                 text = self._write(replies, sent)
-                stance = self._rate(replies, sent, self._stance_question())
                 sent.append(text)
                 self.result.sent = list(sent)
                 page = self._send(
@@ -306,7 +341,7 @@ class SimulatedParticipant:
                         "turn": page.field("turn"),
                         "key": page.field("key"),
                         "message": text,
-                        "stance": str(stance),
+                        "stance": answer,
                     },
                 )
             elif step == "after":
@@ -324,12 +359,9 @@ class SimulatedParticipant:
                     },
                 )
             elif step == "perception":
-                q = self.config.questions
                 replies = self.result.replies
-                start = self._rate(
-                    replies[:1], sent[:1], self.config.fill(q.perception_start, self.topic)
-                )
-                end = self._rate(replies, sent, self.config.fill(q.perception_end, self.topic))
+                start = self._rate(replies[:1], sent[:1], self._perception_question("first"))
+                end = self._rate(replies, sent, self._perception_question("last"))
                 page = self._send(
                     client,
                     "POST",
@@ -345,6 +377,11 @@ class SimulatedParticipant:
             else:
                 raise StancelabError(f"unexpected page {step!r} (HTTP {page.response.status_code})")
         raise StancelabError("the study did not end")
+
+    @staticmethod
+    def _finish_csrf(page: _Page, fallback: str) -> str:
+        match = re.search(r'id="form-finish".*?name="csrf" value="([^"]*)"', page.text, flags=re.S)
+        return html.unescape(match.group(1)) if match else fallback
 
     def _topic_from(self, page: _Page) -> str:
         for topic in self.config.topics:
@@ -387,6 +424,13 @@ def simulate(
         owned.append(lm)
     persona_model = persona_lm or lm
     assert persona_model is not None
+    if base_url is None and lm is not None and any(c != "static" for c in config.conditions):
+        try:  # the same gate as `study serve`: a pilot on a noisy probe pilots nothing
+            check_probe_coverage(config, lm)
+        except StancelabError:
+            for model in owned:
+                model.close()
+            raise
     rng = random.Random(seed)
     players = [
         SimulatedParticipant(

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from stancelab.conversation.database import open_tables, utc_now
+from stancelab.conversation.database import AnswerColumns, open_tables, utc_now
 from stancelab.conversation.export import json_columns_as_text
 from stancelab.conversation.survey import SurveyAnswer
 from stancelab.engine.errors import StoreError
@@ -77,7 +77,18 @@ class ParticipantRow(StudyBase):
     stance_after: Mapped[int | None] = mapped_column(Integer)
     reason_after: Mapped[str | None] = mapped_column(Text)
     perceived_start: Mapped[int | None] = mapped_column(Integer)
+    """Where the participant thinks the chatbot stood in its FIRST reply (on the item)."""
     perceived_end: Mapped[int | None] = mapped_column(Integer)
+    """Where the participant thinks the chatbot stood in its LAST reply (on the item)."""
+    stance_item: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The stance item (wording, scale, labels) this participant answered, as stored when
+    the session began; None for sessions made before 0.4 (the 0-10 item)."""
+    stance_last: Mapped[int | None] = mapped_column(Integer)
+    """The per-turn stance given after reading the chatbot's last reply (on the finish
+    form, the same instrument as the stance sent with each message)."""
+    stance_last_source: Mapped[str | None] = mapped_column(String(8))
+    """'chosen' (a point was picked) or 'same' (the explicit "same as before" answer)."""
+    stance_last_seconds: Mapped[float | None] = mapped_column(Float)
     platform_study_id: Mapped[str | None] = mapped_column(String(100))
     """Prolific's STUDY_ID from the recruiting link."""
     platform_session_id: Mapped[str | None] = mapped_column(String(100))
@@ -91,8 +102,9 @@ class ParticipantRow(StudyBase):
 
 class ChatMessageRow(StudyBase):
     """One message: the participant's ('user'), the chatbot's ('assistant') or a static
-    statement shown ('statement'). ``human_stance`` is the participant's 0-10 stance they
-    reported when sending a message."""
+    statement shown ('statement'). ``human_stance`` is the stance (on the study's item) the
+    participant gave when sending the message: after reading the previous reply, or, with
+    message 1, at the start of the chat."""
 
     __tablename__ = "study_messages"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -101,6 +113,13 @@ class ChatMessageRow(StudyBase):
     role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     human_stance: Mapped[int | None] = mapped_column(Integer)
+    stance_source: Mapped[str | None] = mapped_column(String(8))
+    """How ``human_stance`` was given: 'chosen' (a point was picked; the scale starts
+    unselected) or 'same' (the explicit "same as before" answer). None: before 0.4,
+    when the scale came pre-set to the last answer."""
+    stance_seconds: Mapped[float | None] = mapped_column(Float)
+    """Seconds from the form appearing to the stance being answered (from the browser;
+    without JavaScript, to the submission)."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     client_key: Mapped[str | None] = mapped_column(String(64))
@@ -117,24 +136,31 @@ class ChatMessageRow(StudyBase):
     )
 
 
-class LlmStanceRow(StudyBase):
-    """The chatbot's hidden 0-10 stance after ``turn`` exchanges (0 = before the chat)."""
+class LlmStanceRow(AnswerColumns, StudyBase):
+    """The chatbot's hidden stance on the study's item after ``turn`` exchanges (0 = before
+    the chat), read by the probe: the measurement columns every stored answer has."""
 
     __tablename__ = "study_llm_stances"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     participant_id: Mapped[str] = mapped_column(ForeignKey("study_participants.id"), index=True)
     turn: Mapped[int] = mapped_column(Integer)
-    mode: Mapped[str] = mapped_column(String(16))
-    ok: Mapped[bool] = mapped_column(Boolean)
-    score: Mapped[float | None] = mapped_column(Float)
-    most_likely: Mapped[int | None] = mapped_column(Integer)
-    coverage: Mapped[float | None] = mapped_column(Float)
-    entropy_bits: Mapped[float | None] = mapped_column(Float)
-    distribution: Mapped[list[float] | None] = mapped_column(JSON)
-    raw_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=utc_now)
     """When the probe's answer was stored ("probe done")."""
     __table_args__ = (UniqueConstraint("participant_id", "turn", "mode"),)
+
+
+class ReplyStanceRow(AnswerColumns, StudyBase):
+    """The stance a judge model reads in one chatbot reply, rated on the study's item with
+    whole-candidate scoring: what the reply SAYS, beside what the hidden probe reports."""
+
+    __tablename__ = "study_reply_stances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("study_messages.id"), index=True)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("study_participants.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    judge: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=utc_now)
+    __table_args__ = (UniqueConstraint("message_id", "judge", "mode"),)
 
 
 class StrategyLabelRow(StudyBase):
@@ -172,6 +198,7 @@ STUDY_TABLES = (
     "study_participants",
     "study_messages",
     "study_llm_stances",
+    "study_reply_stances",
     "study_strategy_labels",
 )
 
@@ -240,6 +267,7 @@ class StudyStore:
         quota_per_condition: int | None = None,
         platform_study_id: str | None = None,
         platform_session_id: str | None = None,
+        stance_item: dict[str, Any] | None = None,
     ) -> ParticipantRow:
         """Insert a participant in the least-filled condition (then topic); ties at random.
 
@@ -295,6 +323,7 @@ class StudyStore:
                 completion_code=fixed_code or secrets.token_hex(4).upper(),
                 platform_study_id=platform_study_id,
                 platform_session_id=platform_session_id,
+                stance_item=stance_item,
             )
             s.add(row)
             try:
@@ -334,7 +363,7 @@ class StudyStore:
             row = s.get(ParticipantRow, participant_id)
             if row is None:
                 raise StoreError(f"no participant {participant_id!r}")
-            if delete_data:
+            if delete_data:  # every table that holds what the participant gave or caused
                 ids = select(ChatMessageRow.id).where(
                     ChatMessageRow.participant_id == participant_id
                 )
@@ -343,6 +372,9 @@ class StudyStore:
                     delete(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
                 )
                 s.execute(delete(LlmStanceRow).where(LlmStanceRow.participant_id == participant_id))
+                s.execute(
+                    delete(ReplyStanceRow).where(ReplyStanceRow.participant_id == participant_id)
+                )
                 for field in (
                     "demographics",
                     "background",
@@ -352,6 +384,9 @@ class StudyStore:
                     "reason_after",
                     "perceived_start",
                     "perceived_end",
+                    "stance_last",
+                    "stance_last_source",
+                    "stance_last_seconds",
                     "attention",
                 ):
                     setattr(row, field, None)
@@ -440,6 +475,8 @@ class StudyStore:
         user_text: str,
         human_stance: int | None,
         client_key: str | None,
+        stance_source: str | None = None,
+        stance_seconds: float | None = None,
     ) -> ChatMessageRow:
         """Commit a participant's message before the chatbot is asked (status 'pending');
         DuplicateTurn if this turn or this key is stored already."""
@@ -450,6 +487,8 @@ class StudyStore:
                 role="user",
                 text=user_text,
                 human_stance=human_stance,
+                stance_source=stance_source,
+                stance_seconds=stance_seconds,
                 client_key=client_key,
                 status="pending",
             )
@@ -477,7 +516,13 @@ class StudyStore:
             )
 
     def resend_user_message(
-        self, message_id: int, user_text: str, human_stance: int | None, client_key: str | None
+        self,
+        message_id: int,
+        user_text: str,
+        human_stance: int | None,
+        client_key: str | None,
+        stance_source: str | None = None,
+        stance_seconds: float | None = None,
     ) -> ChatMessageRow:
         """A message whose reply failed, sent again: the same turn, new text, pending again."""
         with self.session() as s:
@@ -485,6 +530,7 @@ class StudyStore:
             if row is None or row.status != "failed":
                 raise DuplicateTurn(f"message {message_id} is not a failed one")
             row.text, row.human_stance, row.client_key = user_text, human_stance, client_key
+            row.stance_source, row.stance_seconds = stance_source, stance_seconds
             row.status, row.created_at = "pending", utc_now()
             try:
                 s.commit()
@@ -602,6 +648,37 @@ class StudyStore:
                 s.commit()
             except IntegrityError:
                 s.rollback()  # measured already (a retried request): keep the first
+
+    def add_reply_stances(
+        self, rows: Sequence[tuple[ChatMessageRow, SurveyAnswer]], judge: str
+    ) -> None:
+        """Commit a judge's ratings of replies (one per reply and mode); a rating stored
+        already (the same judge, reply and mode) is kept as it was."""
+        with self.session() as s:
+            for message, answer in rows:
+                s.add(
+                    ReplyStanceRow(
+                        message_id=message.id,
+                        participant_id=message.participant_id,
+                        turn=message.turn,
+                        judge=judge,
+                        **answer.measurement(),
+                    )
+                )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise StoreError(
+                    f"judge {judge!r} has rated some of these replies already"
+                ) from None
+
+    def rated_reply_ids(self, judge: str) -> set[int]:
+        """Replies this judge has rated already."""
+        with self.session() as s:
+            return set(
+                s.scalars(select(ReplyStanceRow.message_id).where(ReplyStanceRow.judge == judge))
+            )
 
     def stances(self, participant_id: str) -> list[LlmStanceRow]:
         """The chatbot's stances for one participant, by turn."""

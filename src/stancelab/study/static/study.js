@@ -158,8 +158,23 @@
     });
   }
 
+  /* The time a participant took to answer the per-turn stance: from the form appearing
+     to the first choice on its scale (the server falls back to the submission time). */
+  function stanceTimes() {
+    var shown = Date.now();
+    Array.prototype.forEach.call(document.querySelectorAll("input[name=stance_ms]"), function (field) {
+      var form = field.form;
+      Array.prototype.forEach.call(form.querySelectorAll("input[name=stance]"), function (radio) {
+        radio.addEventListener("change", function () {
+          if (!field.value) { field.value = String(Date.now() - shown); }
+        });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     counters();
+    stanceTimes();
     chat();
   });
 })();
