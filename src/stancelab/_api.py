@@ -35,6 +35,17 @@ def experiment(source: ExperimentLike) -> ExperimentConfig:
 
     Relative paths in a file are taken relative to the file, in a mapping relative to the
     working folder; both are checked the same way (one line naming the field).
+
+    Args:
+        source: A path to an experiment YAML file, a mapping with the same keys, or an
+            ``Experiment`` (returned as it is).
+
+    Returns:
+        The validated experiment; nothing is run or written.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a field is invalid (the message
+            names the field).
     """
     if isinstance(source, ExperimentConfig):
         return source
@@ -58,6 +69,24 @@ def run(
 
     Runs in ``OUT/NAME``; calling it again after an interruption resumes where it stopped,
     and a finished run returns at once. ``log=None`` keeps it quiet.
+
+    Args:
+        source: Anything ``experiment`` takes: a YAML path, a mapping or an
+            ``Experiment``. The run folder keeps it as ``experiment.yaml``.
+        out: The folder that holds run folders; the run goes to ``OUT/NAME``, NAME being
+            the experiment's ``name``.
+        log: Called with each progress line; ``None`` for silence.
+
+    Returns:
+        The finished run, as ``open_run`` would return it.
+
+    Raises:
+        ConfigError: The experiment is invalid, ``OUT/NAME`` holds a different version
+            of it, a model has no chat template for the chat format, or the run folder
+            cannot be written.
+        ModelError: A model named by the experiment cannot be found or verified.
+        EngineError: An engine failed to answer, e.g. a chat-only server asked for a
+            transcript prompt.
     """
     config = experiment(source)
     if isinstance(source, str | Path):
@@ -90,6 +119,35 @@ def debate(
     ``load_model`` takes (opened and closed here). ``prompt_format`` is transcript (the
     paper's Figure 2), chat, or auto: transcript on local models, chat on servers (see
     docs/experiments.md); for an already loaded model auto means transcript.
+
+    Args:
+        topic: What the agents debate, e.g. ``"climate change"``.
+        agents: Built-in agent kinds, one agent each: ``republican``, ``democrat``,
+            ``default``.
+        iterations: Full rounds of replies; each agent is surveyed before the first and
+            after every round.
+        model: A loaded ``LanguageModel``, or anything ``load_model`` takes.
+        prompt_format: ``transcript``, ``chat`` or ``auto``.
+        survey_modes: How the hidden 0-10 survey is read: ``distribution``
+            (probabilities of every answer) and/or ``generate`` (a greedy, parsed answer).
+        seed: Seeds the choice of the first speaker and each reply's sampling.
+        word_limit: The reply length the prompt asks for, in words.
+        out: The folder under which ``debate-YYYYmmdd-HHMMSS/`` is made.
+        db: A database URL (e.g. ``postgresql+psycopg://…``) instead of the run
+            folder's SQLite file.
+        prompts: A folder of your own versioned prompt templates.
+        question: The survey question instead of the templates' own; ``{topic}`` is
+            filled in.
+        events: Callbacks to watch the debate turn by turn, or stop it early.
+
+    Returns:
+        The stored run: ``turns()``, ``surveys()``, ``means()`` as DataFrames.
+
+    Raises:
+        ConfigError: An unknown agent kind, prompt format or survey mode, or a prompts
+            folder that lacks a template; checked before any model is loaded.
+        ModelError: The model cannot be found or verified.
+        EngineError: The engine failed to answer.
     """
     modes = parse_modes([str(m) for m in survey_modes])
     spec = builtin_debate(topic, agents, iterations, seed, word_limit, modes)

@@ -36,7 +36,17 @@ __all__ = [
 
 
 def check_model(config: ModelConfig) -> None:
-    """Refuse a config that cannot work, before anything is started (cheap checks only)."""
+    """Refuse a config that cannot work, before anything is started (cheap checks only).
+
+    Args:
+        config: The model entry to check: its backend and options, and that each adapter
+            fits the base model's GGUF file.
+
+    Raises:
+        ConfigError: An unknown backend or option, or fields the backend does not take.
+        ModelError: The base model of an entry with adapters cannot be found.
+        AdapterError: An adapter file is missing or does not fit the base model.
+    """
     parse_options(config)
     if config.adapters:
         _, path = resolve_model(config.name)
@@ -46,7 +56,21 @@ def check_model(config: ModelConfig) -> None:
 
 
 def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
-    """Start the engine a model config names."""
+    """Start the engine a model config names.
+
+    Args:
+        config: A ``ModelConfig``, a mapping of its fields, or a bare model name or GGUF
+            path (``{name: STRING}``).
+
+    Returns:
+        The open model; call ``close()`` when done (or use it in a ``with`` block).
+
+    Raises:
+        ConfigError: An unknown backend or option, or fields the backend does not take.
+        ModelError: The model cannot be found, assembled or verified.
+        pydantic.ValidationError: A mapping whose fields do not validate (an empty name,
+            ``parallel: 0``, an unknown key).
+    """
     config = ModelConfig.parse(config)
     chosen, options = parse_options(config)
     return chosen.open(config, options)
@@ -58,6 +82,21 @@ def load_model(model: ModelConfig | str | dict[str, Any], **fields: Any) -> Lang
     A URL (``http://host:8000/v1``) opens the ``openai`` backend on that server; name the
     served model with ``name=`` (default ``default``, which llama.cpp's server accepts).
     Other keyword arguments are ModelConfig fields (``parallel=8``, ``options={...}``).
+
+    Args:
+        model: An embedded model name (``smollm2-135m``), a ``.gguf`` path, a server URL,
+            a mapping of ``ModelConfig`` fields, or a ``ModelConfig``.
+        **fields: ``ModelConfig`` fields that override the entry's own.
+
+    Returns:
+        The open model. Loading is the slow part: keep it open across calls and
+        ``close()`` it when done.
+
+    Raises:
+        ConfigError: An unknown backend or option, or fields the backend does not take.
+        ModelError: The model cannot be found, assembled or verified.
+        pydantic.ValidationError: A mapping whose fields do not validate (an empty name,
+            ``parallel=0``, an unknown key).
     """
     if isinstance(model, str) and model.startswith(("http://", "https://")):
         entry: dict[str, Any] = {"name": "default", "backend": "openai", "base_urls": [model]}

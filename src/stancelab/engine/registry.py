@@ -134,7 +134,21 @@ def backend(
     remote: bool = False,
     adapters: bool = False,
 ) -> Callable[[Opener], Opener]:
-    """Register ``fn(config, options) -> LanguageModel`` as the backend ``name``."""
+    """Register ``fn(config, options) -> LanguageModel`` as the backend ``name``.
+
+    A later registration under the same name replaces the earlier one.
+
+    Args:
+        name: What a model entry's ``backend:`` names.
+        options: The pydantic model the entry's ``options:`` must validate against
+            (unknown or mistyped keys are refused by name); ``fn`` receives the validated
+            instance.
+        remote: The backend takes ``base_urls`` and ``api_key_env`` (a server over HTTP).
+        adapters: The backend takes ``adapters`` (GGUF LoRA files on the base model).
+
+    Returns:
+        A decorator that registers ``fn`` and returns it unchanged.
+    """
 
     def register(fn: Opener) -> Opener:
         _BACKENDS[name] = Backend(name, fn, options, remote, adapters)
