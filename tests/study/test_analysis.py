@@ -13,7 +13,7 @@ from stancelab.study.analysis import (
     load_frames,
     participant_frame,
     per_turn,
-    strategy_effects,
+    strategy_frame,
     turn_frame,
 )
 from stancelab.study.report import write_report
@@ -42,7 +42,7 @@ def _run_study(app_client: AppFactory) -> None:
         p.say("I feel scared for my kids.", stance=stances[0])
         p.say("What do you think?", stance=stances[1])
         p.say("Fine.", stance=stances[2])
-        p.finish(after=6, perceived=(3, 4))
+        p.finish(after=6, perceived=(3, 4), last="same")
 
 
 def test_participant_and_turn_frames(app_client: AppFactory, store: StudyStore) -> None:
@@ -52,32 +52,43 @@ def test_participant_and_turn_frames(app_client: AppFactory, store: StudyStore) 
     chat = people[people["condition"] != "static"]
     assert len(people) == 3 and len(chat) == 2
     # the fake chatbot: stance 3 before the chat, +1 per exchange, 3 exchanges
-    assert list(chat["llm_start"]) == [3.0, 3.0] and list(chat["llm_end"]) == [6.0, 6.0]
+    assert list(chat["llm_turn0"]) == [3.0, 3.0] and list(chat["llm_last"]) == [6.0, 6.0]
+    assert list(chat["llm_first"]) == [4.0, 4.0]  # after reply 1: what the person first saw
     assert list(chat["llm_change"]) == [3.0, 3.0]
+    assert list(chat["llm_change_seen"]) == [2.0, 2.0]
     assert list(chat["perceived_change"]) == [1.0, 1.0]
-    assert list(chat["perception_error"]) == [-2.0, -2.0]  # perceived 1, measured 3
+    # perception is compared with the replies the person read: 1 perceived, 2 measured
+    assert list(chat["perception_error"]) == [-1.0, -1.0]
+    assert list(chat["perception_error_first"]) == [-1.0, -1.0]  # perceived 3, measured 4
     for pid, row in chat.iterrows():
         before = {"A": 8, "B": 1, "C": 5}[str(pid)]
         assert row["stance_before"] == before and row["human_change"] == 6 - before
         assert row["gap_start"] == abs(before - 3.0) and row["gap_end"] == 0.0
     static = people[people["condition"] == "static"].iloc[0]
-    assert math.isnan(static["llm_start"]) and static["human_change"] == 0.0
+    assert math.isnan(static["llm_turn0"]) and static["human_change"] == 0.0
 
     turns = turn_frame(frames, threshold=0.5)
     assert set(turns["turn"]) == {0, 1, 2, 3}
     first = turns[turns["participant_id"] == chat.loc[chat.index[0], "participant_id"]]
     assert list(first["llm"]) == [3.0, 4.0, 5.0, 6.0]
     assert list(first["llm_changed"].iloc[1:]) == [1.0, 1.0, 1.0]
-    # human at turn k is the stance sent with message k+1; the last is 'stance after'
+    # human at turn k is the per-turn stance given after reading reply k: sent with
+    # message k+1 (turn 0: with message 1), the last on the finish form ("same" here)
     pid = str(chat.index[0])
     sent = {"A": [8, 7, 7], "B": [1, 1, 2], "C": [5, 5, 5]}[pid]
-    assert list(first["human"]) == [float({"A": 8, "B": 1, "C": 5}[pid]), *sent[1:], 6.0]
+    assert list(first["human"]) == [float(v) for v in [*sent, sent[-1]]]
+    assert list(first["human_source"]) == ["chosen", "chosen", "chosen", "same"]
+    # one change rule for both sides: a move of at least the threshold
+    moved = [abs(b - a) >= 0.5 for a, b in zip([*sent, sent[-1]], [*sent, sent[-1]][1:])]
+    assert list(first["human_changed"].iloc[1:]) == [float(m) for m in moved]
     table = per_turn(turns)
     assert set(table["turn"]) == {0, 1, 2, 3}
     assert table[table["turn"] > 0]["p_llm_change"].eq(1.0).all()
+    assert table[table["turn"] == 3]["share_same_as_before"].eq(1.0).all()
     summary = condition_summary(participant_frame(frames)).set_index("condition")
     assert set(summary.index) == {"standard", "personalised", "static"}
     assert summary.loc["standard", "llm_change"] == 3.0
+    assert summary.loc["standard", "llm_change_n"] == 1
 
 
 def _judge(base: str) -> dict[str, float]:
@@ -107,14 +118,15 @@ def test_strategy_labels_from_score_choices(app_client: AppFactory, store: Study
     assert probs["personal story"] == pytest.approx(0.3, abs=1e-6)
     question = labels[labels["text"] == "What do you think?"]
     assert set(question["label"]) == {"question"}
-    effects = strategy_effects(frames, turn_frame(frames)).set_index(["speaker", "strategy"])
+    effects = strategy_frame(frames, turn_frame(frames))
+    human = effects[effects["speaker"] == "human"]
     # the fake chatbot moves after every message, so each human strategy precedes a change
-    assert effects.loc[("human", "emotional appeal"), "n_top"] == 2
-    assert effects.loc[("human", "emotional appeal"), "p_other_changed"] == 1.0
-    assert effects.loc[("human", "emotional appeal"), "weighted_n"] == pytest.approx(1.4)
-    assert effects.loc[("human", "question"), "n_top"] == 2
-    assert effects.loc[("human", "other"), "n_top"] == 2  # "Fine."
-    assert effects.loc[("llm", "emotional appeal"), "n_top"] == 2  # the echoed fear
+    fear = human[human["label"] == "emotional appeal"]
+    assert len(fear) == 2 and fear["other_changed"].eq(1.0).all()
+    assert (human["label"] == "question").sum() == 2
+    assert (human["label"] == "other").sum() == 2  # "Fine."
+    llm = effects[effects["speaker"] == "llm"]
+    assert (llm["label"] == "emotional appeal").sum() == 2  # the echoed fear
 
 
 def test_judge_prompt_carries_codebook_and_message() -> None:
@@ -136,16 +148,16 @@ def test_report_writes_figures_tables_and_escaped_html(
     names = {p.name for p in paths}
     assert {
         "participants.csv",
+        "flow.csv",
+        "statistics.csv",
         "turns.csv",
         "conditions.csv",
         "per_turn.csv",
-        "strategy_effects.csv",
         "strategy_counts.csv",
         "stance_per_turn.png",
         "opinion_gap.png",
         "change_likelihood.png",
         "conditions.png",
-        "strategies.png",
         "index.html",
     } <= names
     for p in paths:
@@ -154,7 +166,9 @@ def test_report_writes_figures_tables_and_escaped_html(
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<script>x" not in page
-    assert "stance_per_turn.png" in page and "strategy effects" in page
+    assert "stance_per_turn.png" in page and "Claims and tests" in page
+    # three people, one per condition: every test has too few to run, and says so
+    assert "too few to test" in page
 
 
 def test_report_on_empty_database_is_a_clear_error(store: StudyStore, tmp_path: Path) -> None:

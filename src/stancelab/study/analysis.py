@@ -1,9 +1,22 @@
 """Both sides' stance dynamics from the study tables, as pandas frames.
 
-Turn k (1-based) is the k-th exchange. ``llm`` at turn k is the chatbot's hidden stance
-after its k-th reply (turn 0: before the chat). ``human`` at turn k is the stance the
-participant reported after reading the k-th reply: sent with message k+1, or the final
-'stance after' for the last turn (turn 0: 'stance before').
+Who is analysed is decided first, by one rule fixed in the study file before any data
+existed (``StudyConfig.analysis``): completed, passed the attention checks, not simulated,
+not withdrawn. ``inclusion`` applies it and ``flow_table`` counts every stage.
+
+Turn k (1-based) is the k-th exchange. Two instruments measure the participant:
+- the stance pages before and after the conversation (with a reason): the pre/post
+  measure of ``human-shift``;
+- the per-turn stance given with every message and on the finish form (no point is
+  pre-selected; "same as before" is an explicit answer): ``human`` at turn k is the stance
+  given after reading reply k (sent with message k+1, or on the finish form after the last
+  reply); turn 0 is the stance sent with message 1, before any reply.
+Two measures read the chatbot, both on the same item:
+- the hidden probe (``llm``): asked on a copy of the conversation after reply k (turn 0:
+  before any reply), never kept in the history; expected value, most likely answer and
+  entropy;
+- a judge's rating of reply k itself (``judge``): what the reply says.
+One change rule serves both sides: a move of at least ``threshold`` points.
 """
 
 from __future__ import annotations
@@ -14,24 +27,34 @@ from typing import Any
 
 import pandas as pd
 
+from stancelab.conversation.survey import ZERO_TO_TEN, Scale
 from stancelab.engine.errors import StoreError
+from stancelab.study.config import Analysis
 from stancelab.study.store import StudyStore, read_table
-from stancelab.study.strategies import LABELS
+
+REASONS = ("withdrawn", "simulated", "not completed", "failed attention check")
+"""Exclusion reasons, in the order they are checked (a participant gets the first)."""
 
 
 def _sign(x: float) -> float:
     return 0.0 if x == 0 or math.isnan(x) else math.copysign(1.0, x)
 
 
+def _num(value: Any) -> float:
+    return math.nan if value is None or pd.isna(value) else float(value)
+
+
 def load_frames(
     store: StudyStore,
     study: str | None = None,
-    mode: str = "distribution",
+    mode: str | None = None,
     judge: str | None = None,
+    reply_judge: str | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The raw study tables, filtered to one study, one stance-probe mode and ONE judge's
-    strategy labels (``judge``, or the judge that labelled last; the labels frame's
-    ``attrs["judge"]`` names it, empty when there are no labels)."""
+    """The raw study tables, filtered to one study, one probe mode (``mode``; None: the
+    distribution when stored, else generate), ONE judge's strategy labels (``judge``, or
+    the judge that labelled last; ``attrs["judge"]`` names it) and one reply-stance judge
+    (``reply_judge``, or the one that rated last; ``attrs["judge"]`` of that frame)."""
     participants = read_table(store, "study_participants")
     if study is not None:
         participants = participants[participants["study"] == study]
@@ -41,52 +64,159 @@ def load_frames(
     if "status" in messages.columns:  # a message whose reply failed was never part of the chat
         messages = messages[messages["status"] != "failed"]
     stances = read_table(store, "study_llm_stances")
-    stances = stances[stances["participant_id"].isin(ids) & (stances["mode"] == mode)]
-    labels = read_table(store, "study_strategy_labels")
-    labels = labels[labels["message_id"].isin(set(messages["id"]))]
-    if judge is None and not labels.empty:
-        judge = str(labels.sort_values("id")["judge"].iloc[-1])
-    if judge is not None:
-        known = sorted(set(labels["judge"]))
-        if not labels.empty and judge not in known:
-            raise StoreError(f"no labels by judge {judge!r}; the database has: {', '.join(known)}")
-        labels = labels[labels["judge"] == judge]
-    labels = labels.copy()
-    labels.attrs["judge"] = judge or ""
+    stances = stances[stances["participant_id"].isin(ids)]
+    if mode is None:
+        present = set(stances["mode"])
+        mode = "distribution" if "distribution" in present or not present else "generate"
+    stances = stances[stances["mode"] == mode].copy()
+    stances.attrs["mode"] = mode
+    labels = _one_judge(
+        read_table(store, "study_strategy_labels"), set(messages["id"]), judge, "labels"
+    )
+    replies = _one_judge(
+        read_table(store, "study_reply_stances"), set(messages["id"]), reply_judge, "ratings"
+    )
+    if not replies.empty:  # the judge's ratings in the probe's mode, when it has them
+        rater = replies.attrs["judge"]
+        same = replies[replies["mode"] == mode]
+        replies = same if not same.empty else replies[replies["mode"] == replies["mode"].iloc[0]]
+        replies.attrs["judge"] = rater
     return {
         "participants": participants,
         "messages": messages,
         "stances": stances,
         "labels": labels,
+        "reply_stances": replies,
     }
 
 
+def _one_judge(table: pd.DataFrame, ids: set[Any], judge: str | None, what: str) -> pd.DataFrame:
+    """Rows of one judge about these messages (the named judge, or the one that wrote
+    last)."""
+    table = table[table["message_id"].isin(ids)]
+    if judge is None and not table.empty:
+        judge = str(table.sort_values("id")["judge"].iloc[-1])
+    if judge is not None:
+        known = sorted(set(table["judge"]))
+        if not table.empty and judge not in known:
+            raise StoreError(f"no {what} by judge {judge!r}; the database has: {', '.join(known)}")
+        table = table[table["judge"] == judge]
+    table = table.copy()
+    table.attrs["judge"] = judge or ""
+    return table
+
+
+def participant_scale(stance_item: Any) -> Scale:
+    """The scale a participant answered on (stored per session; before 0.4: 0-10)."""
+    if stance_item is None or (isinstance(stance_item, float) and math.isnan(stance_item)):
+        return ZERO_TO_TEN
+    data = json.loads(stance_item) if isinstance(stance_item, str) else stance_item
+    return Scale.from_dict(data["scale"])
+
+
+def study_scale(participants: pd.DataFrame) -> Scale:
+    """The one scale of the analysed sessions; a database mixing items cannot be pooled."""
+    scales = {participant_scale(v) for v in participants.get("stance_item", pd.Series([]))}
+    if len(scales) > 1:
+        described = sorted(f"{s.low}..{s.high}" for s in scales)
+        raise StoreError(
+            f"the sessions used different stance items ({', '.join(described)}): report one "
+            "study at a time (--study)"
+        )
+    return scales.pop() if scales else ZERO_TO_TEN
+
+
+def _failed_attention(attention: Any) -> bool:
+    if attention is None or (isinstance(attention, float) and math.isnan(attention)):
+        return False
+    data = json.loads(attention) if isinstance(attention, str) else attention
+    return any(not answer.get("passed", True) for answer in data.values())
+
+
+def inclusion(participants: pd.DataFrame, plan: Analysis) -> pd.DataFrame:
+    """``included`` and ``excluded_reason`` for every participant, by the study's rule.
+
+    A database whose participants are all simulated is a pilot: simulated participants
+    are then analysed (``attrs["pilot"]`` is True) and the report says so."""
+    frame = participants.copy()
+    simulated = frame["simulated"].astype(bool) if not frame.empty else pd.Series([], dtype=bool)
+    pilot = bool(len(frame)) and bool(simulated.all())
+    reasons: list[str] = []
+    for row in frame.itertuples():
+        reason = ""
+        if plan.exclude_withdrawn and row.step == "withdrawn":
+            reason = "withdrawn"
+        elif plan.exclude_simulated and bool(row.simulated) and not pilot:
+            reason = "simulated"
+        elif plan.require_completed and row.step != "done":
+            reason = "not completed"
+        elif plan.require_attention and _failed_attention(getattr(row, "attention", None)):
+            reason = "failed attention check"
+        reasons.append(reason)
+    frame["excluded_reason"] = reasons
+    frame["included"] = [not r for r in reasons]
+    frame.attrs["pilot"] = pilot
+    return frame
+
+
+def flow_table(participants: pd.DataFrame) -> pd.DataFrame:
+    """Participant flow (a CONSORT-style count): entered, consented, assigned per
+    condition, completed, excluded by reason, analysed; one column per condition."""
+    conditions = sorted(set(participants["condition"]))
+    consented = ~participants["step"].isin(["consent", "no_consent"])
+    stages: list[tuple[str, pd.Series]] = [
+        ("entered", pd.Series(True, index=participants.index)),
+        ("consented", consented),
+        ("assigned (after consent)", consented),
+        ("screened out (attention check)", participants["step"] == "screened_out"),
+        ("withdrawn", participants["step"] == "withdrawn"),
+        ("completed", participants["step"] == "done"),
+    ]
+    for reason in REASONS:
+        stages.append((f"excluded: {reason}", participants["excluded_reason"] == reason))
+    stages.append(("analysed", participants["included"].astype(bool)))
+    rows = []
+    for name, mask in stages:
+        row: dict[str, Any] = {"stage": name, "all": int(mask.sum())}
+        for condition in conditions:
+            row[condition] = int((mask & (participants["condition"] == condition)).sum())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["stage", "all", *conditions])
+
+
 def turn_frame(frames: dict[str, pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
-    """One row per chat participant and turn: both stances, the gap, and who changed."""
+    """One row per chat participant and turn: both sides' stances (the probe's expected
+    value, most likely answer and entropy; the judge's rating of the reply), the gap, and
+    who changed by the one rule |move| >= ``threshold``."""
     participants = frames["participants"]
     messages = frames["messages"]
     stances = frames["stances"]
+    replies = frames.get("reply_stances", pd.DataFrame())
     rows: list[dict[str, Any]] = []
     for p in participants.itertuples():
-        if p.condition == "static" or pd.isna(p.stance_before):
+        if p.condition == "static":
             continue
-        mine = messages[messages["participant_id"] == p.id]
-        user = mine[mine["role"] == "user"].set_index("turn")["human_stance"].to_dict()
-        llm = stances[stances["participant_id"] == p.id].set_index("turn")["score"].to_dict()
+        mine = messages[(messages["participant_id"] == p.id) & (messages["role"] == "user")]
+        user = mine.set_index("turn")
+        probe = stances[stances["participant_id"] == p.id].set_index("turn")
+        rated = (
+            replies[replies["participant_id"] == p.id].set_index("turn")
+            if not replies.empty
+            else pd.DataFrame()
+        )
         n_turns = len(user)
-        finished = not pd.isna(p.stance_after)
-        previous_h: float | None = None
-        previous_l: float | None = None
+        if n_turns == 0:
+            continue
+        previous: dict[str, float] = {}
         for k in range(n_turns + 1):
-            if k == 0:
-                human = float(p.stance_before)
-            elif k + 1 in user and not pd.isna(user[k + 1]):
-                human = float(user[k + 1])
-            elif k == n_turns and finished:
-                human = float(p.stance_after)
+            if k + 1 in user.index:
+                human = _num(user.loc[k + 1, "human_stance"])
+                source = user.loc[k + 1].get("stance_source")
+            elif k == n_turns:
+                human = _num(getattr(p, "stance_last", None))
+                source = getattr(p, "stance_last_source", None)
             else:
-                human = math.nan
-            llm_k = float(llm[k]) if k in llm and not pd.isna(llm[k]) else math.nan
+                human, source = math.nan, None
             row: dict[str, Any] = {
                 "participant_id": p.id,
                 "condition": p.condition,
@@ -94,92 +224,133 @@ def turn_frame(frames: dict[str, pd.DataFrame], threshold: float = 0.5) -> pd.Da
                 "simulated": bool(p.simulated),
                 "turn": k,
                 "human": human,
-                "llm": llm_k,
-                "gap": abs(human - llm_k),
-                "human_changed": math.nan,
-                "llm_changed": math.nan,
-                "human_delta": math.nan,
-                "llm_delta": math.nan,
+                "human_source": source if isinstance(source, str) else "",
+                "llm": _num(probe.loc[k, "score"]) if k in probe.index else math.nan,
+                "llm_mode": _num(probe.loc[k, "most_likely"]) if k in probe.index else math.nan,
+                "llm_entropy": _num(probe.loc[k, "entropy_bits"]) if k in probe.index else math.nan,
+                "llm_coverage": _num(probe.loc[k, "coverage"]) if k in probe.index else math.nan,
+                "judge": _num(rated.loc[k, "score"]) if k in rated.index else math.nan,
             }
-            if k > 0 and previous_h is not None and previous_l is not None:
-                row["human_delta"] = human - previous_h
-                row["llm_delta"] = llm_k - previous_l
-                if not math.isnan(row["human_delta"]):
-                    row["human_changed"] = float(row["human_delta"] != 0)
-                if not math.isnan(row["llm_delta"]):
-                    row["llm_changed"] = float(abs(row["llm_delta"]) >= threshold)
+            row["gap"] = abs(row["human"] - row["llm"])
+            for side in ("human", "llm", "judge"):
+                delta = row[side] - previous.get(side, math.nan) if k > 0 else math.nan
+                row[f"{side}_delta"] = delta
+                row[f"{side}_changed"] = (
+                    math.nan if math.isnan(delta) else float(abs(delta) >= threshold - 1e-9)
+                )
+                previous[side] = row[side]
             rows.append(row)
-            previous_h, previous_l = human, llm_k
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "participant_id",
-            "condition",
-            "topic",
-            "simulated",
-            "turn",
-            "human",
-            "llm",
-            "gap",
-            "human_changed",
-            "llm_changed",
-            "human_delta",
-            "llm_delta",
-        ],
-    )
+    columns = [
+        "participant_id",
+        "condition",
+        "topic",
+        "simulated",
+        "turn",
+        "human",
+        "human_source",
+        "llm",
+        "llm_mode",
+        "llm_entropy",
+        "llm_coverage",
+        "judge",
+        "gap",
+        "human_delta",
+        "human_changed",
+        "llm_delta",
+        "llm_changed",
+        "judge_delta",
+        "judge_changed",
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def participant_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per participant: human change, LLM change, gap, perception error."""
+def participant_frame(
+    frames: dict[str, pd.DataFrame], scale: Scale | None = None, min_coverage: float = 0.0
+) -> pd.DataFrame:
+    """One row per participant: the pre/post change, the chatbot's change by both measures
+    (probe: turn 0 to the last turn, and from reply 1 to the last reply; judge: reply 1 to
+    the last reply), the gap, perception against the measure at the replies the person
+    saw, distances to the scale's neutral point and side flips, and probe coverage."""
     participants = frames["participants"]
     stances = frames["stances"]
     messages = frames["messages"]
+    replies = frames.get("reply_stances", pd.DataFrame())
+    scale = scale or study_scale(participants)
+    mid = scale.midpoint
     rows = []
     for p in participants.itertuples():
-        llm = stances[stances["participant_id"] == p.id].sort_values("turn")
-        llm = llm[llm["score"].notna()]
+        probe = stances[stances["participant_id"] == p.id].set_index("turn")
+        rated = (
+            replies[replies["participant_id"] == p.id].set_index("turn")
+            if not replies.empty
+            else pd.DataFrame()
+        )
         n_turns = int(((messages["participant_id"] == p.id) & (messages["role"] == "user")).sum())
-        llm_start = (
-            float(llm["score"].iloc[0]) if len(llm) and llm["turn"].iloc[0] == 0 else math.nan
-        )
-        llm_end = float(llm["score"].iloc[-1]) if len(llm) else math.nan
-        before = float(p.stance_before) if not pd.isna(p.stance_before) else math.nan
-        after = float(p.stance_after) if not pd.isna(p.stance_after) else math.nan
-        llm_change = llm_end - llm_start
-        perceived = (
-            float(p.perceived_end) - float(p.perceived_start)
-            if not pd.isna(p.perceived_start) and not pd.isna(p.perceived_end)
-            else math.nan
-        )
-        rows.append(
-            {
-                "participant_id": p.id,
-                "pid": p.pid,
-                "condition": p.condition,
-                "topic": p.topic,
-                "simulated": bool(p.simulated),
-                "completed": p.step == "done",
-                "turns": n_turns,
-                "stance_before": before,
-                "stance_after": after,
-                "human_change": after - before,
-                "llm_start": llm_start,
-                "llm_end": llm_end,
-                "llm_change": llm_change,
-                "llm_toward_human": llm_change * _sign(before - llm_start),
-                "human_toward_llm": (after - before) * _sign(llm_start - before),
-                "gap_start": abs(before - llm_start),
-                "gap_end": abs(after - llm_end),
-                "perceived_start": float(p.perceived_start)
-                if not pd.isna(p.perceived_start)
-                else math.nan,
-                "perceived_end": float(p.perceived_end)
-                if not pd.isna(p.perceived_end)
-                else math.nan,
-                "perceived_change": perceived,
-                "perception_error": perceived - llm_change,
-            }
-        )
+
+        def at(table: pd.DataFrame, turn: int, column: str = "score") -> float:
+            return _num(table.loc[turn, column]) if turn in table.index else math.nan
+
+        before, after = _num(p.stance_before), _num(p.stance_after)
+        llm0, llm1, llm_n = at(probe, 0), at(probe, 1), at(probe, n_turns)
+        mode0, mode_n = at(probe, 0, "most_likely"), at(probe, n_turns, "most_likely")
+        judge1, judge_n = at(rated, 1), at(rated, n_turns)
+        perceived_first, perceived_last = _num(p.perceived_start), _num(p.perceived_end)
+        coverage = probe["coverage"].dropna() if "coverage" in probe else pd.Series([])
+        chat = p.condition != "static" and n_turns > 0
+        row: dict[str, Any] = {
+            "participant_id": p.id,
+            "pid": p.pid,
+            "condition": p.condition,
+            "topic": p.topic,
+            "simulated": bool(p.simulated),
+            "completed": p.step == "done",
+            "included": bool(getattr(p, "included", True)),
+            "excluded_reason": getattr(p, "excluded_reason", ""),
+            "turns": n_turns,
+            "stance_before": before,
+            "stance_after": after,
+            "human_change": after - before,
+            "llm_turn0": llm0 if chat else math.nan,
+            "llm_first": llm1 if chat else math.nan,
+            "llm_last": llm_n if chat else math.nan,
+            "llm_change": llm_n - llm0 if chat else math.nan,
+            "llm_change_seen": llm_n - llm1 if chat else math.nan,
+            "llm_mode_turn0": mode0 if chat else math.nan,
+            "llm_mode_last": mode_n if chat else math.nan,
+            "llm_mode_change": mode_n - mode0 if chat else math.nan,
+            "judge_first": judge1,
+            "judge_last": judge_n,
+            "judge_change": judge_n - judge1,
+            "llm_toward_human": (llm_n - llm0) * _sign(before - llm0) if chat else math.nan,
+            "human_toward_llm": (after - before) * _sign(llm0 - before) if chat else math.nan,
+            "gap_start": abs(before - llm0) if chat else math.nan,
+            "gap_end": abs(after - llm_n) if chat else math.nan,
+            "perceived_first": perceived_first,
+            "perceived_last": perceived_last,
+            "perceived_change": perceived_last - perceived_first,
+            "perception_error": (perceived_last - perceived_first) - (llm_n - llm1),
+            "perception_error_first": perceived_first - llm1,
+            "perception_error_last": perceived_last - llm_n,
+            "probe_coverage_min": float(coverage.min()) if len(coverage) else math.nan,
+        }
+        row["low_coverage"] = bool(len(coverage)) and row["probe_coverage_min"] < min_coverage
+        for name, start, end in (
+            ("llm", llm0, llm_n),
+            ("llm_mode", mode0, mode_n),
+            ("judge", judge1, judge_n),
+        ):
+            if mid is None or not chat:
+                row[f"{name}_mid_distance_start"] = row[f"{name}_mid_distance_end"] = math.nan
+                row[f"{name}_flipped"] = math.nan
+                continue
+            row[f"{name}_mid_distance_start"] = abs(start - mid)
+            row[f"{name}_mid_distance_end"] = abs(end - mid)
+            row[f"{name}_flipped"] = (
+                math.nan
+                if math.isnan(start) or math.isnan(end)
+                else float(scale.side(start) * scale.side(end) == -1)
+            )
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -192,149 +363,70 @@ def _mean_se(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()), se, n
 
 
+CONDITION_MEASURES = (
+    "human_change",
+    "human_toward_llm",
+    "llm_change",
+    "llm_change_seen",
+    "judge_change",
+    "llm_toward_human",
+    "gap_start",
+    "gap_end",
+    "perceived_change",
+    "perception_error",
+)
+
+
 def condition_summary(people: pd.DataFrame) -> pd.DataFrame:
-    """Per condition: mean (and standard error) of every change measure."""
-    measures = [
-        "human_change",
-        "human_toward_llm",
-        "llm_change",
-        "llm_toward_human",
-        "gap_start",
-        "gap_end",
-        "perceived_change",
-        "perception_error",
-    ]
+    """Per condition: mean, standard error and n of every change measure (each measure
+    its own n: a number is never averaged over people who lack it)."""
     rows = []
     for condition, group in people.groupby("condition", sort=True):
         row: dict[str, Any] = {"condition": condition, "participants": len(group)}
-        for m in measures:
-            mean, se, _ = _mean_se(group[m])
-            row[m] = mean
-            row[f"{m}_se"] = se
-        row["abs_human_change"] = _mean_se(group["human_change"].abs())[0]
-        row["abs_llm_change"] = _mean_se(group["llm_change"].abs())[0]
-        row["abs_perception_error"] = _mean_se(group["perception_error"].abs())[0]
+        for m in CONDITION_MEASURES:
+            mean, se, n = _mean_se(group[m])
+            row[m], row[f"{m}_se"], row[f"{m}_n"] = mean, se, n
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def per_turn(turns: pd.DataFrame) -> pd.DataFrame:
-    """Per condition and turn: mean stances, gap, and likelihood of a change on each side."""
+    """Per condition and turn: how many people are still there (``n``), mean stances, gap,
+    and the share changing on each side. Descriptive: people stop between turns.min and
+    turns.max, so the tests use models of all turns (statistics.csv), not these shares."""
+    columns = [
+        "condition",
+        "turn",
+        "n",
+        "human",
+        "llm",
+        "llm_se",
+        "judge",
+        "gap",
+        "gap_se",
+        "p_human_change",
+        "p_llm_change",
+        "p_judge_change",
+        "share_same_as_before",
+    ]
     if turns.empty:
-        return pd.DataFrame(
-            columns=[
-                "condition",
-                "turn",
-                "n",
-                "human",
-                "llm",
-                "gap",
-                "p_human_change",
-                "p_llm_change",
-            ]
-        )
-    grouped = turns.groupby(["condition", "turn"], sort=True)
+        return pd.DataFrame(columns=columns)
+    frame = turns.assign(same=(turns["human_source"] == "same").astype(float))
+    grouped = frame.groupby(["condition", "turn"], sort=True)
     out = grouped.agg(
         n=("participant_id", "count"),
         human=("human", "mean"),
         llm=("llm", "mean"),
         llm_se=("llm", "sem"),
+        judge=("judge", "mean"),
         gap=("gap", "mean"),
         gap_se=("gap", "sem"),
         p_human_change=("human_changed", "mean"),
         p_llm_change=("llm_changed", "mean"),
+        p_judge_change=("judge_changed", "mean"),
+        share_same_as_before=("same", "mean"),
     )
-    return out.reset_index()
-
-
-def strategy_effects(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd.DataFrame:
-    """Which strategies precede the other side's stance change.
-
-    A participant's message at turn k is followed by the chatbot's change at turn k; a
-    chatbot reply at turn k by the participant's change at turn k. Rows per speaker and
-    label: messages whose top label it is, how often the other side then changed, the
-    mean signed move toward the speaker, and the same rates weighted by label probability.
-    """
-    labels = frames["labels"]
-    messages = frames["messages"]
-    if labels.empty or turns.empty:
-        return pd.DataFrame(
-            columns=[
-                "speaker",
-                "strategy",
-                "n_top",
-                "p_other_changed",
-                "mean_move_toward",
-                "weighted_n",
-                "p_other_changed_weighted",
-            ]
-        )
-    by_turn = turns.set_index(["participant_id", "turn"])
-    joined = labels.merge(
-        messages[["id", "participant_id", "turn", "role"]],
-        left_on="message_id",
-        right_on="id",
-        suffixes=("", "_msg"),
-    )
-    records = []
-    for row in joined.itertuples():
-        key = (row.participant_id, row.turn)
-        if key not in by_turn.index or (row.participant_id, row.turn - 1) not in by_turn.index:
-            continue
-        now = by_turn.loc[key]
-        before = by_turn.loc[(row.participant_id, row.turn - 1)]
-        if row.role == "user":
-            changed, delta = now["llm_changed"], now["llm_delta"]
-            toward = delta * _sign(before["human"] - before["llm"])
-        else:
-            changed, delta = now["human_changed"], now["human_delta"]
-            toward = delta * _sign(now["llm"] - before["human"])
-        if pd.isna(changed):
-            continue
-        probs = row.probabilities
-        probs = json.loads(probs) if isinstance(probs, str) else dict(probs)
-        records.append(
-            {
-                "speaker": "human" if row.role == "user" else "llm",
-                "label": row.label,
-                "changed": float(changed),
-                "toward": toward,
-                **{f"p::{k}": float(probs.get(k, 0.0)) for k in LABELS},
-            }
-        )
-    if not records:
-        return pd.DataFrame(
-            columns=[
-                "speaker",
-                "strategy",
-                "n_top",
-                "p_other_changed",
-                "mean_move_toward",
-                "weighted_n",
-                "p_other_changed_weighted",
-            ]
-        )
-    frame = pd.DataFrame(records)
-    rows = []
-    for speaker, group in frame.groupby("speaker", sort=True):
-        for label in LABELS:
-            top = group[group["label"] == label]
-            weights = group[f"p::{label}"]
-            wsum = float(weights.sum())
-            rows.append(
-                {
-                    "speaker": speaker,
-                    "strategy": label,
-                    "n_top": len(top),
-                    "p_other_changed": float(top["changed"].mean()) if len(top) else math.nan,
-                    "mean_move_toward": float(top["toward"].mean()) if len(top) else math.nan,
-                    "weighted_n": wsum,
-                    "p_other_changed_weighted": float((weights * group["changed"]).sum() / wsum)
-                    if wsum > 0
-                    else math.nan,
-                }
-            )
-    return pd.DataFrame(rows)
+    return out.reset_index()[columns]
 
 
 def label_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -350,3 +442,43 @@ def label_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     labels["speaker"] = labels["role"].map({"user": "human", "assistant": "llm"})
     counts = labels.groupby(["speaker", "label"]).size().reset_index(name="messages")
     return counts.rename(columns={"label": "strategy"})
+
+
+def strategy_frame(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd.DataFrame:
+    """One row per labelled message whose turn has both sides measured: the speaker, its
+    labels (one 0/1 column per label, from the judge's top label), the turn, and what
+    followed: the OTHER side's change at that turn and the speaker's OWN change.
+
+    A participant's message k is followed by the probe after reply k (the chatbot's change
+    at turn k) and by the participant's own stance after reading reply k; a chatbot reply
+    k by the participant's stance after reading it (human change at turn k) and the
+    probe right after it (its own change at turn k)."""
+    labels = frames["labels"]
+    messages = frames["messages"]
+    if labels.empty or turns.empty:
+        return pd.DataFrame(columns=["participant_id", "turn", "speaker", "label"])
+    by_turn = turns.set_index(["participant_id", "turn"])
+    joined = labels.merge(
+        messages[["id", "participant_id", "turn", "role"]],
+        left_on="message_id",
+        right_on="id",
+        suffixes=("", "_msg"),
+    )
+    records = []
+    for row in joined.itertuples():
+        key = (row.participant_id, row.turn)
+        if key not in by_turn.index:
+            continue
+        now = by_turn.loc[key]
+        human = row.role == "user"
+        records.append(
+            {
+                "participant_id": row.participant_id,
+                "turn": int(row.turn),
+                "speaker": "human" if human else "llm",
+                "label": row.label,
+                "other_changed": now["llm_changed"] if human else now["human_changed"],
+                "own_changed": now["human_changed"] if human else now["llm_changed"],
+            }
+        )
+    return pd.DataFrame(records)

@@ -95,6 +95,7 @@ def create_app(
         # the item is part of what the probe asks: a changed wording or scale is a new hash
         json.dumps(config.item().as_dict(), sort_keys=True),
     )
+    store.record_config(config.study, config.model_dump(mode="json"))
     state = AppState(
         config=config,
         store=store,

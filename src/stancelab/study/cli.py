@@ -23,7 +23,7 @@ from stancelab.study.app import admin_token_from_env, create_app, secret_from_en
 from stancelab.study.audit import audit
 from stancelab.study.config import Condition, load_study
 from stancelab.study.replies import check_probe_coverage
-from stancelab.study.report import write_report
+from stancelab.study.report import mark_stale, write_report
 from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
@@ -166,8 +166,20 @@ def report_command(
         typer.Option(help="Model that labels persuasion strategies (skip labelling if not given)."),
     ] = None,
     threshold: Annotated[
-        float, typer.Option(help="LLM stance change that counts as a change (points).")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="Stance move that counts as a change, for both sides (points); default: "
+            "the study file's stance_change_threshold."
+        ),
+    ] = None,
+    config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Study YAML whose analysis plan to use (default: the one the server "
+            "recorded in the database).",
+        ),
+    ] = None,
     min_coverage: Annotated[
         float,
         typer.Option(help="Stop labelling when the judge's mean coverage is below this."),
@@ -177,20 +189,34 @@ def report_command(
         typer.Option(help="Use the labels of this judge name (default: the latest judge)."),
     ] = None,
 ) -> None:
-    """Label strategies (with --judge), then write figures, CSV tables and index.html."""
+    """Label strategies (with --judge), then write figures, CSV tables, statistics.csv and
+    index.html. A report that cannot be written leaves the old one marked out of date."""
 
     if "://" not in db and not Path(db).is_file():
         raise ConfigError(f"no database at {db}")
+    config = load_study(config_path) if config_path is not None else None
     store = StudyStore(db)
     labels_from = None
-    if judge:
-        with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
-            count = label_study(store, lm, min_coverage=min_coverage)
-            labels_from = judge_name(lm)
-        console.print(f"labelled {count} message(s) with {labels_from}")
-    for path in write_report(
-        store, out, study=study, threshold=threshold, judge=labels_from or labels_judge
-    ):
+    try:
+        if judge:
+            with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
+                count = label_study(store, lm, min_coverage=min_coverage)
+                labels_from = judge_name(lm)
+            console.print(f"labelled {count} message(s) with {labels_from}")
+        paths = write_report(
+            store,
+            out,
+            study=study,
+            threshold=threshold,
+            judge=labels_from or labels_judge,
+            config=config,
+        )
+    except StancelabError as exc:
+        mark_stale(out, str(exc))
+        raise
+    finally:
+        store.close()
+    for path in paths:
         console.print(str(path))
 
 

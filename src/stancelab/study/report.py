@@ -5,22 +5,32 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from sqlalchemy import select
 
 from stancelab.conversation.database import safe_url
-from stancelab.engine.errors import StoreError
+from stancelab.conversation.survey import Scale
+from stancelab.engine.errors import ConfigError, StoreError
 from stancelab.study.analysis import (
     condition_summary,
+    flow_table,
+    inclusion,
     label_counts,
     load_frames,
     participant_frame,
     per_turn,
-    strategy_effects,
+    strategy_frame,
+    study_scale,
     turn_frame,
 )
-from stancelab.study.store import StudyStore
+from stancelab.study.claims import claim_tests
+from stancelab.study.config import Analysis, StudyConfig, load_study
+from stancelab.study.store import ParticipantRow, StudyStore
 
 _COLORS = {"standard": "#1f77b4", "personalised": "#d62728", "static": "#7f7f7f"}
 
@@ -106,80 +116,209 @@ def _plot_bars(
     return path
 
 
+def study_plan(
+    store: StudyStore, study: str | None, config: StudyConfig | None = None
+) -> tuple[str, StudyConfig | None]:
+    """The study to report and its plan: the given config, else the study file the server
+    recorded in the database, else None (the defaults, said so in the report)."""
+    with store.session() as s:
+        names = sorted(set(s.scalars(select(ParticipantRow.study))))
+    if study is None:
+        if len(names) > 1:
+            raise StoreError(
+                f"the database holds studies {', '.join(names)}: choose one with --study"
+            )
+        study = names[0] if names else (config.study if config else "")
+    if not study or study not in names:
+        raise StoreError(f"no participants{' in study ' + study if study else ''} in {store.url}")
+    if config is None:
+        recorded = store.recorded_config(study)
+        if recorded is not None:
+            try:
+                config = load_study(recorded)
+            except ConfigError:
+                config = None  # a file of another version: the defaults, said so
+    return study, config
+
+
 def write_report(
     store: StudyStore,
     out_dir: Path,
     study: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     judge: str | None = None,
+    config: StudyConfig | None = None,
+    reply_judge: str | None = None,
 ) -> list[Path]:
     """Compute every analysis and write figures, CSV tables and index.html into out_dir.
-    Strategy results use one judge's labels (``judge``, or the one that labelled last),
-    named in the report."""
+
+    The plan (inclusion rule, change threshold, minimum n) is the study file's: ``config``,
+    else the one recorded in the database by the server; ``threshold`` overrides the
+    change rule. Strategy results use one judge's labels (``judge``, or the one that
+    labelled last), named in the report. The report is written to a new folder and then
+    put in place, so a failure leaves no half-written report that could be taken for new.
+    """
+    study, config = study_plan(store, study, config)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     except OSError as exc:
         raise StoreError(f"cannot create report folder {out_dir}: {exc.strerror}") from exc
-    frames = load_frames(store, study, judge=judge)
+    try:
+        names = _write_into(store, work, study, config, threshold, judge, reply_judge)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return [out_dir / name for name in names]
+
+
+def mark_stale(out_dir: Path, reason: str) -> None:
+    """Mark an earlier report in ``out_dir`` as not current (a new one could not be
+    written): a banner on its page and STALE.txt beside it."""
+    index = out_dir / "index.html"
+    if not index.is_file():
+        return
+    banner = (
+        "<p id='stale' style='background:#fdd;padding:.6rem;border:2px solid #b00'>"
+        f"<strong>Out of date:</strong> a newer report could not be written "
+        f"({html.escape(reason)}). These results are from an earlier run.</p>"
+    )
+    text = index.read_text(encoding="utf-8")
+    if "id='stale'" not in text:
+        index.write_text(text.replace("<body>", "<body>" + banner, 1), encoding="utf-8")
+    (out_dir / "STALE.txt").write_text(reason + "\n", encoding="utf-8")
+
+
+def _write_into(
+    store: StudyStore,
+    out_dir: Path,
+    study: str,
+    config: StudyConfig | None,
+    threshold: float | None,
+    judge: str | None,
+    reply_judge: str | None,
+) -> list[str]:
+    plan = config.analysis if config is not None else Analysis()
+    threshold = (
+        threshold
+        if threshold is not None
+        else (config.stance_change_threshold if config is not None else 0.5)
+    )
+    min_coverage = config.chatbot.min_probe_coverage if config is not None else 0.5
+    frames = load_frames(store, study, judge=judge, reply_judge=reply_judge)
     judge_used = str(frames["labels"].attrs.get("judge", ""))
-    if frames["participants"].empty:
-        raise StoreError(f"no participants{' in study ' + study if study else ''} in {store.url}")
-    people = participant_frame(frames)
-    turns = turn_frame(frames, threshold)
+    rater = str(frames["reply_stances"].attrs.get("judge", ""))
+    everyone = inclusion(frames["participants"], plan)
+    pilot = bool(everyone.attrs.get("pilot"))
+    flow = flow_table(everyone)
+    scale = (
+        study_scale(everyone[everyone["included"]])
+        if everyone["included"].any()
+        else (study_scale(everyone))
+    )
+    all_people = participant_frame({**frames, "participants": everyone}, scale, min_coverage)
+    included = everyone[everyone["included"]]
+    analysed = {**frames, "participants": included}
+    people = all_people[all_people["included"]]
+    turns = turn_frame(analysed, threshold)
     summary = condition_summary(people)
     by_turn = per_turn(turns)
-    effects = strategy_effects(frames, turns)
-    counts = label_counts(frames)
+    strategies = strategy_frame(analysed, turns)
+    statistics = claim_tests(people, turns, scale, plan.min_n, strategies)
+    low = people[people["low_coverage"]]
+    if len(low):
+        flag = (
+            f"rests on probe answers below {min_coverage:.0%} coverage "
+            f"({len(low)} of {len(people)} participants)"
+        )
+        probe_rows = statistics["test"].str.contains("probe")
+        statistics.loc[probe_rows, "note"] = [
+            f"{n}; {flag}" if n else flag for n in statistics.loc[probe_rows, "note"]
+        ]
+    counts = label_counts(analysed)
     tables = {
-        "participants": people,
+        "participants": all_people,
+        "flow": flow,
+        "statistics": statistics,
         "turns": turns,
         "conditions": summary,
         "per_turn": by_turn,
-        "strategy_effects": effects,
         "strategy_counts": counts,
     }
-    written: list[Path] = []
+    written: list[str] = []
     for name, table in tables.items():
-        path = out_dir / f"{name}.csv"
-        table.to_csv(path, index=False)
-        written.append(path)
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+        written.append(f"{name}.csv")
+    figures = _figures(out_dir, by_turn, summary, scale)
+    written.extend(path.name for _, path in figures)
+    context = {
+        "study": study,
+        "store": store,
+        "judge": judge_used,
+        "rater": rater,
+        "pilot": pilot,
+        "plan": plan,
+        "threshold": threshold,
+        "scale": scale,
+        "planned": config is not None,
+        "low": len(low),
+        "min_coverage": min_coverage,
+        "mode": frames["stances"].attrs.get("mode", ""),
+    }
+    (out_dir / "index.html").write_text(_html(tables, figures, context), encoding="utf-8")
+    written.append("index.html")
+    return written
+
+
+def _figures(
+    out_dir: Path, by_turn: pd.DataFrame, summary: pd.DataFrame, scale: Scale
+) -> list[tuple[str, Path]]:
     figures: list[tuple[str, Path]] = []
     chat = by_turn[by_turn["condition"] != "static"] if not by_turn.empty else by_turn
     if not chat.empty:
         figures.append(
             (
-                "LLM stance per turn (hidden survey) and the participants' stance",
+                "Stance per turn: the chatbot (hidden probe; judge of its replies) and the "
+                "participants (per-turn answers)",
                 _plot_lines(
                     chat,
-                    [("llm", "-", "LLM"), ("human", ":", "human")],
+                    [
+                        ("llm", "-", "chatbot probe"),
+                        ("judge", "--", "chatbot judge"),
+                        ("human", ":", "human"),
+                    ],
                     out_dir / "stance_per_turn.png",
                     "Stance per turn",
-                    "stance (0-10)",
-                    (0, 10),
+                    f"stance ({scale.low}-{scale.high})",
+                    (scale.low, scale.high),
                 ),
             )
         )
         figures.append(
             (
-                "Opinion gap |human − LLM| over turns",
+                "Opinion gap |human − chatbot| over turns",
                 _plot_lines(
                     chat,
                     [("gap", "-", "gap")],
                     out_dir / "opinion_gap.png",
                     "Opinion gap over turns",
-                    "|human − LLM|",
+                    "|human − chatbot|",
                 ),
             )
         )
         later = chat[chat["turn"] > 0]
         figures.append(
             (
-                "Per-turn likelihood of a stance change on each side",
+                "Share changing at each turn (one rule for both sides; n per turn in "
+                "per_turn.csv: people stop at different turns)",
                 _plot_lines(
                     later,
-                    [("p_llm_change", "-", "LLM"), ("p_human_change", ":", "human")],
+                    [("p_llm_change", "-", "chatbot"), ("p_human_change", ":", "human")],
                     out_dir / "change_likelihood.png",
-                    "Likelihood of a stance change",
+                    "Share changing at each turn",
                     "share changing",
                     (0, 1.05),
                 ),
@@ -204,76 +343,133 @@ def write_report(
                     series,
                     out_dir / "conditions.png",
                     "Mean change by condition",
-                    "points (0-10 scale)",
+                    f"points ({scale.low}-{scale.high} scale)",
                 ),
             )
         )
-    if not effects.empty:
-        series = {}
-        for speaker, group in effects.groupby("speaker", sort=True):
-            series[f"{speaker} message → other side changes"] = [
-                float(v)
-                for v in group.set_index("strategy").reindex(list(effects["strategy"].unique()))[
-                    "p_other_changed_weighted"
-                ]
-            ]
-        figures.append(
-            (
-                "Which strategies precede the other side's stance change",
-                _plot_bars(
-                    list(effects["strategy"].unique()),
-                    series,
-                    out_dir / "strategies.png",
-                    "Stance change after each strategy",
-                    "P(other side changes), label-weighted",
-                ),
+    return figures
+
+
+def _statistics_html(statistics: pd.DataFrame) -> str:
+    """The tests as a reader wants them: a test that did not run says why, not a number."""
+    rows = []
+    for r in statistics.itertuples():
+        if pd.isna(r.estimate):
+            numbers = (
+                f"<td colspan='4' class='not-run'>{html.escape(str(r.note or 'not run'))}</td>"
             )
+        else:
+            ci = "–" if pd.isna(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]"
+            p = "–" if pd.isna(r.p) else f"{r.p:.3g}"
+            p_adj = "–" if pd.isna(r.p_adjusted) else f"{r.p_adjusted:.3g}"
+            numbers = f"<td>{r.estimate:.2f}</td><td>{ci}</td><td>{p}</td><td>{p_adj}</td>"
+        note = "" if pd.isna(r.estimate) else html.escape(str(r.note or ""))
+        rows.append(
+            f"<tr><td>{html.escape(str(r.claim_id))}</td><td>{html.escape(str(r.condition))}"
+            f"</td><td>{html.escape(str(r.test))}</td><td>{int(r.n)}</td>{numbers}"
+            f"<td>{note}</td></tr>"
         )
-    written.extend(path for _, path in figures)
-    index = out_dir / "index.html"
-    index.write_text(_html(tables, figures, study, store, judge_used), encoding="utf-8")
-    written.append(index)
-    return written
+    return (
+        "<div class='scroll'><table id='statistics'><tr><th>claim</th><th>condition</th>"
+        "<th>test</th><th>n</th><th>estimate</th><th>95% CI</th><th>p</th><th>p (Holm)</th>"
+        "<th>note</th></tr>" + "".join(rows) + "</table></div>"
+    )
 
 
 def _html(
-    tables: dict[str, pd.DataFrame],
-    figures: list[tuple[str, Path]],
-    study: str | None,
-    store: StudyStore,
-    judge: str = "",
+    tables: dict[str, pd.DataFrame], figures: list[tuple[str, Path]], c: dict[str, Any]
 ) -> str:
+    plan: Analysis = c["plan"]
+    scale: Scale = c["scale"]
+    flow = tables["flow"]
+    analysed = int(flow.loc[flow["stage"] == "analysed", "all"].iloc[0])
+    entered = int(flow.loc[flow["stage"] == "entered", "all"].iloc[0])
+    rule = [
+        label
+        for on, label in (
+            (plan.require_completed, "completed the study"),
+            (plan.require_attention, "passed every attention check"),
+            (plan.exclude_simulated, "not simulated"),
+            (plan.exclude_withdrawn, "not withdrawn"),
+        )
+        if on
+    ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>Study report {html.escape(study or '')}</title>",
+        f"<title>Study report {html.escape(c['study'])}</title>",
         "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:72rem;margin:auto;"
         "padding:1rem}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0 1.5rem}"
-        "td,th{border:1px solid #ddd;padding:.2rem .45rem}img{max-width:100%}</style>",
+        "td,th{border:1px solid #ddd;padding:.2rem .45rem}img{max-width:100%}"
+        ".scroll{overflow-x:auto;max-width:100%}.not-run{color:#666;font-style:italic}"
+        ".pilot{background:#fff3cd;padding:.6rem;border:1px solid #c9a227}</style>",
         "</head><body>",
-        f"<h1>Human-LLM study report{(' · ' + html.escape(study)) if study else ''}</h1>",
-        f"<p>{html.escape(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))} · "
-        f"{len(tables['participants'])} participants · database "
-        f"{html.escape(_masked(store.url))}</p>",
-        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(judge)}</strong></p>"
-        if judge
-        else "<p id='judge'>No strategy labels (run <code>report --judge MODEL</code>).</p>",
+        f"<h1>Human-LLM study report · {html.escape(c['study'])}</h1>",
     ]
+    if c["pilot"]:
+        parts.append(
+            "<p class='pilot' id='pilot'><strong>Pilot:</strong> every participant in this "
+            "database is simulated, so all of them are analysed. Simulated people are not "
+            "people: these numbers test the pipeline, not the paper's claims.</p>"
+        )
+    parts += [
+        f"<p>{html.escape(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))} · "
+        f"<strong id='analysed'>{analysed} analysed</strong> of {entered} who entered · "
+        f"database {html.escape(_masked(c['store'].url))}</p>",
+        "<h2>Analysis plan</h2><ul id='plan'>",
+        f"<li>Included: {html.escape(', '.join(rule) or 'everyone')} "
+        f"({'the study file' if c['planned'] else 'defaults: no study file was recorded'})."
+        "</li>",
+        f"<li>Stance item: {scale.low}-{scale.high}, "
+        + html.escape(", ".join(f"{p} = {t}" for p, t in scale.labels))
+        + (" (labelled midpoint)" if scale.midpoint is not None else " (no midpoint)")
+        + ".</li>",
+        f"<li>A change on either side: a move of at least {c['threshold']:g} points (one "
+        "rule for both sides).</li>",
+        f"<li>Tests need at least {plan.min_n} observations; fewer: not run. p values are "
+        "Holm-adjusted within each family (claim · test · measure).</li>",
+        f"<li>Chatbot stance: hidden probe ({html.escape(str(c['mode']))})"
+        + (
+            f"; judge of replies: <strong>{html.escape(c['rater'])}</strong>"
+            if c["rater"]
+            else "; no judge ratings of replies (run <code>study rate-replies</code>)"
+        )
+        + ".</li>",
+    ]
+    if c["low"]:
+        parts.append(
+            f"<li class='warning'><strong>{c['low']} analysed participant(s) have probe "
+            f"answers below {c['min_coverage']:.0%} coverage</strong>: every probe-based "
+            "number is flagged in statistics.csv.</li>"
+        )
+    parts.append("</ul>")
+    parts.append(
+        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(c['judge'])}</strong></p>"
+        if c["judge"]
+        else "<p id='judge'>No strategy labels (run <code>report --judge MODEL</code>).</p>"
+    )
+    parts.append("<h2>Participant flow</h2><p><a href='flow.csv'>flow.csv</a></p>")
+    parts.append("<div class='scroll'>" + flow.to_html(index=False, escape=True) + "</div>")
+    parts.append("<h2>Claims and tests</h2><p><a href='statistics.csv'>statistics.csv</a></p>")
+    parts.append(_statistics_html(tables["statistics"]))
     for caption, path in figures:
         parts.append(
             f"<h2>{html.escape(caption)}</h2><img src='{html.escape(path.name)}' "
             f"alt='{html.escape(caption)}'>"
         )
-    for name in ("conditions", "per_turn", "strategy_effects", "strategy_counts"):
+    for name in ("conditions", "per_turn", "strategy_counts"):
         table = tables[name]
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
         parts.append(f"<p><a href='{name}.csv'>{name}.csv</a></p>")
         parts.append(
-            table.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", na_rep="–")
+            "<div class='scroll'>"
+            + table.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", na_rep="–")
+            + "</div>"
         )
     parts.append(
-        "<p>Per-participant values: <a href='participants.csv'>participants.csv</a>;"
-        " per turn: <a href='turns.csv'>turns.csv</a>.</p></body></html>"
+        "<p>Per participant (with <code>included</code> and <code>excluded_reason</code>): "
+        "<a href='participants.csv'>participants.csv</a>; per turn: "
+        "<a href='turns.csv'>turns.csv</a>.</p></body></html>"
     )
     return "\n".join(parts)
 

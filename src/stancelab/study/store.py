@@ -192,6 +192,10 @@ class StudySettingRow(StudyBase):
     study: Mapped[str] = mapped_column(String(100), primary_key=True)
     closed: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The study file as the server last started with it: the report reads the analysis
+    plan (inclusion rule, change threshold, minimum n) and the item from here, so the
+    plan fixed before collection is the plan analysed."""
 
 
 STUDY_TABLES = (
@@ -345,6 +349,25 @@ class StudyStore:
         with self.session() as s:
             row = s.get(StudySettingRow, study)
             return bool(row is not None and row.closed)
+
+    def record_config(self, study: str, config: dict[str, Any]) -> None:
+        """Keep the study file the server runs with (the latest one wins)."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            if row is None:
+                s.add(StudySettingRow(study=study, config=config))
+            else:
+                row.config, row.updated_at = config, utc_now()
+            try:
+                s.commit()
+            except IntegrityError:  # another server process recorded it at the same moment
+                s.rollback()
+
+    def recorded_config(self, study: str) -> dict[str, Any] | None:
+        """The study file recorded by ``record_config``, if any."""
+        with self.session() as s:
+            row = s.get(StudySettingRow, study)
+            return dict(row.config) if row is not None and row.config else None
 
     def set_closed(self, study: str, closed: bool) -> None:
         """Close (or reopen) the study to new participants."""
