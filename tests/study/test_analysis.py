@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_participant_and_turn_frames(app_client: AppFactory, store: StudyStore) 
     assert list(first["human"]) == [float(v) for v in [*sent, sent[-1]]]
     assert list(first["human_source"]) == ["chosen", "chosen", "chosen", "same"]
     # one change rule for both sides: a move of at least the threshold
-    moved = [abs(b - a) >= 0.5 for a, b in zip([*sent, sent[-1]], [*sent, sent[-1]][1:])]
+    moved = [abs(b - a) >= 0.5 for a, b in itertools.pairwise([*sent, sent[-1]])]
     assert list(first["human_changed"].iloc[1:]) == [float(m) for m in moved]
     table = per_turn(turns)
     assert set(table["turn"]) == {0, 1, 2, 3}

@@ -552,11 +552,16 @@ def ols_term(
     if cluster is not None:
         _require_columns(data, [cluster], claim_id)
         data = data[data[cluster].notna()].reset_index(drop=True)
+    too_few = _too_few(len(data), min_n)
+    if too_few:  # before fitting: statsmodels cannot even build a model of no rows
+        return label.not_run(test, len(data), too_few)
     try:
         model = smf.ols(formula, data=data, missing="drop")
     except PatsyError as error:
         message = " ".join(str(error).split())
         raise ConfigError(f"claim {claim_id!r}: formula {formula!r}: {message}") from error
+    except ValueError:  # every row had a missing model variable
+        return label.not_run(test, 0, too_few or f"too few to test: n=0 < {min_n}")
     n = int(model.nobs)
     if term not in model.exog_names:
         return label.not_run(

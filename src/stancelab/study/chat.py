@@ -33,7 +33,7 @@ _FIELDS = {
     "chatbot_personalised": {"topic", "word_limit", "profile"},
     "stance_probe": {"question"},
     "participant_persona": {"topic", "background", "stance"},
-    "judge": {"topic", "speaker", "message"},
+    "judge": {"topic", "speaker", "message", "codebook", "label", "definition"},
     "audit_user": {"topic", "position"},
 }
 

@@ -1,4 +1,4 @@
-"""``stancelab study serve|simulate|report`` and ``stancelab audit``.
+"""``stancelab study serve|simulate|report|coding`` and ``stancelab audit``.
 
 Register in stancelab/cli.py with::
 
@@ -17,22 +17,67 @@ import typer
 import uvicorn
 
 from stancelab.conversation.console import console, err_console, friendly_errors
+from stancelab.conversation.export import formula_safe
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
 from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
 from stancelab.study.audit import audit
+from stancelab.study.coding import (
+    Codebook,
+    agreement_table,
+    export_sample,
+    import_codes,
+    resolve_codebook,
+)
 from stancelab.study.config import Condition, load_study
 from stancelab.study.replies import check_probe_coverage
 from stancelab.study.report import mark_stale, write_report
 from stancelab.study.server import uvicorn_proxy_options
 from stancelab.study.simulate import simulate, summary
 from stancelab.study.store import StudyStore
-from stancelab.study.strategies import MIN_COVERAGE, judge_name, label_study
+from stancelab.study.strategies import (
+    MIN_COVERAGE,
+    PRESENT_AT,
+    code_study,
+    judge_name,
+    label_study,
+)
 
 study_app = typer.Typer(
     help="Human-LLM study: serve the web app, simulate participants, write the report.",
     no_args_is_help=True,
 )
+coding_app = typer.Typer(
+    help="Strategy coding by people: a blinded sample, their codes, agreement with the judge.",
+    no_args_is_help=True,
+)
+study_app.add_typer(coding_app, name="coding")
+
+DbArgument = Annotated[str, typer.Argument(help="Study database (SQLite path or URL).")]
+CodebookOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Codebook file (YAML or CSV: label, definition, example); overrides --config's."
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Study YAML file: its `codebook:` and, for the report, its analysis plan "
+        "(default: the study file the server recorded in the database)."
+    ),
+]
+
+
+def _existing_store(db: str) -> StudyStore:
+    """Open a study database that must exist already (a typo must not create an empty one)."""
+    if "://" not in db and not Path(db).is_file():
+        raise ConfigError(f"no database at {db}")
+    return StudyStore(db)
+
+
+def _codebook(codebook: Path | None, config: Path | None) -> Codebook:
+    return resolve_codebook(codebook, load_study(config) if config is not None else None)
 
 
 def _model_override(config: Any, model: str | None) -> Any:
@@ -172,14 +217,6 @@ def report_command(
             "the study file's stance_change_threshold."
         ),
     ] = None,
-    config_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Study YAML whose analysis plan to use (default: the one the server "
-            "recorded in the database).",
-        ),
-    ] = None,
     min_coverage: Annotated[
         float,
         typer.Option(help="Stop labelling when the judge's mean coverage is below this."),
@@ -188,28 +225,41 @@ def report_command(
         str | None,
         typer.Option(help="Use the labels of this judge name (default: the latest judge)."),
     ] = None,
+    codebook: CodebookOption = None,
+    config: ConfigOption = None,
+    present_at: Annotated[
+        float, typer.Option(help="The judge's P(yes) from which a codebook label is present.")
+    ] = PRESENT_AT,
 ) -> None:
-    """Label strategies (with --judge), then write figures, CSV tables, statistics.csv and
-    index.html. A report that cannot be written leaves the old one marked out of date."""
+    """Label strategies (with --judge), then write figures, CSV tables, statistics.csv,
+    agreement.csv and index.html. A report that cannot be written leaves the old one
+    marked out of date.
 
-    if "://" not in db and not Path(db).is_file():
-        raise ConfigError(f"no database at {db}")
-    config = load_study(config_path) if config_path is not None else None
-    store = StudyStore(db)
+    With --judge the model gives each message one label (judge.v1, the report's strategy
+    tables) and decides every codebook label separately (judge.v2, study_strategy_codes).
+    The analysis plan is --config's, else the study file the server recorded.
+    """
+
+    store = _existing_store(db)
+    plan = load_study(config) if config is not None else None
     labels_from = None
     try:
         if judge:
+            book = _codebook(codebook, config)
             with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
                 count = label_study(store, lm, min_coverage=min_coverage)
                 labels_from = judge_name(lm)
+                coded = code_study(store, lm, book, threshold=present_at, min_coverage=min_coverage)
+                coder = judge_name(lm, "v2", book)
             console.print(f"labelled {count} message(s) with {labels_from}")
+            console.print(f"coded {coded} message(s) x {len(book.labels)} label(s) as {coder}")
         paths = write_report(
             store,
             out,
             study=study,
             threshold=threshold,
             judge=labels_from or labels_judge,
-            config=config,
+            config=plan,
         )
     except StancelabError as exc:
         mark_stale(out, str(exc))
@@ -218,6 +268,74 @@ def report_command(
         store.close()
     for path in paths:
         console.print(str(path))
+
+
+@coding_app.command("export")
+@friendly_errors
+def coding_export(
+    db: DbArgument,
+    out: Annotated[Path, typer.Option(help="The coding sheet to write (CSV).")] = Path(
+        "coding-sample.csv"
+    ),
+    n: Annotated[int, typer.Option(help="Messages to sample.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 1,
+    study: Annotated[str | None, typer.Option(help="Only this study's messages.")] = None,
+    codebook: CodebookOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a blinded random sample of messages for human coders, and the codebook beside it."""
+
+    book = _codebook(codebook, config)
+    sheet, book_path, count = export_sample(
+        _existing_store(db), out, n=n, seed=seed, study=study, codebook=book
+    )
+    console.print(f"{count} message(s) to code: {sheet} · codebook: {book_path}")
+
+
+@coding_app.command("import")
+@friendly_errors
+def coding_import(
+    db: DbArgument,
+    sheet: Annotated[Path, typer.Argument(metavar="FILE.csv", help="A filled coding sheet.")],
+    coder: Annotated[
+        str | None, typer.Option(help="Coder name for rows whose coder cell is empty.")
+    ] = None,
+    codebook: CodebookOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Read a filled coding sheet back (all or nothing); re-importing replaces a coder's codes."""
+
+    summary = import_codes(
+        _existing_store(db), sheet, coder=coder, codebook=_codebook(codebook, config)
+    )
+    console.print(
+        f"imported {summary.codes} code(s) of {summary.messages} message(s) "
+        f"by {', '.join(summary.coders)}"
+    )
+
+
+@coding_app.command("agreement")
+@friendly_errors
+def coding_agreement(
+    db: DbArgument,
+    judge: Annotated[
+        str | None, typer.Option(help="Judge coder name (default: every judge with codes).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the table.")] = Path("agreement.csv"),
+    codebook: CodebookOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Cohen's kappa per label and pair of raters, Krippendorff's alpha, as a CSV."""
+
+    table = agreement_table(_existing_store(db), judge=judge, codebook=_codebook(codebook, config))
+    if table.empty:
+        raise StancelabError("agreement needs codes by at least two raters (judge or people)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(formula_safe(table).to_csv(index=False), encoding="utf-8")
+    console.print(
+        table[["measure", "label", "raters", "n", "value"]].to_string(index=False, max_colwidth=50)
+    )
+    console.print(str(out))
 
 
 @friendly_errors

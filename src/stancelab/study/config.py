@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stancelab.conversation.survey import Scale, StanceItem
 from stancelab.engine.errors import ConfigError
@@ -397,6 +405,9 @@ class StudyConfig(_Strict):
     """A stance moving by at least this many points counts as a change, for the
     participant and the chatbot alike (one rule for both sides)."""
     analysis: Analysis = Field(default_factory=lambda: Analysis())
+    codebook: Path | None = None
+    """The persuasion-strategy codebook (YAML or CSV of label, definition, example); a
+    relative path is read from the study file's folder; None: the built-in one."""
 
     @field_validator("stance_item", mode="before")
     @classmethod
@@ -439,6 +450,14 @@ class StudyConfig(_Strict):
                 f"runs {self.stance_item.low}..{self.stance_item.high}: use v2"
             )
         return self
+
+    @field_validator("codebook")
+    @classmethod
+    def _beside_study_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        folder = (info.context or {}).get("folder")
+        if value is None or value.is_absolute() or folder is None:
+            return value
+        return Path(folder) / value
 
     @field_validator("conditions")
     @classmethod
@@ -499,12 +518,13 @@ class StudyConfig(_Strict):
 
 def load_study(source: Path | str | dict[str, Any]) -> StudyConfig:
     """Read and validate a study YAML file (or an already-parsed mapping)."""
+    folder = None  # where relative paths in the file (the codebook) are read from
     if isinstance(source, dict):
         data: Any = source
         where = "study config"
     else:
         path = Path(source)
-        where = str(path)
+        where, folder = str(path), path.parent
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -514,7 +534,7 @@ def load_study(source: Path | str | dict[str, Any]) -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of settings")
     try:
-        return StudyConfig.model_validate(data)
+        return StudyConfig.model_validate(data, context={"folder": folder})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"

@@ -12,7 +12,7 @@ import datetime as dt
 import random
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,26 @@ class StrategyLabelRow(StudyBase):
     __table_args__ = (UniqueConstraint("message_id", "judge"),)
 
 
+class StrategyCodeRow(StudyBase):
+    """Whether one coder found one codebook label in one message (a message may carry
+    several). Coders are judge models (``source`` 'judge', with the probability of "yes"
+    and the mass the judge put on yes/no) and people (``source`` 'human', no probability)."""
+
+    __tablename__ = "study_strategy_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("study_messages.id"), index=True)
+    coder: Mapped[str] = mapped_column(String(200), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    present: Mapped[bool] = mapped_column(Boolean)
+    probability: Mapped[float | None] = mapped_column(Float)
+    """A judge's normalised P(yes); None for a human coder."""
+    coverage: Mapped[float | None] = mapped_column(Float)
+    """The raw probability a judge put on the yes/no answers; None for a human coder."""
+    source: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    __table_args__ = (UniqueConstraint("message_id", "coder", "label"),)
+
+
 class AdminSessionRow(StudyBase):
     """A signed-in admin: the sha256 of the cookie's random token and when it expires."""
 
@@ -204,6 +224,7 @@ STUDY_TABLES = (
     "study_llm_stances",
     "study_reply_stances",
     "study_strategy_labels",
+    "study_strategy_codes",
 )
 
 
@@ -226,6 +247,13 @@ def _add_missing_columns(engine: Any) -> None:
                 conn.execute(
                     text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
                 )
+
+
+def _id_chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """Sorted distinct ids in slices, each under every database's bound-parameter limit."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
 
 
 class StudyFull(StoreError):
@@ -391,6 +419,7 @@ class StudyStore:
                     ChatMessageRow.participant_id == participant_id
                 )
                 s.execute(delete(StrategyLabelRow).where(StrategyLabelRow.message_id.in_(ids)))
+                s.execute(delete(StrategyCodeRow).where(StrategyCodeRow.message_id.in_(ids)))
                 s.execute(
                     delete(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
                 )
@@ -762,6 +791,49 @@ class StudyStore:
                     select(StrategyLabelRow.message_id).where(StrategyLabelRow.judge == judge)
                 )
             )
+
+    def replace_codes(self, rows: Sequence[StrategyCodeRow]) -> None:
+        """Store strategy codes in one transaction, replacing what each row's coder coded
+        before for the same messages (a re-imported sheet replaces, never adds)."""
+        by_coder: dict[str, set[int]] = {}
+        for row in rows:
+            by_coder.setdefault(row.coder, set()).add(row.message_id)
+        with self.session() as s:
+            for coder, message_ids in by_coder.items():
+                for chunk in _id_chunks(message_ids):
+                    s.execute(
+                        delete(StrategyCodeRow).where(
+                            StrategyCodeRow.coder == coder, StrategyCodeRow.message_id.in_(chunk)
+                        )
+                    )
+            s.add_all(rows)
+            s.commit()
+
+    def coded_message_ids(self, coder: str) -> set[int]:
+        """Messages this coder (judge or person) has coded already."""
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(StrategyCodeRow.message_id)
+                    .where(StrategyCodeRow.coder == coder)
+                    .distinct()
+                )
+            )
+
+    def codes(self) -> list[StrategyCodeRow]:
+        """Every strategy code of every coder."""
+        with self.session() as s:
+            return list(s.scalars(select(StrategyCodeRow).order_by(StrategyCodeRow.id)))
+
+    def message_ids(self, candidates: Sequence[int]) -> set[int]:
+        """Which of these message ids exist."""
+        found: set[int] = set()
+        with self.session() as s:
+            for chunk in _id_chunks(candidates):
+                found.update(
+                    s.scalars(select(ChatMessageRow.id).where(ChatMessageRow.id.in_(chunk)))
+                )
+        return found
 
     def all_messages(self) -> list[ChatMessageRow]:
         """Every message of every participant."""
