@@ -120,14 +120,15 @@ def test_strategy_labels_from_score_choices(app_client: AppFactory, store: Study
     question = labels[labels["text"] == "What do you think?"]
     assert set(question["label"]) == {"question"}
     effects = strategy_frame(frames, turn_frame(frames))
+    assert effects.attrs["source"] == "scripted (top label)"
     human = effects[effects["speaker"] == "human"]
     # the fake chatbot moves after every message, so each human strategy precedes a change
-    fear = human[human["label"] == "emotional appeal"]
+    fear = human[human["uses::emotional appeal"] == 1.0]
     assert len(fear) == 2 and fear["other_changed"].eq(1.0).all()
-    assert (human["label"] == "question").sum() == 2
-    assert (human["label"] == "other").sum() == 2  # "Fine."
+    assert human["uses::question"].sum() == 2
+    assert human["uses::other"].sum() == 2  # "Fine."
     llm = effects[effects["speaker"] == "llm"]
-    assert (llm["label"] == "emotional appeal").sum() == 2  # the echoed fear
+    assert llm["uses::emotional appeal"].sum() == 2  # the echoed fear
 
 
 def test_judge_prompt_carries_codebook_and_message() -> None:

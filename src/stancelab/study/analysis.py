@@ -81,12 +81,15 @@ def load_frames(
         same = replies[replies["mode"] == mode]
         replies = same if not same.empty else replies[replies["mode"] == replies["mode"].iloc[0]]
         replies.attrs["judge"] = rater
+    codes = read_table(store, "study_strategy_codes")
+    codes = _one_judge(codes[codes["source"] == "judge"], set(messages["id"]), None, "codes")
     return {
         "participants": participants,
         "messages": messages,
         "stances": stances,
         "labels": labels,
         "reply_stances": replies,
+        "codes": codes,
     }
 
 
@@ -444,41 +447,63 @@ def label_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return counts.rename(columns={"label": "strategy"})
 
 
+def message_strategies(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Which strategies each labelled message uses, one 0/1 column ``uses::LABEL`` per
+    label: from the multi-label judge's codes (``study_strategy_codes``, several labels
+    per message) when there are any, else from the single-label judge's top label.
+    ``attrs["source"]`` names the judge and the kind."""
+    codes = frames.get("codes", pd.DataFrame())
+    if not codes.empty:
+        wide = codes.pivot_table(
+            index="message_id", columns="label", values="present", aggfunc="max"
+        ).astype(float)
+        source = f"{codes.attrs.get('judge', '')} (several labels per message)"
+    else:
+        labels = frames["labels"]
+        if labels.empty:
+            return pd.DataFrame()
+        wide = pd.crosstab(labels["message_id"], labels["label"]).clip(upper=1).astype(float)
+        source = f"{labels.attrs.get('judge', '')} (top label)"
+    wide.columns = [f"uses::{c}" for c in wide.columns]
+    wide = wide.reset_index()
+    wide.attrs["source"] = source
+    return wide
+
+
 def strategy_frame(frames: dict[str, pd.DataFrame], turns: pd.DataFrame) -> pd.DataFrame:
-    """One row per labelled message whose turn has both sides measured: the speaker, its
-    labels (one 0/1 column per label, from the judge's top label), the turn, and what
-    followed: the OTHER side's change at that turn and the speaker's OWN change.
+    """One row per labelled message whose turn is measured: the speaker, the strategies
+    it uses (``uses::LABEL`` columns), the turn, and what followed: the OTHER side's
+    change at that turn and the speaker's OWN change.
 
     A participant's message k is followed by the probe after reply k (the chatbot's change
     at turn k) and by the participant's own stance after reading reply k; a chatbot reply
     k by the participant's stance after reading it (human change at turn k) and the
     probe right after it (its own change at turn k)."""
-    labels = frames["labels"]
+    uses = message_strategies(frames)
     messages = frames["messages"]
-    if labels.empty or turns.empty:
-        return pd.DataFrame(columns=["participant_id", "turn", "speaker", "label"])
+    if uses.empty or turns.empty:
+        return pd.DataFrame(columns=["participant_id", "turn", "speaker"])
     by_turn = turns.set_index(["participant_id", "turn"])
-    joined = labels.merge(
-        messages[["id", "participant_id", "turn", "role"]],
-        left_on="message_id",
-        right_on="id",
-        suffixes=("", "_msg"),
+    joined = uses.merge(
+        messages[["id", "participant_id", "turn", "role"]], left_on="message_id", right_on="id"
     )
     records = []
-    for row in joined.itertuples():
-        key = (row.participant_id, row.turn)
+    for row in joined.to_dict("records"):
+        key = (row["participant_id"], row["turn"])
         if key not in by_turn.index:
             continue
         now = by_turn.loc[key]
-        human = row.role == "user"
+        human = row["role"] == "user"
         records.append(
             {
-                "participant_id": row.participant_id,
-                "turn": int(row.turn),
+                "participant_id": row["participant_id"],
+                "turn": int(row["turn"]),
                 "speaker": "human" if human else "llm",
-                "label": row.label,
                 "other_changed": now["llm_changed"] if human else now["human_changed"],
                 "own_changed": now["human_changed"] if human else now["llm_changed"],
+                **{k: v for k, v in row.items() if k.startswith("uses::")},
             }
         )
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    frame.attrs["source"] = uses.attrs.get("source", "")
+    return frame

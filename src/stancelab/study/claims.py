@@ -302,14 +302,14 @@ def strategy_effects(strategies: pd.DataFrame, min_n: int) -> list[TestResult]:
     out: list[TestResult] = []
     if strategies.empty:
         return out
+    labels = [c for c in strategies.columns if c.startswith("uses::")]
     for outcome, family in (("other_changed", "other side"), ("own_changed", "own")):
         for speaker, group in strategies.groupby("speaker", sort=True):
-            for label in sorted(set(group["label"])):
-                frame = group.dropna(subset=[outcome]).assign(
-                    uses=(group["label"] == label).astype(float)
-                )
+            frame = group.dropna(subset=[outcome])
+            for column in labels:
+                label = column.removeprefix("uses::")
                 result = gee_logit_slope(
-                    frame,
+                    frame.assign(uses=frame[column].fillna(0.0)),
                     outcome,
                     "uses",
                     "participant_id",
@@ -318,11 +318,15 @@ def strategy_effects(strategies: pd.DataFrame, min_n: int) -> list[TestResult]:
                     covariates=("turn",),
                     min_n=min_n,
                 )
+                used = int(frame[column].fillna(0).sum())
                 out.append(
                     replace(
                         result,
                         test=f"{result.test} · {family} changes",
                         family=f"strategy-effect · {family}",
+                        note="; ".join(
+                            x for x in (result.note, f"{used} of {len(frame)} messages use it") if x
+                        ),
                     )
                 )
     return out

@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from stancelab.conversation.database import safe_url
+from stancelab.conversation.export import formula_safe
 from stancelab.conversation.survey import Scale
 from stancelab.engine.errors import ConfigError, StoreError
 from stancelab.study.analysis import (
@@ -29,6 +30,7 @@ from stancelab.study.analysis import (
     turn_frame,
 )
 from stancelab.study.claims import claim_tests
+from stancelab.study.coding import agreement_table
 from stancelab.study.config import Analysis, StudyConfig, load_study
 from stancelab.study.store import ParticipantRow, StudyStore
 
@@ -239,6 +241,7 @@ def _write_into(
             f"{n}; {flag}" if n else flag for n in statistics.loc[probe_rows, "note"]
         ]
     counts = label_counts(analysed)
+    agreement = formula_safe(agreement_table(store))
     tables = {
         "participants": all_people,
         "flow": flow,
@@ -247,6 +250,7 @@ def _write_into(
         "conditions": summary,
         "per_turn": by_turn,
         "strategy_counts": counts,
+        "agreement": agreement,
     }
     written: list[str] = []
     for name, table in tables.items():
@@ -267,6 +271,7 @@ def _write_into(
         "low": len(low),
         "min_coverage": min_coverage,
         "mode": frames["stances"].attrs.get("mode", ""),
+        "strategies": strategies.attrs.get("source", ""),
     }
     (out_dir / "index.html").write_text(_html(tables, figures, context), encoding="utf-8")
     written.append("index.html")
@@ -444,8 +449,10 @@ def _html(
         )
     parts.append("</ul>")
     parts.append(
-        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(c['judge'])}</strong></p>"
-        if c["judge"]
+        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(c['judge'])}</strong>"
+        + (f"; strategy effects from {html.escape(c['strategies'])}" if c["strategies"] else "")
+        + "</p>"
+        if c["judge"] or c["strategies"]
         else "<p id='judge'>No strategy labels (run <code>report --judge MODEL</code>).</p>"
     )
     parts.append("<h2>Participant flow</h2><p><a href='flow.csv'>flow.csv</a></p>")
@@ -457,7 +464,13 @@ def _html(
             f"<h2>{html.escape(caption)}</h2><img src='{html.escape(path.name)}' "
             f"alt='{html.escape(caption)}'>"
         )
-    for name in ("conditions", "per_turn", "strategy_counts"):
+    for name in ("conditions", "per_turn", "strategy_counts", "agreement"):
+        if name == "agreement" and tables[name].empty:
+            parts.append(
+                "<h2>agreement</h2><p>No second rater: export a sample for human coders with "
+                "<code>stancelab study coding export</code>.</p>"
+            )
+            continue
         table = tables[name]
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
         parts.append(f"<p><a href='{name}.csv'>{name}.csv</a></p>")
