@@ -14,8 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.engine.errors import StoreError
-from stancelab.study.store import StudyStore, read_table
+from stancelab.study.store import StudyStore, one_judge, read_table
 from stancelab.study.strategies import LABELS
 
 
@@ -44,15 +43,8 @@ def load_frames(
     stances = stances[stances["participant_id"].isin(ids) & (stances["mode"] == mode)]
     labels = read_table(store, "study_strategy_labels")
     labels = labels[labels["message_id"].isin(set(messages["id"]))]
-    if judge is None and not labels.empty:
-        judge = str(labels.sort_values("id")["judge"].iloc[-1])
-    if judge is not None:
-        known = sorted(set(labels["judge"]))
-        if not labels.empty and judge not in known:
-            raise StoreError(f"no labels by judge {judge!r}; the database has: {', '.join(known)}")
-        labels = labels[labels["judge"] == judge]
-    labels = labels.copy()
-    labels.attrs["judge"] = judge or ""
+    labels, chosen = one_judge(labels, judge, "labels")
+    labels.attrs["judge"] = chosen
     return {
         "participants": participants,
         "messages": messages,

@@ -31,7 +31,8 @@ over the labels is noise (SmolLM2-135M puts 0.0 on them)."""
 
 
 class JudgeCoverageError(StancelabError):
-    """The judge model puts too little probability on the label names to be trusted."""
+    """A judge model puts too little probability on its answers (the label names, or a
+    stance item's points) to be trusted."""
 
 
 SPEAKERS = {"user": "person", "assistant": "chatbot"}
