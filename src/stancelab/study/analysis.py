@@ -30,7 +30,7 @@ import pandas as pd
 from stancelab.conversation.survey import ZERO_TO_TEN, Scale
 from stancelab.engine.errors import StoreError
 from stancelab.study.config import Analysis
-from stancelab.study.store import StudyStore, read_table
+from stancelab.study.store import StudyStore, one_judge, read_table
 
 REASONS = ("withdrawn", "simulated", "not completed", "failed attention check")
 """Exclusion reasons, in the order they are checked (a participant gets the first)."""
@@ -81,7 +81,7 @@ def load_frames(
         same = replies[replies["mode"] == mode]
         replies = same if not same.empty else replies[replies["mode"] == replies["mode"].iloc[0]]
         replies.attrs["judge"] = rater
-    codes = read_table(store, "study_strategy_codes")
+    codes = read_table(store, "study_strategy_codes").rename(columns={"coder": "judge"})
     codes = _one_judge(codes[codes["source"] == "judge"], set(messages["id"]), None, "codes")
     return {
         "participants": participants,
@@ -95,18 +95,10 @@ def load_frames(
 
 def _one_judge(table: pd.DataFrame, ids: set[Any], judge: str | None, what: str) -> pd.DataFrame:
     """Rows of one judge about these messages (the named judge, or the one that wrote
-    last)."""
-    table = table[table["message_id"].isin(ids)]
-    if judge is None and not table.empty:
-        judge = str(table.sort_values("id")["judge"].iloc[-1])
-    if judge is not None:
-        known = sorted(set(table["judge"]))
-        if not table.empty and judge not in known:
-            raise StoreError(f"no {what} by judge {judge!r}; the database has: {', '.join(known)}")
-        table = table[table["judge"] == judge]
-    table = table.copy()
-    table.attrs["judge"] = judge or ""
-    return table
+    last); ``attrs["judge"]`` names it."""
+    rows, chosen = one_judge(table[table["message_id"].isin(ids)], judge, what)
+    rows.attrs["judge"] = chosen
+    return rows
 
 
 def participant_scale(stance_item: Any) -> Scale:

@@ -35,6 +35,7 @@ _FIELDS = {
     "participant_persona": {"topic", "background", "stance"},
     "judge": {"topic", "speaker", "message", "codebook", "label", "definition"},
     "audit_user": {"topic", "position"},
+    "reply_stance": {"topic", "reply", "question"},
 }
 
 

@@ -19,6 +19,7 @@ number. Claim ids (docs/human-llm-study.md maps each to the paper):
 - ``llm-toward-neutral``: distance to the scale's labelled midpoint, end minus start, and
   the share that flipped sides (probe expected value, probe mode, judge);
 - ``trajectory``: mixed model of the stance on turn (participant and topic effects);
+- ``measures-agree``: the probe against the judge's rating of the same turn's reply;
 - ``strategy-effect``: a strategy's message against messages without it, on the other
   side's and the speaker's own change at that turn (GEE, controlling for turn).
 """
@@ -295,6 +296,55 @@ def trajectories(turns: pd.DataFrame, min_n: int) -> list[TestResult]:
     return out
 
 
+def measures_agree(turns: pd.DataFrame, min_n: int) -> list[TestResult]:
+    """How far the two chatbot measures agree, over every rated turn: the correlation of
+    the probe's expected value with the judge's rating of the same turn's reply, and the
+    mean difference (judge minus probe). Turns of one conversation are not independent:
+    read the CI as descriptive."""
+    rated = turns[(turns["turn"] > 0) & turns["condition"].isin(CHAT)].dropna(
+        subset=["llm", "judge"]
+    )
+    if rated.empty:
+        note = "no reply ratings: run `stancelab study rate-replies`"
+        return [
+            TestResult(
+                claim_id="measures-agree",
+                condition="chat conditions",
+                n=0,
+                estimate=math.nan,
+                ci_low=math.nan,
+                ci_high=math.nan,
+                p=math.nan,
+                test="probe vs judge",
+                note=note,
+            )
+        ]
+    r = correlation(
+        rated["llm"],
+        rated["judge"],
+        claim_id="measures-agree",
+        condition="chat conditions",
+        min_n=min_n,
+    )
+    diff = paired_tests(
+        rated["llm"],
+        rated["judge"],
+        claim_id="measures-agree",
+        condition="chat conditions",
+        min_n=min_n,
+    )[0]
+    return [
+        replace(
+            x,
+            test=f"{x.test} · judge vs probe per turn",
+            family="",
+            p=math.nan,
+            note=(x.note + "; " if x.note else "") + "descriptive: turns are clustered",
+        )
+        for x in (r, diff)
+    ]
+
+
 def strategy_effects(strategies: pd.DataFrame, min_n: int) -> list[TestResult]:
     """For each speaker and strategy: messages using it against messages without it (the
     baseline), on the other side's and the speaker's own change at that turn; GEE logit
@@ -350,6 +400,7 @@ def claim_tests(
         lambda: change_declines(turns, min_n),
         lambda: toward_neutral(people, scale, min_n),
         lambda: trajectories(turns, min_n),
+        lambda: measures_agree(turns, min_n),
         lambda: strategy_effects(strategies if strategies is not None else pd.DataFrame(), min_n),
     ]
     results: list[TestResult] = []

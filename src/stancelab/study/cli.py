@@ -1,4 +1,4 @@
-"""``stancelab study serve|simulate|report|coding`` and ``stancelab audit``.
+"""``stancelab study serve|simulate|report|rate-replies|coding`` and ``stancelab audit``.
 
 Register in stancelab/cli.py with::
 
@@ -18,8 +18,10 @@ import uvicorn
 
 from stancelab.conversation.console import console, err_console, friendly_errors
 from stancelab.conversation.export import formula_safe
+from stancelab.conversation.survey import SurveyMode, survey_modes_for
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
+from stancelab.study import reply_stance
 from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
 from stancelab.study.audit import audit
 from stancelab.study.coding import (
@@ -336,6 +338,61 @@ def coding_agreement(
         table[["measure", "label", "raters", "n", "value"]].to_string(index=False, max_colwidth=50)
     )
     console.print(str(out))
+
+
+@study_app.command("rate-replies")
+@friendly_errors
+def rate_replies_command(
+    db: Annotated[str, typer.Argument(help="Study database (SQLite path or URL).")],
+    judge: Annotated[str, typer.Option(help="Model that rates the stance of each reply.")],
+    config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The study file the replies were collected with (its topics' statements; "
+            "without it a topic's statement is '<Topic> is a big problem.').",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Only this study (default: the config's, else all).")
+    ] = None,
+    min_coverage: Annotated[
+        float,
+        typer.Option(help="Stop when a batch's mean coverage of the item's points is below this."),
+    ] = reply_stance.MIN_COVERAGE,
+) -> None:
+    """Rate the stance each chatbot reply expresses, on the participant's stance item
+    (a judge model, after collection; replies rated already are skipped)."""
+
+    if "://" not in db and not Path(db).is_file():
+        raise ConfigError(f"no database at {db}")
+    config = load_study(config_path) if config_path is not None else None
+    store = StudyStore(db)
+    try:
+        with open_model(judge) as lm:
+            modes, note = survey_modes_for(lm, (SurveyMode.DISTRIBUTION,))
+            if note:
+                err_console.print(f"[yellow]{note}[/]")
+            name = reply_stance.judge_name(lm)
+            with console.status("rating the stance of the chatbot's replies…"):
+                count = reply_stance.rate_replies(
+                    store, lm, study=study, config=config, modes=modes, min_coverage=min_coverage
+                )
+        rated = reply_stance.reply_stance_frame(
+            store, study=study or (config.study if config else None), judge=name, mode=modes[0]
+        )
+        coverage = [
+            reply_stance.answer_coverage(modes[0], ok, c)
+            for ok, c in zip(rated["ok"], rated["coverage"], strict=True)
+        ]
+        mean = f"{sum(coverage) / len(coverage):.1%}" if coverage else "n/a"
+        console.print(
+            f"rated {count} reply(ies) with {name} · mean coverage {mean} "
+            f"over its {len(coverage)} rating(s)",
+            soft_wrap=True,
+        )
+    finally:
+        store.close()
 
 
 @friendly_errors

@@ -853,3 +853,25 @@ def read_table(store: StudyStore, table: str) -> Any:
     if table == "study_participants" and "session_nonce" in frame.columns:
         frame = frame.drop(columns=["session_nonce"])  # a secret: never exported
     return frame
+
+
+def one_judge(frame: Any, judge: str | None, what: str) -> tuple[Any, str]:
+    """The rows of ONE judge of a table that keeps every judge's rows apart (``judge``, or
+    the judge that stored last: highest ``id``) and its name ('' when there are no rows).
+
+    Args:
+        frame: rows with ``id`` and ``judge`` columns.
+        judge: the judge wanted, or None for the latest.
+        what: what the rows are, for the error ("labels", "reply ratings").
+
+    Raises:
+        StoreError: the judge stored no rows while others did (the message names them).
+    """
+    if frame.empty:
+        return frame.copy(), judge or ""
+    if judge is None:
+        judge = str(frame.sort_values("id")["judge"].iloc[-1])
+    known = sorted(set(frame["judge"]))
+    if judge not in known:
+        raise StoreError(f"no {what} by judge {judge!r}; the database has: {', '.join(known)}")
+    return frame[frame["judge"] == judge].copy(), judge

@@ -34,7 +34,8 @@ PRESENT_AT = 0.5
 
 
 class JudgeCoverageError(StancelabError):
-    """The judge model puts too little probability on its answers to be trusted."""
+    """A judge model puts too little probability on its answers (the label names, or a
+    stance item's points) to be trusted."""
 
 
 def judge_prompt(
