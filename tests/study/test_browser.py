@@ -210,7 +210,7 @@ def test_probe_coverage_gate_refuses_a_model_that_cannot_answer_the_scale(
     config = make_config(conditions=["standard"], stance_item="agreement")
     coverage = probe_coverage(config, study_engine)
     assert set(coverage) == {"climate change"} and 0.0 <= coverage["climate change"] < 0.5
-    with pytest.raises(ConfigError, match="chatbot.min_probe_coverage") as caught:
+    with pytest.raises(ConfigError, match=r"chatbot\.min_probe_coverage") as caught:
         check_probe_coverage(config, study_engine)
     assert "\n" not in str(caught.value) and "'climate change'" in str(caught.value)
     relaxed = make_config(conditions=["standard"], chatbot={"min_probe_coverage": 0.0})

@@ -218,5 +218,5 @@ def test_the_pilot_reaches_every_arm_of_the_three_condition_design(tmp_path: Pat
 
 def test_serve_and_pilot_refuse_a_probe_below_the_coverage_minimum(tmp_path: Path) -> None:
     blind = FakeChatModel(continuations=lambda _base: {"banana": 1.0})
-    with pytest.raises(ConfigError, match="chatbot.min_probe_coverage: fake-chat puts 0.0%"):
+    with pytest.raises(ConfigError, match=r"chatbot\.min_probe_coverage: fake-chat puts 0\.0%"):
         simulate(make_config(), 1, db=tmp_path / "sim.db", lm=blind)
