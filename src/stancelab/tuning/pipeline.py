@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -74,7 +73,8 @@ class TrainingData:
 
 class FinetuneRun:
     """What the stages of one ``run_finetune`` call share: the config, where each output
-    lies, the log, and the generation engine (opened on first use, closed by the driver).
+    lies, the log, and the generation engine (opened on first use, released by the
+    driver after the last stage that uses it, or when a stage fails).
 
     Derived data (the question bank, the training split, the gate) is read from the
     stages' files when first asked for, so a stage run alone sees what a full run sees.
@@ -91,17 +91,6 @@ class FinetuneRun:
         """What the report stage wrote to results.json (None until it runs)."""
         self._stack = contextlib.ExitStack()
         self._engines: tuple[LanguageModel, LanguageModel] | None = None
-
-    def __enter__(self) -> FinetuneRun:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release_engines()
 
     # -- where things are -------------------------------------------------------------
 
@@ -689,7 +678,7 @@ def select_stages(only: Sequence[str] | None = None, start: str | None = None) -
 def run_stages(run: FinetuneRun, stages: Sequence[Stage]) -> dict[str, str]:
     """Run the stages in order, skipping each whose output is on disk; what each did."""
     did: dict[str, str] = {}
-    with run:
+    try:
         for i, stage in enumerate(stages):
             t0 = time.perf_counter()
             if stage.done(run):
@@ -702,6 +691,8 @@ def run_stages(run: FinetuneRun, stages: Sequence[Stage]) -> dict[str, str]:
             following = stages[i + 1] if i + 1 < len(stages) else None
             if following is None or not following.engine:
                 run.release_engines()
+    finally:
+        run.release_engines()
     return did
 
 
