@@ -377,6 +377,11 @@ def make_answers(run: FinetuneRun) -> None:
 
 def screen_data(run: FinetuneRun) -> None:
     """Check the training data before hours of training; warn when it fails the gate."""
+    data = run.training_data
+    run.log(
+        f"training data: {len(data.own)} {run.config.party} answers, {len(data.own_heldout)} "
+        f"held out ({len(data.heldout_ids)} questions), {len(data.other)} {run.other_party}"
+    )
     gate = run.gate
     if gate is not None and gate["passed"] is False:
         run.log(
