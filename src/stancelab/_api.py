@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from stancelab.conversation.survey import SurveyMode, parse_modes
 from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
@@ -23,7 +22,6 @@ from stancelab.debates.results import Run, open_run
 from stancelab.debates.runner import run_experiment
 from stancelab.debates.single import builtin_debate, run_single_debate
 from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, load_model
 
 ExperimentLike = ExperimentConfig | str | Path | dict[str, Any]
@@ -49,14 +47,7 @@ def experiment(source: ExperimentLike) -> ExperimentConfig:
     """
     if isinstance(source, ExperimentConfig):
         return source
-    if isinstance(source, str | Path):
-        return load_experiment(Path(source))
-    try:
-        return ExperimentConfig.model_validate(source)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "experiment"
-        raise ConfigError(f"experiment: {where}: {first['msg']}") from None
+    return load_experiment(source)
 
 
 def run(

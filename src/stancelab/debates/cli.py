@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from stancelab.conversation.config import format_validation_error
 from stancelab.conversation.console import console, friendly_errors
 from stancelab.conversation.personas import generate_personas, paper_topic
 from stancelab.conversation.survey import SurveyAnswer, parse_modes
@@ -140,8 +141,7 @@ def _model_config(
             }
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"--{'-'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ConfigError(format_validation_error(exc, prefix="--")) from None
 
 
 def _run_streamed(

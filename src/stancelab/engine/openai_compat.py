@@ -40,7 +40,7 @@ from stancelab.engine.base import (
     TokenPath,
     TopTokens,
 )
-from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import ConfigError, EngineError, ModelError, format_validation_error
 from stancelab.engine.openai import codec
 from stancelab.engine.openai.accounting import Accounting
 from stancelab.engine.openai.codec import parse_top_logprobs
@@ -80,9 +80,9 @@ def parse_options(model: str, options: OpenAIOptions | dict[str, Any] | None) ->
     try:
         return OpenAIOptions.model_validate(options or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"model {model!r}: option {where}: {first['msg']}") from None
+        raise ConfigError(
+            format_validation_error(exc, f"model {model!r}", prefix="option ")
+        ) from None
 
 
 class OpenAICompatModel(LanguageModel):

@@ -27,22 +27,29 @@ from pydantic import (
 )
 
 from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
+from stancelab.engine.errors import ConfigError, format_validation_error
+
+
+def resolve_path(path: Path | str, base_dir: Path | None) -> Path:
+    """The one rule for relative paths in a config: a path inside a config file is
+    relative to the folder of that file (``base_dir``); in a config built in Python
+    (``base_dir`` None) it is relative to the working folder. ``~`` is expanded."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    return (base_dir or Path.cwd()) / path
 
 
 def _from_base(path: Path, info: ValidationInfo) -> Path:
-    """A relative path taken relative to the validation context's ``base`` folder."""
-    path = path.expanduser()
-    if path.is_absolute():
-        return path
     context = info.context if isinstance(info.context, dict) else {}
-    return Path(context.get("base") or Path.cwd()) / path
+    return resolve_path(path, context.get("base"))
 
 
 RelativePath = Annotated[Path, AfterValidator(_from_base)]
-"""A path in a config: relative to the config file's folder when read from a file
-(``model_validate(data, context={"base": folder})``), else to the working folder, so a
-config built in Python and the same config read from a file mean the same files."""
+"""A path field of a config, resolved by ``resolve_path`` against the validation
+context's ``base`` folder (``model_validate(data, context={"base": folder})``, as
+``stancelab.conversation.config.load_config`` does for a file), so a config built in
+Python and the same config read from a file mean the same files."""
 
 
 class AdapterConfig(BaseModel):
@@ -180,14 +187,16 @@ def parse_options(config: ModelConfig) -> tuple[Backend, BaseModel]:
         options = chosen.options.model_validate(config.options)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
         if first["type"] == "extra_forbidden":
+            field = ".".join(str(p) for p in first["loc"])
             known = ", ".join(chosen.options.model_fields) or "none"
             raise ConfigError(
-                f"model {config.name!r}: unknown {config.backend} option {where!r}; known: {known}"
+                f"model {config.name!r}: unknown {config.backend} option {field!r}; known: {known}"
             ) from None
         raise ConfigError(
-            f"model {config.name!r}: {config.backend} option {where}: {first['msg']}"
+            format_validation_error(
+                exc, f"model {config.name!r}", prefix=f"{config.backend} option "
+            )
         ) from None
     if not chosen.remote and (config.base_urls or config.api_key_env):
         remote = " or ".join(b.name for b in _BACKENDS.values() if b.remote)
