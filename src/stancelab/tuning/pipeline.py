@@ -26,7 +26,7 @@ from stancelab.debates.report import write_report
 from stancelab.debates.runner import COMPATIBLE, run_experiment
 from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError
-from stancelab.engine.llamacpp import load_engine
+from stancelab.engine.factory import open_model
 from stancelab.engine.models import content_hash, folder_hash, model_fingerprint, resolve_model
 from stancelab.tuning import datasets as ds
 from stancelab.tuning.config import FinetuneConfig
@@ -81,13 +81,19 @@ def run_finetune(
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         lm = stack.enter_context(
-            load_engine(config.model, n_parallel=config.generation_parallel, ctx_per_slot=1024)
+            open_model(
+                {"name": config.model, "parallel": config.generation_parallel, "ctx_per_slot": 1024}
+            )
         )
         judge = lm
         if screening is not None and screening.judge not in (None, config.model):
             judge = stack.enter_context(
-                load_engine(
-                    str(screening.judge), n_parallel=config.generation_parallel, ctx_per_slot=1024
+                open_model(
+                    {
+                        "name": str(screening.judge),
+                        "parallel": config.generation_parallel,
+                        "ctx_per_slot": 1024,
+                    }
                 )
             )
         bank = load_questions(qfile) if qfile.is_file() else seed_questions()
