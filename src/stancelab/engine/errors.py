@@ -24,6 +24,10 @@ class EngineError(StancelabError):
     """The language-model engine failed to answer a request."""
 
 
+class ChatOnlyError(EngineError):
+    """The model has no text-completion route: prompts must be chat messages."""
+
+
 class StoreError(StancelabError):
     """The results store cannot be opened or written."""
 

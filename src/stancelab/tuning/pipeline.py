@@ -31,7 +31,7 @@ from stancelab.debates.report import write_report
 from stancelab.debates.runner import COMPATIBLE, RunFolder, run_experiment
 from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError
-from stancelab.engine.llamacpp import load_engine
+from stancelab.engine.factory import open_model
 from stancelab.engine.models import content_hash, folder_hash, model_fingerprint, resolve_model
 from stancelab.tuning import datasets as ds
 from stancelab.tuning.config import FinetuneConfig
@@ -237,7 +237,10 @@ class FinetuneRun:
         return self._engines
 
     def _open(self, model: str) -> LanguageModel:
-        return load_engine(model, n_parallel=self.config.generation_parallel, ctx_per_slot=1024)
+        # through the registry like every other model: the backend's own capabilities
+        return open_model(
+            {"name": model, "parallel": self.config.generation_parallel, "ctx_per_slot": 1024}
+        )
 
     def release_engines(self) -> None:
         """Close the generation engines (training wants the memory back)."""
