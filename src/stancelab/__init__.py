@@ -21,6 +21,7 @@ the ``fake`` backend (``{name: echo, backend: fake}``) needs no engine.
 
 from stancelab._api import debate, experiment, run
 from stancelab._version import __version__
+from stancelab.conversation.personas import Persona
 from stancelab.conversation.survey import SurveyMode
 from stancelab.debates.debate import DebateEvents, DebateSpec
 from stancelab.debates.experiment import ExperimentConfig as Experiment
@@ -56,6 +57,7 @@ __all__ = [
     "Message",
     "ModelConfig",
     "ModelError",
+    "Persona",
     "Run",
     "StancelabError",
     "StoreError",
