@@ -31,6 +31,7 @@ from stancelab._version import __version__
 
 if TYPE_CHECKING:
     from stancelab._api import debate, experiment, run
+    from stancelab.conversation.personas import Persona
     from stancelab.conversation.survey import SurveyMode
     from stancelab.debates.debate import DebateEvents, DebateSpec
     from stancelab.debates.experiment import ExperimentConfig as Experiment
@@ -62,6 +63,7 @@ _SOURCES: dict[str, tuple[str, str]] = {
     "debate": ("stancelab._api", "debate"),
     "experiment": ("stancelab._api", "experiment"),
     "run": ("stancelab._api", "run"),
+    "Persona": ("stancelab.conversation.personas", "Persona"),
     "SurveyMode": ("stancelab.conversation.survey", "SurveyMode"),
     "DebateEvents": ("stancelab.debates.debate", "DebateEvents"),
     "DebateSpec": ("stancelab.debates.debate", "DebateSpec"),
@@ -106,6 +108,7 @@ __all__ = [
     "Message",
     "ModelConfig",
     "ModelError",
+    "Persona",
     "Run",
     "StancelabError",
     "StoreError",
