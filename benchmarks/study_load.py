@@ -131,7 +131,7 @@ def run_participant(url: str, visit: Visit, turns: int, barrier: threading.Barri
                 if f"You said: {text}" not in page.text:
                     raise RuntimeError(f"the reply to {text!r} is not on the page")
             for step, data in (
-                ("finish-conversation", {}),
+                ("finish-conversation", {"stance": "same"}),
                 ("after", {"stance": "5", "reason": "after"}),
                 ("perception", {"perceived_start": "4", "perceived_end": "6"}),
             ):
