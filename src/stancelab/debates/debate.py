@@ -1,18 +1,19 @@
-"""Round-robin debates with hidden attitude surveys (Taubenfeld et al. 2024, section 4.3).
+"""Debates with hidden attitude surveys (Taubenfeld et al. 2024, section 4.3; SAUCE).
 
 A ``Debate`` is a small state machine: it says what it needs next (a survey of all
-agents, or one agent's turn) and records the answers. ``run_debate`` drives one debate to
-its end; ``run_debates`` gives each debate a worker thread of its own, so a slow debate
-never holds the others back, and the engine batches the requests that arrive together
-from all workers (continuous batching over its slots). That is the one concurrency model:
-debates are never batched into one engine call by hand.
+agents, an agent's decision whether to speak, or one agent's turn) and records the
+answers. Who speaks is its ``TurnTaking`` policy (``turn_taking.py``), what each agent
+sees is its ``Rendering`` (``rendering.py``), and what of a reply is kept is
+``cleaning.py``. ``run_debate`` drives one debate to its end; ``run_debates`` gives each
+debate a worker thread of its own, so a slow debate never holds the others back, and the
+engine batches the requests that arrive together from all workers (continuous batching
+over its slots). That is the one concurrency model: debates are never batched into one
+engine call by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
-import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -28,11 +29,13 @@ from stancelab.conversation.survey import (
     SurveyQuestion,
     ask,
 )
-from stancelab.conversation.templates import BUILTIN, PromptFormat, PromptSet, read_template
+from stancelab.conversation.templates import PromptFormat, PromptSet
+from stancelab.debates.cleaning import clean_reply as clean_reply  # callers import it here
+from stancelab.debates.cleaning import is_usable, speaker_line, stop_strings
+from stancelab.debates.rendering import Rendering, decide_request, header
+from stancelab.debates.turn_taking import TurnTaking, check_host, host_policy, seeded_first_speaker
 from stancelab.engine.base import GenerationRequest, LanguageModel, Message, Prompt
 from stancelab.engine.errors import ConfigError
-
-_GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,6 @@ class Speaking:
     pass_token: str = "<wait>"
     examples: bool = False
     """SAUCE's ``in_context_learning``: the decision request carries short examples."""
-
-
-HOSTS = ("round robin", "random")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class DebateSpec:
     """Per agent; empty: everyone speaks in strict turn."""
 
     def __post_init__(self) -> None:
-        if self.host not in HOSTS:
-            raise ConfigError(f"unknown host {self.host!r}; use {' or '.join(HOSTS)}")
+        check_host(self.host)
         if self.host_skip < 1:
             raise ConfigError(f"host skip must be at least 1, got {self.host_skip}")
         if self.speaking and len(self.speaking) != len(self.personas):
@@ -158,28 +157,49 @@ class DecideStep:
 
 
 class Debate:
-    """State of one debate; prompts are rebuilt append-only from the stored turns."""
+    """State of one debate: whose turn (its ``TurnTaking`` policy), when to survey, and
+    what has been said; prompts are rebuilt append-only from the stored turns."""
 
     def __init__(
         self,
         spec: DebateSpec,
         prompts: PromptSet,
         formats: Sequence[PromptFormat] | None = None,
+        turn_taking: TurnTaking | None = None,
     ) -> None:
-        """``formats`` gives each agent's prompt format (agents on different models may
-        differ); None: every agent uses ``prompts.format``."""
+        """Set up a debate with no turns yet.
+
+        Args:
+            spec: what defines the debate.
+            prompts: the wordings.
+            formats: each agent's prompt format (agents on different models may differ);
+                None: every agent uses ``prompts.format``.
+            turn_taking: who gets each chance to speak; None: the spec's host (round robin
+                or random, from ``first_speaker`` or the seed) with its asynchronous agents
+                deciding first.
+        """
         self.spec = spec
         self.prompts = prompts
         n = len(spec.personas)
-        self.formats = tuple(formats) if formats is not None else (prompts.format,) * n
-        if len(self.formats) != n:
-            raise ConfigError(f"{len(self.formats)} prompt formats for {n} agents")
-        if PromptFormat.CHAT in self.formats and not prompts.chat_turn:
-            raise ConfigError("chat prompts need the chat templates: load_prompts(format='chat')")
-        if spec.first_speaker is not None:
-            self.first_speaker = spec.first_speaker
-        else:
-            self.first_speaker = random.Random(derive_seed(spec.seed, "first")).randrange(n)
+        names = tuple(p.name for p in spec.personas)
+        self.rendering = Rendering(
+            prompts,
+            names=names,
+            headers=tuple(self._header(i) for i in range(n)),
+            formats=tuple(formats) if formats is not None else (prompts.format,) * n,
+            word_limit=spec.word_limit,
+        )
+        if turn_taking is None:
+            first = spec.first_speaker
+            turn_taking = host_policy(
+                spec.host,
+                n,
+                first=seeded_first_speaker(n, spec.seed) if first is None else first,
+                seed=spec.seed,
+                skip=spec.host_skip,
+                asynchronous=[s.asynchronous for s in spec.speaking],
+            )
+        self.turn_taking = turn_taking
         self.turns: list[Turn] = []
         self.surveys: dict[tuple[int, int, str, SurveyMode], SurveyAnswer] = {}
         self.failed: str | None = None
@@ -188,76 +208,42 @@ class Debate:
         self.questions = spec.questions or default_questions
         self.speaking = spec.speaking or tuple(Speaking() for _ in spec.personas)
         self.decisions: dict[int, tuple[bool, str]] = {}
-        """chance -> (spoke?, the raw decision) for asynchronous agents."""
+        """chance -> (spoke?, the raw decision) for agents that decide first."""
         self.passes = 0
-        self._decide = self._decide_examples = ""
-        if any(s.asynchronous for s in self.speaking):
-            fields = {"personality", "use_token", "pass_token"}
-            self._decide = read_template(BUILTIN, "sauce_decide", fields=fields).strip()
-            self._decide_examples = read_template(
-                BUILTIN, "sauce_decide_examples", fields=fields
-            ).strip()
-        self._headers = [self._header(p) for p in spec.personas]
-        names = "|".join(re.escape(p.name) for p in spec.personas)
-        # A reply ends where a speaker line begins: on a new line (any name-like label), or
-        # after a sentence for a debater's own label ("... on it. Samantha: Yes, ...": the
-        # model writing Samantha's lines inside the reply).
-        self._speaker_line = re.compile(
-            rf"\n\s*(?:Me|System|{names}|{_GENERIC_SPEAKER})\s*:"
-            rf"|(?<=[.!?\"])[ \t]+(?:Me|System|{names})\s*:",
-            re.MULTILINE,
-        )
-        self._stops = ("\nMe:", "\nSystem:", *(f"\n{p.name}:" for p in spec.personas))
+        self._speaker_line = speaker_line(names)
+        self._stops = stop_strings(names)
 
-    def _header(self, persona: Persona) -> str:
-        if self.spec.scenario is None:
-            return self.prompts.debate_context.format(
-                background=persona.background.strip(),
-                topic=self.spec.topic,
-                word_limit=self.spec.word_limit,
-            )
-        index = self.spec.personas.index(persona)
-        opinion = self.spec.speaking[index].opinion if self.spec.speaking else None
-        opinion_line = f"{opinion.strip()}\n\n" if opinion else ""
-        return f"{persona.background.strip()}\n\n{self.spec.scenario.strip()}\n\n{opinion_line}"
+    def _header(self, agent: int) -> str:
+        opinion = self.spec.speaking[agent].opinion if self.spec.speaking else None
+        return header(
+            self.prompts,
+            self.spec.personas[agent].background,
+            self.spec.topic,
+            self.spec.word_limit,
+            scenario=self.spec.scenario,
+            opinion=opinion,
+        )
 
     @property
     def n_agents(self) -> int:
         """Number of debaters."""
         return len(self.spec.personas)
 
-    def speaker_at(self, iteration: int) -> int:
-        """Index of the agent who speaks at a 1-based iteration (round robin)."""
-        return (self.first_speaker + iteration - 1) % self.n_agents
+    @property
+    def first_speaker(self) -> int:
+        """The agent given the first chance to speak."""
+        return self.turn_taking.speaker(0)
 
     @property
     def chance(self) -> int:
         """How many chances to speak have passed: every reply and every pass is one."""
         return len(self.turns) + self.passes
 
-    def host_speaker(self, chance: int) -> int:
-        """Who the host gives the 0-based ``chance`` to (SAUCE's hosts)."""
-        if self.spec.host == "random" and chance > 0:
-            return random.Random(derive_seed(self.spec.seed, "host", chance)).randrange(
-                self.n_agents
-            )
-        return (self.first_speaker + chance * self.spec.host_skip) % self.n_agents
-
     def decide_prompt(self, agent: int) -> Prompt:
-        """Ask an asynchronous agent whether it speaks now (a copy, never in history)."""
+        """Ask an agent whether it speaks now (a copy, never in history)."""
         how = self.speaking[agent]
-        personality = f" {how.personality.strip()}" if how.personality else ""
-        fields = {
-            "personality": personality,
-            "use_token": how.use_token,
-            "pass_token": how.pass_token,
-        }
-        request = self._decide.format(**fields)
-        if how.examples:
-            request += " " + self._decide_examples.format(**fields)
-        if self.is_chat(agent):
-            return self.messages(agent, request)
-        return self.context(agent) + f"System: {request}\nMe:"
+        request = decide_request(how.personality, how.use_token, how.pass_token, how.examples)
+        return self.rendering.system_prompt(agent, self.turns, request)
 
     def decide_request(self, step: DecideStep) -> GenerationRequest:
         """Greedy and short: the decision is a token, not a reply."""
@@ -344,8 +330,8 @@ class Debate:
         its prompt format, and how it takes part (SAUCE's speaking personality, tokens)."""
         how = self.speaking[agent]
         return {
-            "system_prompt": self._headers[agent],
-            "prompt_format": str(self.formats[agent]),
+            "system_prompt": self.rendering.headers[agent],
+            "prompt_format": str(self.rendering.formats[agent]),
             "opinion": how.opinion,
             "speaking_personality": how.personality,
             "asynchronous": how.asynchronous,
@@ -354,49 +340,21 @@ class Debate:
             "in_context_learning": how.examples,
         }
 
-    def _history(self, agent: int) -> str:
-        lines = []
-        for turn in self.turns:
-            who = "Me" if turn.speaker == agent else self.spec.personas[turn.speaker].name
-            lines.append(f"{who}: {turn.text}\n")
-        return "".join(lines)
-
     def is_chat(self, agent: int) -> bool:
         """True when this agent's prompts are chat messages rather than one transcript."""
-        return self.formats[agent] == PromptFormat.CHAT
+        return self.rendering.is_chat(agent)
 
     def context(self, agent: int) -> str:
         """The agent's view as a transcript: its background, the topic line, the history."""
-        return self._headers[agent] + self._history(agent)
+        return self.rendering.transcript(agent, self.turns)
 
     def messages(self, agent: int, request: str) -> list[Message]:
-        """The agent's view as chat messages, ending with ``request`` from the user.
-
-        The story and topic line are the system message, the agent's own replies are
-        assistant messages, the others' replies user messages carrying the speaker's name
-        (consecutive ones joined into one message, as chat templates expect turns to
-        alternate), and the request closes the last user message.
-        """
-        out: list[Message] = [{"role": "system", "content": self._headers[agent].strip()}]
-        pending: list[str] = []
-        for turn in self.turns:
-            if turn.speaker == agent:
-                if pending:
-                    out.append({"role": "user", "content": "\n\n".join(pending)})
-                    pending = []
-                out.append({"role": "assistant", "content": turn.text})
-            else:
-                name = self.spec.personas[turn.speaker].name
-                pending.append(self.prompts.chat_other.format(name=name, text=turn.text))
-        out.append({"role": "user", "content": "\n\n".join([*pending, request])})
-        return out
+        """The agent's view as chat messages, ending with ``request`` from the user."""
+        return self.rendering.messages(agent, self.turns, request)
 
     def turn_prompt(self, agent: int) -> Prompt:
         """Prompt asking the agent for its next reply (paper Fig. 2b, or its chat form)."""
-        if self.is_chat(agent):
-            request = self.prompts.chat_turn.format(word_limit=self.spec.word_limit)
-            return self.messages(agent, request)
-        return self.context(agent) + self.prompts.debate_turn
+        return self.rendering.turn_prompt(agent, self.turns)
 
     def survey_prompt(self, agent: int, question: str | None = None) -> Prompt:
         """Prompt asking a survey question on a copy of the context (Fig. 2c).
@@ -405,9 +363,7 @@ class Debate:
         of any agent's history.
         """
         text = self.question if question is None else question
-        if self.is_chat(agent):
-            return self.messages(agent, self.prompts.chat_survey.format(question=text))
-        return self.context(agent) + self.prompts.survey_prompt.format(question=text)
+        return self.rendering.survey_prompt(agent, self.turns, text)
 
     @property
     def done(self) -> bool:
@@ -422,9 +378,15 @@ class Debate:
         if any(self._missing(iteration, a) for a in range(self.n_agents)):
             return SurveyStep(iteration)
         if iteration < self.spec.iterations:
-            speaker = self.host_speaker(self.chance)
-            if self.speaking[speaker].asynchronous and self.chance not in self.decisions:
-                return DecideStep(iteration + 1, speaker, self.chance)
+            chance = self.chance
+            speaker = self.turn_taking.speaker(chance)
+            if not 0 <= speaker < self.n_agents:
+                raise ConfigError(
+                    f"turn taking gave chance {chance} to agent {speaker}; "
+                    f"there are {self.n_agents} agents"
+                )
+            if self.turn_taking.decides(speaker) and chance not in self.decisions:
+                return DecideStep(iteration + 1, speaker, chance)
             return TurnStep(iteration + 1, speaker)
         return None
 
@@ -460,40 +422,6 @@ class Debate:
         """Store a survey answer; it never enters any history."""
         key = (answer.iteration, answer.agent_index, answer.question_id, answer.mode)
         self.surveys[key] = answer
-
-
-def clean_reply(
-    raw: str, own_name: str, speaker_line: re.Pattern[str], word_limit: int
-) -> tuple[str, bool]:
-    """Return (cleaned reply, truncated?) for a raw completion."""
-    text = "\n" + raw.replace("\r", "")
-    match = speaker_line.search(text, 1)
-    if match:
-        text = text[: match.start()]
-    text = text.strip()
-    echo = re.compile(rf"^(?:Me|{re.escape(own_name)})\s*:\s*")
-    while echo.match(text):
-        text = echo.sub("", text, count=1)
-    text = " ".join(text.split())
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    words = text.split()
-    # The prompt asks for a reply "shorter than N words": at most N-1 words.
-    limit = word_limit - 1
-    if len(words) <= limit:
-        return text, False
-    cut = " ".join(words[:limit])
-    sentence_end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
-    if cut[-1:] in ".!?":
-        sentence_end = len(cut) - 1
-    if sentence_end >= len(cut) // 2:
-        cut = cut[: sentence_end + 1]
-    return cut, True
-
-
-def is_usable(text: str) -> bool:
-    """A reply is usable if it holds at least one word of two or more letters."""
-    return re.search(r"[^\W\d_]{2,}", text) is not None
 
 
 @dataclass
