@@ -44,6 +44,7 @@ from stancelab.debates.experiment import load_experiment, plan_debates
 from stancelab.debates.runner import ModelPool, run_experiment
 from stancelab.engine.base import ChoiceRequest, ChoiceScores
 from stancelab.engine.llamacpp import LlamaCppEngine, idle_cores, load_engine
+from stancelab.engine.wrappers import SharedInFlight
 
 
 def personas(n: int) -> PersonaSet:
@@ -478,7 +479,8 @@ def main() -> None:
     )
     calls = record_calls(engine)
     survey_nodes = count_survey_nodes(engine)
-    pool = ModelPool(opener=lambda cfg: engine)
+    shared_engine = SharedInFlight(engine)  # as open_model wraps every model it opens
+    pool = ModelPool(opener=lambda cfg: shared_engine)
 
     # (b) stancelab
     result = run_experiment(
@@ -491,7 +493,7 @@ def main() -> None:
     turns = len(config.topics) * args.repetitions * args.iterations
 
     calls = list(calls)  # the run's requests only, not the rate measurements below
-    shared = engine.in_flight.shared
+    shared = shared_engine.in_flight.shared
     if args.breakdown:
         print_breakdown(calls, b_time)
 

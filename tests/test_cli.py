@@ -56,6 +56,23 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     assert "is not writable" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_same_debate_command_given_again_resumes_its_run(tmp_path: Path) -> None:
+    args = ["debate", "--topic", "racism", "--iterations", "2", "--backend", "fake"]
+    first = run(*args, "--model", "scripted", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    [run_dir] = list((tmp_path / "runs").glob("debate-racism-*"))
+    again = run(*args, "--model", "scripted", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 2 replies" in again.stdout
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+    assert (run_dir / "run.json").is_file()
+    db = sqlite3.connect(run_dir / "stancelab.db")
+    assert db.execute("select count(*), min(status) from runs").fetchone() == (1, "complete")
+    assert db.execute("select count(*) from messages").fetchone()[0] == 2
+    status = run("status", str(run_dir), cwd=tmp_path)
+    assert status.returncode == 0 and "racism · republican+democrat+default" in status.stdout
+
+
 @pytest.mark.engine
 def test_debate_end_to_end_on_embedded_model(tmp_path: Path) -> None:
     result = run(

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from stancelab.conversation.survey import SurveyMode, parse_modes
 from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
@@ -20,11 +19,10 @@ from stancelab.debates.debate import DebateEvents
 from stancelab.debates.experiment import ExperimentConfig, load_experiment
 from stancelab.debates.formats import AUTO, check_format_option, resolve_format
 from stancelab.debates.results import Run, open_run
-from stancelab.debates.runner import run_experiment
-from stancelab.debates.single import builtin_debate, run_single_debate
+from stancelab.debates.runner import execute, run_experiment
+from stancelab.debates.single import AgentLike, debate_spec, plan_debate
 from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, load_model
+from stancelab.engine.factory import ModelConfig
 
 ExperimentLike = ExperimentConfig | str | Path | dict[str, Any]
 ModelLike = LanguageModel | ModelConfig | str | dict[str, Any]
@@ -49,14 +47,7 @@ def experiment(source: ExperimentLike) -> ExperimentConfig:
     """
     if isinstance(source, ExperimentConfig):
         return source
-    if isinstance(source, str | Path):
-        return load_experiment(Path(source))
-    try:
-        return ExperimentConfig.model_validate(source)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "experiment"
-        raise ConfigError(f"experiment: {where}: {first['msg']}") from None
+    return load_experiment(source)
 
 
 def run(
@@ -99,7 +90,7 @@ def run(
 
 def debate(
     topic: str,
-    agents: Sequence[str] = ("republican", "democrat", "default"),
+    agents: Sequence[AgentLike] = ("republican", "democrat", "default"),
     *,
     iterations: int = 9,
     model: ModelLike = "qwen2.5-coder-0.5b",
@@ -112,33 +103,34 @@ def debate(
     prompts: str | Path | None = None,
     question: str | None = None,
     events: DebateEvents | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Run:
-    """One debate between built-in personas, stored in ``OUT/debate-…``; returns its run.
+    """One round-robin debate, stored as a run of its own in ``OUT/debate-…``.
 
-    ``model`` may be a loaded model (kept open for the next call) or anything
-    ``load_model`` takes (opened and closed here). ``prompt_format`` is transcript (the
-    paper's Figure 2), chat, or auto: transcript on local models, chat on servers (see
-    docs/experiments.md); for an already loaded model auto means transcript.
+    The run folder's name is fixed by what the debate is (topic, agents, model, seed,
+    wording): calling it again with the same arguments resumes an interrupted debate, or
+    returns a finished one at once. ``report()`` and ``progress()`` work as for any run.
 
     Args:
-        topic: What the agents debate, e.g. ``"climate change"``.
-        agents: Built-in agent kinds, one agent each: ``republican``, ``democrat``,
-            ``default``.
-        iterations: Full rounds of replies; each agent is surveyed before the first and
-            after every round.
-        model: A loaded ``LanguageModel``, or anything ``load_model`` takes.
-        prompt_format: ``transcript``, ``chat`` or ``auto``.
-        survey_modes: How the hidden 0-10 survey is read: ``distribution``
-            (probabilities of every answer) and/or ``generate`` (a greedy, parsed answer).
-        seed: Seeds the choice of the first speaker and each reply's sampling.
-        word_limit: The reply length the prompt asks for, in words.
-        out: The folder under which ``debate-YYYYmmdd-HHMMSS/`` is made.
-        db: A database URL (e.g. ``postgresql+psycopg://…``) instead of the run
-            folder's SQLite file.
-        prompts: A folder of your own versioned prompt templates.
-        question: The survey question instead of the templates' own; ``{topic}`` is
-            filled in.
-        events: Callbacks to watch the debate turn by turn, or stop it early.
+        topic: what the agents debate, e.g. "climate change".
+        agents: in speaking order: built-in kinds ("republican", "democrat",
+            "default"), ``Persona`` objects, or mappings with a persona's fields (name,
+            kind, background), mixed as you like.
+        iterations: replies in all (one per iteration).
+        model: a loaded model (kept open for the next call) or anything ``load_model``
+            takes (opened and closed here).
+        prompt_format: transcript (the paper's Figure 2), chat, or auto: transcript on
+            local models, chat on servers (see docs/experiments.md); for an already
+            loaded model auto means transcript.
+        survey_modes: distribution, generate, or both.
+        seed: seeds the first speaker and sampling.
+        word_limit: replies must be shorter than this.
+        out: the folder that holds run folders.
+        db: a database URL instead of the run folder's stancelab.db.
+        prompts: a folder of your own prompt templates.
+        question: the survey question; ``{topic}`` is filled in.
+        events: callbacks to watch the debate (called once each turn or survey is stored).
+        log: where warnings go (e.g. a survey-mode fallback); default: nowhere.
 
     Returns:
         The stored run: ``turns()``, ``surveys()``, ``means()`` as DataFrames.
@@ -150,30 +142,18 @@ def debate(
         EngineError: The engine failed to answer.
     """
     modes = parse_modes([str(m) for m in survey_modes])
-    spec = builtin_debate(topic, agents, iterations, seed, word_limit, modes)
+    spec = debate_spec(topic, agents, iterations, seed, word_limit, modes)
     requested = check_format_option(prompt_format)
-    entry = None if isinstance(model, LanguageModel) else ModelConfig.parse(model)
-    if entry is None:
+    engine: LanguageModel | ModelConfig
+    if isinstance(model, LanguageModel):
+        engine = model
         chosen = PromptFormat.TRANSCRIPT if requested in (None, AUTO) else parse_format(requested)
     else:
-        chosen = resolve_format(entry, requested)
+        engine = ModelConfig.parse(model)
+        chosen = resolve_format(engine, requested)
     # Everything that can be refused is checked before a model is loaded.
     prompt_set = load_prompts(Path(prompts) if prompts else None, format=chosen)
     prompt_set = prompt_set.with_question(question)
-    engine = model if isinstance(model, LanguageModel) else load_model(ModelConfig.parse(model))
-    config = {
-        "command": "debate",
-        "topic": spec.topic,
-        "agents": [p.kind for p in spec.personas],
-        "iterations": iterations,
-        "model": engine.describe(),
-        "seed": seed,
-        "word_limit": word_limit,
-        "prompt_format": str(chosen),
-    }
-    try:
-        done = run_single_debate(spec, prompt_set, engine, config, Path(out), db, events)
-    finally:
-        if engine is not model:  # opened here, so closed here
-            engine.close()
-    return Run(done.store, done.run_id, done.folder)
+    plan = plan_debate(spec, engine, prompt_set, "debate", db=db)
+    result = execute(plan, Path(out), log=log or (lambda _: None), events=events)
+    return open_run(result.folder.path, result.run_id)

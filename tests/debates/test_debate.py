@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -150,18 +151,39 @@ def test_retries_are_bounded_and_failure_is_recorded() -> None:
     assert debate.done and failures
 
 
-def test_many_debates_advance_in_lockstep_batches() -> None:
-    batch_sizes = []
+def test_each_debate_has_a_worker_of_its_own() -> None:
+    # Five debates whose first requests wait for each other: only a worker per debate
+    # (not one debate after another, not one batch per engine call) gets past the barrier.
+    barrier = threading.Barrier(5, timeout=10)
+    batch_sizes: list[int] = []
 
-    class Counting(ScriptedModel):
+    class Meeting(ScriptedModel):
         def generate(self, requests):  # type: ignore[no-untyped-def]
             batch_sizes.append(len(requests))
+            if len(batch_sizes) <= 5:
+                barrier.wait()
             return super().generate(requests)
 
     debates = [make_debate(seed=s) for s in range(5)]
-    run_debates(Counting(reply=numbered_reply), debates)
-    assert all(len(d.turns) == 9 for d in debates)
-    assert batch_sizes == [5] * 9
+    run_debates(Meeting(reply=numbered_reply), debates)
+    assert all(len(d.turns) == 9 and d.done for d in debates)
+    assert batch_sizes == [1] * 45  # one request per call: the engine batches across workers
+
+
+def test_one_debate_failing_stops_the_others_and_is_raised() -> None:
+    class Boom(Exception):
+        pass
+
+    def reply(request: GenerationRequest) -> str:
+        if request.conversation_id == "debate-1-agent-0":
+            raise Boom("engine died")
+        return " A usable reply."
+
+    ended: list[Debate] = []
+    debates = [make_debate(seed=s, kinds="republican,democrat") for s in range(3)]
+    with pytest.raises(Boom):
+        run_debates(ScriptedModel(reply=reply), debates, DebateEvents(on_end=ended.append))
+    assert not debates[1].done and debates[1] not in ended  # a stopped debate is not "ended"
 
 
 def test_generate_mode_failure_is_stored_not_guessed() -> None:

@@ -23,6 +23,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
+CHAT_ONLY = (
+    "This is a chat model and not supported in the v1/completions endpoint. "
+    "Did you mean to use v1/chat/completions?"
+)
+"""OpenAI's answer on /completions for a chat model."""
 
 
 def free_port() -> int:
@@ -119,7 +124,8 @@ class FaultProxy:
     Faults: ``pass``, ``429`` (with Retry-After), ``500``, ``slow`` (waits ``slow_s`` then
     forwards), ``malformed`` (invalid JSON), ``truncated`` (half the body, then close),
     ``reset`` (TCP reset), ``nologprobs`` (forwards and strips log-probabilities),
-    ``wrong-model`` (vLLM's 404 for an unknown model), ``echo-key-401``.
+    ``wrong-model`` (vLLM's 404 for an unknown model), ``echo-key-401``, ``chat-only``
+    (OpenAI's 404 on /completions for a chat model; chat requests are forwarded).
     """
 
     def __init__(self, upstream: str, default: str = "pass") -> None:
@@ -247,6 +253,9 @@ class FaultProxy:
                     "code": 404,
                 }
             }
+            self._send(h, 404, json.dumps(message).encode())
+        elif fault == "chat-only" and not h.path.endswith("/chat/completions"):
+            message = {"error": {"message": CHAT_ONLY, "type": "invalid_request_error"}}
             self._send(h, 404, json.dumps(message).encode())
         elif fault == "echo-key-401":
             key = h.headers.get("Authorization", "").removeprefix("Bearer ")

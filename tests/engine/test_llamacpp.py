@@ -8,6 +8,7 @@ from stancelab.conversation.survey import SCALE
 from stancelab.engine.base import ChoiceRequest, Generation, GenerationRequest, PathRequest
 from stancelab.engine.llamacpp import LlamaCppEngine
 from stancelab.engine.scoring import score_by_token_tree
+from stancelab.engine.wrappers import SharedInFlight
 
 pytestmark = pytest.mark.engine
 
@@ -35,6 +36,16 @@ def test_generate_batch_with_stop_and_seed(small_engine: LlamaCppEngine) -> None
     assert again[0].text == first[0].text
     # The repeated prompt is served from the prefix cache.
     assert again[0].cached_tokens > 0
+
+
+def test_the_engine_answers_what_it_can_do(small_engine: LlamaCppEngine) -> None:
+    assert small_engine.has_completion_route() and small_engine.has_chat_template()
+    assert small_engine.has_token_paths() and small_engine.supports_adapters()
+    assert not small_engine.supports_streaming()
+    # No cap below the vocabulary (SmolLM2's 49152 tokens): more than any server's 20.
+    assert small_engine.logprobs_cap() == 49152
+    [path] = small_engine.next_token_paths([PathRequest("Hello there", top_k=100)])
+    assert len(path.tops[0].tokens) == 100
 
 
 def test_scores_sum_to_one_and_ten_has_its_own_mass(small_engine: LlamaCppEngine) -> None:
@@ -183,17 +194,18 @@ def test_identical_deterministic_requests_at_once_are_sent_once(
     before the first reply) reach llama.cpp fewer than four times and get one answer;
     sampled replies are always sent."""
     request = PathRequest(PROMPT, top_k=5, max_tokens=3, prefer=(" ", "1"))
-    stats = small_engine.stats
-    before, shared = stats.requests, small_engine.in_flight.shared
-    recomputed = stats.recomputed_tokens
-    paths = small_engine.next_token_paths([request] * 4)
+    lm = SharedInFlight(small_engine)  # as open_model wraps every model it opens
+    stats = lm.stats
+    assert stats is small_engine.stats  # the wrapper reports the engine's own totals
+    before, recomputed = stats.requests, stats.recomputed_tokens
+    paths = lm.next_token_paths([request] * 4)
     sent = stats.requests - before
-    assert sent < 4 and sent + small_engine.in_flight.shared - shared == 4
+    assert sent < 4 and sent + lm.in_flight.shared == 4
     assert all(p.tokens == paths[0].tokens and p.tops == paths[0].tops for p in paths)
     # A copy computed nothing: the answers' own counts add up to what the engine did.
     assert sum(p.prompt_tokens == 0 for p in paths) == 4 - sent
     assert sum(p.prompt_tokens for p in paths) == stats.recomputed_tokens - recomputed
 
-    before = small_engine.stats.requests
-    small_engine.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)
-    assert small_engine.stats.requests - before == 4
+    before = stats.requests
+    lm.generate([GenerationRequest(PROMPT, temperature=1.0, max_tokens=4)] * 4)
+    assert stats.requests - before == 4

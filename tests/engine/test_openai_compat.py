@@ -17,11 +17,11 @@ from http_servers import FaultProxy, ServerProcess, free_port
 
 from stancelab.conversation.personas import personas_for
 from stancelab.conversation.survey import SCALE, SurveyMode, survey_modes_for
-from stancelab.conversation.templates import load_prompts
+from stancelab.conversation.templates import PromptFormat, load_prompts
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
+from stancelab.debates.formats import probe_format
 from stancelab.engine.base import ChoiceRequest, GenerationRequest
-from stancelab.engine.capabilities import supports_logprobs
-from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import ChatOnlyError, ConfigError, EngineError, ModelError
 from stancelab.engine.factory import ModelConfig, open_model
 from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
 from stancelab.engine.openai_compat import (
@@ -30,6 +30,7 @@ from stancelab.engine.openai_compat import (
     normalise_base_url,
     parse_top_logprobs,
 )
+from stancelab.engine.wrappers import SharedInFlight
 
 pytestmark = pytest.mark.engine
 
@@ -128,9 +129,27 @@ def test_http_matches_the_in_process_engine(
         [top] = lm.next_tokens([chat], 5)  # type: ignore[list-item]
         assert len(top.tokens) == 5
         assert [lp for _, lp in top.tokens] == sorted((lp for _, lp in top.tokens), reverse=True)
-        assert supports_logprobs(lm)
+        assert lm.logprobs_cap() == 20  # the OpenAI default cap: max_logprobs unset
         assert lm.stats.requests >= 4 and lm.stats.prompt_tokens > 0
         assert lm.stats.extra["retries"] == 0
+
+
+def test_the_server_answers_what_it_can_do(proxy: FaultProxy) -> None:
+    with connect(proxy.url) as lm:
+        assert lm.has_chat_template() and lm.has_token_paths()
+        assert not lm.supports_adapters() and not lm.supports_streaming()
+        assert lm.logprobs_cap() == 20  # asked once; unset max_logprobs is OpenAI's 20
+        before = proxy.count(path="/completions")
+        assert lm.has_completion_route() and lm.has_completion_route()
+        assert proxy.count(path="/completions") == before + 1  # asked once
+    with connect(proxy.url, max_logprobs=5) as capped:
+        assert capped.logprobs_cap() == 5
+    proxy.default = "chat-only"
+    with connect(proxy.url) as chat_only:
+        assert not chat_only.has_completion_route() and chat_only.has_chat_template()
+        with pytest.raises(ChatOnlyError, match="'smollm2-135m' takes chat messages only"):
+            probe_format(chat_only, PromptFormat.TRANSCRIPT)
+        probe_format(chat_only, PromptFormat.CHAT)
 
 
 def test_a_real_debate_runs_through_http(server: ServerProcess) -> None:
@@ -150,7 +169,11 @@ def test_a_real_debate_runs_through_http(server: ServerProcess) -> None:
 def test_identical_deterministic_requests_at_once_are_sent_once(server: ServerProcess) -> None:
     """A hosted API bills every copy: four identical temperature-0 requests at once are
     sent fewer than four times and all get the one answer; sampled ones are all sent."""
-    with connect(server.url) as lm:
+    config = ModelConfig(
+        name=MODEL, backend="openai", base_urls=[server.url], parallel=4, options=FAST
+    )
+    with open_model(config) as lm:  # the factory wraps every model it opens
+        assert isinstance(lm, SharedInFlight)
         greedy = GenerationRequest(PROMPT, temperature=0.0, max_tokens=4)
         replies = lm.generate([greedy] * 4)
         assert lm.stats.requests < 4
@@ -238,7 +261,7 @@ def test_a_server_without_logprobs_falls_back_to_generate(proxy: FaultProxy) -> 
     with connect(proxy.url) as lm:
         with pytest.raises(NoLogprobsError, match="use survey mode 'generate'"):
             lm.score_choices([ChoiceRequest(PROMPT, SCALE)])
-        assert not supports_logprobs(lm) and lm.describe()["logprobs"] is False
+        assert lm.logprobs_cap() is None and lm.describe()["logprobs"] is False
         modes, note = survey_modes_for(lm, (SurveyMode.DISTRIBUTION,))
         assert modes == (SurveyMode.GENERATE,)
         assert note is not None and "replaced by 'generate'" in note
@@ -249,7 +272,7 @@ def test_a_server_without_logprobs_falls_back_to_generate(proxy: FaultProxy) -> 
     # A fresh connection finds out with one probe instead of failing a survey.
     with connect(proxy.url) as fresh:
         before = proxy.count(path="/completions")
-        assert not supports_logprobs(fresh)
+        assert fresh.logprobs_cap() is None
         assert proxy.count(path="/completions") == before + 1
 
 
@@ -410,7 +433,7 @@ def test_factory_and_options_are_validated(server: ServerProcess) -> None:
             "parallel": 2,
         }
     )
-    assert isinstance(lm, OpenAICompatModel)
+    assert isinstance(lm, SharedInFlight) and isinstance(lm.inner, OpenAICompatModel)
     assert lm.describe()["base_urls"] == [server.url]
     lm.close()
     with pytest.raises(ConfigError, match="needs base_urls"):

@@ -18,6 +18,7 @@ from stancelab.engine.transformers_backend import (  # noqa: E402
     TransformersModel,
     load_transformers,
 )
+from stancelab.engine.wrappers import SharedInFlight  # noqa: E402
 
 CORPUS = [
     "On a scale of 0 to 10, how much do you think that climate change is a big problem? "
@@ -151,7 +152,8 @@ def test_the_factory_opens_a_local_folder_offline(tiny_folder: Path) -> None:
             "options": {"dtype": "float32", "batch_size": 2},
         }
     )
-    assert isinstance(lm, TransformersModel) and lm.batch_size == 2
+    assert isinstance(lm, SharedInFlight) and isinstance(lm.inner, TransformersModel)
+    assert lm.inner.batch_size == 2
     info = lm.describe()
     assert info["engine"] == "transformers" and info["allow_download"] is False
     assert len(info["folder_sha256"]) == 64 and info["architectures"] == ["LlamaForCausalLM"]

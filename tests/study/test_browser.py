@@ -111,8 +111,10 @@ def test_participant_completes_session_in_chromium(
         no_overflow = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
         assert no_overflow, "the chat page scrolls sideways on a phone"
 
+        # the per-turn stance starts unselected: nothing is assumed for the participant
+        assert page.locator("#form-message input[name=stance]:checked").count() == 0
         page.fill("#message", "<img src=x onerror=alert(1)> Heat waves hurt my patients.")
-        page.check("input[name=stance][value='7']")
+        page.check("#form-message input[name=stance][value='7']")
         submit("#form-message")
         assert step() == "conversation"
         assert page.locator(".msg.assistant").count() == 1
@@ -122,18 +124,25 @@ def test_participant_completes_session_in_chromium(
         page.reload()  # reload resumes where the participant was
         assert step() == "conversation" and page.locator(".msg.user").count() == 1
 
+        assert page.locator("#form-message input[name=stance]:checked").count() == 0
         page.fill("#message", "What would change your mind?")
+        page.check("#form-message input[name=stance][value='same']")
         submit("#form-message")
         assert page.locator(".msg.assistant").count() == 2
         assert page.locator("#form-message").count() == 0  # max turns reached
         # with JavaScript the replies came over the event stream, one per message
         assert [u.rsplit("/", 1)[1] for u in streams] == ["1", "2"]
+        page.check("#form-finish input[name=stance][value='6']")
         submit("#form-finish")
         assert step() == "after"
         page.check("input[name=stance][value='7']")
         page.fill("#reason", "Still worried.")
         submit("#form-after")
         assert step() == "perception"
+        # perception asks about the replies the participant read, not a hidden moment
+        assert "FIRST reply" in page.inner_text("#perception-first")
+        assert "LAST reply" in page.inner_text("#perception-last")
+        assert page.locator("input[name=perceived_start]:checked").count() == 0
         page.check("input[name=perceived_start][value='5']")
         page.check("input[name=perceived_end][value='7']")
         submit("#form-perception")
@@ -154,6 +163,10 @@ def test_participant_completes_session_in_chromium(
         (2, "assistant"),
     ]
     assert all(m.text.strip() for m in messages)
+    users = [m for m in messages if m.role == "user"]
+    assert [(m.human_stance, m.stance_source) for m in users] == [(7, "chosen"), (7, "same")]
+    assert all(m.stance_seconds is not None and m.stance_seconds >= 0 for m in users)
+    assert (row.stance_last, row.stance_last_source) == (6, "chosen")
     stances = store.stances(row.id)
     assert [s.turn for s in stances] == [0, 1, 2]
     for s in stances:  # a real distribution over 0..10 from the embedded model
@@ -167,8 +180,13 @@ def test_simulated_participant_on_the_embedded_model(
 ) -> None:
     from stancelab.study.simulate import simulate
 
+    # SmolLM2-135M puts a few percent of its probability on the scale: the pilot would be
+    # refused at the default minimum coverage, so this plumbing test lowers it (the
+    # report then flags every probe-based number)
     config = make_config(
-        conditions=["standard"], turns={"min": 1, "max": 1}, chatbot={"max_tokens": 24}
+        conditions=["standard"],
+        turns={"min": 1, "max": 1},
+        chatbot={"max_tokens": 24, "min_probe_coverage": 0.0},
     )
     results = simulate(config, 1, db=tmp_path / "sim.db", lm=study_engine, turns=1, max_tokens=24)
     assert results[0].completed, results[0].error
@@ -179,3 +197,21 @@ def test_simulated_participant_on_the_embedded_model(
     assert row.stance_after is not None and 0 <= row.stance_after <= 10
     assert [s.turn for s in store.stances(row.id)] == [0, 1]
     store.close()
+
+
+def test_probe_coverage_gate_refuses_a_model_that_cannot_answer_the_scale(
+    study_engine: LlamaCppEngine,
+) -> None:
+    """SmolLM2-135M's probe puts a few percent of its probability on the item's points: a
+    study (and its pilot) must not start on it at the default minimum."""
+    from stancelab.engine.errors import ConfigError
+    from stancelab.study.replies import check_probe_coverage, probe_coverage
+
+    config = make_config(conditions=["standard"], stance_item="agreement")
+    coverage = probe_coverage(config, study_engine)
+    assert set(coverage) == {"climate change"} and 0.0 <= coverage["climate change"] < 0.5
+    with pytest.raises(ConfigError, match=r"chatbot\.min_probe_coverage") as caught:
+        check_probe_coverage(config, study_engine)
+    assert "\n" not in str(caught.value) and "'climate change'" in str(caught.value)
+    relaxed = make_config(conditions=["standard"], chatbot={"min_probe_coverage": 0.0})
+    assert check_probe_coverage(relaxed, study_engine)["climate change"] >= 0.0

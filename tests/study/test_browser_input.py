@@ -100,6 +100,7 @@ def test_js_streams_the_reply_with_a_typing_indicator_and_send_disabled(
     _to_conversation(page, url, "js-1")
     gate.open.clear()
     page.fill("#message", "Is it getting hotter?")
+    page.check("#form-message input[name=stance][value='same']")
     page.click("#send")
     page.wait_for_selector(".msg.assistant.pending .typing")
     assert page.locator("#send").is_disabled()
@@ -124,13 +125,24 @@ def test_plain_forms_work_without_javascript(
     page = context.new_page()
     _to_conversation(page, url, "nojs-1")
     page.fill("#message", "No scripts here.")
+    page.check("#form-message input[name=stance][value='same']")
     with page.expect_navigation():
         page.click("#send")
     assert "You said: No scripts here." in page.locator(".msg.assistant").last.inner_text()
+    # finishing early is one click away (a details element: no script needed), and its
+    # stance, like every stance, starts unselected
+    page.click("#finish-early summary")
+    assert page.locator("#form-finish input[name=stance]:checked").count() == 0
+    page.check("#form-finish input[name=stance][value='4']")
     with page.expect_navigation():
         page.click("#form-finish button[type=submit]")
     assert page.locator("main").get_attribute("data-step") == "after"
     assert _users(store) == ["No scripts here."]
+    row = store.participants()[0]
+    assert (row.stance_last, row.stance_last_source) == (4, "chosen")
+    sent = next(m for m in store.messages(row.id) if m.role == "user")
+    # "same as before" is recorded as such, with the previous answer (8, before the chat)
+    assert (sent.human_stance, sent.stance_source) == (8, "same")
     context.close()
 
 
@@ -144,6 +156,7 @@ def test_double_click_stores_once_and_shows_the_reply(
     _to_conversation(page, url, f"dbl-{js}")
     gate.open.clear()
     page.fill("#message", "Double clicked.")
+    page.check("#form-message input[name=stance][value='same']")
     threading.Timer(0.8, gate.open.set).start()
     page.dblclick("#send", delay=150)
     page.wait_for_selector(".msg.assistant:not(.pending)", timeout=20_000)
@@ -163,9 +176,11 @@ def test_second_tab_message_is_kept(browser: Any, served: tuple[str, StudyStore,
     second = context.new_page()
     second.goto(f"{url}/study")
     first.fill("#message", "From tab one.")
+    first.check("#form-message input[name=stance][value='same']")
     with first.expect_navigation():
         first.click("#send")
     second.fill("#message", "From tab two.")
+    second.check("#form-message input[name=stance][value='same']")
     with second.expect_navigation():
         second.click("#send")
     # within 30 s of the first message: the second one is not lost, it stays in the box
@@ -184,6 +199,7 @@ def test_reload_while_the_reply_is_written_shows_the_message_then_the_reply(
     _to_conversation(page, url, "reload-1")
     gate.open.clear()
     page.fill("#message", "Reload me.")
+    page.check("#form-message input[name=stance][value='same']")
     page.click("#send")
     page.wait_for_selector(".msg.assistant.pending")
     page.reload()
@@ -242,6 +258,7 @@ def test_scale_fits_one_row_on_a_phone(
     page = context.new_page()
     _to_conversation(page, url, f"phone-{width}")
     page.fill("#message", "How does it look?")
+    page.check("#form-message input[name=stance][value='same']")
     with page.expect_navigation():
         page.click("#send")
     page.wait_for_selector(".msg.assistant:not(.pending)")

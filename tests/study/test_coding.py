@@ -160,8 +160,8 @@ def test_study_file_names_a_codebook_beside_it_and_an_option_overrides_it(
     assert resolve_codebook(None, None).labels == LABELS
     other = load_codebook().write_csv(tmp_path / "other.csv")
     assert resolve_codebook(other, config).labels == LABELS
-    # a mapping has no file, so a relative path stays relative (to the working folder)
-    assert load_study(config_dict(codebook="x.yaml")).codebook == Path("x.yaml")
+    # a mapping has no file: a relative path is read from the working folder (the one rule)
+    assert load_study(config_dict(codebook="x.yaml")).codebook == Path.cwd() / "x.yaml"
 
 
 # --- the blinded sample -------------------------------------------------------------------

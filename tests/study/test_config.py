@@ -19,7 +19,8 @@ def test_example_config_loads() -> None:
     assert set(config.conditions) == {Condition.STANDARD, Condition.PERSONALISED, Condition.STATIC}
     assert all(t.statements for t in config.topics)
     assert config.turns.min <= config.turns.max
-    assert "{topic}" in config.questions.stance
+    assert config.stance_item.scale().midpoint == 4.0  # the bipolar agreement item
+    assert all(t.position for t in config.topics)  # each topic names what is agreed with
 
 
 def test_bare_model_name_becomes_model_config() -> None:

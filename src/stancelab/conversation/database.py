@@ -11,7 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, MetaData, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -58,18 +70,42 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def add_missing_columns(engine: Engine, metadata: MetaData) -> None:
+    """Bring a database made by an older version up to date: add the columns of
+    ``metadata``'s tables it lacks (each nullable or with a server default, so old rows
+    stay valid). Tables it lacks altogether are made by ``create_all``."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.server_default is not None:
+                    arg = getattr(column.server_default, "arg", None)
+                    value = arg if isinstance(arg, str) else "false"
+                    default = f" DEFAULT '{value}'" if isinstance(arg, str) else f" DEFAULT {value}"
+                conn.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+                )
+
+
 def open_tables(
     target: str | Path,
     metadata: MetaData,
     what: str,
     upgrade: Callable[[Engine], None] | None = None,
 ) -> tuple[str, Engine]:
-    """Open a database and create a store's tables (and add columns a newer version
-    needs); any failure is one StoreError naming the store, with the password masked."""
+    """Open a database and create a store's tables (and add the columns a newer version
+    needs, see ``add_missing_columns``); any failure is one StoreError naming the store,
+    with the password masked. ``upgrade`` runs after that, for anything more."""
     url = database_url(target)
     try:
         engine = open_engine(url)
         metadata.create_all(engine)
+        add_missing_columns(engine, metadata)
         if upgrade is not None:
             upgrade(engine)
     except SQLAlchemyError as exc:

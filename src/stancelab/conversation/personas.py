@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from stancelab.conversation.config import read_yaml
 from stancelab.conversation.seeds import derive_seed
 from stancelab.conversation.templates import BUILTIN, PromptFormat, parse_format, read_template
 from stancelab.engine.base import GenerationRequest, LanguageModel, Prompt
@@ -200,12 +201,7 @@ class PersonaSet:
     def load(cls, path: Path) -> PersonaSet:
         """Read a persona file; every error names the file and the entry."""
 
-        if not path.is_file():
-            raise ConfigError(f"persona file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"persona file {path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path, "persona file")
         if not isinstance(data, dict) or not isinstance(data.get("personas"), list):
             raise ConfigError(f"persona file {path} needs a 'personas:' list")
         if data.get("format_version", 1) != cls.FORMAT_VERSION:

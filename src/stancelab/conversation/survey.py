@@ -9,7 +9,6 @@ from enum import StrEnum
 from typing import Any
 
 from stancelab.engine.base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
-from stancelab.engine.capabilities import supports_logprobs
 from stancelab.engine.errors import ConfigError
 
 ATTITUDE = "attitude"
@@ -358,7 +357,7 @@ def survey_modes_for(
 ) -> tuple[tuple[SurveyMode, ...], str | None]:
     """The modes to run on this engine and a note for the run record if they changed."""
     wanted = tuple(modes)
-    if SurveyMode.DISTRIBUTION not in wanted or supports_logprobs(lm):
+    if SurveyMode.DISTRIBUTION not in wanted or lm.logprobs_cap() is not None:
         return wanted, None
     used = tuple(
         dict.fromkeys(SurveyMode.GENERATE if m == SurveyMode.DISTRIBUTION else m for m in wanted)

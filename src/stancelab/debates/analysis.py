@@ -195,6 +195,32 @@ def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
     )
 
 
+def agent_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per agent of each debate of a run: its debate's cell, who it is, and what
+    it was told (the stored context, a column per entry: ``system_prompt``,
+    ``prompt_format``, ``opinion``, ``speaking_personality``, ...; missing in runs made
+    before contexts were stored)."""
+    import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
+
+    return pd.DataFrame(
+        [
+            {
+                "debate_id": debate.id,
+                "condition_name": debate.condition,
+                "topic": debate.topic,
+                "setup": debate.setup,
+                "repetition": debate.repetition,
+                "agent_index": agent.agent_index,
+                "name": agent.name,
+                "kind": agent.kind,
+                "background": agent.background,
+                **(agent.context or {}),
+            }
+            for debate, agent in store.agents(run_id)
+        ]
+    )
+
+
 def _per_agent_rows(
     store: Store,
     run_id: str,

@@ -17,23 +17,29 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from stancelab.conversation.config import format_validation_error
 from stancelab.conversation.console import console, friendly_errors
 from stancelab.conversation.personas import generate_personas, paper_topic
 from stancelab.conversation.survey import SurveyAnswer, parse_modes
 from stancelab.conversation.templates import load_prompts
-from stancelab.debates.analysis import attitude_frame, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, DecideStep, Turn, TurnStep
+from stancelab.debates.analysis import attitude_frame, plot_attitudes, turn_frame
+from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
-from stancelab.debates.runner import Progress, RunFolder, experiment_status, run_experiment
-from stancelab.debates.sauce import load_sauce
-from stancelab.debates.single import (
-    SingleDebate,
-    builtin_debate,
+from stancelab.debates.runner import (
+    ModelPool,
+    Plan,
+    Progress,
+    RunFolder,
+    RunResult,
     ensure_writable_dir,
-    run_single_debate,
+    execute,
+    experiment_status,
+    run_experiment,
 )
+from stancelab.debates.sauce import load_sauce
+from stancelab.debates.single import debate_spec, plan_debate
 from stancelab.engine.errors import ConfigError, StancelabError
 from stancelab.engine.factory import ModelConfig, open_model
 
@@ -100,31 +106,22 @@ def debate(
     api_key_env: ApiKeyEnvOption = None,
     prompt_format: PromptFormatOption = "auto",
 ) -> None:
-    """Run one debate, streaming the transcript, and store and plot the attitudes."""
+    """Run one debate, streaming the transcript, and store and plot the attitudes.
 
-    spec = builtin_debate(
+    Given again, the same command resumes the debate where it stopped."""
+
+    spec = debate_spec(
         topic, agents.split(","), iterations, seed, word_limit, parse_modes(survey_mode)
     )
     model_config = _model_config(model, backend, base_url, api_key_env, parallel)
     chosen = resolve_format(model_config, check_format_option(prompt_format))
     prompt_set = load_prompts(prompts, format=chosen).with_question(question)
-    config = {
-        "command": "debate",
-        "topic": spec.topic,
-        "agents": [p.kind for p in spec.personas],
-        "iterations": iterations,
-        "model": model_config.model_dump(mode="json"),
-        "survey_modes": list(spec.survey_modes),
-        "seed": seed,
-        "word_limit": word_limit,
-        "prompt_format": str(chosen),
-    }
-    _run_streamed(spec, prompt_set, model_config, parallel, out, db, config)
+    _run_streamed(plan_debate(spec, model_config, prompt_set, "debate", db=db), out)
 
 
 def _model_config(
     model: str, backend: str, base_urls: list[str] | None, api_key_env: str | None, parallel: int
-) -> Any:
+) -> ModelConfig:
     """A validated ModelConfig from command-line options, with one-line errors."""
 
     if parallel < 1:
@@ -140,35 +137,38 @@ def _model_config(
             }
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"--{'-'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ConfigError(format_validation_error(exc, prefix="--")) from None
 
 
-def _run_streamed(
-    spec: Any,
-    prompt_set: Any,
-    model: Any,
-    parallel: int,
-    out: Path,
-    db: str | None,
-    config: dict[str, Any],
-) -> None:
-    """Run one debate with the transcript streaming to the terminal; store and plot it."""
+def _run_streamed(plan: Plan, out: Path) -> None:
+    """Run (or resume) one debate with the transcript streaming to the terminal; store
+    and plot it."""
 
     ensure_writable_dir(out)
-    model_config = (
-        model if isinstance(model, ModelConfig) else ModelConfig(name=model, parallel=parallel)
-    )
-    with console.status(f"loading {model_config.name}…"):
-        engine = open_model(model_config)
-
-    def on_start(run_id: str, the_debate: Debate) -> None:
-        names = [p.name for p in the_debate.spec.personas]
+    [(_, spec)] = plan.debates
+    pool = ModelPool()
+    try:
+        with console.status(f"loading {plan.config['model'].get('name')}…"):
+            plan.engines(pool, "")
+        lineup = Debate(spec, plan.prompts)
+        names = [p.name for p in spec.personas]
         console.print(
-            f"[bold]run {run_id}[/] · {the_debate.spec.topic} · "
-            + ", ".join(f"{n} ({p.kind})" for n, p in zip(names, spec.personas, strict=True))
-            + f" · first speaker {names[the_debate.first_speaker]}"
+            f"[bold]{plan.name}[/] · {spec.topic} · "
+            + ", ".join(f"{p.name} ({p.kind})" for p in spec.personas)
+            + f" · first speaker {names[lineup.first_speaker]}"
         )
+        result = execute(plan, out, log=_warn, models=pool, events=_streaming_events())
+    finally:
+        pool.close()
+    _finish_debate_run(result, spec)
+
+
+def _warn(message: str) -> None:
+    console.print(message, style="yellow" if message.startswith("WARNING") else None)
+
+
+def _streaming_events() -> DebateEvents:
+    """Print each reply, survey, retry and decision as it happens."""
 
     def on_turn(d: Debate, turn: Turn) -> None:
         persona = d.spec.personas[turn.speaker]
@@ -211,16 +211,9 @@ def _run_streamed(
             highlight=False,
         )
 
-    events = DebateEvents(
+    return DebateEvents(
         on_turn=on_turn, on_survey=on_survey, on_retry=on_retry, on_decision=on_decision
     )
-    try:
-        done = run_single_debate(spec, prompt_set, engine, config, out, db, events, on_start)
-    finally:
-        engine.close()
-    for note in done.notes:
-        console.print(f"[yellow]WARNING: {note}[/]")
-    _finish_debate_run(done, engine.stats)
 
 
 @app.command()
@@ -242,36 +235,39 @@ def sauce(
     api_key_env: ApiKeyEnvOption = None,
     prompt_format: PromptFormatOption = "auto",
 ) -> None:
-    """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here."""
+    """Run a SAUCE JSON experiment (persons, round-robin host, survey questions) here.
+
+    Given again, the same command resumes the debate where it stopped."""
 
     model_config = _model_config(model, backend, base_url, api_key_env, parallel)
     chosen = resolve_format(model_config, check_format_option(prompt_format))
     spec = load_sauce(file, seed=seed, survey_modes=parse_modes(survey_mode), topic=topic)
-    config = {
-        "command": "sauce",
-        "file": str(file),
-        "model": model_config.model_dump(mode="json"),
-        "seed": seed,
-        "iterations": spec.iterations,
-        "survey_modes": list(spec.survey_modes),
-        "prompt_format": str(chosen),
-    }
-    _run_streamed(spec, load_prompts(format=chosen), model_config, parallel, out, db, config)
+    plan = plan_debate(
+        spec,
+        model_config,
+        load_prompts(format=chosen),
+        "sauce",
+        label=file.stem,
+        db=db,
+        source=("sauce.json", file.read_text(encoding="utf-8")),
+        extra={"file": str(file)},
+    )
+    _run_streamed(plan, out)
 
 
-def _finish_debate_run(done: SingleDebate, stats: Any) -> None:
-    store, run_id, run_dir, the_debate = done.store, done.run_id, done.folder, done.debate
+def _finish_debate_run(result: RunResult, spec: DebateSpec) -> None:
+    store, run_id, run_dir = result.store, result.run_id, result.folder.path
 
     frame = attitude_frame(store, run_id)
     scale = frame[frame["score"].notna() | ~frame["ok"].astype(bool)]
-    table = Table(title=f"survey answers (0-10) · {the_debate.spec.topic!r}")
+    table = Table(title=f"survey answers (0-10) · {spec.topic!r}")
     for column in ("agent", "question", "mode"):
         table.add_column(column)
     iterations = sorted(set(scale["iteration"]))
     for it in iterations:
         table.add_column(f"it {it}", justify="right")
     for (agent, qid, mode), rows in scale.groupby(["agent_index", "question_id", "mode"]):
-        persona = the_debate.spec.personas[int(str(agent))]
+        persona = spec.personas[int(str(agent))]
         by_it = dict(zip(rows["iteration"], rows["score"], strict=True))
         cells = [
             f"{by_it[i]:.2f}" if by_it.get(i) is not None and by_it[i] == by_it[i] else "–"
@@ -282,14 +278,17 @@ def _finish_debate_run(done: SingleDebate, stats: Any) -> None:
     plot_path = None
     if (frame["question_id"] == "attitude").any() and frame["score"].notna().any():
         plot_path = plot_attitudes(
-            frame, run_dir / "attitudes.png", title=f"{the_debate.spec.topic} · run {run_id}"
+            frame, run_dir / "attitudes.png", title=f"{spec.topic} · run {run_id}"
         )
-    if the_debate.failed:
-        raise StancelabError(f"debate stopped early: {the_debate.failed}")
+    [row] = store.debates(run_id)
+    if row.error:
+        raise StancelabError(f"debate stopped early: {row.error}")
+    stats = result.stats
     console.print(
-        f"{len(the_debate.turns)} replies in {done.elapsed_s:.1f} s · prompt tokens "
-        f"{stats.prompt_tokens} ({stats.cached_tokens} from cache) · "
-        f"results: {store.url}" + (f" · plot: {plot_path}" if plot_path else "")
+        f"{'resumed: ' if result.resumed else ''}{len(turn_frame(store, run_id))} replies in "
+        f"{result.elapsed_s:.1f} s · prompt tokens {stats['prompt_tokens']} "
+        f"({stats['cached_tokens']} from cache) · run {run_id} · results: {store.url}"
+        + (f" · plot: {plot_path}" if plot_path else "")
     )
 
 

@@ -1,17 +1,21 @@
 """Round-robin debates with hidden attitude surveys (Taubenfeld et al. 2024, section 4.3).
 
 A ``Debate`` is a small state machine: it says what it needs next (a survey of all
-agents, or one agent's turn) and records the answers. ``run_debates`` drives debates
-to their end. The experiment runner gives each debate a thread of its own and one debate
-per call, so a slow debate never holds the others back; the engine batches the requests
-that arrive together from all threads (continuous batching over its slots).
+agents, or one agent's turn) and records the answers. ``run_debate`` drives one debate to
+its end; ``run_debates`` gives each debate a worker thread of its own, so a slow debate
+never holds the others back, and the engine batches the requests that arrive together
+from all workers (continuous batching over its slots). That is the one concurrency model:
+debates are never batched into one engine call by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from stancelab.conversation.personas import Persona
@@ -25,7 +29,7 @@ from stancelab.conversation.survey import (
     ask,
 )
 from stancelab.conversation.templates import BUILTIN, PromptFormat, PromptSet, read_template
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel, Message, Prompt
+from stancelab.engine.base import GenerationRequest, LanguageModel, Message, Prompt
 from stancelab.engine.errors import ConfigError
 
 _GENERIC_SPEAKER = r"[A-Z][A-Za-z .'\-]{0,30}"
@@ -309,6 +313,47 @@ class Debate:
             missing += [(q, m) for m in modes if (iteration, agent, q.id, m) not in self.surveys]
         return missing
 
+    def pending_surveys(self, iteration: int) -> list[tuple[SurveyItem, tuple[SurveyMode, ...]]]:
+        """The survey questions still unanswered after ``iteration`` replies: one item per
+        agent and question, with the modes it still needs (a resumed debate asks only these).
+        """
+        pending = []
+        for agent in range(self.n_agents):
+            by_question: dict[str, list[SurveyMode]] = {}
+            questions: dict[str, SurveyQuestion] = {}
+            for q, mode in self._missing(iteration, agent):
+                by_question.setdefault(q.id, []).append(mode)
+                questions[q.id] = q
+            for qid, modes in by_question.items():
+                q = questions[qid]
+                item = SurveyItem(
+                    iteration,
+                    agent,
+                    self.survey_prompt(agent, q.text),
+                    question_id=q.id,
+                    question=q.text,
+                    kind=q.kind,
+                    conversation_id=f"debate-{self.spec.seed}-agent-{agent}",
+                )
+                pending.append((item, tuple(modes)))
+        return pending
+
+    def agent_context(self, agent: int) -> dict[str, object]:
+        """Everything an agent is told besides the debate itself, as given: the opening of
+        its every prompt (its story and the topic line, or SAUCE's scenario and opinion),
+        its prompt format, and how it takes part (SAUCE's speaking personality, tokens)."""
+        how = self.speaking[agent]
+        return {
+            "system_prompt": self._headers[agent],
+            "prompt_format": str(self.formats[agent]),
+            "opinion": how.opinion,
+            "speaking_personality": how.personality,
+            "asynchronous": how.asynchronous,
+            "use_turn_token": how.use_token if how.asynchronous else None,
+            "pass_turn_token": how.pass_token if how.asynchronous else None,
+            "in_context_learning": how.examples,
+        }
+
     def _history(self, agent: int) -> str:
         lines = []
         for turn in self.turns:
@@ -463,6 +508,8 @@ class DebateEvents:
     """An asynchronous agent decided whether to speak (True: it speaks)."""
     should_stop: Callable[[], bool] | None = None
     """Checked before every step; True ends the run early (finished work is kept)."""
+    on_end: Callable[[Debate], None] | None = None
+    """The debate is done (every step taken, or failed); not called when it was stopped."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -476,90 +523,39 @@ def _chooser(models: ModelChoice) -> Callable[[Debate, int], LanguageModel]:
     return models
 
 
-def _run_surveys(
+def _run_survey(
     choose: Callable[[Debate, int], LanguageModel],
-    work: list[tuple[Debate, SurveyStep]],
+    debate: Debate,
+    step: SurveyStep,
     events: DebateEvents,
 ) -> None:
-    # Items for the same model that need the same modes are batched across debates.
-    groups: dict[tuple[int, tuple[SurveyMode, ...]], list[tuple[Debate, SurveyItem]]] = {}
+    # Every agent's items that go to the same model and need the same modes are one call.
+    groups: dict[tuple[int, tuple[SurveyMode, ...]], list[SurveyItem]] = {}
     engines: dict[int, LanguageModel] = {}
-    for debate, step in work:
-        for agent in range(debate.n_agents):
-            by_question: dict[str, list[SurveyMode]] = {}
-            questions = {}
-            for q, mode in debate._missing(step.iteration, agent):
-                by_question.setdefault(q.id, []).append(mode)
-                questions[q.id] = q
-            for qid, modes in by_question.items():
-                q = questions[qid]
-                item = SurveyItem(
-                    step.iteration,
-                    agent,
-                    debate.survey_prompt(agent, q.text),
-                    question_id=q.id,
-                    question=q.text,
-                    kind=q.kind,
-                    conversation_id=f"debate-{debate.spec.seed}-agent-{agent}",
-                )
-                lm = choose(debate, agent)
-                engines[id(lm)] = lm
-                groups.setdefault((id(lm), tuple(modes)), []).append((debate, item))
-    answered: dict[int, list[SurveyAnswer]] = {}
-    for (engine_id, group_modes), pairs in groups.items():
-        answers = iter(ask(engines[engine_id], [item for _, item in pairs], group_modes))
-        for debate, item in pairs:  # ask() keeps item-then-mode order
-            for _ in range(len(group_modes) if item.kind == "scale" else 1):
-                answer = next(answers)
-                debate.record_survey(answer)
-                answered.setdefault(id(debate), []).append(answer)
-    for debate, _ in work:
-        if events.on_survey and id(debate) in answered:
-            events.on_survey(debate, answered[id(debate)])
-
-
-def _generate_grouped(
-    choose: Callable[[Debate, int], LanguageModel], pending: list[tuple[Debate, TurnStep, int]]
-) -> list[Generation]:
-    """Send each turn to its speaker's model, one batch per model, answers in order."""
-    groups: dict[int, list[int]] = {}
-    engines: dict[int, LanguageModel] = {}
-    for k, (debate, step, _) in enumerate(pending):
-        lm = choose(debate, step.speaker)
+    for item, modes in debate.pending_surveys(step.iteration):
+        lm = choose(debate, item.agent_index)
         engines[id(lm)] = lm
-        groups.setdefault(id(lm), []).append(k)
-    out: list[Generation | None] = [None] * len(pending)
-    for engine_id, indices in groups.items():
-        requests = [pending[k][0].turn_request(pending[k][1], pending[k][2]) for k in indices]
-        for k, gen in zip(indices, engines[engine_id].generate(requests), strict=True):
-            out[k] = gen
-    return [g for g in out if g is not None]
+        groups.setdefault((id(lm), modes), []).append(item)
+    answered: list[SurveyAnswer] = []
+    for (engine_id, modes), items in groups.items():
+        for answer in ask(engines[engine_id], items, modes):
+            debate.record_survey(answer)
+            answered.append(answer)
+    if events.on_survey and answered:
+        events.on_survey(debate, answered)
 
 
-def _run_turns(
+def _run_turn(
     choose: Callable[[Debate, int], LanguageModel],
-    work: list[tuple[Debate, TurnStep]],
+    debate: Debate,
+    step: TurnStep,
     events: DebateEvents,
 ) -> None:
-    pending = [(debate, step, 1) for debate, step in work]
-    while pending:
-        generations = _generate_grouped(choose, pending)
-        retry = []
-        for (debate, step, attempt), gen in zip(pending, generations, strict=True):
-            text, truncated = debate.clean_reply(gen.text, step.speaker)
-            if not is_usable(text):
-                if attempt <= debate.spec.max_retries:
-                    if events.on_retry:
-                        events.on_retry(debate, step, attempt, gen.text)
-                    retry.append((debate, step, attempt + 1))
-                    continue
-                debate.failed = (
-                    f"no usable reply at iteration {step.iteration} after {attempt} attempts "
-                    f"(last: {gen.text[:60]!r})"
-                )
-                if events.on_failure:
-                    events.on_failure(debate, debate.failed)
-                continue
+    lm = choose(debate, step.speaker)
+    for attempt in range(1, debate.spec.max_retries + 2):
+        [gen] = lm.generate([debate.turn_request(step, attempt)])
+        text, truncated = debate.clean_reply(gen.text, step.speaker)
+        if is_usable(text):
             turn = Turn(
                 iteration=step.iteration,
                 speaker=step.speaker,
@@ -575,53 +571,94 @@ def _run_turns(
             debate.record_turn(turn)
             if events.on_turn:
                 events.on_turn(debate, turn)
-        pending = retry
+            return
+        if attempt <= debate.spec.max_retries and events.on_retry:
+            events.on_retry(debate, step, attempt, gen.text)
+    debate.failed = (
+        f"no usable reply at iteration {step.iteration} after {attempt} attempts "
+        f"(last: {gen.text[:60]!r})"
+    )
+    if events.on_failure:
+        events.on_failure(debate, debate.failed)
 
 
-def _run_decisions(
+def _run_decision(
     choose: Callable[[Debate, int], LanguageModel],
-    work: list[tuple[Debate, DecideStep]],
+    debate: Debate,
+    step: DecideStep,
     events: DebateEvents,
 ) -> None:
-    groups: dict[int, list[tuple[Debate, DecideStep]]] = {}
-    engines: dict[int, LanguageModel] = {}
-    for debate, step in work:
-        lm = choose(debate, step.speaker)
-        engines[id(lm)] = lm
-        groups.setdefault(id(lm), []).append((debate, step))
-    for engine_id, pairs in groups.items():
-        answers = engines[engine_id].generate([d.decide_request(step) for d, step in pairs])
-        for (debate, step), gen in zip(pairs, answers, strict=True):
-            speaks = debate.record_decision(step, gen.text)
-            if events.on_decision:
-                events.on_decision(debate, step, speaks, gen.text)
-            if debate.failed and events.on_failure:
-                events.on_failure(debate, debate.failed)
+    [gen] = choose(debate, step.speaker).generate([debate.decide_request(step)])
+    speaks = debate.record_decision(step, gen.text)
+    if events.on_decision:
+        events.on_decision(debate, step, speaks, gen.text)
+    if debate.failed and events.on_failure:
+        events.on_failure(debate, debate.failed)
 
 
-def run_debates(
-    models: ModelChoice, debates: Sequence[Debate], events: DebateEvents | None = None
-) -> None:
-    """Advance all debates together until each is done, failed, or asked to stop."""
+def run_debate(models: ModelChoice, debate: Debate, events: DebateEvents | None = None) -> None:
+    """Advance one debate, step by step, until it is done, failed, or asked to stop.
+
+    Args:
+        models: one model for every agent, or a function (debate, agent index) -> model.
+        debate: the debate to advance (a restored one carries on where it stopped).
+        events: callbacks; ``on_end`` is called once the debate is done (not when stopped).
+    """
     events = events or DebateEvents()
     choose = _chooser(models)
     while not (events.should_stop and events.should_stop()):
-        surveys: list[tuple[Debate, SurveyStep]] = []
-        turns: list[tuple[Debate, TurnStep]] = []
-        decisions: list[tuple[Debate, DecideStep]] = []
-        for debate in debates:
-            step = debate.next_step()
-            if isinstance(step, SurveyStep):
-                surveys.append((debate, step))
-            elif isinstance(step, TurnStep):
-                turns.append((debate, step))
-            elif isinstance(step, DecideStep):
-                decisions.append((debate, step))
-        if not surveys and not turns and not decisions:
+        step = debate.next_step()
+        if step is None:
+            if events.on_end:
+                events.on_end(debate)
             return
-        if decisions:
-            _run_decisions(choose, decisions, events)
-        if surveys:
-            _run_surveys(choose, surveys, events)
-        if turns:
-            _run_turns(choose, turns, events)
+        if isinstance(step, DecideStep):
+            _run_decision(choose, debate, step, events)
+        elif isinstance(step, SurveyStep):
+            _run_survey(choose, debate, step, events)
+        else:
+            _run_turn(choose, debate, step, events)
+
+
+def run_debates(
+    models: ModelChoice,
+    debates: Sequence[Debate],
+    events: DebateEvents | None = None,
+    workers: int | None = None,
+) -> None:
+    """Run debates at once, a worker thread per debate, until each is done or failed.
+
+    The engine batches the requests that arrive together from all workers over its slots
+    (continuous batching), so a slow debate never holds the others back. The first error
+    stops every other debate after its current step, and is raised.
+
+    Args:
+        models: one model for every agent, or a function (debate, agent index) -> model.
+        debates: the debates; finished ones are skipped.
+        events: callbacks, called from the workers' threads.
+        workers: debates driven at once (default: all of them).
+    """
+    events = events or DebateEvents()
+    todo = [d for d in debates if not d.done]
+    if not todo:
+        return
+    stop = threading.Event()
+    asked = events.should_stop
+
+    def should_stop() -> bool:
+        return stop.is_set() or bool(asked and asked())
+
+    mine = dataclasses.replace(events, should_stop=should_stop)
+    pool = ThreadPoolExecutor(max_workers=workers or len(todo), thread_name_prefix="debate")
+    futures = [pool.submit(run_debate, models, debate, mine) for debate in todo]
+    try:
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in finished:
+            exc = future.exception()
+            if exc is not None:
+                raise exc
+    except BaseException:
+        stop.set()  # let running debates finish their current step, then stop
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -367,9 +367,7 @@ def write_report(folder: RunFolder) -> Path:
     """Write report/index.html with figures, tables and transcripts; returns its path."""
 
     meta = folder.read_meta()
-    if not folder.db.is_file():
-        raise ConfigError(f"{folder.path} has no results yet")
-    store = Store(folder.db)
+    store = folder.open_store()
     run = store.get_run(str(meta["run_id"]))
     frame = attitude_frame(store, run.id)
     if frame.empty:

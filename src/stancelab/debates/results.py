@@ -1,7 +1,7 @@
 """A run's results as pandas DataFrames: open a run folder (or a results database) and read.
 
-The same reader serves experiment runs (``runs/NAME`` with ``run.json``) and single
-debates (``runs/debate-…``), because both record runs the same way.
+The same reader serves experiment runs (``runs/NAME``) and single debates
+(``runs/debate-…``): both are run folders with ``run.json``, made by the same runner.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stancelab.debates.analysis import attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates.analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
 from stancelab.debates.report import change_statistics, write_report
 from stancelab.debates.runner import RUN_META, RunFolder, experiment_status
 from stancelab.debates.store import Store
@@ -48,6 +48,11 @@ class Run:
         """One row per reply, in speaking order."""
         return turn_frame(self.store, self.run_id)
 
+    def agents(self) -> pd.DataFrame:
+        """One row per agent of each debate: who it was and everything it was told (its
+        prompts' opening, prompt format, SAUCE's opinion and speaking personality)."""
+        return agent_frame(self.store, self.run_id)
+
     def surveys(self) -> pd.DataFrame:
         """One row per hidden-survey answer (score, most likely answer, entropy, coverage)."""
         return attitude_frame(self.store, self.run_id)
@@ -62,18 +67,18 @@ class Run:
         return change_statistics(self.surveys())
 
     def progress(self) -> dict[str, Any]:
-        """How far an experiment run has got (debates, turns and surveys per cell)."""
-        return experiment_status(self._experiment_folder())
+        """How far the run has got (debates, turns and surveys per cell)."""
+        return experiment_status(self._run_folder())
 
     def report(self) -> Path:
-        """Write the HTML report of an experiment run; returns report/index.html."""
-        return write_report(self._experiment_folder())
+        """Write the run's HTML report; returns report/index.html."""
+        return write_report(self._run_folder())
 
-    def _experiment_folder(self) -> RunFolder:
+    def _run_folder(self) -> RunFolder:
         if self.folder is None or not (self.folder / RUN_META).is_file():
             raise ConfigError(
-                "only experiment runs (stancelab run / stancelab.run) have a report and "
-                "progress; read a single debate with turns() and surveys()"
+                "only a run folder (with run.json) has a report and progress; this run was "
+                "opened from a database: read it with turns() and surveys()"
             )
         return RunFolder(self.folder)
 
@@ -85,6 +90,7 @@ def open_run(where: str | Path, run_id: str | None = None) -> Run:
     """
     text = str(where)
     folder: Path | None = None
+    store: Store | None = None
     if "://" in text:
         store = Store(text)
     else:
@@ -92,11 +98,14 @@ def open_run(where: str | Path, run_id: str | None = None) -> Run:
         if path.is_dir():
             folder = path
             if (path / RUN_META).is_file():
-                run_id = run_id or str(RunFolder(path).read_meta()["run_id"])
+                run_folder = RunFolder(path)
+                run_id = run_id or str(run_folder.read_meta()["run_id"])
+                store = run_folder.open_store()
             path = path / "stancelab.db"
-        if not path.is_file():
-            raise ConfigError(f"no stancelab results at {where} (no run folder or database)")
-        store = Store(path)
+        if store is None:
+            if not path.is_file():
+                raise ConfigError(f"no stancelab results at {where} (no run folder or database)")
+            store = Store(path)
     if run_id is None:
         runs = store.runs()
         if not runs:

@@ -1,66 +1,92 @@
-"""One debate, stored as a run of its own: what ``stancelab debate``, ``stancelab sauce``
-and ``stancelab.debate()`` share.
+"""One debate as a plan of its own: what ``stancelab debate``, ``stancelab sauce`` and
+``stancelab.debate()`` hand to the runner.
 
-An experiment run (``runner.py``) and a single debate record the same provenance
-(``run_versions``), so one reader (``results.py``) serves both.
+A single debate is a one-debate experiment: ``plan_debate`` resolves it into a ``Plan``
+and ``runner.execute`` runs it, so its run folder (``OUT/COMMAND-LABEL-FINGERPRINT``) has
+``run.json``, resumes when the same command is given again, and reports and shows
+progress like any run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import platform
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stancelab._version import __version__
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.survey import SurveyMode, survey_modes_for
+import yaml
+
+from stancelab.conversation.personas import Persona, personas_for
+from stancelab.conversation.survey import SurveyMode
 from stancelab.conversation.templates import PromptSet
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, run_debates
-from stancelab.debates.formats import probe_format
-from stancelab.debates.store import Store
+from stancelab.debates.debate import DebateSpec
+from stancelab.debates.experiment import PlannedDebate
+from stancelab.debates.runner import ModelLike, Plan
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.errors import ConfigError
 
+AgentLike = str | Persona | Mapping[str, Any]
+"""An agent of a single debate: a built-in kind ("republican", "democrat", "default"),
+a Persona, or a mapping with a persona's fields (name, kind, background)."""
 
-def run_versions(
-    models: list[dict[str, Any]],
-    prompts: PromptSet,
-    seed: int,
-    modes: tuple[SurveyMode, ...],
-    notes: list[str],
-) -> dict[str, Any]:
-    """Everything needed to say which code, model and wording produced a run."""
-    return {
-        "stancelab": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "models": models,
-        "prompts": prompts.describe(),
-        "seed": seed,
-        "survey_modes_used": [str(m) for m in modes],
-        "notes": notes,
-    }
+PERSONA_FIELDS = tuple(f.name for f in dataclasses.fields(Persona))
 
 
-def builtin_debate(
+def _persona(agent: Mapping[str, Any], where: str) -> Persona:
+    unknown = sorted(set(agent) - set(PERSONA_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field; use {', '.join(PERSONA_FIELDS)}")
+    for key in PERSONA_FIELDS:
+        if not isinstance(agent.get(key), str):
+            raise ConfigError(f"{where}.{key}: give a text")
+    try:
+        return Persona(**{key: agent[key] for key in PERSONA_FIELDS})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def resolve_agents(agents: Sequence[AgentLike]) -> tuple[Persona, ...]:
+    """The personas of a debate, in speaking order, from kinds, Personas or mappings.
+
+    Kinds become the built-in personas (one per kind listed, each name distinct); blank
+    kinds are skipped. Errors name the agent (``agents[2].background: ...``).
+    """
+    if isinstance(agents, str | Mapping):  # one agent where a list was meant
+        raise ConfigError("agents: give a list, e.g. ['republican', 'democrat', 'default']")
+    slots: list[Persona | str] = []
+    for index, agent in enumerate(agents):
+        if isinstance(agent, Persona):
+            slots.append(agent)
+        elif isinstance(agent, str):
+            if agent.strip():
+                slots.append(agent.strip().lower())
+        elif isinstance(agent, Mapping):
+            slots.append(_persona(agent, f"agents[{index}]"))
+        else:
+            raise ConfigError(
+                f"agents[{index}]: expected a kind, a Persona or a mapping, "
+                f"got {type(agent).__name__}"
+            )
+    if not slots:
+        raise ConfigError("no agents given; use e.g. republican,democrat,default")
+    builtin = iter(personas_for([s for s in slots if isinstance(s, str)]))
+    return tuple(s if isinstance(s, Persona) else next(builtin) for s in slots)
+
+
+def debate_spec(
     topic: str,
-    kinds: Sequence[str],
+    agents: Sequence[AgentLike],
     iterations: int,
     seed: int,
     word_limit: int,
     modes: tuple[SurveyMode, ...],
 ) -> DebateSpec:
-    """A debate between the built-in personas of the given kinds (one per kind listed)."""
-    chosen = [k.strip().lower() for k in kinds if k.strip()]
-    if not chosen:
-        raise ConfigError("no agents given; use e.g. republican,democrat,default")
+    """A round-robin debate on a topic between the given agents (see ``resolve_agents``)."""
     return DebateSpec(
         topic=topic.strip(),
-        personas=tuple(personas_for(chosen)),
+        personas=resolve_agents(agents),
         iterations=iterations,
         seed=seed,
         word_limit=word_limit,
@@ -68,95 +94,83 @@ def builtin_debate(
     )
 
 
-def ensure_writable_dir(folder: Path) -> Path:
-    """Create a folder and prove it is writable before any expensive work starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".stancelab-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder {folder} is not writable: {exc.strerror}") from exc
-    return folder
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "debate"
 
 
-@dataclass
-class SingleDebate:
-    """A finished (or stopped) single debate: where it is stored and what it did."""
-
-    run_id: str
-    folder: Path
-    store: Store
-    debate: Debate
-    elapsed_s: float
-    notes: list[str]
-
-
-def run_single_debate(
+def plan_debate(
     spec: DebateSpec,
+    model: ModelLike,
     prompts: PromptSet,
-    engine: LanguageModel,
-    config: dict[str, Any],
-    out: Path,
+    command: str = "debate",
+    label: str | None = None,
     db: str | None = None,
-    events: DebateEvents | None = None,
-    on_start: Any = None,
-) -> SingleDebate:
-    """Run one debate in a new run folder ``OUT/COMMAND-YYYYmmdd-HHMMSS`` and store it.
+    source: tuple[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Resolve one debate into a plan the runner executes (``runner.execute``).
 
-    The run stays 'running' until the debate ends; a crash or Ctrl-C marks it 'failed' or
-    'interrupted' with every finished turn and survey answer kept. ``on_start(run_id,
-    debate)`` is called once the run exists (the CLI prints the line-up there).
+    Args:
+        spec: the debate.
+        model: the model every agent runs on: a config (opened by the run) or a model
+            already loaded (used as it is, left open).
+        prompts: the prompt templates, in the format every agent gets.
+        command: what made it (debate, sauce): the run folder's name starts with it.
+        label: a readable part of the run folder's name (default: the topic).
+        db: a database URL instead of the run folder's stancelab.db.
+        source: (file name, text) kept in the run folder (default: the config as YAML).
+        extra: more entries for the stored configuration (e.g. the SAUCE file).
     """
-    probe_format(engine, prompts.format)  # a chat-only server refuses transcripts: say so now
-    ensure_writable_dir(out)
-    modes, note = survey_modes_for(engine, spec.survey_modes)
-    notes = [note] if note else []
-    if note:
-        spec = dataclasses.replace(spec, survey_modes=modes)
-    the_debate = Debate(spec, prompts)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = ensure_writable_dir(out / f"{config.get('command', 'debate')}-{stamp}")
-    store = Store(db or folder / "stancelab.db")
-    config = {**config, "question": the_debate.question, "survey_modes": [str(m) for m in modes]}
-    versions = run_versions([engine.describe()], prompts, spec.seed, modes, notes)
-    run_id = store.start_run(config, versions)
-    debate_id = store.add_debate(run_id, the_debate, key="0")
-    if on_start is not None:
-        on_start(run_id, the_debate)
-    caller = events or DebateEvents()
+    kinds = [p.kind for p in spec.personas]
+    described = (
+        model.describe() if isinstance(model, LanguageModel) else model.model_dump(mode="json")
+    )
+    # The run's configuration, said once for every way a single debate is started.
+    config: dict[str, Any] = {
+        "command": command,
+        "topic": spec.topic,
+        "agents": kinds,
+        "iterations": spec.iterations,
+        "model": described,
+        "survey_modes": [str(m) for m in spec.survey_modes],
+        "seed": spec.seed,
+        "word_limit": spec.word_limit,
+        "prompt_format": str(prompts.format),
+        **(extra or {}),
+    }
+    # Everything that changes results: the whole spec (persona stories, SAUCE settings)
+    # and the templates' wording, so the same command resumes and a changed one does not.
+    identity = {
+        "config": config,
+        "spec": dataclasses.asdict(spec),
+        "prompts": prompts.fingerprint(),
+    }
+    fingerprint = hashlib.sha256(
+        json.dumps(identity, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    planned = PlannedDebate(
+        key="0",
+        topic=spec.topic,
+        setup="+".join(kinds)[:200],
+        repetition=0,
+        personas=spec.personas,
+        seed=spec.seed,
+    )
+    return Plan(
+        name=f"{command}-{_slug(label or spec.topic)}-{fingerprint[:8]}",
+        kind="debate",
+        config=config,
+        source=source or (f"{command}.yaml", yaml.safe_dump(config, sort_keys=False)),
+        fingerprint=fingerprint,
+        prompts=prompts,
+        modes=spec.survey_modes,
+        seed=spec.seed,
+        models={("", kind): model for kind in kinds},
+        formats={("", kind): prompts.format for kind in kinds},
+        debates=((planned, spec),),
+        workers=1,
+        db=db,
+    )
 
-    def on_turn(d: Debate, turn: Any) -> None:
-        store.add_turn(debate_id, d, turn)
-        if caller.on_turn:
-            caller.on_turn(d, turn)
 
-    def on_survey(d: Debate, answers: Any) -> None:
-        store.add_surveys(debate_id, answers)
-        if caller.on_survey:
-            caller.on_survey(d, answers)
-
-    storing = dataclasses.replace(caller, on_turn=on_turn, on_survey=on_survey)
-    start = time.perf_counter()
-    try:
-        run_debates(engine, [the_debate], storing)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish_debate(debate_id, error=f"{status}: {exc}")
-        store.finish_run(run_id, status=status, error=str(exc) or type(exc).__name__)
-        raise
-    store.finish_debate(debate_id, error=the_debate.failed)
-    if the_debate.failed:
-        store.finish_run(run_id, status="failed", error=the_debate.failed)
-    else:
-        store.finish_run(run_id)
-    return SingleDebate(run_id, folder, store, the_debate, time.perf_counter() - start, notes)
-
-
-__all__ = [
-    "SingleDebate",
-    "builtin_debate",
-    "ensure_writable_dir",
-    "run_single_debate",
-    "run_versions",
-]
+__all__ = ["AgentLike", "debate_spec", "plan_debate", "resolve_agents"]

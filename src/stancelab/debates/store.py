@@ -88,6 +88,10 @@ class AgentRow(Base):
     name: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(50))
     background: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What else the agent was told, as given (``Debate.agent_context``): the opening of
+    its prompts, its format, SAUCE's opinion and speaking personality. Null in runs made
+    before it was stored (the column is added when an older database is opened)."""
 
 
 class MessageRow(Base):
@@ -214,6 +218,7 @@ class Store:
                         name=persona.name,
                         kind=persona.kind,
                         background=persona.background,
+                        context=debate.agent_context(index),
                     )
                 )
             s.commit()
@@ -291,6 +296,19 @@ class Store:
                     .order_by(PersonaCheckRow.id)
                 )
             )
+
+    def agents(self, run_id: str) -> list[tuple[DebateRow, AgentRow]]:
+        """Every debate's agents with their stored context, in debate and speaking order."""
+        with self.session() as s:
+            return [
+                (d, a)
+                for d, a in s.execute(
+                    select(DebateRow, AgentRow)
+                    .join(AgentRow, AgentRow.debate_id == DebateRow.id)
+                    .where(DebateRow.run_id == run_id)
+                    .order_by(DebateRow.id, AgentRow.agent_index)
+                )
+            ]
 
     def debates(self, run_id: str) -> list[DebateRow]:
         """Debates of a run, in insertion order."""

@@ -2,14 +2,14 @@
 
 ``load_model`` is the friendly front door: an embedded model name, a GGUF path, the URL of
 a server speaking the OpenAI protocol, a mapping or a ``ModelConfig``. Every route ends
-in the backend registry (``registry.py``), which checks the entry the same way for all.
+in the backend registry (``registry.py``), which checks the entry the same way for all,
+and every opened model is wrapped in ``SharedInFlight`` (``wrappers.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stancelab.engine import providers
 from stancelab.engine.adapters import check_adapter_gguf
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.models import model_fingerprint, resolve_model
@@ -21,6 +21,7 @@ from stancelab.engine.registry import (
     model_entry,
     parse_options,
 )
+from stancelab.engine.wrappers import SharedInFlight
 
 __all__ = [
     "AdapterConfig",
@@ -31,7 +32,6 @@ __all__ = [
     "load_model",
     "model_entry",
     "open_model",
-    "providers",
 ]
 
 
@@ -56,7 +56,10 @@ def check_model(config: ModelConfig) -> None:
 
 
 def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
-    """Start the engine a model config names.
+    """Start the engine a model config names, sharing identical requests in flight.
+
+    The backend's model comes back wrapped (``SharedInFlight``): the wrapper answers the
+    whole interface, capabilities included, by asking the backend's model.
 
     Args:
         config: A ``ModelConfig``, a mapping of its fields, or a bare model name or GGUF
@@ -73,7 +76,7 @@ def open_model(config: ModelConfig | str | dict[str, Any]) -> LanguageModel:
     """
     config = ModelConfig.parse(config)
     chosen, options = parse_options(config)
-    return chosen.open(config, options)
+    return SharedInFlight(chosen.open(config, options))
 
 
 def load_model(model: ModelConfig | str | dict[str, Any], **fields: Any) -> LanguageModel:

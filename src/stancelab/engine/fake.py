@@ -44,6 +44,10 @@ def _split(prompt: Prompt) -> tuple[str, str]:
     return _as_text(prompt), ""
 
 
+FAKE_VOCABULARY = 256
+"""The fake models' tokens are single characters; their continuations are short ASCII."""
+
+
 @dataclass
 class ScriptedModel(LanguageModel):
     """Replies come from a function of the request; next-token probabilities come from a
@@ -61,7 +65,6 @@ class ScriptedModel(LanguageModel):
     """Seconds each ``generate`` call waits, to imitate an engine's latency."""
 
     def __post_init__(self) -> None:
-        super().__init__()
         self.name = "scripted"
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -80,6 +83,14 @@ class ScriptedModel(LanguageModel):
                 Generation(text=text, prompt_tokens=tokens, completion_tokens=len(text.split()))
             )
         return out
+
+    def has_chat_template(self) -> bool:
+        """Chat messages are read as ``role: content`` lines."""
+        return True
+
+    def logprobs_cap(self) -> int:
+        """Every one-character token the continuations allow (up to a byte's worth)."""
+        return FAKE_VOCABULARY
 
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         """One-character tokens with probabilities implied by the continuations."""

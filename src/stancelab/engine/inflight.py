@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 def request_key(*parts: Any) -> str:
-    """A key that is equal exactly when the wire requests are: the JSON of the parts."""
+    """A key that is equal exactly when the requests are: the JSON of the parts."""
     return json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
 
 
@@ -43,25 +43,46 @@ class InFlight(Generic[T]):
         """The answer to ``send()`` and whether it was another caller's: the one whose
         identical request (same ``key``) is in flight. ``key`` None: a request that must
         be sent whatever else is in flight (a sampled one)."""
-        if key is None:
-            return send(), False
+        [answer] = self.run_batch([key], lambda _: [send()])
+        return answer
+
+    def run_batch(
+        self, keys: Sequence[str | None], send: Callable[[list[int]], list[T]]
+    ) -> list[tuple[T, bool]]:
+        """Answers for a batch of requests, each with whether it was another's answer.
+
+        A request whose key is in flight (elsewhere, or earlier in this batch) waits for
+        that answer; ``send(indices)`` sends all the others together, in one engine call,
+        and answers them in the order given. The batch's own keys are answered before it
+        waits on anyone else's, so two batches waiting on each other cannot block.
+        """
+        mine: dict[int, Future[T]] = {}
+        theirs: dict[int, Future[T]] = {}
         with self._lock:
-            running = self._running.get(key)
-            if running is None:
-                mine: Future[T] = Future()
-                self._running[key] = mine
-            else:
-                self.shared += 1
-        if running is not None:
-            return running.result(), True  # re-raises the sender's error
+            for i, key in enumerate(keys):
+                if key is None:
+                    continue
+                running = self._running.get(key)
+                if running is None:
+                    mine[i] = self._running[key] = Future()
+                else:
+                    theirs[i] = running
+                    self.shared += 1
+        sent = [i for i in range(len(keys)) if i not in theirs]
         try:
-            answer = send()
+            by_index = dict(zip(sent, send(sent) if sent else [], strict=True))
         except BaseException as exc:
-            mine.set_exception(exc)
+            for future in mine.values():
+                future.set_exception(exc)
             raise
         else:
-            mine.set_result(answer)
-            return answer, False
+            for i, future in mine.items():
+                future.set_result(by_index[i])
         finally:
             with self._lock:
-                del self._running[key]
+                for i in mine:
+                    del self._running[str(keys[i])]
+        return [
+            (theirs[i].result(), True) if i in theirs else (by_index[i], False)  # re-raises
+            for i in range(len(keys))
+        ]

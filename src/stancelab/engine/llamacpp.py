@@ -7,12 +7,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from stancelab.engine.adapters import check_adapter_gguf
 from stancelab.engine.base import (
+    EngineStats,
     Generation,
     GenerationRequest,
     LanguageModel,
@@ -22,7 +22,7 @@ from stancelab.engine.base import (
     TopTokens,
 )
 from stancelab.engine.errors import ConfigError, EngineError
-from stancelab.engine.models import model_fingerprint, resolve_model, sha256_file
+from stancelab.engine.models import gguf_metadata, model_fingerprint, resolve_model, sha256_file
 from stancelab.engine.openai import codec
 
 
@@ -158,7 +158,7 @@ class LlamaCppEngine(LanguageModel):
         sampling: dict[str, Any] | None = None,
         poll: int = 0,
     ) -> None:
-        super().__init__()
+        self.stats = EngineStats()  # before the worker threads that count into it
         self.sampling = sampling_settings(sampling)
         import xllamacpp  # noqa: PLC0415 - lazy: the llama.cpp engine is heavy to import
 
@@ -167,6 +167,7 @@ class LlamaCppEngine(LanguageModel):
         self.n_parallel = n_parallel
         self.fingerprint = fingerprint
         self.lora_adapters = [(Path(p), float(s)) for p, s in lora_adapters]
+        self._gguf = gguf_metadata(model_path)
         params = engine_params(
             model_path,
             n_parallel,
@@ -241,19 +242,13 @@ class LlamaCppEngine(LanguageModel):
         _, payload, chat = codec.generation_payload(request)
         payload.update(cache_prompt=True, **self.sampling)
         started = time.perf_counter()
-        send = partial(self._call, payload, chat)
-        answer, shared = self._send_once(
-            send, payload, chat, deterministic=request.temperature == 0
-        )
-        return codec.parse_generation(answer, chat, started, shared)
+        return codec.parse_generation(self._call(payload, chat), chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         _, payload, chat = codec.path_payload(request, bias_by_text=True)
         payload["cache_prompt"] = True
         started = time.perf_counter()
-        send = partial(self._call, payload, chat)
-        answer, shared = self._send_once(send, payload, chat, deterministic=True)  # greedy
-        path = codec.parse_token_path(answer, started, shared)
+        path = codec.parse_token_path(self._call(payload, chat), started)
         if path is None:
             raise EngineError("llama.cpp returned no log-probabilities")
         return path
@@ -276,6 +271,22 @@ class LlamaCppEngine(LanguageModel):
         preferred texts go as llama.cpp's text logit bias, and the log-probabilities it
         reports are those before the bias."""
         return list(self._pool.map(self._path_one, requests))
+
+    def has_chat_template(self) -> bool:
+        """Whether the GGUF carries a chat template (llama.cpp renders messages with it)."""
+        return self._gguf.chat_template is not None
+
+    def logprobs_cap(self) -> int:
+        """llama.cpp returns as many top tokens as asked, up to the vocabulary."""
+        return self._gguf.vocab_size
+
+    def has_token_paths(self) -> bool:
+        """Greedy paths with log-probabilities at every position, one request each."""
+        return True
+
+    def supports_adapters(self) -> bool:
+        """GGUF LoRA adapters on the base weights (``lora_adapters``)."""
+        return True
 
     def close(self) -> None:
         """Stop the worker threads; the server is freed with the object."""

@@ -259,13 +259,29 @@ def model_fingerprint(path: Path) -> str:
 _GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+VOCABULARY_KEY = "tokenizer.ggml.tokens"
+
+
+@dataclass(frozen=True)
+class GgufMetadata:
+    """What stancelab reads from a GGUF header: what the model can do."""
+
+    chat_template: str | None
+    """The chat template, None when the file has none (prompts must be transcripts)."""
+    vocab_size: int
+    """Tokens in the vocabulary (the most top log-probabilities llama.cpp can return)."""
+
+
+def gguf_chat_template(path: Path) -> str | None:
+    """The chat template in a GGUF file's metadata, or None when it has none."""
+    return gguf_metadata(path).chat_template
 
 
 @functools.cache
-def gguf_chat_template(path: Path) -> str | None:
-    """The chat template in a GGUF file's metadata, or None when it has none.
+def gguf_metadata(path: Path) -> GgufMetadata:
+    """The chat template and vocabulary size in a GGUF file's metadata header.
 
-    Reads only the metadata header (skipping the vocabulary arrays), so it takes well
+    Reads only the metadata header (skipping the vocabulary's strings), so it takes well
     under a second even on a 1 GB file.
     """
     import struct  # noqa: PLC0415 - lazy: only this rarely used reader needs it
@@ -282,21 +298,26 @@ def gguf_chat_template(path: Path) -> str | None:
     def u64(handle: typing.BinaryIO) -> int:
         return int(struct.unpack("<Q", read(handle, 8))[0])
 
+    def skip_items(handle: typing.BinaryIO, item: int, count: int) -> None:
+        if item in _GGUF_FIXED:
+            handle.seek(_GGUF_FIXED[item] * count, os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                skip(handle, item)
+
     def skip(handle: typing.BinaryIO, kind: int) -> None:
         if kind in _GGUF_FIXED:
             handle.seek(_GGUF_FIXED[kind], os.SEEK_CUR)
         elif kind == _GGUF_STRING:
             handle.seek(u64(handle), os.SEEK_CUR)
         elif kind == _GGUF_ARRAY:
-            item, count = u32(handle), u64(handle)
-            if item in _GGUF_FIXED:
-                handle.seek(_GGUF_FIXED[item] * count, os.SEEK_CUR)
-            else:
-                for _ in range(count):
-                    skip(handle, item)
+            item = u32(handle)
+            skip_items(handle, item, u64(handle))
         else:
             raise ModelError(f"{path}: unknown GGUF metadata type {kind}")
 
+    template: str | None = None
+    vocab_size = 0
     with path.open("rb") as handle:
         if read(handle, 4) != GGUF_MAGIC:
             raise ModelError(f"{path} is not a GGUF file")
@@ -306,6 +327,11 @@ def gguf_chat_template(path: Path) -> str | None:
             key = read(handle, u64(handle)).decode("utf-8", "replace")
             kind = u32(handle)
             if key == CHAT_TEMPLATE_KEY and kind == _GGUF_STRING:
-                return read(handle, u64(handle)).decode("utf-8", "replace") or None
-            skip(handle, kind)
-    return None
+                template = read(handle, u64(handle)).decode("utf-8", "replace") or None
+            elif key == VOCABULARY_KEY and kind == _GGUF_ARRAY:
+                item = u32(handle)
+                vocab_size = u64(handle)
+                skip_items(handle, item, vocab_size)
+            else:
+                skip(handle, kind)
+    return GgufMetadata(template, vocab_size)

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -40,7 +39,13 @@ from stancelab.engine.base import (
     TokenPath,
     TopTokens,
 )
-from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import (
+    ChatOnlyError,
+    ConfigError,
+    EngineError,
+    ModelError,
+    format_validation_error,
+)
 from stancelab.engine.openai import codec
 from stancelab.engine.openai.accounting import Accounting
 from stancelab.engine.openai.codec import parse_top_logprobs
@@ -48,7 +53,6 @@ from stancelab.engine.openai.options import OpenAIOptions
 from stancelab.engine.openai.retry import FailoverWait, retrying
 from stancelab.engine.openai.routing import Endpoint, Router
 from stancelab.engine.openai.transport import (
-    ChatOnlyError,
     Retryable,
     exchange,
     normalise_base_url,
@@ -68,6 +72,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+OPENAI_TOP_LOGPROBS = 20
+"""Top log-probabilities per position OpenAI's API allows and vLLM serves by default."""
+
 
 class NoLogprobsError(EngineError):
     """The server answered without token log-probabilities (the survey needs ``generate``)."""
@@ -80,9 +87,9 @@ def parse_options(model: str, options: OpenAIOptions | dict[str, Any] | None) ->
     try:
         return OpenAIOptions.model_validate(options or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"model {model!r}: option {where}: {first['msg']}") from None
+        raise ConfigError(
+            format_validation_error(exc, f"model {model!r}", prefix="option ")
+        ) from None
 
 
 class OpenAICompatModel(LanguageModel):
@@ -97,7 +104,6 @@ class OpenAICompatModel(LanguageModel):
         options: OpenAIOptions | dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        super().__init__()
         if not base_urls:
             raise ConfigError(
                 f"model {model!r}: backend 'openai' needs base_urls, e.g. "
@@ -118,6 +124,7 @@ class OpenAICompatModel(LanguageModel):
         )
         self._sleep = sleep
         self._logprobs: bool | None = opts.logprobs
+        self._completion_route: bool | None = None
         self._path_bias: bool = bool(opts.path_bias)
         self._lock = threading.Lock()
         self._client = httpx.Client(
@@ -162,17 +169,43 @@ class OpenAICompatModel(LanguageModel):
             "httpx": httpx.__version__,
         }
 
-    @property
-    def supports_logprobs(self) -> bool:
-        """Whether the server returns token log-probabilities (asks it once if unknown)."""
+    # ----------------------------------------------------------------- capabilities
+
+    def logprobs_cap(self) -> int | None:
+        """None when the server returns no token log-probabilities (asked once with a
+        two-token request if unknown); else ``max_logprobs``, or 20 where unset, the
+        limit of OpenAI's API and vLLM's default (llama.cpp's server gives more)."""
         if self._logprobs is None:
             try:
                 self._next_one("Hello", 2)  # records the answer in self._logprobs
             except NoLogprobsError:
                 pass
             except EngineError:
-                return True  # unreachable now: unknown, and next_tokens will find out
-        return self._logprobs is not False
+                pass  # unreachable now: unknown, and next_tokens will find out
+        if self._logprobs is False:
+            return None
+        return self.options.max_logprobs or OPENAI_TOP_LOGPROBS
+
+    def has_completion_route(self) -> bool:
+        """Whether the server takes text completions for this model: asked once, with a
+        one-token request; a chat-only answer (OpenAI's 404 "This is a chat model") is
+        False. Other failures (the server is down) are raised."""
+        if self._completion_route is None:
+            try:
+                self.generate([GenerationRequest("Hello", temperature=0.0, max_tokens=1)])
+            except ChatOnlyError:
+                self._completion_route = False
+            else:
+                self._completion_route = True
+        return self._completion_route
+
+    def has_chat_template(self) -> bool:
+        """Servers render chat messages with the model's template."""
+        return True
+
+    def has_token_paths(self) -> bool:
+        """Greedy paths with log-probabilities at every position, one request each."""
+        return True
 
     # ----------------------------------------------------------------- transport
 
@@ -267,9 +300,7 @@ class OpenAICompatModel(LanguageModel):
             del payload["top_p"]
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        send = partial(self._post, path, payload, key)
-        data, shared = self._send_once(send, path, payload, deterministic=request.temperature == 0)
-        return codec.parse_generation(data, chat, started, shared)
+        return codec.parse_generation(self._post(path, payload, key), chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         if self._logprobs is False:
@@ -281,10 +312,9 @@ class OpenAICompatModel(LanguageModel):
         payload = {"model": self.name, **opts.extra_body, **fields}
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        send = partial(self._post, path, payload, key)
-        data, shared = self._send_once(send, path, payload, deterministic=True)  # greedy
+        data = self._post(path, payload, key)
         try:
-            answer = codec.parse_token_path(data, started, shared)
+            answer = codec.parse_token_path(data, started)
         except ValueError:
             answer = None
         if answer is None:

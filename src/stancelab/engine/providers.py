@@ -9,8 +9,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stancelab.engine.base import LanguageModel
+from stancelab.engine.errors import ModelError
 from stancelab.engine.fake import FakeOptions, open_fake
 from stancelab.engine.llamacpp import load_engine, sampling_settings
+from stancelab.engine.models import gguf_chat_template, resolve_model
 from stancelab.engine.openai_compat import OpenAICompatModel, OpenAIOptions
 from stancelab.engine.registry import ModelConfig, backend
 from stancelab.engine.transformers_backend import load_transformers
@@ -56,7 +58,17 @@ class TransformersOptions(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
 
 
-@backend("llamacpp", options=LlamaCppOptions, adapters=True)
+def gguf_has_chat_template(config: ModelConfig) -> bool | None:
+    """Whether the entry's GGUF carries a chat template (metadata only, no engine); None
+    when the name resolves to no file here (opening the engine then reports that)."""
+    try:
+        _, path = resolve_model(config.name)
+    except ModelError:
+        return None
+    return gguf_chat_template(path) is not None
+
+
+@backend("llamacpp", options=LlamaCppOptions, adapters=True, chat_template=gguf_has_chat_template)
 def open_llamacpp(config: ModelConfig, options: LlamaCppOptions) -> LanguageModel:
     """An embedded model name or a GGUF path on the in-process engine, adapters checked."""
     return load_engine(

@@ -6,6 +6,9 @@ for the built-in ones). Every model entry is checked the same way: the backend m
 registered, its ``options:`` must validate against the backend's options model (unknown or
 mistyped keys are refused by name), and ``base_urls``/``adapters`` only go to backends that
 take them. A user can register a backend of their own the same way.
+
+The built-in backends register on the first lookup, so reading a config (or a finished
+run) imports no engine client.
 """
 
 from __future__ import annotations
@@ -27,22 +30,29 @@ from pydantic import (
 )
 
 from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
+from stancelab.engine.errors import ConfigError, format_validation_error
+
+
+def resolve_path(path: Path | str, base_dir: Path | None) -> Path:
+    """The one rule for relative paths in a config: a path inside a config file is
+    relative to the folder of that file (``base_dir``); in a config built in Python
+    (``base_dir`` None) it is relative to the working folder. ``~`` is expanded."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    return (base_dir or Path.cwd()) / path
 
 
 def _from_base(path: Path, info: ValidationInfo) -> Path:
-    """A relative path taken relative to the validation context's ``base`` folder."""
-    path = path.expanduser()
-    if path.is_absolute():
-        return path
     context = info.context if isinstance(info.context, dict) else {}
-    return Path(context.get("base") or Path.cwd()) / path
+    return resolve_path(path, context.get("base"))
 
 
 RelativePath = Annotated[Path, AfterValidator(_from_base)]
-"""A path in a config: relative to the config file's folder when read from a file
-(``model_validate(data, context={"base": folder})``), else to the working folder, so a
-config built in Python and the same config read from a file mean the same files."""
+"""A path field of a config, resolved by ``resolve_path`` against the validation
+context's ``base`` folder (``model_validate(data, context={"base": folder})``, as
+``stancelab.conversation.config.load_config`` does for a file), so a config built in
+Python and the same config read from a file mean the same files."""
 
 
 class AdapterConfig(BaseModel):
@@ -109,6 +119,11 @@ class NoOptions(BaseModel):
 
 
 Opener = Callable[[ModelConfig, Any], LanguageModel]
+TemplateCheck = Callable[[ModelConfig], bool | None]
+
+
+def _unknown_before_opening(config: ModelConfig) -> bool | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,9 +137,20 @@ class Backend:
     """Takes ``base_urls`` and ``api_key_env`` (a server reached over HTTP)."""
     adapters: bool
     """Takes ``adapters`` (GGUF LoRA files on the base model)."""
+    chat_template: TemplateCheck = _unknown_before_opening
+    """Whether an entry's model has a chat template, read cheaply before anything starts
+    (a GGUF's metadata); None: known only once the model is open
+    (``LanguageModel.has_chat_template``)."""
 
 
 _BACKENDS: dict[str, Backend] = {}
+
+
+def _registered() -> dict[str, Backend]:
+    """Every backend, the built-in ones registered on first use."""
+    import stancelab.engine.providers  # noqa: F401, PLC0415 - lazy: imports engine clients
+
+    return _BACKENDS
 
 
 def backend(
@@ -133,6 +159,7 @@ def backend(
     options: type[BaseModel] = NoOptions,
     remote: bool = False,
     adapters: bool = False,
+    chat_template: TemplateCheck = _unknown_before_opening,
 ) -> Callable[[Opener], Opener]:
     """Register ``fn(config, options) -> LanguageModel`` as the backend ``name``.
 
@@ -145,13 +172,16 @@ def backend(
             instance.
         remote: The backend takes ``base_urls`` and ``api_key_env`` (a server over HTTP).
         adapters: The backend takes ``adapters`` (GGUF LoRA files on the base model).
+        chat_template: Reads, before anything starts, whether an entry's model has a chat
+            template (None where only the opened model knows).
 
     Returns:
         A decorator that registers ``fn`` and returns it unchanged.
     """
 
     def register(fn: Opener) -> Opener:
-        _BACKENDS[name] = Backend(name, fn, options, remote, adapters)
+        _registered()  # the built-in ones first, so a user's backend of the same name wins
+        _BACKENDS[name] = Backend(name, fn, options, remote, adapters, chat_template)
         return fn
 
     return register
@@ -159,13 +189,13 @@ def backend(
 
 def backend_names() -> list[str]:
     """The registered backends, sorted."""
-    return sorted(_BACKENDS)
+    return sorted(_registered())
 
 
 def get_backend(config: ModelConfig) -> Backend:
     """The backend a model entry names, or one line saying which exist."""
     try:
-        return _BACKENDS[config.backend]
+        return _registered()[config.backend]
     except KeyError:
         raise ConfigError(
             f"model {config.name!r}: unknown backend {config.backend!r}; "
@@ -180,17 +210,19 @@ def parse_options(config: ModelConfig) -> tuple[Backend, BaseModel]:
         options = chosen.options.model_validate(config.options)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
         if first["type"] == "extra_forbidden":
+            field = ".".join(str(p) for p in first["loc"])
             known = ", ".join(chosen.options.model_fields) or "none"
             raise ConfigError(
-                f"model {config.name!r}: unknown {config.backend} option {where!r}; known: {known}"
+                f"model {config.name!r}: unknown {config.backend} option {field!r}; known: {known}"
             ) from None
         raise ConfigError(
-            f"model {config.name!r}: {config.backend} option {where}: {first['msg']}"
+            format_validation_error(
+                exc, f"model {config.name!r}", prefix=f"{config.backend} option "
+            )
         ) from None
     if not chosen.remote and (config.base_urls or config.api_key_env):
-        remote = " or ".join(b.name for b in _BACKENDS.values() if b.remote)
+        remote = " or ".join(b.name for b in _registered().values() if b.remote)
         raise ConfigError(
             f"model {config.name!r}: base_urls and api_key_env need backend: {remote}"
         )

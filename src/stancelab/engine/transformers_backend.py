@@ -73,7 +73,6 @@ class TransformersModel(LanguageModel):
         batch_size: int = 8,
         info: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
         self.torch, _ = _import_torch()
         self.model = model
         self.tokenizer = tokenizer
@@ -107,13 +106,23 @@ class TransformersModel(LanguageModel):
             **self._info,
         }
 
+    # ------------------------------------------------------------ capabilities
+
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template to render messages with."""
+        return bool(self.tokenizer.chat_template)
+
+    def logprobs_cap(self) -> int:
+        """The whole next-token softmax is computed: up to the vocabulary."""
+        return len(self.tokenizer)
+
     # ------------------------------------------------------------ tokenising
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a transcript, or of chat messages through the chat template."""
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if not getattr(self.tokenizer, "chat_template", None):
+        if not self.has_chat_template():
             raise EngineError(f"{self.name} has no chat template; give a transcript prompt")
         continues = bool(prompt) and prompt[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(

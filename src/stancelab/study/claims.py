@@ -76,46 +76,41 @@ def _conditions(people: pd.DataFrame, chat_only: bool) -> list[tuple[str, pd.Dat
     return groups
 
 
-def human_shift(people: pd.DataFrame, min_n: int) -> list[TestResult]:
-    """Per condition: stance after minus before, paired t and Wilcoxon."""
-    out: list[TestResult] = []
-    for condition, group in _conditions(people, chat_only=False):
-        out += paired_tests(
-            group["stance_before"],
-            group["stance_after"],
-            claim_id="human-shift",
-            condition=condition,
-            min_n=min_n,
+def _paired_by_condition(
+    people: pd.DataFrame, start: str, end: str, claim_id: str, chat_only: bool, min_n: int
+) -> list[TestResult]:
+    """``end - start`` per condition: paired t and Wilcoxon signed-rank."""
+    rows: list[TestResult] = []
+    for condition, group in _conditions(people, chat_only):
+        rows += paired_tests(
+            group[start], group[end], claim_id=claim_id, condition=condition, min_n=min_n
         )
-    return _tag(out, "")
+    return rows
+
+
+def human_shift(people: pd.DataFrame, min_n: int) -> list[TestResult]:
+    """Per condition: stance after minus before (the stance pages)."""
+    return _tag(
+        _paired_by_condition(people, "stance_before", "stance_after", "human-shift", False, min_n),
+        "",
+    )
 
 
 def llm_shift(people: pd.DataFrame, min_n: int) -> list[TestResult]:
     """Per chat condition and measure: the chatbot's end minus start."""
     out: list[TestResult] = []
     for measure, (start, end) in MEASURES.items():
-        rows: list[TestResult] = []
-        for condition, group in _conditions(people, chat_only=True):
-            rows += paired_tests(
-                group[start], group[end], claim_id="llm-shift", condition=condition, min_n=min_n
-            )
-        out += _tag(rows, measure)
+        out += _tag(_paired_by_condition(people, start, end, "llm-shift", True, min_n), measure)
     return out
 
 
 def gap_narrows(people: pd.DataFrame, min_n: int) -> list[TestResult]:
     """Per chat condition: |human - chatbot| at the end minus at the start (negative:
     the gap narrowed)."""
-    rows: list[TestResult] = []
-    for condition, group in _conditions(people, chat_only=True):
-        rows += paired_tests(
-            group["gap_start"],
-            group["gap_end"],
-            claim_id="gap-narrows",
-            condition=condition,
-            min_n=min_n,
-        )
-    return _tag(rows, "probe")
+    return _tag(
+        _paired_by_condition(people, "gap_start", "gap_end", "gap-narrows", True, min_n),
+        "probe",
+    )
 
 
 def personalisation_amplifies(people: pd.DataFrame, min_n: int) -> list[TestResult]:
@@ -241,14 +236,15 @@ def toward_neutral(people: pd.DataFrame, scale: Scale, min_n: int) -> list[TestR
     out: list[TestResult] = []
     for measure, prefix in (("probe", "llm"), ("probe mode", "llm_mode"), ("judge", "judge")):
         rows: list[TestResult] = []
+        rows += _paired_by_condition(
+            people,
+            f"{prefix}_mid_distance_start",
+            f"{prefix}_mid_distance_end",
+            "llm-toward-neutral",
+            True,
+            min_n,
+        )
         for condition, group in _conditions(people, chat_only=True):
-            rows += paired_tests(
-                group[f"{prefix}_mid_distance_start"],
-                group[f"{prefix}_mid_distance_end"],
-                claim_id="llm-toward-neutral",
-                condition=condition,
-                min_n=min_n,
-            )
             flipped = group[f"{prefix}_flipped"].dropna()
             share = proportion(
                 int(flipped.sum()),

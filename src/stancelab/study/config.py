@@ -7,17 +7,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from stancelab.conversation.config import RelativePath, StrictModel, load_config
 from stancelab.conversation.survey import Scale, StanceItem
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.factory import ModelConfig, ModelEntry
@@ -34,11 +30,7 @@ class Condition(StrEnum):
     """No chat: the participant reads fixed statements."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Topic(_Strict):
+class Topic(StrictModel):
     """One controversial topic and the fixed statements of the static condition."""
 
     name: str = Field(min_length=1, max_length=200)
@@ -80,7 +72,7 @@ def _check_fields(value: str, allowed: set[str]) -> str:
     return value
 
 
-class StanceItemConfig(_Strict):
+class StanceItemConfig(StrictModel):
     """The stance question, worded once: participants answer it before, during and after
     the conversation, the chatbot's hidden probe asks it, a judge rates replies on it, and
     the perception questions ask it about the chatbot's first and last reply.
@@ -141,7 +133,7 @@ BIG_PROBLEM = StanceItemConfig(
 PRESETS = {"agreement": StanceItemConfig(), "big_problem": BIG_PROBLEM}
 
 
-class DemographicQuestion(_Strict):
+class DemographicQuestion(StrictModel):
     """One question of the 'about you' page."""
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
@@ -187,7 +179,7 @@ def _default_demographics() -> list[DemographicQuestion]:
     ]
 
 
-class AttentionCheck(_Strict):
+class AttentionCheck(StrictModel):
     """A question with one right answer, shown on the 'about you' page or the stance-after
     page (e.g. "To show you are reading, choose 'Blue'")."""
 
@@ -204,7 +196,7 @@ class AttentionCheck(_Strict):
         return self
 
 
-class Recruitment(_Strict):
+class Recruitment(StrictModel):
     """Who may still start: a cap and per-condition quotas that count completed sessions
     and sessions still in progress (an unfinished session idle for ``abandon_after_minutes``
     no longer holds a place), and a switch to close the study."""
@@ -218,7 +210,7 @@ class Recruitment(_Strict):
     abandon_after_minutes: float = Field(default=90.0, gt=0)
 
 
-class Questions(_Strict):
+class Questions(StrictModel):
     """Every wording a participant reads. ``{topic}`` is filled in where shown."""
 
     title: str = "A conversation about a current issue"
@@ -292,7 +284,7 @@ class Questions(_Strict):
         return _check_fields(value, {"topic", "min_turns", "max_turns"})
 
 
-class Turns(_Strict):
+class Turns(StrictModel):
     """How many messages the participant sends in the conversation."""
 
     min: int = Field(default=3, ge=1)
@@ -312,7 +304,7 @@ def _default_modes() -> list[SurveyModeName]:
     return ["distribution"]
 
 
-class Chatbot(_Strict):
+class Chatbot(StrictModel):
     """How the chatbot replies."""
 
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
@@ -327,7 +319,7 @@ class Chatbot(_Strict):
     noise and the report flags every number built on it."""
 
 
-class Limits(_Strict):
+class Limits(StrictModel):
     """Abuse limits: message length and how fast one participant may send."""
 
     max_message_chars: int = Field(default=1000, ge=10, le=20000)
@@ -341,7 +333,7 @@ class Limits(_Strict):
     """How long an admin login lasts; the server forgets it then (or at logout)."""
 
 
-class Analysis(_Strict):
+class Analysis(StrictModel):
     """The analysis plan, fixed with the study before any data exist: who is analysed,
     and the fewest observations a test needs."""
 
@@ -359,7 +351,7 @@ class Analysis(_Strict):
     reported as not run, with the reason."""
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     """One study: validated from YAML with ``load_study``."""
 
     study: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -405,7 +397,7 @@ class StudyConfig(_Strict):
     """A stance moving by at least this many points counts as a change, for the
     participant and the chatbot alike (one rule for both sides)."""
     analysis: Analysis = Field(default_factory=lambda: Analysis())
-    codebook: Path | None = None
+    codebook: RelativePath | None = None
     """The persuasion-strategy codebook (YAML or CSV of label, definition, example); a
     relative path is read from the study file's folder; None: the built-in one."""
 
@@ -450,14 +442,6 @@ class StudyConfig(_Strict):
                 f"runs {self.stance_item.low}..{self.stance_item.high}: use v2"
             )
         return self
-
-    @field_validator("codebook")
-    @classmethod
-    def _beside_study_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        folder = (info.context or {}).get("folder")
-        if value is None or value.is_absolute() or folder is None:
-            return value
-        return Path(folder) / value
 
     @field_validator("conditions")
     @classmethod
@@ -517,26 +501,6 @@ class StudyConfig(_Strict):
 
 
 def load_study(source: Path | str | dict[str, Any]) -> StudyConfig:
-    """Read and validate a study YAML file (or an already-parsed mapping)."""
-    folder = None  # where relative paths in the file (the codebook) are read from
-    if isinstance(source, dict):
-        data: Any = source
-        where = "study config"
-    else:
-        path = Path(source)
-        where, folder = str(path), path.parent
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read study config {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"study config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of settings")
-    try:
-        return StudyConfig.model_validate(data, context={"folder": folder})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {loc}: {first['msg']}{more}") from None
+    """Read and validate a study YAML file (or an already-parsed mapping); relative paths
+    in a file (the codebook, model adapters) are read from the file's folder."""
+    return load_config(StudyConfig, source, "study config")

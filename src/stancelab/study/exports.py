@@ -39,6 +39,7 @@ def wide_participants(store: StudyStore, study: str | None = None) -> Any:
             if m["role"] == "user":
                 row[f"msg_{k}"] = m["text"]
                 row[f"human_stance_{k}"] = m["human_stance"]
+                row[f"human_stance_source_{k}"] = m.get("stance_source")
                 row[f"msg_sent_at_{k}"] = m["created_at"]
             elif m["role"] == "assistant":
                 row[f"reply_{k}"] = m["text"]

@@ -30,9 +30,7 @@ from sqlalchemy import (
     delete,
     false,
     func,
-    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -228,27 +226,6 @@ STUDY_TABLES = (
 )
 
 
-def _add_missing_columns(engine: Any) -> None:
-    """Bring a database made by an older version up to date: add the columns it lacks
-    (all nullable or with a server default, so old rows stay valid)."""
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in StudyBase.metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                default = ""
-                if column.server_default is not None:
-                    arg = getattr(column.server_default, "arg", None)
-                    value = arg if isinstance(arg, str) else "false"
-                    default = f" DEFAULT '{value}'" if isinstance(arg, str) else f" DEFAULT {value}"
-                conn.execute(
-                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
-                )
-
-
 def _id_chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
     """Sorted distinct ids in slices, each under every database's bound-parameter limit."""
     ordered = sorted(set(ids))
@@ -269,9 +246,7 @@ class StudyStore:
 
     def __init__(self, target: str | Path) -> None:
         self._assign_lock = threading.Lock()
-        self.url, self.engine = open_tables(
-            target, StudyBase.metadata, "study database", upgrade=_add_missing_columns
-        )
+        self.url, self.engine = open_tables(target, StudyBase.metadata, "study database")
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""

@@ -10,7 +10,7 @@ import typer
 
 from stancelab.conversation.console import friendly_errors
 from stancelab.tuning.evaluate import TASKS, evaluate
-from stancelab.tuning.pipeline import run_finetune
+from stancelab.tuning.pipeline import STAGE_NAMES, run_finetune
 from stancelab.tuning.report import table
 
 app = typer.Typer(
@@ -22,10 +22,19 @@ app = typer.Typer(
 @friendly_errors
 def finetune_command(
     file: Annotated[Path, typer.Argument(help="Fine-tuning YAML file")],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help=f"Run only this stage (repeatable): {', '.join(STAGE_NAMES)}"),
+    ] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Run from this stage on")] = None,
 ) -> None:
-    """Run the whole loop: questions, datasets, training, export, debates, benchmarks."""
+    """Run the whole loop: questions, datasets, training, export, debates, benchmarks.
 
-    run_finetune(file)
+    A stage whose output is already on disk is skipped, so a rerun continues where an
+    interrupted one stopped; delete a stage's files to run it again.
+    """
+
+    run_finetune(file, only=stage, start=start)
 
 
 @app.command("evaluate")

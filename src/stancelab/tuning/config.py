@@ -5,19 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation.config import RelativePath, StrictModel, load_config
 
 PAPER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     """PEFT LoraConfig values; paper: r=256, alpha=512, dropout 0.05, bias none."""
 
     r: int = Field(default=256, ge=1)
@@ -33,7 +28,7 @@ class LoraSettings(_Strict):
         return self.alpha if self.alpha is not None else 2 * self.r
 
 
-class TrainSettings(_Strict):
+class TrainSettings(StrictModel):
     """Trainer values shared by next-token and DPO training."""
 
     epochs: float = Field(default=1.0, gt=0)
@@ -80,7 +75,7 @@ class DpoSettings(TrainSettings):
     """A run whose final loss stays within this band of ln 2 is flagged as not learning."""
 
 
-class QuestionSettings(_Strict):
+class QuestionSettings(StrictModel):
     """Question bank: Table 2 seeds plus model-written questions."""
 
     count: int = Field(default=100, ge=1)
@@ -90,10 +85,10 @@ class QuestionSettings(_Strict):
     max_rounds: int = Field(default=50, ge=1)
     temperature: float = 1.0
     max_tokens: int = 400
-    file: Path | None = None
+    file: RelativePath | None = None
 
 
-class DatasetSettings(_Strict):
+class DatasetSettings(StrictModel):
     """Self-generated partisan answers."""
 
     parties: list[Literal["republican", "democrat"]] = Field(default=["republican", "democrat"])
@@ -106,7 +101,7 @@ class DatasetSettings(_Strict):
     NWP and DPO learned (at least one question when above zero; 0 turns the check off)."""
 
 
-class ScreeningSettings(_Strict):
+class ScreeningSettings(StrictModel):
     """Checks that the self-written data is what the intervention needs (screening.py)."""
 
     judge: str | None = None
@@ -134,11 +129,11 @@ class ScreeningSettings(_Strict):
     on questions it did not see (0.5 is chance; 0 turns the check off). Judge-free."""
 
 
-class EvalSettings(_Strict):
+class EvalSettings(StrictModel):
     """Capability checks through lm-evaluation-harness."""
 
     tasks: list[Literal["mmlu", "hellaswag"]] = Field(default=["mmlu", "hellaswag"])
-    data_dir: Path | None = None
+    data_dir: RelativePath | None = None
     """Local benchmark files (original formats); None with allow_network reads the hub."""
     allow_network: bool = False
     limit: int | None = Field(default=None, ge=1)
@@ -146,7 +141,7 @@ class EvalSettings(_Strict):
     batch_size: int = Field(default=8, ge=1)
 
 
-class DebateSettings(_Strict):
+class DebateSettings(StrictModel):
     """Debates re-run on base and tuned models, side by side in one experiment run."""
 
     topics: list[str] = Field(default_factory=lambda: ["racism"])
@@ -156,14 +151,14 @@ class DebateSettings(_Strict):
     repetitions: int = Field(default=3, ge=1)
     iterations: int = Field(default=9, ge=0)
     parallel: int = Field(default=4, ge=1)
-    personas: Path | None = None
+    personas: RelativePath | None = None
     """A persona file (e.g. a run's personas.yaml); None: the built-in personas, reused
     across repetitions (each repetition still gets its own seeds)."""
     check_fidelity: bool = True
     seed: int = 0
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(StrictModel):
     """The whole loop: questions, datasets, NWP (per rank, per seed), DPO, export, checks."""
 
     name: str = "finetune"
@@ -171,7 +166,7 @@ class FinetuneConfig(_Strict):
     """Embedded model name or GGUF path: generates the data and is the base for training."""
     party: Literal["republican", "democrat"] = "republican"
     """Direction of tuning; the other party's answers are DPO's rejected answers."""
-    output_dir: Path = Path("finetune-runs")
+    output_dir: RelativePath = Field(default=Path("finetune-runs"), validate_default=True)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     ranks: list[int] = Field(default_factory=lambda: [256])
     """NWP ranks to sweep (alpha = 2r unless nwp.lora.alpha is set)."""
@@ -189,28 +184,6 @@ class FinetuneConfig(_Strict):
 
     @classmethod
     def load(cls, path: Path) -> FinetuneConfig:
-        """Read a YAML file; relative paths are resolved against its folder."""
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
-        base = path.resolve().parent
-        if not config.output_dir.is_absolute():
-            config.output_dir = base / config.output_dir
-        if config.questions.file is not None and not config.questions.file.is_absolute():
-            config.questions.file = base / config.questions.file
-        deb = config.debates
-        if deb is not None and deb.personas is not None and not deb.personas.is_absolute():
-            deb.personas = base / deb.personas
-        ev = config.evaluation
-        if ev is not None and ev.data_dir is not None and not ev.data_dir.is_absolute():
-            ev.data_dir = base / ev.data_dir
-        return config
+        """Read a YAML file; relative paths (``output_dir``, ``questions.file``,
+        ``debates.personas``, ``evaluation.data_dir``) are relative to its folder."""
+        return load_config(cls, path, "fine-tuning config")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from stancelab.conversation.config import read_yaml
 from stancelab.conversation.templates import DEFAULT_VERSION, read_template
 from stancelab.engine.base import GenerationRequest, LanguageModel
 from stancelab.engine.errors import ConfigError
@@ -176,12 +177,7 @@ def save_questions(questions: list[Question], path: Path) -> None:
 
 def load_questions(path: Path) -> list[Question]:
     """Read a bank written by save_questions (or by hand: a list of strings also works)."""
-    if not path.is_file():
-        raise ConfigError(f"question file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    data = read_yaml(path, "question file") or []
     if not isinstance(data, list):
         raise ConfigError(f"{path} must hold a list of questions")
     out: list[Question] = []

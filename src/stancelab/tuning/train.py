@@ -195,7 +195,9 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(last) if last else None
 
 
-def _finished(adapter_dir: Path) -> dict[str, Any] | None:
+def finished_adapter(adapter_dir: Path) -> dict[str, Any] | None:
+    """The metadata of a finished adapter (what training saved beside it), or None when
+    training has not finished there yet."""
     meta = adapter_dir / ADAPTER_META
     if meta.is_file() and (adapter_dir / "adapter_config.json").is_file():
         data: dict[str, Any] = json.loads(meta.read_text())
@@ -232,7 +234,7 @@ def train_nwp(
     """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
-    done = _finished(adapter_dir)
+    done = finished_adapter(adapter_dir)
     if done is not None:
         return TrainResult.reused(adapter_dir, done)
     texts = [t for t in texts if t.strip()]
@@ -322,7 +324,7 @@ def train_nwp(
 
 def adapter_meta(adapter_dir: Path) -> dict[str, Any]:
     """The stancelab metadata saved beside an adapter (base model hash, rank, kind)."""
-    data = _finished(adapter_dir)
+    data = finished_adapter(adapter_dir)
     if data is None:
         raise AdapterError(
             f"{adapter_dir} is not a finished stancelab adapter "
@@ -359,7 +361,7 @@ def train_dpo(
     """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
-    done = _finished(adapter_dir)
+    done = finished_adapter(adapter_dir)
     if done is not None:
         return TrainResult.reused(adapter_dir, done)
     if not pairs:

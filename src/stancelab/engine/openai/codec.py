@@ -145,13 +145,8 @@ def _int(value: Any) -> int:
         return 0
 
 
-def usage(data: dict[str, Any], shared: bool = False) -> Usage:
-    """Counts from ``usage`` (OpenAI, vLLM) or llama.cpp's ``timings``.
-
-    ``shared``: this caller received the answer to another caller's identical request in
-    flight (engine/inflight.py); nothing was computed for it, so its whole prompt counts
-    as served and the per-answer counts add up to what the engine did.
-    """
+def usage(data: dict[str, Any]) -> Usage:
+    """Counts from ``usage`` (OpenAI, vLLM) or llama.cpp's ``timings``."""
     counts = data.get("usage") or {}
     timings = data.get("timings") or {}
     prompt = _int(counts.get("prompt_tokens"))
@@ -160,8 +155,6 @@ def usage(data: dict[str, Any], shared: bool = False) -> Usage:
     cached = _int(timings.get("cache_n") if cached_value is None else cached_value)
     # llama.cpp says how many it evaluated; elsewhere, what the cache did not serve.
     recomputed = _int(timings["prompt_n"]) if "prompt_n" in timings else max(0, prompt - cached)
-    if shared:
-        cached, recomputed = prompt, 0
     return Usage(prompt, cached, recomputed, _int(counts.get("completion_tokens")))
 
 
@@ -173,18 +166,15 @@ def first_choice(data: dict[str, Any]) -> dict[str, Any]:
     return choices[0]
 
 
-def parse_generation(
-    data: dict[str, Any], chat: bool, started: float, shared: bool = False
-) -> Generation:
-    """The Generation in an answer; ``started`` is the perf_counter time it was sent;
-    ``shared`` as in `usage`."""
+def parse_generation(data: dict[str, Any], chat: bool, started: float) -> Generation:
+    """The Generation in an answer; ``started`` is the perf_counter time it was sent."""
     choice = first_choice(data)
     if chat:
         message = choice.get("message")
         text = message.get("content") if isinstance(message, dict) else None
     else:
         text = choice.get("text")
-    counts = usage(data, shared)
+    counts = usage(data)
     return Generation(
         text=str(text or ""),
         prompt_tokens=counts.prompt_tokens,
@@ -195,16 +185,14 @@ def parse_generation(
     )
 
 
-def parse_token_path(
-    data: dict[str, Any], started: float, shared: bool = False
-) -> TokenPath | None:
+def parse_token_path(data: dict[str, Any], started: float) -> TokenPath | None:
     """The TokenPath in an answer to a path request; None if it has no log-probabilities.
-    ``shared`` as in `usage`."""
+    Its ``prompt_tokens`` are those the engine computed (not served from its cache)."""
     positions = parse_positions(first_choice(data))
     if positions is None:
         return None
     latency = time.perf_counter() - started
-    recomputed = usage(data, shared).recomputed_tokens
+    recomputed = usage(data).recomputed_tokens
     return TokenPath(
         tops=[TopTokens(tops) for _, tops in positions],
         tokens=[token for token, _ in positions],

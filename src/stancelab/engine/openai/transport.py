@@ -16,15 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine.errors import ChatOnlyError, ConfigError, EngineError, ModelError
 
 # Statuses worth another try: rate limits, time-outs at a gateway, overloaded or
 # restarting servers. Every other 4xx is the caller's mistake and is reported at once.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-class ChatOnlyError(EngineError):
-    """The server has no text-completion route for this model: prompts must be chat."""
 
 
 def is_chat_only_answer(path: str, status: int, message: str) -> bool:
