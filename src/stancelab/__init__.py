@@ -15,6 +15,9 @@ The public API (docs/python-api.md is a tutorial)::
     study = sl.load_study("examples/study.yaml")     # human-LLM study: web app, pilots
     sl.simulate(study, 5, lm=lm)
 
+    rep = sl.replicate("taubenfeld2024", models=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    rep.findings(); rep.report()                     # a verdict per claim and model
+
 Models are opened through one registry of backends (``@sl.backend`` adds your own);
 the ``fake`` backend (``{name: echo, backend: fake}``) needs no engine.
 
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from stancelab._version import __version__
 
 if TYPE_CHECKING:
-    from stancelab._api import debate, experiment, run
+    from stancelab._api import Replication, debate, experiment, replicate, run
     from stancelab.conversation.personas import Persona
     from stancelab.conversation.survey import SurveyMode
     from stancelab.debates.debate import DebateEvents, DebateSpec
@@ -63,6 +66,8 @@ _SOURCES: dict[str, tuple[str, str]] = {
     "debate": ("stancelab._api", "debate"),
     "experiment": ("stancelab._api", "experiment"),
     "run": ("stancelab._api", "run"),
+    "replicate": ("stancelab._api", "replicate"),
+    "Replication": ("stancelab._api", "Replication"),
     "Persona": ("stancelab.conversation.personas", "Persona"),
     "SurveyMode": ("stancelab.conversation.survey", "SurveyMode"),
     "DebateEvents": ("stancelab.debates.debate", "DebateEvents"),
@@ -109,6 +114,7 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "Persona",
+    "Replication",
     "Run",
     "StancelabError",
     "StoreError",
@@ -124,6 +130,7 @@ __all__ = [
     "load_study",
     "open_model",
     "open_run",
+    "replicate",
     "run",
     "simulate",
     "study_app",

@@ -12,7 +12,7 @@ from stancelab.conversation.statistics import MIN_N
 from stancelab.debates.fidelity import FidelityRow
 from stancelab.debates.results import Run
 from stancelab.engine.errors import ConfigError
-from stancelab.replicate import taubenfeld2024
+from stancelab.replicate import jiang2025, taubenfeld2024
 from stancelab.replicate._verdict import Claim, Finding, findings_table
 
 ClaimRunner = Callable[[pd.DataFrame, Sequence[FidelityRow], Sequence[Topic], int], list[Finding]]
@@ -22,8 +22,14 @@ PAPERS: dict[str, tuple[dict[str, Claim], ClaimRunner]] = {
 }
 """Each paper's claims and the function that tests them all."""
 
+STUDY_PAPERS: dict[str, dict[str, Claim]] = {jiang2025.PAPER: jiang2025.CLAIMS}
+"""Papers of human-LLM studies: their claims are read from the study report's
+statistics (`jiang2025.study_findings`), not from debates."""
+
 CLAIMS: dict[str, Claim] = {
-    claim_id: claim for claims, _ in PAPERS.values() for claim_id, claim in claims.items()
+    claim_id: claim
+    for claims in [*(c for c, _ in PAPERS.values()), *STUDY_PAPERS.values()]
+    for claim_id, claim in claims.items()
 }
 """Every claim of every paper by id (``CLAIMS["default-stable"].definition``)."""
 
@@ -161,6 +167,23 @@ def run_findings(*runs: Run, model: str | None = None, **options: Any) -> pd.Dat
     """
     if not runs:
         raise ConfigError("run_findings needs at least one run")
+    frame, checks, topics = runs_answers(runs)
+    return findings(
+        frame,
+        model=model or _model_name(runs[0].config),
+        checks=checks,
+        topics=topics or None,
+        **options,
+    )
+
+
+def runs_answers(
+    runs: Sequence[Run],
+) -> tuple[pd.DataFrame, list[FidelityRow], list[Topic]]:
+    """The survey answers of several runs of one model as one frame (debate ids prefixed
+    with each run's id, so they stay unique), the fidelity check's rows of the first run
+    that has any (the runs share their personas), and the runs' topics with their party
+    positions."""
     frames: list[pd.DataFrame] = []
     checks: list[FidelityRow] = []
     topics: dict[str, Topic] = {}
@@ -174,10 +197,4 @@ def run_findings(*runs: Run, model: str | None = None, **options: Any) -> pd.Dat
                 FidelityRow(r.persona, r.kind, r.topic, r.score, r.coverage)
                 for r in run.store.persona_checks(run.run_id)
             ]
-    return findings(
-        pd.concat(frames, ignore_index=True),
-        model=model or _model_name(runs[0].config),
-        checks=checks,
-        topics=list(topics.values()) or None,
-        **options,
-    )
+    return pd.concat(frames, ignore_index=True), checks, list(topics.values())

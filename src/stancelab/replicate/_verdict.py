@@ -16,9 +16,10 @@ import pandas as pd
 
 from stancelab.conversation.statistics import TestResult
 
-Side = Literal["above", "below", "within"]
+Side = Literal["above", "below", "within", "outside"]
 """Where the paper's finding puts the estimate against the claim's threshold: above it,
-below it, or within plus-or-minus it."""
+below it, within plus-or-minus it, or outside plus-or-minus it (with threshold 0: the CI
+excludes 0)."""
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -121,7 +122,9 @@ def verdict(low: float, high: float, threshold: float, side: Side) -> str:
     ``not reproduced`` when it lies wholly on the other side, ``inconclusive`` otherwise
     (the CI straddles or touches the threshold, or is undefined). For ``within``, the
     paper's side is the open interval (-threshold, threshold) and the other side is
-    beyond either end.
+    beyond either end; ``outside`` is the reverse (with threshold 0 only ``reproduced``
+    or ``inconclusive`` can follow: a claim that something moves needs a margin of its own
+    to be refuted, which its paper module settles).
     """
     if math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
@@ -129,9 +132,12 @@ def verdict(low: float, high: float, threshold: float, side: Side) -> str:
         paper, other = low > threshold, high < threshold
     elif side == "below":
         paper, other = high < threshold, low > threshold
-    else:
+    elif side == "within":
         paper = -threshold < low and high < threshold
         other = low > threshold or high < -threshold
+    else:
+        paper = low > threshold or high < -threshold
+        other = -threshold < low and high < threshold
     return REPRODUCED if paper else NOT_REPRODUCED if other else INCONCLUSIVE
 
 
