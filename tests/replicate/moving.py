@@ -24,6 +24,8 @@ from stancelab.engine.registry import NoOptions
 TURN = "I see it so."
 START = {"republican": 2.0, "democrat": 8.0}
 CALLS: dict[str, int] = {"n": 0}
+STORIES: dict[str, int] = {}
+"""Persona stories written, per model."""
 CRASH_AFTER: dict[str, int | None] = {"n": None}
 TIMES: list[tuple[str, float]] = []
 """(model name, time) of every generation: whether two models ran at once."""
@@ -75,6 +77,8 @@ class MovingModel(ScriptedModel):
         with LOCK:
             CALLS["n"] += 1
             TIMES.append((self.label, time.monotonic()))
+            stories = sum("background story" in str(r.prompt) for r in requests)
+            STORIES[self.label] = STORIES.get(self.label, 0) + stories
             limit = CRASH_AFTER["n"]
             if limit is not None and CALLS["n"] > limit:
                 raise Killed(f"killed after {limit} generations")

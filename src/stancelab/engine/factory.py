@@ -33,8 +33,8 @@ __all__ = [
     "check_model",
     "check_reachable",
     "load_model",
-    "model_entry",
     "model_config",
+    "model_entry",
     "open_model",
 ]
 

@@ -47,7 +47,9 @@ def _verdict_table(replication: Replication) -> str:
     from stancelab.replicate._replication import _part  # noqa: PLC0415 - a cycle
 
     table = replication.table
-    table = table.assign(part=[_part(n, t) for n, t in zip(table["note"], table["test"])])
+    table = table.assign(
+        part=[_part(n, t) for n, t in zip(table["note"], table["test"], strict=True)]
+    )
     models = replication.models
     head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
     rows = []
@@ -147,9 +149,7 @@ def write_replication_report(replication: Replication, folder: Path) -> Path:
         else ""
     )
     scale = f" at {html.escape(replication.scale)} scale" if replication.scale else ""
-    panels = (
-        _study_panels(replication, folder) if study else _debate_panels(replication, folder)
-    )
+    panels = _study_panels(replication, folder) if study else _debate_panels(replication, folder)
     findings = replication.table.to_html(
         index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0
     )
