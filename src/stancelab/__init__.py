@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from stancelab._version import __version__
 
 if TYPE_CHECKING:
-    from stancelab._api import Replication, debate, experiment, replicate, run
+    from stancelab._api import debate, experiment, run
     from stancelab.conversation.personas import Persona
     from stancelab.conversation.survey import SurveyMode
     from stancelab.debates.debate import DebateEvents, DebateSpec
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     )
     from stancelab.engine.factory import ModelConfig, backend_names, load_model, open_model
     from stancelab.engine.registry import backend
+    from stancelab.replicate._replication import Replication, replicate
     from stancelab.study.app import create_app as study_app
     from stancelab.study.config import StudyConfig as Study
     from stancelab.study.config import load_study
@@ -66,8 +67,6 @@ _SOURCES: dict[str, tuple[str, str]] = {
     "debate": ("stancelab._api", "debate"),
     "experiment": ("stancelab._api", "experiment"),
     "run": ("stancelab._api", "run"),
-    "replicate": ("stancelab._api", "replicate"),
-    "Replication": ("stancelab._api", "Replication"),
     "Persona": ("stancelab.conversation.personas", "Persona"),
     "SurveyMode": ("stancelab.conversation.survey", "SurveyMode"),
     "DebateEvents": ("stancelab.debates.debate", "DebateEvents"),
@@ -92,6 +91,9 @@ _SOURCES: dict[str, tuple[str, str]] = {
     "load_model": ("stancelab.engine.factory", "load_model"),
     "open_model": ("stancelab.engine.factory", "open_model"),
     "backend": ("stancelab.engine.registry", "backend"),
+    # The package stancelab.replicate is callable too: importing it puts it on stancelab.
+    "replicate": ("stancelab.replicate._replication", "replicate"),
+    "Replication": ("stancelab.replicate._replication", "Replication"),
     "study_app": ("stancelab.study.app", "create_app"),
     "Study": ("stancelab.study.config", "StudyConfig"),
     "load_study": ("stancelab.study.config", "load_study"),

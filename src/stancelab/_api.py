@@ -1,4 +1,4 @@
-"""The Python API's verbs: run an experiment, run one debate, replicate a paper.
+"""The Python API's verbs: run an experiment, run one debate, open a study.
 
 They take what a notebook has at hand (a file path, a dict, a built config, an already
 loaded model) and end in the same code paths as the CLI, so a run made in Python and one
@@ -21,9 +21,6 @@ from stancelab.debates.runner import execute
 from stancelab.debates.single import AgentLike, debate_spec, plan_debate
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.factory import ModelConfig
-from stancelab.replicate._replication import Replication, replicate
-
-__all__ = ["Replication", "debate", "experiment", "replicate", "run"]
 
 ExperimentLike = ExperimentConfig | str | Path | dict[str, Any]
 ModelLike = LanguageModel | ModelConfig | str | dict[str, Any]

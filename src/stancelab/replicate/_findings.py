@@ -27,11 +27,10 @@ STUDY_PAPERS: dict[str, dict[str, Claim]] = {jiang2025.PAPER: jiang2025.CLAIMS}
 statistics (`jiang2025.study_findings`), not from debates."""
 
 CLAIMS: dict[str, Claim] = {
-    claim_id: claim
-    for claims in [*(c for c, _ in PAPERS.values()), *STUDY_PAPERS.values()]
-    for claim_id, claim in claims.items()
+    claim_id: claim for claims, _ in PAPERS.values() for claim_id, claim in claims.items()
 }
-"""Every claim of every paper by id (``CLAIMS["default-stable"].definition``)."""
+"""Every claim of every debate paper by id (``CLAIMS["default-stable"].definition``); a
+study paper's are in its module (``jiang2025.CLAIMS``)."""
 
 REQUIRED = ("debate_id", "topic", "setup", "iteration", "agent_index", "kind", "score")
 """The attitude-frame columns the claims read (``attitude_frame`` gives them all)."""

@@ -260,6 +260,8 @@ def replicate(
             f"unknown claim id {unknown[0]!r} for {paper}; choose from: {', '.join(known)}"
         )
     chosen_claims = list(claims) if claims else None
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     root = Path(out)
     if paper in STUDY_PAPERS:
         if participants < 1:
@@ -286,8 +288,6 @@ def replicate(
             _concat([t for t, _ in results]),
             studies={c.name: r for c, (_, r) in zip(configs, results, strict=True)},
         )
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     chosen_setups = _setups(setups)
     configs = _model_configs(chosen_models)
     planned = {
