@@ -19,6 +19,9 @@ ALLOWED = {
     # The intervention re-runs the debates on the tuned model.
     "tuning": {"engine", "conversation", "debates", "tuning"},
     "study": {"engine", "conversation", "study"},
+    # A paper's replication runs its debates and reads its study's claims; only the
+    # top (cli.py, _api.py, __init__.py) imports it.
+    "replicate": {"engine", "conversation", "debates", "study", "replicate"},
 }
 
 

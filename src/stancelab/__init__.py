@@ -15,6 +15,9 @@ The public API (docs/python-api.md is a tutorial)::
     study = sl.load_study("examples/study.yaml")     # human-LLM study: web app, pilots
     sl.simulate(study, 5, lm=lm)
 
+    rep = sl.replicate("taubenfeld2024", models=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    rep.findings(); rep.report()                     # a verdict per claim and model
+
 Models are opened through one registry of backends (``@sl.backend`` adds your own);
 the ``fake`` backend (``{name: echo, backend: fake}``) needs no engine.
 
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     )
     from stancelab.engine.factory import ModelConfig, backend_names, load_model, open_model
     from stancelab.engine.registry import backend
+    from stancelab.replicate._replication import Replication, replicate
     from stancelab.study.app import create_app as study_app
     from stancelab.study.config import StudyConfig as Study
     from stancelab.study.config import load_study
@@ -87,6 +91,9 @@ _SOURCES: dict[str, tuple[str, str]] = {
     "load_model": ("stancelab.engine.factory", "load_model"),
     "open_model": ("stancelab.engine.factory", "open_model"),
     "backend": ("stancelab.engine.registry", "backend"),
+    # The package stancelab.replicate is callable too: importing it puts it on stancelab.
+    "replicate": ("stancelab.replicate._replication", "replicate"),
+    "Replication": ("stancelab.replicate._replication", "Replication"),
     "study_app": ("stancelab.study.app", "create_app"),
     "Study": ("stancelab.study.config", "StudyConfig"),
     "load_study": ("stancelab.study.config", "load_study"),
@@ -109,6 +116,7 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "Persona",
+    "Replication",
     "Run",
     "StancelabError",
     "StoreError",
@@ -124,6 +132,7 @@ __all__ = [
     "load_study",
     "open_model",
     "open_run",
+    "replicate",
     "run",
     "simulate",
     "study_app",

@@ -11,15 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stancelab.conversation.survey import SurveyMode, parse_modes
 from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
 from stancelab.debates.debate import DebateEvents
 from stancelab.debates.experiment import ExperimentConfig, load_experiment
 from stancelab.debates.formats import AUTO, check_format_option, resolve_format
-from stancelab.debates.results import Run, open_run
-from stancelab.debates.runner import execute, run_experiment
+from stancelab.debates.results import Run, open_run, run_config
+from stancelab.debates.runner import execute
 from stancelab.debates.single import AgentLike, debate_spec, plan_debate
 from stancelab.engine.base import LanguageModel
 from stancelab.engine.factory import ModelConfig
@@ -80,12 +78,9 @@ def run(
             transcript prompt.
     """
     config = experiment(source)
-    if isinstance(source, str | Path):
-        text = Path(source).read_text(encoding="utf-8")
-    else:  # the run folder keeps the experiment as a file, whatever it was built from
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    result = run_experiment(config, text, Path(out), log=log or (lambda _: None))
-    return open_run(result.folder.path, result.run_id)
+    # The run folder keeps the experiment as a file, whatever it was built from.
+    text = Path(source).read_text(encoding="utf-8") if isinstance(source, str | Path) else None
+    return run_config(config, Path(out), text, log=log or (lambda _: None))
 
 
 def debate(

@@ -1,4 +1,5 @@
-"""The ``stancelab`` command: mounts each study kind's commands beside ``export`` and ``models``."""
+"""The ``stancelab`` command: mounts each study kind's commands (and ``replicate``) beside
+``export`` and ``models``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from stancelab.debates.cli import app as debates_app
 from stancelab.debates.store import Store, export_tables
 from stancelab.engine.errors import ConfigError
 from stancelab.engine.models import EMBEDDED_MODELS, resolve_model
+from stancelab.replicate.cli import replicate_command
 from stancelab.study.cli import audit_command, study_app
 from stancelab.tuning.cli import evaluate_command, finetune_command, table_command
 
@@ -31,6 +33,7 @@ app.command("audit")(audit_command)
 app.command("finetune")(finetune_command)
 app.command("evaluate")(evaluate_command)
 app.command("table")(table_command)
+app.command("replicate")(replicate_command)
 
 
 @app.command()

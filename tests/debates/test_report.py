@@ -40,12 +40,13 @@ def frame_with(changes: list[tuple[float, float]]) -> pd.DataFrame:
 
 
 def test_change_statistics_by_hand() -> None:
-    stats = change_statistics(frame_with([(2, 4), (3, 6), (4, 5), (1, 4)]))
+    # Five debates: the fewest the tests take (statistics.MIN_N).
+    stats = change_statistics(frame_with([(2, 4), (3, 6), (4, 5), (1, 4), (5, 7)]))
     [row] = stats.to_dict("records")
-    diffs = [2, 3, 1, 3]
-    mean = sum(diffs) / 4
-    sd = (sum((d - mean) ** 2 for d in diffs) / 3) ** 0.5
-    assert row["n"] == 4 and row["mean_change"] == pytest.approx(mean)
+    diffs = [2, 3, 1, 3, 2]
+    mean = sum(diffs) / 5
+    sd = (sum((d - mean) ** 2 for d in diffs) / 4) ** 0.5
+    assert row["n"] == 5 and row["mean_change"] == pytest.approx(mean)
     assert row["cohens_dz"] == pytest.approx(mean / sd)
     assert row["t_test_p"] < 0.05
     assert 0 < row["wilcoxon_p"] <= 1

@@ -24,12 +24,13 @@ def test_clustered_se_on_known_values() -> None:
     assert math.isnan(clustered_se([1, 3], ["a", "a"]))
 
 
-def frame() -> pd.DataFrame:
+def frame(debates: int = 3) -> pd.DataFrame:
     rows = []
-    # Two Republicans per debate (an echo chamber) in three debates, surveyed at 0 and 3.
-    before = {1: (8, 8), 2: (6, 6), 3: (7, 7)}
-    after = {1: (6, 4), 2: (5, 5), 3: (7, 5)}
-    for debate in (1, 2, 3):
+    # Two Republicans per debate (an echo chamber) in three (or five) debates, surveyed at
+    # 0 and 3.
+    before = {1: (8, 8), 2: (6, 6), 3: (7, 7), 4: (5, 5), 5: (9, 9)}
+    after = {1: (6, 4), 2: (5, 5), 3: (7, 5), 4: (4, 4), 5: (6, 8)}
+    for debate in range(1, debates + 1):
         for agent in (0, 1):
             for iteration, scores in ((0, before), (3, after)):
                 rows.append(
@@ -62,9 +63,20 @@ def test_mean_attitudes_cluster_by_debate() -> None:
 
 
 def test_change_tests_run_over_debates() -> None:
+    stats = change_statistics(frame(debates=5)).iloc[0]
+    # Per-debate changes: -3, -1, -1, -1, -2 (mean -1.6, sd sqrt(0.8)): t = -4.0 on 4 df.
+    assert stats["n"] == 5 and stats["agents"] == 10
+    assert stats["mean_change"] == pytest.approx(-1.6)
+    assert stats["cohens_dz"] == pytest.approx(-1.6 / 0.8944, abs=1e-3)
+    assert stats["t_test_p"] == pytest.approx(0.01613, abs=1e-4)
+    assert stats["wilcoxon_p"] == pytest.approx(0.0625)  # all 5 signs negative: 2 / 2^5
+    assert stats["note"] == ""
+
+
+def test_too_few_debates_are_not_tested() -> None:
+    # Three debates (make demo has two): the means are shown, no p-value or d_z is.
     stats = change_statistics(frame()).iloc[0]
-    # Per-debate changes: -3, -1, -1 (mean -1.67, sd 1.155): t = -2.5 on 2 df.
-    assert stats["n"] == 3 and stats["agents"] == 6
-    assert stats["mean_change"] == pytest.approx(-5 / 3)
-    assert stats["cohens_dz"] == pytest.approx((-5 / 3) / 1.1547, abs=1e-3)
-    assert stats["t_test_p"] == pytest.approx(0.1296, abs=1e-3)
+    assert stats["n"] == 3 and stats["mean_change"] == pytest.approx(-5 / 3)
+    assert math.isnan(stats["t_test_p"]) and math.isnan(stats["wilcoxon_p"])
+    assert math.isnan(stats["cohens_dz"])
+    assert stats["note"] == "too few to test: n=3 < 5"

@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from stancelab.conversation.personas import Topic
+from stancelab.conversation.statistics import MIN_N, paired_tests
 from stancelab.debates.analysis import (
     KIND_COLORS,
     attitude_frame,
@@ -34,10 +35,11 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
     each debate contributes the mean change of its agents of that kind, and the tests run
     over debates: t-test on those changes (paired first/last), Wilcoxon signed-rank, and
     Cohen's d_z (mean change over their standard deviation). ``n`` counts debates,
-    ``agents`` the agents behind them.
+    ``agents`` the agents behind them. Below ``statistics.MIN_N`` debates (or with no
+    spread) the p-values and d_z are NaN and ``note`` says why ("too few to test: n=2 <
+    5"): a p-value from two debates is not a finding.
     """
     import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
-    from scipy import stats  # noqa: PLC0415 - lazy: scipy is heavy to import
 
     frame = frame[(frame["question_id"] == "attitude") & frame["ok"].astype(bool)]
     if "condition" not in frame:
@@ -57,12 +59,10 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
         pairs = agent_pairs.groupby(level="debate_id").mean()
         diff = pairs[last_it] - pairs[first_it]
         n = len(diff)
-        t_p = w_p = d_z = math.nan
-        if n >= 2 and diff.std(ddof=1) > 0:
-            t_p = float(stats.ttest_rel(pairs[last_it], pairs[first_it]).pvalue)
-            d_z = float(diff.mean() / diff.std(ddof=1))
-        if n >= 2 and (diff != 0).any():
-            w_p = float(stats.wilcoxon(diff).pvalue)
+        t_row, wilcoxon_row = paired_tests(
+            pairs[first_it], pairs[last_it], claim_id="attitude-change", min_n=MIN_N
+        )
+        d_z = float(diff.mean() / diff.std(ddof=1)) if t_row.ran else math.nan
         rows.append(
             {
                 "condition": condition,
@@ -77,9 +77,12 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
                 "mean_first": float(pairs[first_it].mean()),
                 "mean_last": float(pairs[last_it].mean()),
                 "mean_change": float(diff.mean()),
-                "t_test_p": t_p,
-                "wilcoxon_p": w_p,
+                "t_test_p": t_row.p,
+                "wilcoxon_p": wilcoxon_row.p,
                 "cohens_dz": d_z,
+                # Why a test did not run (too few debates, no spread); rank-CI remarks are
+                # about an interval this table does not show.
+                "note": next((r.note for r in (t_row, wilcoxon_row) if not r.ran), ""),
             }
         )
     return pd.DataFrame(rows)

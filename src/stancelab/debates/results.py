@@ -6,13 +6,17 @@ The same reader serves experiment runs (``runs/NAME``) and single debates
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from stancelab.debates.analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates.experiment import ExperimentConfig
 from stancelab.debates.report import change_statistics, write_report
-from stancelab.debates.runner import RUN_META, RunFolder, experiment_status
+from stancelab.debates.runner import RUN_META, RunFolder, experiment_status, run_experiment
 from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError
 
@@ -113,3 +117,24 @@ def open_run(where: str | Path, run_id: str | None = None) -> Run:
         run_id = runs[0].id
     store.get_run(run_id)  # a clear error for an unknown id
     return Run(store, run_id, folder)
+
+
+def run_config(
+    config: ExperimentConfig,
+    out: Path,
+    text: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Run:
+    """Run (or resume) an experiment in ``OUT/NAME`` and open the finished run.
+
+    Args:
+        config: the validated experiment.
+        out: the folder that holds run folders.
+        text: the experiment file's text, kept in the run folder; None: the config
+            written as YAML (an experiment built in Python).
+        log: where progress lines go.
+    """
+    if text is None:
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    result = run_experiment(config, text, out, log=log)
+    return open_run(result.folder.path, result.run_id)

@@ -12,12 +12,14 @@ from typing import Any
 
 from stancelab.engine.adapters import check_adapter_gguf
 from stancelab.engine.base import LanguageModel
+from stancelab.engine.errors import ConfigError
 from stancelab.engine.models import model_fingerprint, resolve_model
 from stancelab.engine.registry import (
     AdapterConfig,
     ModelConfig,
     ModelEntry,
     backend_names,
+    get_backend,
     model_entry,
     parse_options,
 )
@@ -29,7 +31,9 @@ __all__ = [
     "ModelEntry",
     "backend_names",
     "check_model",
+    "check_reachable",
     "load_model",
+    "model_config",
     "model_entry",
     "open_model",
 ]
@@ -101,10 +105,57 @@ def load_model(model: ModelConfig | str | dict[str, Any], **fields: Any) -> Lang
         pydantic.ValidationError: A mapping whose fields do not validate (an empty name,
             ``parallel=0``, an unknown key).
     """
+    return open_model(model_config(model, **fields))
+
+
+def model_config(model: ModelConfig | str | dict[str, Any], **fields: Any) -> ModelConfig:
+    """The model entry ``load_model`` opens, validated but not opened.
+
+    Args:
+        model: An embedded model name, a ``.gguf`` path, a server URL (the ``openai``
+            backend on that server, model ``default``), a mapping of ``ModelConfig``
+            fields, or a ``ModelConfig``.
+        **fields: ``ModelConfig`` fields that override the entry's own.
+
+    Raises:
+        pydantic.ValidationError: fields that do not validate.
+    """
     if isinstance(model, str) and model.startswith(("http://", "https://")):
         entry: dict[str, Any] = {"name": "default", "backend": "openai", "base_urls": [model]}
     elif isinstance(model, ModelConfig):
         entry = model.model_dump()
     else:
         entry = dict(model_entry(model))
-    return open_model({**entry, **fields})
+    return ModelConfig.model_validate({**entry, **fields})
+
+
+def check_reachable(config: ModelConfig, timeout_s: float = 5.0) -> None:
+    """Refuse a model on a remote backend none of whose servers answers, before a run.
+
+    Any HTTP answer counts as reachable (a server without a model listing, or one that
+    wants a key, is there); only a connection that fails or times out does not. Engines
+    on this machine are not checked.
+
+    Args:
+        config: the model entry; its backend's ``remote`` flag says whether it has servers.
+        timeout_s: seconds to wait for each server.
+
+    Raises:
+        ConfigError: every server of the entry is unreachable (one line naming them).
+    """
+    if not get_backend(config).remote or not config.base_urls:
+        return
+    import httpx  # noqa: PLC0415 - lazy: only remote entries need an HTTP client
+
+    from stancelab.engine.openai.transport import public_url  # noqa: PLC0415 - same reason
+
+    trust_env = bool(config.options.get("trust_env", True))  # the proxies requests will use
+    failures = []
+    for url in config.base_urls:
+        try:
+            httpx.get(url.rstrip("/") + "/models", timeout=timeout_s, trust_env=trust_env)
+        except httpx.HTTPError as exc:
+            failures.append(f"{public_url(url)} ({type(exc).__name__})")
+        else:
+            return
+    raise ConfigError(f"model {config.name!r}: cannot reach {', '.join(failures)}")
