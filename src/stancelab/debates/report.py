@@ -11,7 +11,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
 from stancelab.conversation.personas import Topic
-from stancelab.conversation.statistics import MIN_N, paired_tests
 from stancelab.debates.analysis import (
     KIND_COLORS,
     attitude_frame,
@@ -59,6 +58,9 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
         pairs = agent_pairs.groupby(level="debate_id").mean()
         diff = pairs[last_it] - pairs[first_it]
         n = len(diff)
+        # lazy: scipy and statsmodels are heavy, and reading a run must not need them
+        from stancelab.conversation.statistics import MIN_N, paired_tests  # noqa: PLC0415
+
         t_row, wilcoxon_row = paired_tests(
             pairs[first_it], pairs[last_it], claim_id="attitude-change", min_n=MIN_N
         )
