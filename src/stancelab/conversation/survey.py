@@ -165,13 +165,16 @@ class SurveyQuestion:
     ``iterations`` None follows the paper: before the debate and after every full
     round-robin cycle. Otherwise "always" (before every reply and at the end) or a
     tuple of message counts at which to ask, where -1 means at the end (SAUCE's rule).
-    ``kind`` "scale" reads a 0-10 answer; "text" stores the greedy reply as it is.
+    ``kind`` "scale" reads an answer on ``scale`` (the debate paper's 0-10 by default:
+    the same ``Scale`` the human-LLM study's stance item uses); "text" stores the greedy
+    reply as it is.
     """
 
     id: str
     text: str
     kind: str = "scale"
     iterations: tuple[int, ...] | str | None = None
+    scale: Scale = ZERO_TO_TEN
 
     def __post_init__(self) -> None:
         if not self.id.strip() or not self.text.strip():

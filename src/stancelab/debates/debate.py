@@ -320,6 +320,7 @@ class Debate:
                     question=q.text,
                     kind=q.kind,
                     conversation_id=f"debate-{self.spec.seed}-agent-{agent}",
+                    scale=q.scale,
                 )
                 pending.append((item, tuple(modes)))
         return pending
