@@ -220,3 +220,23 @@ def test_serve_and_pilot_refuse_a_probe_below_the_coverage_minimum(tmp_path: Pat
     blind = FakeChatModel(continuations=lambda _base: {"banana": 1.0})
     with pytest.raises(ConfigError, match=r"chatbot\.min_probe_coverage: fake-chat puts 0\.0%"):
         simulate(make_config(), 1, db=tmp_path / "sim.db", lm=blind)
+
+
+def test_a_v1_study_asks_its_probe_exactly_as_0_3_did() -> None:
+    from stancelab.study.replies import build_chatbot
+    from stancelab.study.store import ParticipantRow
+
+    config = make_config(chatbot={"prompt_version": "v1"})
+    row = ParticipantRow(topic="climate change", condition="standard", demographics={})
+    asked = build_chatbot(config, row).probe_prompt([])[-1]["content"]
+    assert asked == (
+        "Before we go on, a quick question for you, the chatbot, about your own view. On a "
+        "scale of 0 to 10, how much do you think that climate change is a big problem? "
+        "Answer with a single number from 0 to 10."
+    )
+    v2 = build_chatbot(make_config(stance_item="agreement"), row).probe_prompt([])[-1]["content"]
+    assert v2.endswith(
+        "(1 = Strongly disagree, 2 = Disagree, 3 = Somewhat disagree, "
+        "4 = Neither agree nor disagree, 5 = Somewhat agree, 6 = Agree, "
+        "7 = Strongly agree)."
+    )

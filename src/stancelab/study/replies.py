@@ -28,7 +28,13 @@ JobKey = tuple[str, int]
 
 def build_chatbot(config: StudyConfig, row: ParticipantRow) -> Chatbot:
     """The chatbot of one participant's condition and topic."""
-    question = config.probe_question(row.topic)
+    # v1's probe template carries its own "Answer with a single number from 0 to 10.": it
+    # gets the bare question, so a 0.3 study asks exactly what it asked before
+    question = (
+        config.stance_question(row.topic)
+        if config.chatbot.prompt_version == "v1"
+        else config.probe_question(row.topic)
+    )
     profile = None
     if row.condition == Condition.PERSONALISED:
         labels = {q.id: q.label for q in config.questions.demographics}
