@@ -240,3 +240,26 @@ def test_a_v1_study_asks_its_probe_exactly_as_0_3_did() -> None:
         "4 = Neither agree nor disagree, 5 = Somewhat agree, 6 = Agree, "
         "7 = Strongly agree)."
     )
+
+
+def test_a_judge_failing_its_coverage_marks_the_old_report_out_of_date(
+    store: StudyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    import stancelab.study.cli as cli
+
+    app = typer.Typer()
+    app.add_typer(cli.study_app, name="study")
+    study_app = create_app(make_config(), store, FakeChatModel(), secret=SECRET)
+    _complete(TestClient(study_app, follow_redirects=True), "p1")
+    db, out = store.url.removeprefix("sqlite:///"), tmp_path / "rep"
+    first = CliRunner().invoke(app, ["study", "report", db, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    blind = FakeChatModel(continuations=lambda _base: {"banana": 1.0})
+    monkeypatch.setattr(cli, "open_model", lambda _name: blind)
+    again = CliRunner().invoke(app, ["study", "report", db, "--out", str(out), "--judge", "x"])
+    assert again.exit_code == 2 and "use a larger judge model" in again.output
+    assert "id='stale'" in (out / "index.html").read_text()
+    assert "use a larger judge model" in (out / "STALE.txt").read_text()
