@@ -282,6 +282,8 @@ class Measurement:
     """The measured replies, cleaned as a debate stores them (stand-ins for history)."""
     requests_per_point: float | None
     """Scoring requests one survey point took (None: not scored)."""
+    tokens_per_scoring: float | None
+    """Tokens a scoring request generated (its short greedy path)."""
     seconds: float
 
 
@@ -415,8 +417,11 @@ class _Counter:
         if measured and measured.requests_per_point:
             rate = measured.requests_per_point  # how flat the model's answers are decides
         # A path request decodes the short path it asks for; a tree level one token.
-        length = path_plan(ChoiceRequest(item.prompt, item.scale.candidates))[0] if paths else 1
-        self.request(stage, key, item.prompt, length, length, conversation, rate)
+        bound = path_plan(ChoiceRequest(item.prompt, item.scale.candidates))[0] if paths else 1
+        expected = bound
+        if measured and measured.tokens_per_scoring is not None:
+            expected = min(bound, measured.tokens_per_scoring)
+        self.request(stage, key, item.prompt, expected, bound, conversation, rate)
 
 
 def _personas(plan: Plan, folder: RunFolder) -> tuple[PersonaSet | None, int]:
@@ -496,9 +501,9 @@ def estimate(
             for kind, group in fidelity_groups(personas).items():
                 fmt = plan.formats[(first, kind)]
                 items, _ = fidelity_items(group, config.topic_objects(), plan.prompts, fmt)
-                for item in items:
+                for asked in items:
                     counter.survey(
-                        "fidelity", keys[(first, kind)], item, fidelity_mode(modes), None
+                        "fidelity", keys[(first, kind)], asked, fidelity_mode(modes), None
                     )
     planned = planned_debates(plan, personas, modes)
     stored = {row.key: row for row in store.debates(run_id)} if store and run_id else {}
@@ -653,6 +658,7 @@ def measure(
     prompt = after.prompt_tokens - before.prompt_tokens
     computed = after.recomputed_tokens - before.recomputed_tokens
     survey_chars = statistics.fmean(prompt_chars(p) for p in surveys)
+    path_tokens = (after.completion_tokens - before.completion_tokens) / sent if sent else None
     prompt_tps = (computed or prompt or survey_chars / CHARS_PER_TOKEN) / max(t1, 1e-6)
     speaker = agents[0]
     turn = debate.turn_request(TurnStep(1, speaker), 1)
@@ -684,6 +690,7 @@ def measure(
         reply_fraction=statistics.fmean(g.completion_tokens for g in gens) / turn.max_tokens,
         replies=[t for t in cleaned if is_usable(t)],
         requests_per_point=points,
+        tokens_per_scoring=path_tokens if points is not None else None,
         seconds=time.perf_counter() - started,
     )
 
