@@ -343,11 +343,16 @@ class Estimate:
             out.append("  cost: no price (no model entry sets price_per_million)")
         else:
             out.append(
-                f"  cost: about ${self.cost:,.2f} (at most ${self.cost_bound or 0:,.2f} with "
+                f"  cost: about {usd(self.cost)} (at most {usd(self.cost_bound or 0)} with "
                 "every reply at max_tokens), from price_per_million"
             )
         out += [f"  note: {n}" for n in self.notes]
         return out
+
+
+def usd(amount: float) -> str:
+    """An amount of US dollars, with cents, or four digits where it is under a cent."""
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4g}"
 
 
 def _duration(seconds: float) -> str:
@@ -418,7 +423,7 @@ class _Counter:
             rate = measured.requests_per_point  # how flat the model's answers are decides
         # A path request decodes the short path it asks for; a tree level one token.
         bound = path_plan(ChoiceRequest(item.prompt, item.scale.candidates))[0] if paths else 1
-        expected = bound
+        expected: float = bound
         if measured and measured.tokens_per_scoring is not None:
             expected = min(bound, measured.tokens_per_scoring)
         self.request(stage, key, item.prompt, expected, bound, conversation, rate)
