@@ -85,6 +85,9 @@ STORY_MAX_TOKENS = 256
 """``generate_personas``' limit per story draw."""
 MEASURED_REPLIES = 4
 """Replies the measurement asks for at least (all slots at once when there are more)."""
+MEASURED_POINTS = 8
+"""Distinct first surveys the measurement scores (scoring requests per point vary with the
+prompt by a request or two on small models: a mean over a few)."""
 MAX_COST_ENV = "STANCELAB_MAX_COST"
 """Environment variable holding the default ``--max-cost`` (USD)."""
 
@@ -636,19 +639,23 @@ def _cost(plan: Plan, models: dict[str, Tally]) -> tuple[float | None, float | N
 
 
 def measure(
-    engine: LanguageModel, debate: Debate, agents: list[int], slots: int, name: str
+    engine: LanguageModel,
+    surveys: list[Prompt],
+    debate: Debate,
+    speaker: int,
+    slots: int,
+    name: str,
 ) -> Measurement:
-    """A few seconds of an opened model on a debate's own prompts: the first survey of
-    ``agents`` scored at once (prompt speed, tokens per character, scoring requests per
-    point: 1.1 on Qwen 0.5B, 4 and more on SmolLM2 135M, whose answers are flatter),
-    then the first agent's first reply asked on every slot at once (generation speed,
-    reply length).
+    """A few seconds of an opened model on a design's own prompts: ``surveys`` (first
+    surveys of its agents) scored at once (prompt speed, tokens per character, scoring
+    requests per point: 1.1 on Qwen 0.5B, about 4 on SmolLM2 135M, whose answers are
+    flatter), then agent ``speaker``'s first reply in ``debate`` asked on every slot at
+    once (generation speed, reply length).
 
     The requests are real ones (a hosted model bills them) and are counted in the
     engine's totals like any other.
     """
     started = time.perf_counter()
-    surveys = [debate.survey_prompt(a) for a in agents]
     before = dataclasses.replace(engine.stats)
     t0 = time.perf_counter()
     points: float | None = None
@@ -665,7 +672,6 @@ def measure(
     survey_chars = statistics.fmean(prompt_chars(p) for p in surveys)
     path_tokens = (after.completion_tokens - before.completion_tokens) / sent if sent else None
     prompt_tps = (computed or prompt or survey_chars / CHARS_PER_TOKEN) / max(t1, 1e-6)
-    speaker = agents[0]
     turn = debate.turn_request(TurnStep(1, speaker), 1)
     requests = [
         dataclasses.replace(turn, seed=derive_seed(debate.spec.seed, "measure", k))
@@ -729,16 +735,32 @@ def estimate_run(
         personas, _ = _personas(plan, RunFolder(out / plan.name))
         planned = planned_debates(plan, personas, plan.modes)
         for key, engine in engines.items():
+            surveys: dict[str, Prompt] = {}  # distinct first surveys, up to MEASURED_POINTS
+            turn: tuple[Debate, int] | None = None
             for item, spec in planned:
-                agents = [
-                    a
-                    for a, p in enumerate(spec.personas)
-                    if model_key(plan.models[(item.condition, p.kind)]) == key
-                ]
-                if agents:
-                    debate = new_debate(item, spec, plan.prompts, plan.formats)
-                    measured[key] = measure(engine, debate, agents, slots[key], key)
+                debate = new_debate(item, spec, plan.prompts, plan.formats)
+                for agent, persona in enumerate(spec.personas):
+                    if model_key(plan.models[(item.condition, persona.kind)]) == key:
+                        prompt = debate.survey_prompt(agent)
+                        surveys.setdefault(_prompt_text(prompt), prompt)
+                        # The reply the run asks first, where this model gives it.
+                        if turn is None or agent == debate.first_speaker:
+                            turn = (debate, agent) if turn is None or turn[0] is debate else turn
+                if len(surveys) >= MEASURED_POINTS:
                     break
+            config = plan.experiment
+            if config is not None and personas is not None and config.personas.check_fidelity:
+                for kind, group in fidelity_groups(personas).items():
+                    if model_key(plan.models[(first, kind)]) == key:
+                        fmt = plan.formats[(first, kind)]
+                        items, _ = fidelity_items(
+                            group, config.topic_objects()[:1], plan.prompts, fmt
+                        )
+                        for asked in items:
+                            surveys.setdefault(_prompt_text(asked.prompt), asked.prompt)
+            if turn is not None:
+                picked = list(surveys.values())[:MEASURED_POINTS]
+                measured[key] = measure(engine, picked, *turn, slots[key], key)
     return estimate(plan, out, engines, measured)
 
 

@@ -321,6 +321,12 @@ class ModelPool:
             if id(engine) not in given:
                 engine.close()
 
+    def __enter__(self) -> ModelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclass
 class RunResult:
