@@ -22,7 +22,7 @@ from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run
 from stancelab.debates.formats import probe_format
 from stancelab.engine.base import ChoiceRequest, GenerationRequest
 from stancelab.engine.errors import ChatOnlyError, ConfigError, EngineError, ModelError
-from stancelab.engine.factory import ModelConfig, open_model
+from stancelab.engine.factory import ModelConfig, Price, open_model
 from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
 from stancelab.engine.openai_compat import (
     NoLogprobsError,
@@ -154,7 +154,8 @@ def test_the_server_answers_what_it_can_do(proxy: FaultProxy) -> None:
 
 def test_a_real_debate_runs_through_http(server: ServerProcess) -> None:
     debates = make_debates(2)
-    with connect(server.url, price_per_1k_prompt=0.5, price_per_1k_completion=1.5) as lm:
+    price = Price(input=500, output=1500)  # USD per million tokens
+    with OpenAICompatModel(MODEL, [server.url], parallel=4, options=FAST, price=price) as lm:
         run_debates(lm, debates)
         for debate in debates:
             assert_complete(debate)
@@ -162,7 +163,7 @@ def test_a_real_debate_runs_through_http(server: ServerProcess) -> None:
             assert all(a.coverage and a.coverage > 0 for a in dist)
         stats = lm.stats
         assert stats.completion_tokens > 0 and stats.cached_tokens > 0
-        expected_cost = (stats.prompt_tokens * 0.5 + stats.completion_tokens * 1.5) / 1000
+        expected_cost = (stats.prompt_tokens * 500 + stats.completion_tokens * 1500) / 1e6
         assert stats.extra["cost_usd"] == pytest.approx(expected_cost)
 
 

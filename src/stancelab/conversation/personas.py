@@ -549,16 +549,11 @@ def generate_personas(
     chosen = parse_format(prompt_format)
     covered = [paper_topic(t) for t in PAPER_TOPICS]
     extra = [t for t in topics or [] if t.name.strip().lower() not in PAPER_TOPICS]
-    meta_template, background_template = persona_templates(prompt_folder)
+    _, background_template = persona_templates(prompt_folder)
     names = persona_names(2 * per_party, seed, exclude={BUILTIN_PERSONAS["default"][0].name})
     slots = [(party, i) for party in PARTIES for i in range(per_party)]
     slot_names = {slot: names[k] for k, slot in enumerate(slots)}
-    prompts = {
-        party: meta_template.format(
-            party=party.capitalize(), ideology=ideology_lines(party, [*covered, *extra])
-        )
-        for party in PARTIES
-    }
+    prompts = meta_prompts(topics, prompt_folder)
     drafts: dict[tuple[str, int], StoryDraft] = {}
     for draft in done:
         if slot_names.get((draft.party, draft.slot)) == draft.name:
@@ -612,6 +607,20 @@ def generate_personas(
         "attempts": {slot_names[s]: drafts[s].attempts for s in slots},
     }
     return PersonaSet(personas, meta)
+
+
+def meta_prompts(topics: Sequence[Topic] | None, folder: Path | None = None) -> dict[str, str]:
+    """The meta-prompt (Figure 1) per party: the four Pew topics and any other topic
+    the experiment debates (None: the four)."""
+    covered = [paper_topic(t) for t in PAPER_TOPICS]
+    extra = [t for t in topics or [] if t.name.strip().lower() not in PAPER_TOPICS]
+    meta_template, _ = persona_templates(folder)
+    return {
+        party: meta_template.format(
+            party=party.capitalize(), ideology=ideology_lines(party, [*covered, *extra])
+        )
+        for party in PARTIES
+    }
 
 
 def persona_templates(folder: Path | None) -> tuple[str, str]:

@@ -269,7 +269,8 @@ class SurveyItem:
     """The points a scale question is answered on."""
 
 
-def _max_tokens(item: SurveyItem) -> int:
+def answer_max_tokens(item: SurveyItem) -> int:
+    """The most tokens a generated answer to a survey item may take."""
     if item.kind != "scale":
         return 96
     # A transcript continues "Me:" with the number; a chat model starts a fresh message
@@ -324,7 +325,7 @@ def ask(
                 GenerationRequest(
                     items[k].prompt,
                     temperature=0.0,
-                    max_tokens=_max_tokens(items[k]),
+                    max_tokens=answer_max_tokens(items[k]),
                     stop=("\n",),
                     conversation_id=items[k].conversation_id,
                 )

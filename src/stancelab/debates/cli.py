@@ -24,6 +24,14 @@ from stancelab.conversation.survey import SurveyAnswer, parse_modes
 from stancelab.conversation.templates import load_prompts
 from stancelab.debates.analysis import attitude_frame, plot_attitudes, turn_frame
 from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
+from stancelab.debates.estimate import (
+    MAX_COST_ENV,
+    Estimate,
+    ProgressLines,
+    check_cost,
+    default_max_cost,
+    estimate_run,
+)
 from stancelab.debates.experiment import load_experiment
 from stancelab.debates.formats import check_format_option, probe_format, resolve_format
 from stancelab.debates.report import write_report
@@ -36,7 +44,7 @@ from stancelab.debates.runner import (
     ensure_writable_dir,
     execute,
     experiment_status,
-    run_experiment,
+    plan_experiment,
 )
 from stancelab.debates.sauce import load_sauce
 from stancelab.debates.single import debate_spec, plan_debate
@@ -298,11 +306,89 @@ def run_command(
     file: Annotated[Path, typer.Argument(help="Experiment file (YAML).")],
     out: Annotated[Path, typer.Option(help="Folder holding run folders.")] = Path("runs"),
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the estimate (requests, tokens, time, cost) and stop.")
+    ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Open the models to count tokens and time a few seconds of work."),
+    ] = True,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
+    progress_every: Annotated[
+        float, typer.Option(help="Seconds between progress lines when output is not a terminal.")
+    ] = 60.0,
 ) -> None:
-    """Run an experiment file; run it again after an interruption to resume."""
+    """Run an experiment file; run it again after an interruption to resume.
+
+    The estimate of what it needs is printed before the first reply is asked."""
 
     config = load_experiment(file)
-    text = file.read_text(encoding="utf-8")
+    plan = plan_experiment(config, file.read_text(encoding="utf-8"))
+    limit = max_cost if max_cost is not None else default_max_cost()
+    pool = ModelPool()
+    try:
+        found = _estimate(plan, out, pool if measure else None, dry_run)
+        for line in found.lines():
+            _line(line)
+        if dry_run:
+            opened = (
+                "models were opened to measure them"
+                if found.seconds is not None
+                else ("no model was opened")
+            )
+            console.print(f"dry run: no debate was run ({opened})")
+            return
+        ask = (lambda q: typer.confirm(q)) if console.is_terminal else None
+        check_cost(found, limit, yes, ask)
+        result = _run_with_progress(plan, out, pool, found, progress_every)
+    finally:
+        pool.close()
+    stats = result.stats
+    console.print(
+        f"{'resumed' if result.resumed else 'ran'} {config.name}: {result.debates} debates "
+        f"({result.failed} failed) in {result.elapsed_s:.0f} s · prompt tokens "
+        f"{stats['prompt_tokens']} ({stats['cached_tokens']} from cache), "
+        f"{stats['completion_tokens']} generated · {result.folder.path}"
+    )
+    if report:
+        path = write_report(result.folder)
+        console.print(f"report: {path}")
+
+
+def _line(text: str) -> None:
+    """One line of a log, never wrapped (it may go to a file)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def _estimate(plan: Plan, out: Path, pool: ModelPool | None, dry_run: bool) -> Estimate:
+    """The run's estimate, measured on its models; a dry run whose models cannot be
+    opened is counted without them."""
+
+    def log(message: str) -> None:
+        console.print(message, style="dim")
+
+    try:
+        return estimate_run(plan, out, pool, log)
+    except StancelabError as exc:
+        if not dry_run or pool is None:
+            raise
+        console.print(f"could not open the models ({exc}); counting without them")
+        return estimate_run(plan, out, None, log)
+
+
+def _run_with_progress(
+    plan: Plan, out: Path, pool: ModelPool, found: Estimate, every_s: float
+) -> RunResult:
+    """Run with live bars on a terminal, or a progress line every ``every_s`` seconds
+    when the output goes to a file or a batch job's log."""
+    log = _warn
+    if not console.is_terminal:
+        with ProgressLines(found, pool.stats, _line, every_s) as lines:
+            return execute(plan, out, None, log, models=pool, events=lines.events())
     bars = RichProgress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -320,23 +406,7 @@ def run_command(
 
     progress = Progress(on_cell=on_cell, on_change=lambda cell, n: bars.advance(tasks[cell], n))
     with bars:
-        result = run_experiment(
-            config,
-            text,
-            out,
-            progress,
-            log=lambda m: console.print(m, style="yellow" if m.startswith("WARNING") else None),
-        )
-    stats = result.stats
-    console.print(
-        f"{'resumed' if result.resumed else 'ran'} {config.name}: {result.debates} debates "
-        f"({result.failed} failed) in {result.elapsed_s:.0f} s · prompt tokens "
-        f"{stats['prompt_tokens']} ({stats['cached_tokens']} from cache), "
-        f"{stats['completion_tokens']} generated · {result.folder.path}"
-    )
-    if report:
-        path = write_report(result.folder)
-        console.print(f"report: {path}")
+        return execute(plan, out, progress, log, models=pool)
 
 
 @app.command()

@@ -65,6 +65,24 @@ class TopicFidelity:
         )
 
 
+def fidelity_items(
+    personas: list[Persona],
+    topics: list[Topic],
+    prompts: PromptSet,
+    prompt_format: PromptFormat | None = None,
+) -> tuple[list[SurveyItem], list[tuple[Persona, Topic]]]:
+    """The survey items of a fidelity check (every persona on every topic, empty
+    history) and who and what each one asks about."""
+    items, keys = [], []
+    formats = None if prompt_format is None else (prompt_format,)
+    for topic in topics:
+        for persona in personas:
+            debate = Debate(DebateSpec(topic.name, (persona,), 0), prompts, formats)
+            items.append(SurveyItem(0, 0, debate.survey_prompt(0)))
+            keys.append((persona, topic))
+    return items, keys
+
+
 def survey_personas(
     lm: LanguageModel,
     personas: list[Persona],
@@ -75,13 +93,7 @@ def survey_personas(
 ) -> list[FidelityRow]:
     """Ask each persona the survey question with an empty history, for every topic, in
     the format the debates will use (None: ``prompts.format``)."""
-    items, keys = [], []
-    formats = None if prompt_format is None else (prompt_format,)
-    for topic in topics:
-        for persona in personas:
-            debate = Debate(DebateSpec(topic.name, (persona,), 0), prompts, formats)
-            items.append(SurveyItem(0, 0, debate.survey_prompt(0)))
-            keys.append((persona, topic))
+    items, keys = fidelity_items(personas, topics, prompts, prompt_format)
     answers = ask(lm, items, (mode,))
     return [
         FidelityRow(p.name, p.kind, t.name, a.score, a.coverage)

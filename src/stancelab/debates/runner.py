@@ -26,6 +26,7 @@ from stancelab._version import __version__
 from stancelab.conversation.personas import (
     BUILTIN_PERSONAS,
     KNOWN_KINDS,
+    Persona,
     PersonaSet,
     StoryDraft,
     generate_personas,
@@ -319,6 +320,12 @@ class ModelPool:
         for engine in self._unique():
             if id(engine) not in given:
                 engine.close()
+
+    def __enter__(self) -> ModelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -640,17 +647,7 @@ class _Execution:
     def _plan_debates(
         self, personas: PersonaSet | None, modes: tuple[SurveyMode, ...]
     ) -> list[tuple[PlannedDebate, DebateSpec]]:
-        config = self.plan.experiment
-        if config is None or personas is None:
-            planned = list(self.plan.debates)
-        else:
-            pools = {kind: personas.of_kind(kind) for kind in ("republican", "democrat")}
-            planned = [
-                (p, experiment_spec(config, p))
-                for p in plan_debates(config, pools, BUILTIN_PERSONAS["default"][0])
-            ]
-        # The instrument the engines can give (see _survey_modes) is the run's.
-        return [(p, dataclasses.replace(spec, survey_modes=modes)) for p, spec in planned]
+        return planned_debates(self.plan, personas, modes)
 
     def _start(
         self, modes: tuple[SurveyMode, ...], notes: list[str], personas: PersonaSet | None
@@ -716,6 +713,30 @@ class _Execution:
         return failed
 
 
+def planned_debates(
+    plan: Plan, personas: PersonaSet | None, modes: tuple[SurveyMode, ...]
+) -> list[tuple[PlannedDebate, DebateSpec]]:
+    """Every debate of a plan: its own, or for an experiment those its personas give,
+    each surveyed with ``modes`` (the instrument the engines can give is the run's)."""
+    config = plan.experiment
+    if config is None or personas is None:
+        planned = list(plan.debates)
+    else:
+        pools = {kind: personas.of_kind(kind) for kind in ("republican", "democrat")}
+        planned = [
+            (p, experiment_spec(config, p))
+            for p in plan_debates(config, pools, BUILTIN_PERSONAS["default"][0])
+        ]
+    return [(p, dataclasses.replace(spec, survey_modes=modes)) for p, spec in planned]
+
+
+def new_debate(
+    item: PlannedDebate, spec: DebateSpec, prompts: PromptSet, formats: Formats
+) -> Debate:
+    """A planned debate's state machine, each agent in its model's prompt format."""
+    return Debate(spec, prompts, [formats[(item.condition, p.kind)] for p in spec.personas])
+
+
 def experiment_spec(config: ExperimentConfig, planned: PlannedDebate) -> DebateSpec:
     """The debate an experiment file asks for at one place of its design."""
     return DebateSpec(
@@ -748,6 +769,20 @@ def _cell(planned: PlannedDebate) -> str:
     return f"{planned.condition} · {cell}" if planned.condition else cell
 
 
+def fidelity_mode(modes: tuple[SurveyMode, ...]) -> SurveyMode:
+    """The fidelity check's instrument: the run's own, distribution where it has it."""
+    return SurveyMode.DISTRIBUTION if SurveyMode.DISTRIBUTION in modes else modes[0]
+
+
+def fidelity_groups(personas: PersonaSet) -> dict[str, list[Persona]]:
+    """Who the fidelity check surveys, per agent kind: every partisan, one Default agent."""
+    groups = {
+        kind: personas.of_kind(kind) if kind != "default" else [BUILTIN_PERSONAS["default"][0]]
+        for kind in KNOWN_KINDS
+    }
+    return {kind: group for kind, group in groups.items() if group}
+
+
 def _fidelity(
     config: ExperimentConfig,
     personas: PersonaSet,
@@ -766,15 +801,9 @@ def _fidelity(
     if not rows:
         log("fidelity check: surveying every persona before any debate…")
         checked = []
-        default = BUILTIN_PERSONAS["default"][0]
-        # The run's own instrument: distribution where the engines give log-probabilities.
-        mode = SurveyMode.DISTRIBUTION if SurveyMode.DISTRIBUTION in modes else modes[0]
-        for kind in KNOWN_KINDS:
-            group = personas.of_kind(kind) if kind != "default" else [default]
-            if group:
-                checked += survey_personas(
-                    engines[kind], group, topics, prompts, mode, formats[kind]
-                )
+        mode = fidelity_mode(modes)
+        for kind, group in fidelity_groups(personas).items():
+            checked += survey_personas(engines[kind], group, topics, prompts, mode, formats[kind])
         store.add_persona_checks(run_id, checked)
         rows = store.persona_checks(run_id)
     summary = summarise(rows, topics)  # type: ignore[arg-type]
@@ -805,8 +834,7 @@ def _debates(
     stored = {row.key: row for row in store.debates(run_id)}
     out = []
     for item, spec in planned:
-        agent_formats = [formats[(item.condition, p.kind)] for p in spec.personas]
-        debate = Debate(spec, prompts, agent_formats)
+        debate = new_debate(item, spec, prompts, formats)
         row = stored.get(item.key)
         if row is None:
             debate_id = store.add_debate(

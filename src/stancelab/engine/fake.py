@@ -9,6 +9,7 @@ the real scoring code runs on them.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,9 +64,20 @@ class ScriptedModel(LanguageModel):
     scored_prompts: list[str] = field(default_factory=list)
     delay_s: float = 0.0
     """Seconds each ``generate`` call waits, to imitate an engine's latency."""
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.name = "scripted"
+
+    def _count(self, prompt: Prompt, completion_tokens: int) -> int:
+        """Count one request into ``stats`` like an engine that sees the wire; a token is
+        a word (returns the prompt's)."""
+        tokens = len(_as_text(prompt).split())
+        with self._count_lock:  # debates call from many worker threads
+            self.stats.requests += 1
+            self.stats.prompt_tokens += tokens
+            self.stats.completion_tokens += completion_tokens
+        return tokens
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Answer each request with the scripted reply, cut at the first stop string."""
@@ -78,7 +90,7 @@ class ScriptedModel(LanguageModel):
             for stop in request.stop:
                 if stop in text:
                     text = text[: text.index(stop)]
-            tokens = len(_as_text(request.prompt).split())
+            tokens = self._count(request.prompt, len(text.split()))
             out.append(
                 Generation(text=text, prompt_tokens=tokens, completion_tokens=len(text.split()))
             )
@@ -97,6 +109,7 @@ class ScriptedModel(LanguageModel):
         out = []
         for prompt in prompts:
             base, emitted = _split(prompt)
+            self._count(prompt, 1)  # one next token, as an engine decodes for it
             self.scored_prompts.append(base)
             dist = self.continuations(base)
             mass: dict[str, float] = {}

@@ -58,6 +58,7 @@ from stancelab.engine.openai.transport import (
     normalise_base_url,
     public_url,
 )
+from stancelab.engine.registry import Price
 from stancelab.engine.types import conversation_key
 
 __all__ = [
@@ -103,6 +104,7 @@ class OpenAICompatModel(LanguageModel):
         parallel: int = 8,
         options: OpenAIOptions | dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        price: Price | None = None,
     ) -> None:
         if not base_urls:
             raise ConfigError(
@@ -141,9 +143,9 @@ class OpenAICompatModel(LanguageModel):
         self.accounting = Accounting(
             self.stats,
             [public_url(e.base) for e in self.router.endpoints],
-            opts.price_per_1k_prompt,
-            opts.price_per_1k_completion,
+            price,
         )
+        self.price = price
         if opts.check_model:
             self._check_model()
 
@@ -164,8 +166,7 @@ class OpenAICompatModel(LanguageModel):
             "max_retries": opts.max_retries,
             "max_logprobs": opts.max_logprobs,
             "max_stop": opts.max_stop,
-            "price_per_1k_prompt": opts.price_per_1k_prompt,
-            "price_per_1k_completion": opts.price_per_1k_completion,
+            "price_per_million": self.price.model_dump() if self.price else None,
             "httpx": httpx.__version__,
         }
 

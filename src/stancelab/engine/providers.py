@@ -89,6 +89,7 @@ def open_openai(config: ModelConfig, options: OpenAIOptions) -> LanguageModel:
         api_key_env=config.api_key_env,
         parallel=config.parallel,
         options=options,
+        price=config.price_per_million,
     )
 
 

@@ -64,6 +64,21 @@ class AdapterConfig(BaseModel):
     scale: float = 1.0
 
 
+class Price(BaseModel):
+    """What a hosted model costs: US dollars per million tokens sent and generated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    """USD per million prompt tokens."""
+    output: float = Field(ge=0)
+    """USD per million generated tokens."""
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for this many prompt and generated tokens."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
 class ModelConfig(BaseModel):
     """Which model to use and through which backend.
 
@@ -87,6 +102,9 @@ class ModelConfig(BaseModel):
     """Backend-specific settings, checked against the backend's options model."""
     adapters: list[AdapterConfig] = Field(default_factory=list)
     """GGUF LoRA files on top of ``name`` (backend llamacpp), e.g. from ``stancelab finetune``."""
+    price_per_million: Price | None = None
+    """``{input: USD, output: USD}`` per million tokens (a hosted model): the cost a run
+    is estimated at before it starts, and the cost its engine counts (``stats.extra``)."""
 
     @field_validator("adapters", mode="before")
     @classmethod

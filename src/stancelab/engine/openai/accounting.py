@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stancelab.engine.openai import codec
+from stancelab.engine.registry import Price
 from stancelab.engine.types import EngineStats
 
 
@@ -17,12 +18,11 @@ class Accounting:
         self,
         stats: EngineStats,
         endpoints: Sequence[str],
-        price_per_1k_prompt: float = 0.0,
-        price_per_1k_completion: float = 0.0,
+        price: Price | None = None,
     ) -> None:
         self.stats = stats
         self._lock = threading.Lock()
-        self._prices = (price_per_1k_prompt, price_per_1k_completion)
+        self._price = price
         stats.extra.update(
             retries=0, errors={}, cost_usd=0.0, endpoints=dict.fromkeys(endpoints, 0)
         )
@@ -30,15 +30,14 @@ class Accounting:
     def answer(self, endpoint: str, data: dict[str, Any]) -> None:
         """Count one successful answer from ``endpoint`` (a public URL)."""
         counts = codec.usage(data)
-        prompt_price, completion_price = self._prices
+        price = self._price
+        cost = price.cost(counts.prompt_tokens, counts.completion_tokens) if price else 0.0
         with self._lock:
             self.stats.requests += 1
             self.stats.prompt_tokens += counts.prompt_tokens
             self.stats.completion_tokens += counts.completion_tokens
             self.stats.cached_tokens += counts.cached_tokens
-            self.stats.extra["cost_usd"] += (
-                counts.prompt_tokens * prompt_price + counts.completion_tokens * completion_price
-            ) / 1000
+            self.stats.extra["cost_usd"] += cost
             self.stats.extra["endpoints"][endpoint] += 1
 
     def error(self, kind: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class OpenAIOptions(BaseModel):
@@ -49,11 +49,23 @@ class OpenAIOptions(BaseModel):
     """Cap on stop strings per request (OpenAI: 4); the debate also cuts replies itself."""
     check_model: bool = True
     """Check at start that the servers list the model name (catches typos early)."""
-    price_per_1k_prompt: float = Field(default=0.0, ge=0)
-    price_per_1k_completion: float = Field(default=0.0, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields for every request (e.g. vLLM's ``top_k``)."""
     continue_final_message: bool = False
     """vLLM: continue a trailing assistant message instead of starting a new one."""
     trust_env: bool = True
     """Use HTTP(S)_PROXY / NO_PROXY from the environment (false for loopback servers)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _price_moved(cls, data: Any) -> Any:
+        # Before 0.4 the price was two options per 1,000 tokens; one price now lives in the
+        # model entry, where the cost estimate and the engine's count both read it.
+        if isinstance(data, dict) and {"price_per_1k_prompt", "price_per_1k_completion"} & set(
+            data
+        ):
+            raise ValueError(
+                "price_per_1k_prompt/price_per_1k_completion moved: set price_per_million: "
+                "{input: USD, output: USD} in the model entry (1,000x the old values)"
+            )
+        return data
