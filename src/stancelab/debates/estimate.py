@@ -42,13 +42,13 @@ from stancelab.conversation.survey import (
     answer_max_tokens,
     survey_modes_for,
 )
+from stancelab.debates.cleaning import is_usable
 from stancelab.debates.debate import (
     Debate,
     DebateEvents,
     SurveyStep,
     Turn,
     TurnStep,
-    is_usable,
 )
 from stancelab.debates.fidelity import fidelity_items
 from stancelab.debates.runner import (
