@@ -270,9 +270,37 @@ def test_study_verdicts_follow_each_claims_side() -> None:
     rows = [
         ("human-shift", "standard", "paired t", 0.05, -0.2, 0.3, 20, ""),
         ("human-shift", "static", "paired t", 1.2, 0.8, 1.6, 20, ""),
-        ("llm-shift", "standard", "paired t · probe", 1.0, 0.6, 1.4, 20, ""),
-        ("llm-shift", "personalised", "paired t · probe", 0.05, -0.1, 0.2, 20, ""),
+        (
+            "llm-shift",
+            "standard",
+            "one-sample t · probe, toward the participant",
+            1.0,
+            0.6,
+            1.4,
+            20,
+            "",
+        ),
+        (
+            "llm-shift",
+            "personalised",
+            "one-sample t · probe, toward the participant",
+            -0.4,
+            -0.6,
+            -0.2,
+            20,
+            "",
+        ),
         ("llm-shift", "standard", "Wilcoxon signed-rank · probe", 1.0, 0.6, 1.4, 20, ""),
+        (
+            "misperception",
+            "standard",
+            "paired t · perceived vs probe (reply 1 to last)",
+            0.05,
+            -0.1,
+            0.2,
+            20,
+            "",
+        ),
         ("gap-narrows", "standard", "paired t · probe", 0.4, 0.1, 0.7, 20, ""),
         ("llm-toward-neutral", "standard", "paired t · probe", None, None, None, 3, "too few"),
     ]
@@ -288,10 +316,12 @@ def test_study_verdicts_follow_each_claims_side() -> None:
         ("llm-shift", "standard"): "reproduced",
         ("llm-shift", "personalised"): "not reproduced",
         ("gap-narrows", "standard"): "not reproduced",
+        ("misperception", "standard"): "not reproduced",
         ("llm-toward-neutral", "standard"): "inconclusive",
     }
     assert table[table["claim_id"] == "human-shift"]["threshold"].eq(0.5).all()
-    assert "no move the study's change rule" in table.iloc[3]["note"]
+    seen = table[table["claim_id"] == "misperception"].iloc[0]
+    assert "no move the study's change rule" in seen["note"]
 
 
 @pytest.mark.engine

@@ -113,6 +113,10 @@ def test_analysis_recovers_planted_effects_and_finds_none_elsewhere(
         assert gap["ci_low"] <= -step * mean_turns <= gap["ci_high"], gap.to_dict()
         assert gap["ci_high"] < 0 and gap["p_adjusted"] < 0.05
         # planted: the chatbot moves away from the neutral point it started at
+        # planted: the chatbot moves `step` points per exchange toward the participant
+        toward = row("llm-shift", condition, "one-sample t · probe, toward the participant")
+        assert toward["ci_low"] <= step * mean_turns <= toward["ci_high"], toward.to_dict()
+        assert toward["ci_low"] > 0 and toward["p_adjusted"] < 0.05
         # (expected over the design: start offsets, sides and numbers of turns)
         planted_away = sum(
             abs(_start(o) + side * step * n - 4) - abs(_start(o) - 4)

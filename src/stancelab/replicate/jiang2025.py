@@ -14,7 +14,7 @@ people.
 | claim id | main row(s) of statistics.csv | paper's side |
 |---|---|---|
 | ``human-shift`` | ``paired t``, every condition | within ±threshold (no shift) |
-| ``llm-shift`` | ``paired t · probe``, chat conditions | CI excludes 0 (it moves) |
+| ``llm-shift`` | ``one-sample t · probe, toward the participant``, chat conditions | above 0 |
 | ``gap-narrows`` | ``paired t · probe``, chat conditions | below 0 |
 | ``personalisation-amplifies`` | ``Welch t · chatbot |change| (probe)`` | above 0 |
 | ``misperception`` | ``paired t · perceived vs probe (reply 1 to last)`` | CI excludes 0 |
@@ -62,13 +62,12 @@ CLAIMS: dict[str, Claim] = {
         ),
         _claim(
             "llm-shift",
-            "The chatbot's own stance moves during the conversation.",
-            "Per chat condition: the chatbot's probed stance at the last turn minus before "
-            "the chat (paired t CI); reproduced when the CI excludes 0, not reproduced when "
-            "it lies within ±the change rule. Its direction (toward the person) is "
-            "gap-narrows.",
+            "The chatbot's stance moves a lot, toward the person.",
+            "Per chat condition: the chatbot's probed move from before the chat to the last "
+            "turn, signed toward where the participant stood before (one-sample t CI); "
+            "reproduced when the CI lies above 0.",
             0.0,
-            "outside",
+            "above",
         ),
         _claim(
             "gap-narrows",
@@ -116,7 +115,7 @@ CLAIMS: dict[str, Claim] = {
 
 MAIN_TESTS: dict[str, tuple[str, ...]] = {
     "human-shift": ("paired t",),
-    "llm-shift": ("paired t · probe",),
+    "llm-shift": ("one-sample t · probe, toward the participant",),
     "gap-narrows": ("paired t · probe",),
     "personalisation-amplifies": ("Welch t · chatbot |change| (probe)",),
     "misperception": ("paired t · perceived vs probe (reply 1 to last)",),

@@ -317,6 +317,8 @@ def participant_frame(
             "judge_last": judge_n,
             "judge_change": judge_n - judge1,
             "llm_toward_human": (llm_n - llm0) * _sign(before - llm0) if chat else math.nan,
+            "llm_mode_toward_human": (mode_n - mode0) * _sign(before - mode0) if chat else math.nan,
+            "judge_toward_human": (judge_n - judge1) * _sign(before - judge1),
             "human_toward_llm": (after - before) * _sign(llm0 - before) if chat else math.nan,
             "gap_start": abs(before - llm0) if chat else math.nan,
             "gap_end": abs(after - llm_n) if chat else math.nan,

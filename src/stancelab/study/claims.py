@@ -7,8 +7,8 @@ than ``Analysis.min_n`` observations is reported as not run, with the reason, ne
 number. Claim ids (docs/human-llm-study.md maps each to the paper):
 
 - ``human-shift``: the participant's stance after minus before (pre/post pages);
-- ``llm-shift``: the chatbot's stance at the last turn minus before the chat (probe), and
-  last reply minus first reply (judge);
+- ``llm-shift``: the chatbot's move toward where the participant stood before the chat
+  (probe: turn 0 to the last turn; judge: reply 1 to the last reply);
 - ``gap-narrows``: |human - chatbot| at the end minus at the start;
 - ``personalisation-amplifies``: personalised minus standard on |chatbot change| and
   |human change|, and a regression adding topic;
@@ -40,6 +40,7 @@ from stancelab.conversation.statistics import (
     holm_adjust,
     mixed_slope,
     ols_term,
+    one_sample_tests,
     paired_tests,
     proportion,
     results_frame,
@@ -56,6 +57,12 @@ MEASURES = {
 }
 """The chatbot's stance at the start and end, by measure (the judge rates replies, so it
 starts at reply 1)."""
+TOWARD = {
+    "probe": "llm_toward_human",
+    "probe mode": "llm_mode_toward_human",
+    "judge": "judge_toward_human",
+}
+"""The chatbot's move toward the participant's stance before the chat, by measure."""
 SIDES = {"human": "human", "llm": "chatbot (probe)", "judge": "chatbot (judge)"}
 """The per-turn series of turns.csv and the names tests give them."""
 
@@ -97,10 +104,17 @@ def human_shift(people: pd.DataFrame, min_n: int) -> list[TestResult]:
 
 
 def llm_shift(people: pd.DataFrame, min_n: int) -> list[TestResult]:
-    """Per chat condition and measure: the chatbot's end minus start."""
+    """Per chat condition and measure: how far the chatbot moved toward where the
+    participant stood before the chat (its change, signed by the side the person was on;
+    a plain end-minus-start mean cancels out when people sit on both sides)."""
     out: list[TestResult] = []
-    for measure, (start, end) in MEASURES.items():
-        out += _tag(_paired_by_condition(people, start, end, "llm-shift", True, min_n), measure)
+    for measure, column in TOWARD.items():
+        rows: list[TestResult] = []
+        for condition, group in _conditions(people, chat_only=True):
+            rows += one_sample_tests(
+                group[column], claim_id="llm-shift", condition=condition, min_n=min_n
+            )
+        out += _tag(rows, f"{measure}, toward the participant")
     return out
 
 
