@@ -724,6 +724,8 @@ def estimate_run(
     """
     engines: dict[str, LanguageModel] = {}
     measured: dict[str, Measurement] = {}
+    if pool is not None and estimate(plan, out, {}, {}).total.requests == 0:
+        pool = None  # nothing left to run: measuring would spend requests on nothing
     if pool is not None:
         first = plan.conditions[0]
         slots: dict[str, int] = {}

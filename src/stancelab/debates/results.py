@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stancelab.debates.analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates.estimate import ProgressLines, estimate_run
 from stancelab.debates.experiment import ExperimentConfig
 from stancelab.debates.report import change_statistics, write_report
-from stancelab.debates.runner import RUN_META, RunFolder, experiment_status, run_experiment
+from stancelab.debates.runner import (
+    RUN_META,
+    ModelPool,
+    RunFolder,
+    execute,
+    experiment_status,
+    plan_experiment,
+)
 from stancelab.debates.store import Store
 from stancelab.engine.errors import ConfigError
 
@@ -124,17 +132,29 @@ def run_config(
     out: Path,
     text: str | None = None,
     log: Callable[[str], None] = print,
+    progress_every_s: float = 60.0,
 ) -> Run:
     """Run (or resume) an experiment in ``OUT/NAME`` and open the finished run.
+
+    Before the first reply is asked, the estimate of what the design still needs
+    (requests, tokens, time measured on its models, cost where priced) goes to ``log``;
+    while it runs, a progress line every ``progress_every_s`` seconds.
 
     Args:
         config: the validated experiment.
         out: the folder that holds run folders.
         text: the experiment file's text, kept in the run folder; None: the config
             written as YAML (an experiment built in Python).
-        log: where progress lines go.
+        log: where the estimate and progress lines go.
+        progress_every_s: seconds between progress lines.
     """
     if text is None:
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    result = run_experiment(config, text, out, log=log)
+    plan = plan_experiment(config, text)
+    with ModelPool() as pool:
+        found = estimate_run(plan, out, pool, log)
+        for line in found.lines():
+            log(line)
+        with ProgressLines(found, pool.stats, log, progress_every_s) as lines:
+            result = execute(plan, out, None, log, models=pool, events=lines.events())
     return open_run(result.folder.path, result.run_id)
