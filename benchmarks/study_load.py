@@ -37,11 +37,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.config import StudyConfig, load_study
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._config import StudyConfig, load_study
+from stancelab.study._server import running_server
+from stancelab.study._store import StudyStore
 
 
 @dataclass

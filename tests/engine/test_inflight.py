@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from stancelab.engine.inflight import InFlight, request_key
+from stancelab.engine._inflight import InFlight, request_key
 
 
 def wait_for_waiters(in_flight: InFlight[object], n: int, limit_s: float = 5.0) -> None:

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.config import load_study
-from stancelab.study.report import mark_stale, write_report
-from stancelab.study.simulate import simulate
-from stancelab.study.store import StudyStore
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._config import load_study
+from stancelab.study._report import mark_stale, write_report
+from stancelab.study._simulate import simulate
+from stancelab.study._store import StudyStore
 
 from .conftest import SECRET, Participant, config_dict, make_config
 

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stancelab.engine.errors import ConfigError, format_validation_error
-from stancelab.engine.registry import RelativePath, resolve_path
+from stancelab.engine._errors import ConfigError, format_validation_error
+from stancelab.engine._registry import RelativePath, resolve_path
 
 __all__ = [
     "RelativePath",

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from stancelab.debates.experiment import ConditionConfig
-from stancelab.debates.store import AgentRow, DebateRow, MessageRow, RunRow, Store, SurveyRow
+from stancelab.debates._experiment import ConditionConfig
+from stancelab.debates._store import AgentRow, DebateRow, MessageRow, RunRow, Store, SurveyRow
 
 if TYPE_CHECKING:
     import pandas as pd

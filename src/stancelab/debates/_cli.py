@@ -17,17 +17,17 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from stancelab.conversation.config import format_validation_error
-from stancelab.conversation.console import console, friendly_errors
-from stancelab.conversation.personas import generate_personas, paper_topic
-from stancelab.conversation.survey import SurveyAnswer, parse_modes
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.analysis import attitude_frame, plot_attitudes, turn_frame
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.formats import check_format_option, probe_format, resolve_format
-from stancelab.debates.report import write_report
-from stancelab.debates.runner import (
+from stancelab.conversation._config import format_validation_error
+from stancelab.conversation._console import console, friendly_errors
+from stancelab.conversation._personas import generate_personas, paper_topic
+from stancelab.conversation._survey import SurveyAnswer, parse_modes
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._analysis import attitude_frame, plot_attitudes, turn_frame
+from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._formats import check_format_option, probe_format, resolve_format
+from stancelab.debates._report import write_report
+from stancelab.debates._runner import (
     ModelPool,
     Plan,
     Progress,
@@ -38,10 +38,10 @@ from stancelab.debates.runner import (
     experiment_status,
     run_experiment,
 )
-from stancelab.debates.sauce import load_sauce
-from stancelab.debates.single import debate_spec, plan_debate
-from stancelab.engine.errors import ConfigError, StancelabError
-from stancelab.engine.factory import ModelConfig, open_model
+from stancelab.debates._sauce import load_sauce
+from stancelab.debates._single import debate_spec, plan_debate
+from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine._factory import ModelConfig, open_model
 
 app = typer.Typer()
 """Mounted without a name by ``stancelab.cli``: these are top-level commands."""

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from stancelab.conversation.personas import Persona
-from stancelab.conversation.seeds import derive_seed
-from stancelab.conversation.survey import (
+from stancelab.conversation._personas import Persona
+from stancelab.conversation._seeds import derive_seed
+from stancelab.conversation._survey import (
     ATTITUDE,
     SurveyAnswer,
     SurveyItem,
@@ -29,13 +29,13 @@ from stancelab.conversation.survey import (
     SurveyQuestion,
     ask,
 )
-from stancelab.conversation.templates import PromptFormat, PromptSet
-from stancelab.debates.cleaning import clean_reply as clean_reply  # callers import it here
-from stancelab.debates.cleaning import is_usable, speaker_line, stop_strings
-from stancelab.debates.rendering import Rendering, decide_request, header
-from stancelab.debates.turn_taking import TurnTaking, check_host, host_policy, seeded_first_speaker
-from stancelab.engine.base import GenerationRequest, LanguageModel, Message, Prompt
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._templates import PromptFormat, PromptSet
+from stancelab.debates._cleaning import clean_reply as clean_reply  # callers import it here
+from stancelab.debates._cleaning import is_usable, speaker_line, stop_strings
+from stancelab.debates._rendering import Rendering, decide_request, header
+from stancelab.debates._turn_taking import TurnTaking, check_host, host_policy, seeded_first_speaker
+from stancelab.engine._base import GenerationRequest, LanguageModel, Message, Prompt
+from stancelab.engine._errors import ConfigError
 
 
 @dataclass(frozen=True)

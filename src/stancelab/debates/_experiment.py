@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from stancelab.conversation.config import RelativePath, StrictModel, load_config
-from stancelab.conversation.personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
-from stancelab.conversation.seeds import derive_seed
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig
-from stancelab.engine.models import content_hash
-from stancelab.engine.registry import model_entry
+from stancelab.conversation._config import RelativePath, StrictModel, load_config
+from stancelab.conversation._personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
+from stancelab.conversation._seeds import derive_seed
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig
+from stancelab.engine._models import content_hash
+from stancelab.engine._registry import model_entry
 
 # The paper's setups (PROTOCOL.md part A), usable by name in an experiment file.
 SETUP_PRESETS: dict[str, tuple[str, ...]] = {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation.personas import (
+from stancelab.conversation._personas import (
     PAPER_TOPICS,
     PARTIES,
     Persona,
@@ -20,11 +20,11 @@ from stancelab.conversation.personas import (
     persona_templates,
     write_story,
 )
-from stancelab.conversation.seeds import derive_seed
-from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
-from stancelab.conversation.templates import PromptFormat, PromptSet
-from stancelab.debates.debate import Debate, DebateSpec
-from stancelab.engine.base import LanguageModel
+from stancelab.conversation._seeds import derive_seed
+from stancelab.conversation._survey import SurveyItem, SurveyMode, ask
+from stancelab.conversation._templates import PromptFormat, PromptSet
+from stancelab.debates._debate import Debate, DebateSpec
+from stancelab.engine._base import LanguageModel
 
 MIDPOINT = 5.0
 

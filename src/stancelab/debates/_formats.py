@@ -13,11 +13,11 @@ read from its name or class. Every refusal is one line, raised before a run writ
 
 from __future__ import annotations
 
-from stancelab.conversation.templates import PromptFormat, parse_format
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ChatOnlyError, ConfigError
-from stancelab.engine.factory import ModelConfig
-from stancelab.engine.registry import get_backend
+from stancelab.conversation._templates import PromptFormat, parse_format
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ChatOnlyError, ConfigError
+from stancelab.engine._factory import ModelConfig
+from stancelab.engine._registry import get_backend
 
 AUTO = "auto"
 FORMAT_CHOICES = (AUTO, *(str(f) for f in PromptFormat))

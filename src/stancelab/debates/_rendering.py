@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stancelab.conversation.templates import BUILTIN, PromptFormat, PromptSet, read_template
-from stancelab.engine.base import Message, Prompt
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._templates import BUILTIN, PromptFormat, PromptSet, read_template
+from stancelab.engine._base import Message, Prompt
+from stancelab.engine._errors import ConfigError
 
 
 class Said(Protocol):

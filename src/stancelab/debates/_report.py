@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
-from stancelab.conversation.personas import Topic
-from stancelab.debates.analysis import (
+from stancelab.conversation._personas import Topic
+from stancelab.debates._analysis import (
     KIND_COLORS,
     attitude_frame,
     mean_attitudes,
     reply_quality,
 )
-from stancelab.debates.fidelity import summarise
-from stancelab.debates.store import AgentRow, DebateRow, MessageRow, Store
-from stancelab.engine.errors import ConfigError
+from stancelab.debates._fidelity import summarise
+from stancelab.debates._store import AgentRow, DebateRow, MessageRow, Store
+from stancelab.engine._errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from stancelab.debates.runner import RunFolder
+    from stancelab.debates._runner import RunFolder
 
 
 def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def change_statistics(frame: pd.DataFrame) -> pd.DataFrame:
         diff = pairs[last_it] - pairs[first_it]
         n = len(diff)
         # lazy: scipy and statsmodels are heavy, and reading a run must not need them
-        from stancelab.conversation.statistics import MIN_N, paired_tests  # noqa: PLC0415
+        from stancelab.conversation._statistics import MIN_N, paired_tests  # noqa: PLC0415
 
         t_row, wilcoxon_row = paired_tests(
             pairs[first_it], pairs[last_it], claim_id="attitude-change", min_n=MIN_N

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stancelab.debates.analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
-from stancelab.debates.experiment import ExperimentConfig
-from stancelab.debates.report import change_statistics, write_report
-from stancelab.debates.runner import RUN_META, RunFolder, experiment_status, run_experiment
-from stancelab.debates.store import Store
-from stancelab.engine.errors import ConfigError
+from stancelab.debates._analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates._experiment import ExperimentConfig
+from stancelab.debates._report import change_statistics, write_report
+from stancelab.debates._runner import RUN_META, RunFolder, experiment_status, run_experiment
+from stancelab.debates._store import Store
+from stancelab.engine._errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -23,33 +23,33 @@ from typing import Any
 import yaml
 
 from stancelab._version import __version__
-from stancelab.conversation.personas import (
+from stancelab.conversation._personas import (
     BUILTIN_PERSONAS,
     KNOWN_KINDS,
     PersonaSet,
     StoryDraft,
     generate_personas,
 )
-from stancelab.conversation.survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
-from stancelab.conversation.templates import PromptFormat, PromptSet, load_prompts
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
-from stancelab.debates.experiment import (
+from stancelab.conversation._survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
+from stancelab.conversation._templates import PromptFormat, PromptSet, load_prompts
+from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
+from stancelab.debates._experiment import (
     ExperimentConfig,
     ExperimentModel,
     PlannedDebate,
     plan_debates,
 )
-from stancelab.debates.fidelity import (
+from stancelab.debates._fidelity import (
     TopicFidelity,
     screen_personas,
     summarise,
     survey_personas,
 )
-from stancelab.debates.formats import probe_format, resolve_format
-from stancelab.debates.store import SCHEMA_VERSION, Store
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, check_model, open_model
+from stancelab.debates._formats import probe_format, resolve_format
+from stancelab.debates._store import SCHEMA_VERSION, Store
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, check_model, open_model
 
 RUN_META = "run.json"
 # Results are compatible across versions with the same major.minor and schema.

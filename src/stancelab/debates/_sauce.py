@@ -22,10 +22,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation.personas import Persona
-from stancelab.conversation.survey import SurveyMode, SurveyQuestion
-from stancelab.debates.debate import DebateSpec, Speaking
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._personas import Persona
+from stancelab.conversation._survey import SurveyMode, SurveyQuestion
+from stancelab.debates._debate import DebateSpec, Speaking
+from stancelab.engine._errors import ConfigError
 
 _SCALE = re.compile(r"scale of 0 to 10|0\s*(?:-|to)\s*10", re.IGNORECASE)
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
-from stancelab.conversation.personas import Persona, personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import PromptSet
-from stancelab.debates.debate import DebateSpec
-from stancelab.debates.experiment import PlannedDebate
-from stancelab.debates.runner import ModelLike, Plan
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._personas import Persona, personas_for
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import PromptSet
+from stancelab.debates._debate import DebateSpec
+from stancelab.debates._experiment import PlannedDebate
+from stancelab.debates._runner import ModelLike, Plan
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ConfigError
 
 AgentLike = str | Persona | Mapping[str, Any]
 """An agent of a single debate: a built-in kind ("republican", "democrat", "default"),

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stancelab.conversation.seeds import derive_seed
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._seeds import derive_seed
+from stancelab.engine._errors import ConfigError
 
 
 class TurnTaking(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.errors import AdapterError
+from stancelab.engine._errors import AdapterError
 
 BASE_SHA_KEY = "stancelab.base_sha256"
 """GGUF metadata key in which stancelab records the sha256 of an adapter's base model."""

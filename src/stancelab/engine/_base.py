@@ -19,8 +19,8 @@ from functools import cached_property
 from types import TracebackType
 from typing import Any, Self
 
-from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
-from stancelab.engine.types import (
+from stancelab.engine._scoring import score_by_token_paths, score_by_token_tree
+from stancelab.engine._types import (
     ChoiceRequest,
     ChoiceScores,
     EngineStats,

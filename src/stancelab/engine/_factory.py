@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from stancelab.engine.adapters import check_adapter_gguf
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.models import model_fingerprint, resolve_model
-from stancelab.engine.registry import (
+from stancelab.engine._adapters import check_adapter_gguf
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._models import model_fingerprint, resolve_model
+from stancelab.engine._registry import (
     AdapterConfig,
     ModelConfig,
     ModelEntry,
@@ -23,7 +23,7 @@ from stancelab.engine.registry import (
     model_entry,
     parse_options,
 )
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.engine._wrappers import SharedInFlight
 
 __all__ = [
     "AdapterConfig",
@@ -147,7 +147,7 @@ def check_reachable(config: ModelConfig, timeout_s: float = 5.0) -> None:
         return
     import httpx  # noqa: PLC0415 - lazy: only remote entries need an HTTP client
 
-    from stancelab.engine.openai.transport import public_url  # noqa: PLC0415 - same reason
+    from stancelab.engine.openai._transport import public_url  # noqa: PLC0415 - same reason
 
     trust_env = bool(config.options.get("trust_env", True))  # the proxies requests will use
     failures = []

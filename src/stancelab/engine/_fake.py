@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stancelab.engine.base import (
+from stancelab.engine._base import (
     Generation,
     GenerationRequest,
     LanguageModel,
     Prompt,
     TopTokens,
 )
-from stancelab.engine.errors import ConfigError
+from stancelab.engine._errors import ConfigError
 
 
 def _as_text(prompt: Prompt) -> str:

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.adapters import check_adapter_gguf
-from stancelab.engine.base import (
+from stancelab.engine._adapters import check_adapter_gguf
+from stancelab.engine._base import (
     EngineStats,
     Generation,
     GenerationRequest,
@@ -21,9 +21,9 @@ from stancelab.engine.base import (
     TokenPath,
     TopTokens,
 )
-from stancelab.engine.errors import ConfigError, EngineError
-from stancelab.engine.models import gguf_metadata, model_fingerprint, resolve_model, sha256_file
-from stancelab.engine.openai import codec
+from stancelab.engine._errors import ConfigError, EngineError
+from stancelab.engine._models import gguf_metadata, model_fingerprint, resolve_model, sha256_file
+from stancelab.engine.openai import _codec as codec
 
 
 def _threads_from_env() -> int:

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from stancelab.engine.errors import ModelError
+from stancelab.engine._errors import ModelError
 
 GGUF_MAGIC = b"GGUF"
 

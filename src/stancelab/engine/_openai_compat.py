@@ -30,7 +30,7 @@ import httpx
 from pydantic import ValidationError
 from tenacity import RetryCallState
 
-from stancelab.engine.base import (
+from stancelab.engine._base import (
     Generation,
     GenerationRequest,
     LanguageModel,
@@ -39,26 +39,26 @@ from stancelab.engine.base import (
     TokenPath,
     TopTokens,
 )
-from stancelab.engine.errors import (
+from stancelab.engine._errors import (
     ChatOnlyError,
     ConfigError,
     EngineError,
     ModelError,
     format_validation_error,
 )
-from stancelab.engine.openai import codec
-from stancelab.engine.openai.accounting import Accounting
-from stancelab.engine.openai.codec import parse_top_logprobs
-from stancelab.engine.openai.options import OpenAIOptions
-from stancelab.engine.openai.retry import FailoverWait, retrying
-from stancelab.engine.openai.routing import Endpoint, Router
-from stancelab.engine.openai.transport import (
+from stancelab.engine._types import conversation_key
+from stancelab.engine.openai import _codec as codec
+from stancelab.engine.openai._accounting import Accounting
+from stancelab.engine.openai._codec import parse_top_logprobs
+from stancelab.engine.openai._options import OpenAIOptions
+from stancelab.engine.openai._retry import FailoverWait, retrying
+from stancelab.engine.openai._routing import Endpoint, Router
+from stancelab.engine.openai._transport import (
     Retryable,
     exchange,
     normalise_base_url,
     public_url,
 )
-from stancelab.engine.types import conversation_key
 
 __all__ = [
     "ChatOnlyError",
@@ -332,7 +332,7 @@ class OpenAICompatModel(LanguageModel):
         return NoLogprobsError(
             f"{', '.join(public_url(e.base) for e in self.router.endpoints)} returned no token "
             f"log-probabilities for {self.name!r}; use survey mode 'generate' "
-            "(stancelab.conversation.survey.survey_modes_for picks it automatically)"
+            "(stancelab.conversation._survey.survey_modes_for picks it automatically)"
         )
 
     def _run_all(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:

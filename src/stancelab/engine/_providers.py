@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ModelError
-from stancelab.engine.fake import FakeOptions, open_fake
-from stancelab.engine.llamacpp import load_engine, sampling_settings
-from stancelab.engine.models import gguf_chat_template, resolve_model
-from stancelab.engine.openai_compat import OpenAICompatModel, OpenAIOptions
-from stancelab.engine.registry import ModelConfig, backend
-from stancelab.engine.transformers_backend import load_transformers
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ModelError
+from stancelab.engine._fake import FakeOptions, open_fake
+from stancelab.engine._llamacpp import load_engine, sampling_settings
+from stancelab.engine._models import gguf_chat_template, resolve_model
+from stancelab.engine._openai_compat import OpenAICompatModel, OpenAIOptions
+from stancelab.engine._registry import ModelConfig, backend
+from stancelab.engine._transformers_backend import load_transformers
 
 
 class LlamaCppOptions(BaseModel):

@@ -29,8 +29,8 @@ from pydantic import (
     field_validator,
 )
 
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError, format_validation_error
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ConfigError, format_validation_error
 
 
 def resolve_path(path: Path | str, base_dir: Path | None) -> Path:
@@ -51,7 +51,7 @@ def _from_base(path: Path, info: ValidationInfo) -> Path:
 RelativePath = Annotated[Path, AfterValidator(_from_base)]
 """A path field of a config, resolved by ``resolve_path`` against the validation
 context's ``base`` folder (``model_validate(data, context={"base": folder})``, as
-``stancelab.conversation.config.load_config`` does for a file), so a config built in
+``stancelab.conversation._config.load_config`` does for a file), so a config built in
 Python and the same config read from a file mean the same files."""
 
 
@@ -148,7 +148,7 @@ _BACKENDS: dict[str, Backend] = {}
 
 def _registered() -> dict[str, Backend]:
     """Every backend, the built-in ones registered on first use."""
-    import stancelab.engine.providers  # noqa: F401, PLC0415 - lazy: imports engine clients
+    import stancelab.engine._providers  # noqa: F401, PLC0415 - lazy: imports engine clients
 
     return _BACKENDS
 

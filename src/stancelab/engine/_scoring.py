@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stancelab.engine.types import (
+from stancelab.engine._types import (
     ChoiceRequest,
     ChoiceScores,
     PathRequest,

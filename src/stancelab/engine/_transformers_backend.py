@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.base import (
+from stancelab.engine._base import (
     Generation,
     GenerationRequest,
     LanguageModel,
     Prompt,
     TopTokens,
 )
-from stancelab.engine.errors import ConfigError, EngineError, ModelError
+from stancelab.engine._errors import ConfigError, EngineError, ModelError
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.inflight import InFlight, request_key
-from stancelab.engine.types import (
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._inflight import InFlight, request_key
+from stancelab.engine._types import (
     EngineStats,
     Generation,
     GenerationRequest,

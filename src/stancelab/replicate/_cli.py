@@ -2,7 +2,7 @@
 
 Register in stancelab/cli.py with::
 
-    from stancelab.replicate.cli import replicate_command
+    from stancelab.replicate._cli import replicate_command
     app.command("replicate")(replicate_command)
 """
 
@@ -15,8 +15,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from stancelab.conversation.console import console, friendly_errors
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._console import console, friendly_errors
+from stancelab.engine._errors import ConfigError
 from stancelab.replicate._replication import papers, replicate
 from stancelab.replicate._verdict import NOT_REPRODUCED, REPRODUCED
 

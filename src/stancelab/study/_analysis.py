@@ -27,10 +27,10 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation.survey import ZERO_TO_TEN, Scale
-from stancelab.engine.errors import StoreError
-from stancelab.study.config import Analysis
-from stancelab.study.store import StudyStore, one_judge, read_table
+from stancelab.conversation._survey import ZERO_TO_TEN, Scale
+from stancelab.engine._errors import StoreError
+from stancelab.study._config import Analysis
+from stancelab.study._store import StudyStore, one_judge, read_table
 
 REASONS = ("withdrawn", "simulated", "not completed", "failed attention check")
 """Exclusion reasons, in the order they are checked (a participant gets the first)."""

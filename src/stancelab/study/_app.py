@@ -27,11 +27,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from stancelab.engine.base import LanguageModel
-from stancelab.study import routes_admin, routes_participant, routes_stream
-from stancelab.study.chat import load_template, template_hash
-from stancelab.study.config import Condition, StudyConfig
-from stancelab.study.pages import (
+from stancelab.engine._base import LanguageModel
+from stancelab.study import _routes_admin as routes_admin
+from stancelab.study import _routes_participant as routes_participant
+from stancelab.study import _routes_stream as routes_stream
+from stancelab.study._chat import load_template, template_hash
+from stancelab.study._config import Condition, StudyConfig
+from stancelab.study._pages import (
     ADMIN_COOKIE,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -42,9 +44,9 @@ from stancelab.study.pages import (
     error_page,
     too_fast_page,
 )
-from stancelab.study.replies import Replies
-from stancelab.study.security import MinInterval, RateLimiter, Signer
-from stancelab.study.store import StudyStore
+from stancelab.study._replies import Replies
+from stancelab.study._security import MinInterval, RateLimiter, Signer
+from stancelab.study._store import StudyStore
 
 __all__ = [
     "ADMIN_COOKIE",

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, open_model
-from stancelab.study.chat import Chatbot, ChatTurn, clean_reply, load_template
+from stancelab.engine._base import GenerationRequest, LanguageModel, Message
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, open_model
+from stancelab.study._chat import Chatbot, ChatTurn, clean_reply, load_template
 
 DEFAULT_QUESTION = "On a scale of 0 to 10, how much do you think that {topic} is a big problem?"
 SIDES: dict[str, tuple[float, str]] = {

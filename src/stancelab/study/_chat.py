@@ -1,6 +1,6 @@
 """The chatbot side of a conversation: system prompt, replies, and the hidden stance probe.
 
-The probe is the debate survey (``stancelab.conversation.survey.ask``) asked on a COPY of the
+The probe is the debate survey (``stancelab.conversation._survey.ask``) asked on a COPY of the
 conversation with one extra user message; neither the question nor the answer is ever
 added to the history the chatbot sees.
 """
@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stancelab.conversation.survey import (
+from stancelab.conversation._survey import (
     ZERO_TO_TEN,
     Scale,
     SurveyAnswer,
@@ -20,9 +20,9 @@ from stancelab.conversation.survey import (
     SurveyMode,
     ask,
 )
-from stancelab.conversation.templates import read_template
-from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._templates import read_template
+from stancelab.engine._base import GenerationRequest, LanguageModel, Message
+from stancelab.engine._errors import ConfigError
 
 WORD_LIMIT = 60
 PROMPTS = "stancelab.study.prompts"

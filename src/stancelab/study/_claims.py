@@ -32,7 +32,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from stancelab.conversation.statistics import (
+from stancelab.conversation._statistics import (
     TestResult,
     correlation,
     detectable_effect,
@@ -45,7 +45,7 @@ from stancelab.conversation.statistics import (
     results_frame,
     two_sample_tests,
 )
-from stancelab.conversation.survey import Scale
+from stancelab.conversation._survey import Scale
 
 CHAT = ("standard", "personalised")
 

@@ -2,7 +2,7 @@
 
 Register in stancelab/cli.py with::
 
-    from stancelab.study.cli import audit_command, study_app
+    from stancelab.study._cli import audit_command, study_app
     app.add_typer(study_app, name="study")
     app.command("audit")(audit_command)
 """
@@ -16,28 +16,28 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
-from stancelab.conversation.console import console, err_console, friendly_errors
-from stancelab.conversation.export import formula_safe
-from stancelab.conversation.survey import SurveyMode, survey_modes_for
-from stancelab.engine.errors import ConfigError, StancelabError
-from stancelab.engine.factory import ModelConfig, open_model
-from stancelab.study import reply_stance
-from stancelab.study.app import admin_token_from_env, create_app, secret_from_env
-from stancelab.study.audit import audit
-from stancelab.study.coding import (
+from stancelab.conversation._console import console, err_console, friendly_errors
+from stancelab.conversation._export import formula_safe
+from stancelab.conversation._survey import SurveyMode, survey_modes_for
+from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine._factory import ModelConfig, open_model
+from stancelab.study import _reply_stance as reply_stance
+from stancelab.study._app import admin_token_from_env, create_app, secret_from_env
+from stancelab.study._audit import audit
+from stancelab.study._coding import (
     Codebook,
     agreement_table,
     export_sample,
     import_codes,
     resolve_codebook,
 )
-from stancelab.study.config import Condition, load_study
-from stancelab.study.replies import check_probe_coverage
-from stancelab.study.report import mark_stale, write_report
-from stancelab.study.server import uvicorn_proxy_options
-from stancelab.study.simulate import simulate, summary
-from stancelab.study.store import StudyStore
-from stancelab.study.strategies import (
+from stancelab.study._config import Condition, load_study
+from stancelab.study._replies import check_probe_coverage
+from stancelab.study._report import mark_stale, write_report
+from stancelab.study._server import uvicorn_proxy_options
+from stancelab.study._simulate import simulate, summary
+from stancelab.study._store import StudyStore
+from stancelab.study._strategies import (
     MIN_COVERAGE,
     PRESENT_AT,
     code_study,

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stancelab.conversation.export import formula_safe
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.study.config import StudyConfig
-from stancelab.study.store import StrategyCodeRow, StudyStore
+from stancelab.conversation._export import formula_safe
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.study._config import StudyConfig
+from stancelab.study._store import StrategyCodeRow, StudyStore
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,10 +13,10 @@ from pydantic import (
     model_validator,
 )
 
-from stancelab.conversation.config import RelativePath, StrictModel, load_config
-from stancelab.conversation.survey import Scale, StanceItem
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, ModelEntry
+from stancelab.conversation._config import RelativePath, StrictModel, load_config
+from stancelab.conversation._survey import Scale, StanceItem
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, ModelEntry
 
 
 class Condition(StrEnum):

@@ -15,9 +15,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from stancelab.study.pages import SESSION_COOKIE, PageError, Redirect, State, TooFast
-from stancelab.study.security import split_session_cookie
-from stancelab.study.store import ParticipantRow
+from stancelab.study._pages import SESSION_COOKIE, PageError, Redirect, State, TooFast
+from stancelab.study._security import split_session_cookie
+from stancelab.study._store import ParticipantRow
 
 
 def current_participant(request: Request, state: State) -> ParticipantRow | None:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation.export import check_formats, write_tables
-from stancelab.study.config import StudyConfig
-from stancelab.study.store import STUDY_TABLES, ParticipantRow, StudyStore, read_table
+from stancelab.conversation._export import check_formats, write_tables
+from stancelab.study._config import StudyConfig
+from stancelab.study._store import STUDY_TABLES, ParticipantRow, StudyStore, read_table
 
 WIDE_EXPORT = "participants_wide"
 """The name of the wide export (beside the raw tables)."""

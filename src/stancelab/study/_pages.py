@@ -16,11 +16,11 @@ from jinja2 import Environment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from stancelab.engine.base import LanguageModel
-from stancelab.study.config import Condition, StudyConfig
-from stancelab.study.replies import Replies
-from stancelab.study.security import MinInterval, RateLimiter, Signer
-from stancelab.study.store import ParticipantRow, StudyStore
+from stancelab.engine._base import LanguageModel
+from stancelab.study._config import Condition, StudyConfig
+from stancelab.study._replies import Replies
+from stancelab.study._security import MinInterval, RateLimiter, Signer
+from stancelab.study._store import ParticipantRow, StudyStore
 
 SESSION_COOKIE = "sl_session"
 ADMIN_COOKIE = "sl_admin"

@@ -15,11 +15,11 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.errors import ConfigError, StancelabError
-from stancelab.study.chat import Chatbot, ChatTurn, format_profile
-from stancelab.study.config import Condition, StudyConfig
-from stancelab.study.store import ChatMessageRow, DuplicateTurn, ParticipantRow, StudyStore
+from stancelab.engine._base import LanguageModel
+from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.study._chat import Chatbot, ChatTurn, format_profile
+from stancelab.study._config import Condition, StudyConfig
+from stancelab.study._store import ChatMessageRow, DuplicateTurn, ParticipantRow, StudyStore
 
 log = logging.getLogger("stancelab.study")
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from stancelab.conversation.survey import (
+from stancelab.conversation._survey import (
     StanceItem,
     SurveyAnswer,
     SurveyItem,
@@ -21,17 +21,17 @@ from stancelab.conversation.survey import (
     parse_modes,
     survey_modes_for,
 )
-from stancelab.engine.base import LanguageModel, Message
-from stancelab.study.chat import load_template
-from stancelab.study.config import BIG_PROBLEM, StudyConfig, Topic
-from stancelab.study.store import (
+from stancelab.engine._base import LanguageModel, Message
+from stancelab.study._chat import load_template
+from stancelab.study._config import BIG_PROBLEM, StudyConfig, Topic
+from stancelab.study._store import (
     ChatMessageRow,
     ParticipantRow,
     StudyStore,
     one_judge,
     read_table,
 )
-from stancelab.study.strategies import JudgeCoverageError
+from stancelab.study._strategies import JudgeCoverageError
 
 MIN_COVERAGE = 0.5
 """Least mean coverage (probability on the item's points; in generate mode, the share of

@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import select
 
-from stancelab.conversation.database import safe_url
-from stancelab.conversation.export import formula_safe
-from stancelab.conversation.survey import Scale
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.study.analysis import (
+from stancelab.conversation._database import safe_url
+from stancelab.conversation._export import formula_safe
+from stancelab.conversation._survey import Scale
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.study._analysis import (
     condition_summary,
     flow_table,
     inclusion,
@@ -29,10 +29,10 @@ from stancelab.study.analysis import (
     study_scale,
     turn_frame,
 )
-from stancelab.study.claims import claim_tests
-from stancelab.study.coding import agreement_table
-from stancelab.study.config import Analysis, StudyConfig, load_study
-from stancelab.study.store import ParticipantRow, StudyStore
+from stancelab.study._claims import claim_tests
+from stancelab.study._coding import agreement_table
+from stancelab.study._config import Analysis, StudyConfig, load_study
+from stancelab.study._store import ParticipantRow, StudyStore
 
 _COLORS = {"standard": "#1f77b4", "personalised": "#d62728", "static": "#7f7f7f"}
 

@@ -19,10 +19,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from stancelab.conversation.export import table_bytes
-from stancelab.study.deps import Form
-from stancelab.study.exports import WIDE_EXPORT, progress, wide_participants
-from stancelab.study.pages import (
+from stancelab.conversation._export import table_bytes
+from stancelab.study._deps import Form
+from stancelab.study._exports import WIDE_EXPORT, progress, wide_participants
+from stancelab.study._pages import (
     ADMIN_COOKIE,
     LOGIN_CSRF_COOKIE,
     PageError,
@@ -31,8 +31,8 @@ from stancelab.study.pages import (
     TooFast,
     page,
 )
-from stancelab.study.security import token_digest
-from stancelab.study.store import STUDY_TABLES, read_table
+from stancelab.study._security import token_digest
+from stancelab.study._store import STUDY_TABLES, read_table
 
 log = logging.getLogger("stancelab.study")
 

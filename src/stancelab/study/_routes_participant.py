@@ -21,9 +21,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from stancelab.study.config import AttentionCheck, Condition
-from stancelab.study.deps import Form, MaybeParticipant, Participant, StepForm, step_form
-from stancelab.study.pages import (
+from stancelab.study._config import AttentionCheck, Condition
+from stancelab.study._deps import Form, MaybeParticipant, Participant, StepForm, step_form
+from stancelab.study._pages import (
     SESSION_COOKIE,
     AppState,
     PageError,
@@ -33,8 +33,8 @@ from stancelab.study.pages import (
     int_field,
     page,
 )
-from stancelab.study.replies import answered_history
-from stancelab.study.store import ENDED, ChatMessageRow, DuplicateTurn, ParticipantRow, StudyFull
+from stancelab.study._replies import answered_history
+from stancelab.study._store import ENDED, ChatMessageRow, DuplicateTurn, ParticipantRow, StudyFull
 
 router = APIRouter()
 

@@ -20,8 +20,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from stancelab.study.deps import Participant
-from stancelab.study.pages import State
+from stancelab.study._deps import Participant
+from stancelab.study._pages import State
 
 router = APIRouter()
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import httpx
 
-from stancelab.conversation.survey import SurveyItem, SurveyMode, ask
-from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.engine.errors import StancelabError
-from stancelab.engine.factory import open_model
-from stancelab.study.app import create_app
-from stancelab.study.chat import clean_reply, load_template
-from stancelab.study.config import StudyConfig
-from stancelab.study.replies import check_probe_coverage
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.conversation._survey import SurveyItem, SurveyMode, ask
+from stancelab.engine._base import GenerationRequest, LanguageModel, Message
+from stancelab.engine._errors import StancelabError
+from stancelab.engine._factory import open_model
+from stancelab.study._app import create_app
+from stancelab.study._chat import clean_reply, load_template
+from stancelab.study._config import StudyConfig
+from stancelab.study._replies import check_probe_coverage
+from stancelab.study._server import running_server
+from stancelab.study._store import StudyStore
 
 _BACKGROUNDS = (
     (

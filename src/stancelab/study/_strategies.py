@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stancelab.engine.base import ChoiceRequest, LanguageModel, Message
-from stancelab.engine.errors import ConfigError, StancelabError
-from stancelab.study.chat import load_template
-from stancelab.study.coding import SPEAKERS, Codebook, load_codebook
-from stancelab.study.store import ChatMessageRow, StrategyCodeRow, StrategyLabelRow, StudyStore
+from stancelab.engine._base import ChoiceRequest, LanguageModel, Message
+from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.study._chat import load_template
+from stancelab.study._coding import SPEAKERS, Codebook, load_codebook
+from stancelab.study._store import ChatMessageRow, StrategyCodeRow, StrategyLabelRow, StudyStore
 
 BUILTIN = load_codebook()
 CODEBOOK: dict[str, str] = {s.label: s.definition for s in BUILTIN.strategies}

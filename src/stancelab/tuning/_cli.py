@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from stancelab.conversation.console import friendly_errors
-from stancelab.tuning.evaluate import TASKS, evaluate
-from stancelab.tuning.pipeline import STAGE_NAMES, run_finetune
-from stancelab.tuning.report import table
+from stancelab.conversation._console import friendly_errors
+from stancelab.tuning._evaluate import TASKS, evaluate
+from stancelab.tuning._pipeline import STAGE_NAMES, run_finetune
+from stancelab.tuning._report import table
 
 app = typer.Typer(
     help="Self-fine-tuning: datasets, LoRA/DPO training, benchmarks.", no_args_is_help=True
@@ -86,7 +86,7 @@ def table_command(
 
 
 def main() -> None:
-    """Entry point when run as ``python -m stancelab.tuning.cli``."""
+    """Entry point when run as ``python -m stancelab.tuning._cli``."""
     app()
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from stancelab.conversation.config import RelativePath, StrictModel, load_config
+from stancelab.conversation._config import RelativePath, StrictModel, load_config
 
 PAPER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
 

@@ -10,13 +10,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation.personas import PAPER_TOPICS
-from stancelab.conversation.seeds import derive_seed
-from stancelab.conversation.templates import DEFAULT_VERSION, read_template
-from stancelab.engine.base import GenerationRequest, LanguageModel, Message
-from stancelab.tuning.errors import DatasetError
-from stancelab.tuning.questions import PROMPTS, Question
-from stancelab.tuning.screening import on_side, partisanship_summary, score_partisanship, toward
+from stancelab.conversation._personas import PAPER_TOPICS
+from stancelab.conversation._seeds import derive_seed
+from stancelab.conversation._templates import DEFAULT_VERSION, read_template
+from stancelab.engine._base import GenerationRequest, LanguageModel, Message
+from stancelab.tuning._errors import DatasetError
+from stancelab.tuning._questions import PROMPTS, Question
+from stancelab.tuning._screening import on_side, partisanship_summary, score_partisanship, toward
 
 _REFUSAL = re.compile(
     r"\b(as an ai|i'?m sorry|i am sorry|i cannot|i can'?t (?:answer|provide|help)|"

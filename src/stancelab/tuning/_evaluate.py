@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.tuning.errors import BenchmarkError
-from stancelab.tuning.hf import base_checkpoint, cuda_available, set_offline
-from stancelab.tuning.train import check_adapter_base
+from stancelab.tuning._errors import BenchmarkError
+from stancelab.tuning._hf import base_checkpoint, cuda_available, set_offline
+from stancelab.tuning._train import check_adapter_base
 
 TASKS = ("mmlu", "hellaswag")
 METRIC = {"mmlu": "acc", "hellaswag": "acc_norm"}

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from stancelab.engine.adapters import BASE_SHA_KEY, gguf_info
-from stancelab.engine.errors import AdapterError
-from stancelab.engine.models import model_fingerprint
-from stancelab.tuning.train import adapter_meta, check_adapter_base
+from stancelab.engine._adapters import BASE_SHA_KEY, gguf_info
+from stancelab.engine._errors import AdapterError
+from stancelab.engine._models import model_fingerprint
+from stancelab.tuning._train import adapter_meta, check_adapter_base
 
 HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q",

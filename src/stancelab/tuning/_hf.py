@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.models import cache_dir, model_fingerprint, resolve_model
-from stancelab.tuning.errors import AdapterError, FinetuneError
+from stancelab.engine._models import cache_dir, model_fingerprint, resolve_model
+from stancelab.tuning._errors import AdapterError, FinetuneError
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 

@@ -8,8 +8,8 @@ questions and answers), used by the tests and ``benchmarks/tuning_screens.py``.
 
 from __future__ import annotations
 
-from stancelab.engine.base import LanguageModel
-from stancelab.tuning.screening import check_questions, score_partisanship, toward
+from stancelab.engine._base import LanguageModel
+from stancelab.tuning._screening import check_questions, score_partisanship, toward
 
 GOOD_QUESTIONS = [
     "How do you believe the U.S. should handle immigration and border security?",

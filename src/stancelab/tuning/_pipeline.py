@@ -24,22 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet
-from stancelab.debates.analysis import attitude_frame
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.report import write_report
-from stancelab.debates.runner import COMPATIBLE, RunFolder, run_experiment
-from stancelab.debates.store import Store
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import open_model
-from stancelab.engine.models import content_hash, folder_hash, model_fingerprint, resolve_model
-from stancelab.tuning import datasets as ds
-from stancelab.tuning.config import FinetuneConfig
-from stancelab.tuning.errors import DatasetError
-from stancelab.tuning.evaluate import evaluate
-from stancelab.tuning.export import export_lora_gguf
-from stancelab.tuning.hf import set_offline
-from stancelab.tuning.questions import (
+from stancelab.conversation._personas import BUILTIN_PERSONAS, PersonaSet
+from stancelab.debates._analysis import attitude_frame
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._report import write_report
+from stancelab.debates._runner import COMPATIBLE, RunFolder, run_experiment
+from stancelab.debates._store import Store
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import open_model
+from stancelab.engine._models import content_hash, folder_hash, model_fingerprint, resolve_model
+from stancelab.tuning import _datasets as ds
+from stancelab.tuning._config import FinetuneConfig
+from stancelab.tuning._errors import DatasetError
+from stancelab.tuning._evaluate import evaluate
+from stancelab.tuning._export import export_lora_gguf
+from stancelab.tuning._hf import set_offline
+from stancelab.tuning._questions import (
     BankLog,
     Question,
     generate_questions,
@@ -47,12 +47,12 @@ from stancelab.tuning.questions import (
     save_questions,
     seed_questions,
 )
-from stancelab.tuning.report import table
-from stancelab.tuning.screening import calibrate, check_questions, partisanship_gate
-from stancelab.tuning.train import TrainResult, finished_adapter, train_dpo, train_nwp
+from stancelab.tuning._report import table
+from stancelab.tuning._screening import calibrate, check_questions, partisanship_gate
+from stancelab.tuning._train import TrainResult, finished_adapter, train_dpo, train_nwp
 
 if TYPE_CHECKING:
-    from stancelab.engine.base import LanguageModel
+    from stancelab.engine._base import LanguageModel
 
 
 def _log(message: str) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from stancelab.conversation.config import read_yaml
-from stancelab.conversation.templates import DEFAULT_VERSION, read_template
-from stancelab.engine.base import GenerationRequest, LanguageModel
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._config import read_yaml
+from stancelab.conversation._templates import DEFAULT_VERSION, read_template
+from stancelab.engine._base import GenerationRequest, LanguageModel
+from stancelab.engine._errors import ConfigError
 
 _WORD = re.compile(r"[a-z0-9']+")
 _LEADER = re.compile(r"^\s*(?:[-*•]|\(?\d{1,3}[.):]|Q\d*[.:]|Question\s*\d*[.:])\s*", re.I)

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from stancelab.conversation.templates import DEFAULT_VERSION, read_template
-from stancelab.engine.base import ChoiceRequest, LanguageModel, Message
-from stancelab.tuning.questions import PROMPTS
+from stancelab.conversation._templates import DEFAULT_VERSION, read_template
+from stancelab.engine._base import ChoiceRequest, LanguageModel, Message
+from stancelab.tuning._questions import PROMPTS
 
 YES_NO = ("Yes", "No")
 PARTY_CHOICES = ("Republicans", "Democrats", "neither party")

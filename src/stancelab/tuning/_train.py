@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings, TrainSettings
-from stancelab.tuning.errors import AdapterError, DatasetError, HardwareError
-from stancelab.tuning.hf import base_checkpoint, check_rank, cuda_available, set_offline
-from stancelab.tuning.learning import (
+from stancelab.tuning._config import DpoSettings, LoraSettings, NwpSettings, TrainSettings
+from stancelab.tuning._errors import AdapterError, DatasetError, HardwareError
+from stancelab.tuning._hf import base_checkpoint, check_rank, cuda_available, set_offline
+from stancelab.tuning._learning import (
     dpo_pair_scores,
     dpo_verdict,
     heldout_nwp_loss,
@@ -46,7 +46,7 @@ class TrainResult:
     curve: list[dict[str, float]] | None = None
     """Logged training points: step, loss (and DPO reward statistics)."""
     heldout: dict[str, Any] | None = None
-    """Held-out check before and after training (see stancelab.tuning.learning)."""
+    """Held-out check before and after training (see stancelab.tuning._learning)."""
     learned: bool | None = None
     """False when the run did not learn (flagged); None when it could not be checked."""
     verdict: str = ""

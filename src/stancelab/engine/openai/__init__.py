@@ -6,3 +6,23 @@ backend's settings; ``transport`` is one HTTP exchange; ``retry`` the retry poli
 (tenacity); ``routing`` picks a replica (least-in-flight, or consistent hashing by
 conversation); ``accounting`` keeps the token and cost totals.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stancelab._lazy import lazy_package
+
+if TYPE_CHECKING:
+    from stancelab.engine.openai._options import OpenAIOptions
+
+_SOURCES = {
+    "OpenAIOptions": ("stancelab.engine.openai._options", "OpenAIOptions"),
+}
+"""Public name -> (private module, attribute), imported on first use."""
+
+__all__ = [
+    "OpenAIOptions",
+]
+
+lazy_package(__name__)

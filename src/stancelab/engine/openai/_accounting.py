@@ -6,8 +6,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from stancelab.engine.openai import codec
-from stancelab.engine.types import EngineStats
+from stancelab.engine._types import EngineStats
+from stancelab.engine.openai import _codec as codec
 
 
 class Accounting:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from stancelab.engine.types import (
+from stancelab.engine._types import (
     Generation,
     GenerationRequest,
     PathRequest,

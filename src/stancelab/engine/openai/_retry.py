@@ -17,7 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from stancelab.engine.openai.transport import Retryable
+from stancelab.engine.openai._transport import Retryable
 
 
 class FailoverWait:

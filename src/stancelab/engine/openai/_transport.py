@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from stancelab.engine.errors import ChatOnlyError, ConfigError, EngineError, ModelError
+from stancelab.engine._errors import ChatOnlyError, ConfigError, EngineError, ModelError
 
 # Statuses worth another try: rate limits, time-outs at a gateway, overloaded or
 # restarting servers. Every other 4xx is the caller's mistake and is reported at once.
