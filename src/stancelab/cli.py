@@ -11,10 +11,9 @@ import typer
 from rich.table import Table
 
 from stancelab.conversation._console import console, friendly_errors
+from stancelab.debates import Store, export_tables
 from stancelab.debates._cli import app as debates_app
-from stancelab.debates._store import Store, export_tables
-from stancelab.engine._errors import ConfigError
-from stancelab.engine._models import EMBEDDED_MODELS, resolve_model
+from stancelab.engine import EMBEDDED_MODELS, ConfigError, resolve_model
 from stancelab.replicate._cli import replicate_command
 from stancelab.study._cli import audit_command, study_app
 from stancelab.tuning._cli import evaluate_command, finetune_command, table_command

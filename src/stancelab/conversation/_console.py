@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from stancelab.engine._errors import StancelabError
+from stancelab.engine import StancelabError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from stancelab.engine._errors import StoreError
+from stancelab.engine import StoreError
 
 
 def database_url(target: str | Path) -> str:

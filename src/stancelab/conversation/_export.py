@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stancelab.engine._errors import StoreError
+from stancelab.engine import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,8 +16,8 @@ import yaml
 from stancelab.conversation._config import read_yaml
 from stancelab.conversation._seeds import derive_seed
 from stancelab.conversation._templates import BUILTIN, PromptFormat, parse_format, read_template
+from stancelab.engine import ConfigError
 from stancelab.engine._base import GenerationRequest, LanguageModel, Prompt
-from stancelab.engine._errors import ConfigError
 
 DEFAULT_BACKGROUND = "You are an American."
 KNOWN_KINDS = ("republican", "democrat", "default")

@@ -39,7 +39,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.tools.sm_exceptions import ModelWarning
 
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 MIN_N: int = 5
 """The default fewest observations (pairs, participants or clusters) a test needs."""

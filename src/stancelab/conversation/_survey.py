@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stancelab.engine import ConfigError
 from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
-from stancelab.engine._errors import ConfigError
 
 ATTITUDE = "attitude"
 _RATING = re.compile(r"(?<![\d.])(10(?:\.0+)?|[0-9](?:\.\d+)?)(?![\d.]*\d)")

@@ -9,7 +9,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 TEMPLATE_NAMES = ("debate_context", "debate_turn", "survey_question", "survey_prompt")
 CHAT_TEMPLATE_NAMES = ("chat_other", "chat_turn", "chat_survey")

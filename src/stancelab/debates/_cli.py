@@ -17,11 +17,15 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from stancelab.conversation import (
+    SurveyAnswer,
+    generate_personas,
+    load_prompts,
+    paper_topic,
+    parse_modes,
+)
 from stancelab.conversation._config import format_validation_error
 from stancelab.conversation._console import console, friendly_errors
-from stancelab.conversation._personas import generate_personas, paper_topic
-from stancelab.conversation._survey import SurveyAnswer, parse_modes
-from stancelab.conversation._templates import load_prompts
 from stancelab.debates._analysis import attitude_frame, plot_attitudes, turn_frame
 from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
 from stancelab.debates._experiment import load_experiment
@@ -40,7 +44,7 @@ from stancelab.debates._runner import (
 )
 from stancelab.debates._sauce import load_sauce
 from stancelab.debates._single import debate_spec, plan_debate
-from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine import ConfigError, StancelabError
 from stancelab.engine._factory import ModelConfig, open_model
 
 app = typer.Typer()

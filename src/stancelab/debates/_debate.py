@@ -19,23 +19,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from stancelab.conversation._personas import Persona
-from stancelab.conversation._seeds import derive_seed
-from stancelab.conversation._survey import (
+from stancelab.conversation import (
     ATTITUDE,
+    Persona,
+    PromptFormat,
+    PromptSet,
     SurveyAnswer,
     SurveyItem,
     SurveyMode,
     SurveyQuestion,
     ask,
 )
-from stancelab.conversation._templates import PromptFormat, PromptSet
+from stancelab.conversation._seeds import derive_seed
 from stancelab.debates._cleaning import clean_reply as clean_reply  # callers import it here
 from stancelab.debates._cleaning import is_usable, speaker_line, stop_strings
 from stancelab.debates._rendering import Rendering, decide_request, header
 from stancelab.debates._turn_taking import TurnTaking, check_host, host_policy, seeded_first_speaker
+from stancelab.engine import ConfigError
 from stancelab.engine._base import GenerationRequest, LanguageModel, Message, Prompt
-from stancelab.engine._errors import ConfigError
 
 
 @dataclass(frozen=True)

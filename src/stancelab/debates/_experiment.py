@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from stancelab.conversation._config import RelativePath, StrictModel, load_config
 from stancelab.conversation._personas import KNOWN_KINDS, PAPER_TOPICS, Persona, Topic
 from stancelab.conversation._seeds import derive_seed
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 from stancelab.engine._factory import ModelConfig
 from stancelab.engine._models import content_hash
 from stancelab.engine._registry import model_entry

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stancelab.conversation import PromptFormat, PromptSet, SurveyItem, SurveyMode, ask
 from stancelab.conversation._personas import (
     PAPER_TOPICS,
     PARTIES,
@@ -21,10 +22,8 @@ from stancelab.conversation._personas import (
     write_story,
 )
 from stancelab.conversation._seeds import derive_seed
-from stancelab.conversation._survey import SurveyItem, SurveyMode, ask
-from stancelab.conversation._templates import PromptFormat, PromptSet
 from stancelab.debates._debate import Debate, DebateSpec
-from stancelab.engine._base import LanguageModel
+from stancelab.engine import LanguageModel
 
 MIDPOINT = 5.0
 

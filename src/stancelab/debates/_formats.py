@@ -13,11 +13,9 @@ read from its name or class. Every refusal is one line, raised before a run writ
 
 from __future__ import annotations
 
-from stancelab.conversation._templates import PromptFormat, parse_format
-from stancelab.engine._base import LanguageModel
-from stancelab.engine._errors import ChatOnlyError, ConfigError
+from stancelab.conversation import PromptFormat, parse_format
+from stancelab.engine import ChatOnlyError, ConfigError, LanguageModel, get_backend
 from stancelab.engine._factory import ModelConfig
-from stancelab.engine._registry import get_backend
 
 AUTO = "auto"
 FORMAT_CHOICES = (AUTO, *(str(f) for f in PromptFormat))

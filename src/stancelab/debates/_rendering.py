@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stancelab.conversation._templates import BUILTIN, PromptFormat, PromptSet, read_template
+from stancelab.engine import ConfigError
 from stancelab.engine._base import Message, Prompt
-from stancelab.engine._errors import ConfigError
 
 
 class Said(Protocol):

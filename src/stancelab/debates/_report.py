@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
-from stancelab.conversation._personas import Topic
+from stancelab.conversation import Topic
 from stancelab.debates._analysis import (
     KIND_COLORS,
     attitude_frame,
@@ -19,7 +19,7 @@ from stancelab.debates._analysis import (
 )
 from stancelab.debates._fidelity import summarise
 from stancelab.debates._store import AgentRow, DebateRow, MessageRow, Store
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -18,7 +18,7 @@ from stancelab.debates._experiment import ExperimentConfig
 from stancelab.debates._report import change_statistics, write_report
 from stancelab.debates._runner import RUN_META, RunFolder, experiment_status, run_experiment
 from stancelab.debates._store import Store
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -23,6 +23,15 @@ from typing import Any
 import yaml
 
 from stancelab._version import __version__
+from stancelab.conversation import (
+    PromptFormat,
+    PromptSet,
+    SurveyAnswer,
+    SurveyMode,
+    load_prompts,
+    parse_modes,
+    survey_modes_for,
+)
 from stancelab.conversation._personas import (
     BUILTIN_PERSONAS,
     KNOWN_KINDS,
@@ -30,8 +39,6 @@ from stancelab.conversation._personas import (
     StoryDraft,
     generate_personas,
 )
-from stancelab.conversation._survey import SurveyAnswer, SurveyMode, parse_modes, survey_modes_for
-from stancelab.conversation._templates import PromptFormat, PromptSet, load_prompts
 from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
 from stancelab.debates._experiment import (
     ExperimentConfig,
@@ -47,8 +54,7 @@ from stancelab.debates._fidelity import (
 )
 from stancelab.debates._formats import probe_format, resolve_format
 from stancelab.debates._store import SCHEMA_VERSION, Store
-from stancelab.engine._base import LanguageModel
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError, LanguageModel
 from stancelab.engine._factory import ModelConfig, check_model, open_model
 
 RUN_META = "run.json"

@@ -22,10 +22,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation._personas import Persona
-from stancelab.conversation._survey import SurveyMode, SurveyQuestion
+from stancelab.conversation import Persona, SurveyMode, SurveyQuestion
 from stancelab.debates._debate import DebateSpec, Speaking
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 _SCALE = re.compile(r"scale of 0 to 10|0\s*(?:-|to)\s*10", re.IGNORECASE)
 

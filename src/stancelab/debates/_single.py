@@ -18,14 +18,11 @@ from typing import Any
 
 import yaml
 
-from stancelab.conversation._personas import Persona, personas_for
-from stancelab.conversation._survey import SurveyMode
-from stancelab.conversation._templates import PromptSet
+from stancelab.conversation import Persona, PromptSet, SurveyMode, personas_for
 from stancelab.debates._debate import DebateSpec
 from stancelab.debates._experiment import PlannedDebate
 from stancelab.debates._runner import ModelLike, Plan
-from stancelab.engine._base import LanguageModel
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError, LanguageModel
 
 AgentLike = str | Persona | Mapping[str, Any]
 """An agent of a single debate: a built-in kind ("republican", "democrat", "default"),

@@ -27,11 +27,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from stancelab.conversation import SurveyAnswer
 from stancelab.conversation._database import AnswerColumns, open_tables, utc_now
 from stancelab.conversation._export import check_formats, write_tables
-from stancelab.conversation._survey import SurveyAnswer
 from stancelab.debates._debate import Debate, Turn
-from stancelab.engine._errors import StoreError
+from stancelab.engine import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd

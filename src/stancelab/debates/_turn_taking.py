@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stancelab.conversation._seeds import derive_seed
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 
 class TurnTaking(Protocol):

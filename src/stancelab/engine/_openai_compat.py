@@ -47,10 +47,10 @@ from stancelab.engine._errors import (
     format_validation_error,
 )
 from stancelab.engine._types import conversation_key
+from stancelab.engine.openai import OpenAIOptions
 from stancelab.engine.openai import _codec as codec
 from stancelab.engine.openai._accounting import Accounting
 from stancelab.engine.openai._codec import parse_top_logprobs
-from stancelab.engine.openai._options import OpenAIOptions
 from stancelab.engine.openai._retry import FailoverWait, retrying
 from stancelab.engine.openai._routing import Endpoint, Router
 from stancelab.engine.openai._transport import (

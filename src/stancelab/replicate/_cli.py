@@ -16,7 +16,7 @@ import yaml
 from rich.table import Table
 
 from stancelab.conversation._console import console, friendly_errors
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 from stancelab.replicate._replication import papers, replicate
 from stancelab.replicate._verdict import NOT_REPRODUCED, REPRODUCED
 

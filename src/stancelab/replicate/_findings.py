@@ -7,11 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation._personas import Topic, paper_topic
-from stancelab.conversation._statistics import MIN_N
+from stancelab.conversation import MIN_N, Topic, paper_topic
+from stancelab.debates import Run
 from stancelab.debates._fidelity import FidelityRow
-from stancelab.debates._results import Run
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 from stancelab.replicate import jiang2025, taubenfeld2024
 from stancelab.replicate._verdict import Claim, Finding, findings_table
 

@@ -20,12 +20,12 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from stancelab.debates._experiment import load_experiment
+from stancelab.debates import load_experiment
 from stancelab.debates._results import Run, run_config
 from stancelab.debates._runner import ensure_writable_dir
+from stancelab.engine import get_backend
 from stancelab.engine._errors import ConfigError, format_validation_error
 from stancelab.engine._factory import ModelConfig, check_model, check_reachable, model_config
-from stancelab.engine._registry import get_backend
 from stancelab.replicate import jiang2025
 from stancelab.replicate._designs import FIG3_SETUPS, LATER_SETUPS, SCALES, _slug, design
 from stancelab.replicate._findings import PAPERS, STUDY_PAPERS, run_findings

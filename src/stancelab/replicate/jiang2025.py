@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation._statistics import TestResult
+from stancelab.conversation import TestResult
 from stancelab.replicate._verdict import NOT_REPRODUCED, Claim, Finding, Side, findings_table
 
 PAPER = "jiang2025"

@@ -40,15 +40,16 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from stancelab.conversation._personas import PARTIES, Topic
-from stancelab.conversation._statistics import (
+from stancelab.conversation import (
+    PARTIES,
     TestResult,
+    Topic,
     ols_term,
     one_sample_tests,
     proportion,
     two_sample_tests,
 )
-from stancelab.debates._analysis import mean_attitudes
+from stancelab.debates import mean_attitudes
 from stancelab.debates._fidelity import FidelityRow, summarise
 from stancelab.debates._report import default_gap
 from stancelab.replicate._verdict import INCONCLUSIVE, NOT_REPRODUCED, Claim, Finding, Side

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation._survey import ZERO_TO_TEN, Scale
-from stancelab.engine._errors import StoreError
+from stancelab.conversation import ZERO_TO_TEN, Scale
+from stancelab.engine import StoreError
 from stancelab.study._config import Analysis
 from stancelab.study._store import StudyStore, one_judge, read_table
 

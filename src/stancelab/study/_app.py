@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from stancelab.engine._base import LanguageModel
+from stancelab.engine import LanguageModel
 from stancelab.study import _routes_admin as routes_admin
 from stancelab.study import _routes_participant as routes_participant
 from stancelab.study import _routes_stream as routes_stream

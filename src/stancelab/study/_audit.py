@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stancelab.engine import ConfigError
 from stancelab.engine._base import GenerationRequest, LanguageModel, Message
-from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, open_model
 from stancelab.study._chat import Chatbot, ChatTurn, clean_reply, load_template
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stancelab.conversation._survey import (
+from stancelab.conversation import (
     ZERO_TO_TEN,
     Scale,
     SurveyAnswer,
@@ -21,8 +21,8 @@ from stancelab.conversation._survey import (
     ask,
 )
 from stancelab.conversation._templates import read_template
+from stancelab.engine import ConfigError
 from stancelab.engine._base import GenerationRequest, LanguageModel, Message
-from stancelab.engine._errors import ConfigError
 
 WORD_LIMIT = 60
 PROMPTS = "stancelab.study.prompts"

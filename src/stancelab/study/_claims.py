@@ -32,7 +32,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from stancelab.conversation._statistics import (
+from stancelab.conversation import (
+    Scale,
     TestResult,
     correlation,
     detectable_effect,
@@ -45,7 +46,6 @@ from stancelab.conversation._statistics import (
     results_frame,
     two_sample_tests,
 )
-from stancelab.conversation._survey import Scale
 
 CHAT = ("standard", "personalised")
 

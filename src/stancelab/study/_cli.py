@@ -16,10 +16,10 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
+from stancelab.conversation import SurveyMode, survey_modes_for
 from stancelab.conversation._console import console, err_console, friendly_errors
 from stancelab.conversation._export import formula_safe
-from stancelab.conversation._survey import SurveyMode, survey_modes_for
-from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine import ConfigError, StancelabError
 from stancelab.engine._factory import ModelConfig, open_model
 from stancelab.study import _reply_stance as reply_stance
 from stancelab.study._app import admin_token_from_env, create_app, secret_from_env

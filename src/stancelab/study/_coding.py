@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stancelab.conversation._export import formula_safe
-from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine import ConfigError, StoreError
 from stancelab.study._config import StudyConfig
 from stancelab.study._store import StrategyCodeRow, StudyStore
 

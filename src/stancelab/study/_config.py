@@ -13,9 +13,9 @@ from pydantic import (
     model_validator,
 )
 
+from stancelab.conversation import Scale, StanceItem
 from stancelab.conversation._config import RelativePath, StrictModel, load_config
-from stancelab.conversation._survey import Scale, StanceItem
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 from stancelab.engine._factory import ModelConfig, ModelEntry
 
 

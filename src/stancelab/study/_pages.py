@@ -16,7 +16,7 @@ from jinja2 import Environment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from stancelab.engine._base import LanguageModel
+from stancelab.engine import LanguageModel
 from stancelab.study._config import Condition, StudyConfig
 from stancelab.study._replies import Replies
 from stancelab.study._security import MinInterval, RateLimiter, Signer

@@ -15,8 +15,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from stancelab.engine._base import LanguageModel
-from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine import ConfigError, LanguageModel, StancelabError
 from stancelab.study._chat import Chatbot, ChatTurn, format_profile
 from stancelab.study._config import Condition, StudyConfig
 from stancelab.study._store import ChatMessageRow, DuplicateTurn, ParticipantRow, StudyStore

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from stancelab.conversation._survey import (
+from stancelab.conversation import (
     StanceItem,
     SurveyAnswer,
     SurveyItem,

@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import select
 
+from stancelab.conversation import Scale
 from stancelab.conversation._database import safe_url
 from stancelab.conversation._export import formula_safe
-from stancelab.conversation._survey import Scale
-from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine import ConfigError, StoreError
 from stancelab.study._analysis import (
     condition_summary,
     flow_table,

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from stancelab.engine._errors import StancelabError
+from stancelab.engine import StancelabError
 
 
 def uvicorn_proxy_options(forwarded_allow_ips: str | None) -> dict[str, Any]:

@@ -21,10 +21,9 @@ from typing import Any
 
 import httpx
 
-from stancelab.conversation._survey import SurveyItem, SurveyMode, ask
+from stancelab.conversation import SurveyItem, SurveyMode, ask
+from stancelab.engine import StancelabError, open_model
 from stancelab.engine._base import GenerationRequest, LanguageModel, Message
-from stancelab.engine._errors import StancelabError
-from stancelab.engine._factory import open_model
 from stancelab.study._app import create_app
 from stancelab.study._chat import clean_reply, load_template
 from stancelab.study._config import StudyConfig

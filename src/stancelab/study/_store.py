@@ -36,10 +36,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from stancelab.conversation import SurveyAnswer
 from stancelab.conversation._database import AnswerColumns, open_tables, utc_now
 from stancelab.conversation._export import json_columns_as_text
-from stancelab.conversation._survey import SurveyAnswer
-from stancelab.engine._errors import StoreError
+from stancelab.engine import StoreError
 
 STEPS = ("consent", "about", "before", "conversation", "after", "perception", "done")
 ENDED = ("no_consent", "screened_out", "withdrawn")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stancelab.engine import ConfigError, StancelabError
 from stancelab.engine._base import ChoiceRequest, LanguageModel, Message
-from stancelab.engine._errors import ConfigError, StancelabError
 from stancelab.study._chat import load_template
 from stancelab.study._coding import SPEAKERS, Codebook, load_codebook
 from stancelab.study._store import ChatMessageRow, StrategyCodeRow, StrategyLabelRow, StudyStore

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation._personas import PAPER_TOPICS
+from stancelab.conversation import PAPER_TOPICS
 from stancelab.conversation._seeds import derive_seed
 from stancelab.conversation._templates import DEFAULT_VERSION, read_template
 from stancelab.engine._base import GenerationRequest, LanguageModel, Message

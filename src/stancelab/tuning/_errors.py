@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stancelab.engine._errors import AdapterError, ConfigError, StancelabError
+from stancelab.engine import AdapterError, ConfigError, StancelabError
 
 
 class FinetuneError(StancelabError):

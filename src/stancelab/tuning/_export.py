@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from stancelab.engine import AdapterError
 from stancelab.engine._adapters import BASE_SHA_KEY, gguf_info
-from stancelab.engine._errors import AdapterError
 from stancelab.engine._models import model_fingerprint
 from stancelab.tuning._train import adapter_meta, check_adapter_base
 

@@ -8,7 +8,7 @@ questions and answers), used by the tests and ``benchmarks/tuning_screens.py``.
 
 from __future__ import annotations
 
-from stancelab.engine._base import LanguageModel
+from stancelab.engine import LanguageModel
 from stancelab.tuning._screening import check_questions, score_partisanship, toward
 
 GOOD_QUESTIONS = [

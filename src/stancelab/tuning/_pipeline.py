@@ -24,14 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stancelab.conversation._personas import BUILTIN_PERSONAS, PersonaSet
-from stancelab.debates._analysis import attitude_frame
-from stancelab.debates._experiment import load_experiment
-from stancelab.debates._report import write_report
+from stancelab.conversation import BUILTIN_PERSONAS, PersonaSet
+from stancelab.debates import Store, attitude_frame, load_experiment, write_report
 from stancelab.debates._runner import COMPATIBLE, RunFolder, run_experiment
-from stancelab.debates._store import Store
-from stancelab.engine._errors import ConfigError
-from stancelab.engine._factory import open_model
+from stancelab.engine import ConfigError, open_model
 from stancelab.engine._models import content_hash, folder_hash, model_fingerprint, resolve_model
 from stancelab.tuning import _datasets as ds
 from stancelab.tuning._config import FinetuneConfig
@@ -52,7 +48,7 @@ from stancelab.tuning._screening import calibrate, check_questions, partisanship
 from stancelab.tuning._train import TrainResult, finished_adapter, train_dpo, train_nwp
 
 if TYPE_CHECKING:
-    from stancelab.engine._base import LanguageModel
+    from stancelab.engine import LanguageModel
 
 
 def _log(message: str) -> None:

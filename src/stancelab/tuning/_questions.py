@@ -13,8 +13,8 @@ import yaml
 
 from stancelab.conversation._config import read_yaml
 from stancelab.conversation._templates import DEFAULT_VERSION, read_template
+from stancelab.engine import ConfigError
 from stancelab.engine._base import GenerationRequest, LanguageModel
-from stancelab.engine._errors import ConfigError
 
 _WORD = re.compile(r"[a-z0-9']+")
 _LEADER = re.compile(r"^\s*(?:[-*•]|\(?\d{1,3}[.):]|Q\d*[.:]|Question\s*\d*[.:])\s*", re.I)

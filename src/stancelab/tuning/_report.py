@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine._errors import ConfigError
+from stancelab.engine import ConfigError
 
 
 def load_results_file(path: Path) -> dict[str, Any]:
