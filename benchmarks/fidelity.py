@@ -21,14 +21,15 @@ import sys
 import time
 from typing import Any
 
-from stancelab.conversation._personas import (
+from stancelab.conversation import (
     BUILTIN_PERSONAS,
     PAPER_TOPICS,
+    PromptFormat,
+    SurveyMode,
     generate_personas,
+    load_prompts,
     paper_topic,
 )
-from stancelab.conversation._survey import SurveyMode
-from stancelab.conversation._templates import PromptFormat, load_prompts
 from stancelab.debates._fidelity import FidelityRow, screen_personas, summarise, survey_personas
 from stancelab.engine._llamacpp import load_engine
 

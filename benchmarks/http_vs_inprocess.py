@@ -19,13 +19,11 @@ import sys
 import time
 from typing import Any
 
-from stancelab.conversation._personas import personas_for
-from stancelab.conversation._survey import SurveyMode
-from stancelab.conversation._templates import load_prompts
-from stancelab.debates._debate import Debate, DebateSpec, run_debates
+from stancelab.conversation import SurveyMode, load_prompts, personas_for
+from stancelab.debates import Debate, DebateSpec, run_debates
+from stancelab.engine import OpenAICompatModel
 from stancelab.engine._base import GenerationRequest, LanguageModel
 from stancelab.engine._llamacpp import load_engine
-from stancelab.engine._openai_compat import OpenAICompatModel
 
 
 def make_debates(

@@ -37,11 +37,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from stancelab.engine._fake import FakeChatModel
-from stancelab.study._app import create_app
-from stancelab.study._config import StudyConfig, load_study
-from stancelab.study._server import running_server
-from stancelab.study._store import StudyStore
+from stancelab.engine import FakeChatModel
+from stancelab.study import StudyConfig, StudyStore, create_app, load_study, running_server
 
 
 @dataclass

@@ -19,13 +19,11 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from stancelab.conversation._personas import Persona
-from stancelab.conversation._survey import SCALE, SurveyItem, SurveyMode, ask
-from stancelab.conversation._templates import load_prompts
-from stancelab.debates._debate import Debate, DebateSpec, Turn
+from stancelab.conversation import SCALE, Persona, SurveyItem, SurveyMode, ask, load_prompts
+from stancelab.debates import Debate, DebateSpec, Turn
+from stancelab.engine import score_by_token_tree
 from stancelab.engine._base import ChoiceRequest, GenerationRequest
 from stancelab.engine._llamacpp import load_engine
-from stancelab.engine._scoring import score_by_token_tree
 
 HISTORY = [
     "Climate change is exaggerated; the economy matters more than distant projections.",

@@ -38,8 +38,8 @@ from typing import Any
 
 from stancelab.engine._base import GenerationRequest, Message
 from stancelab.engine._llamacpp import load_engine
+from stancelab.tuning import judge_accuracy
 from stancelab.tuning._datasets import answer_prompt, classify_answer
-from stancelab.tuning._labelled import judge_accuracy
 from stancelab.tuning._questions import generate_questions, seed_questions
 from stancelab.tuning._screening import (
     calibrate,

@@ -32,13 +32,18 @@ from throughput import (
     workload_file,
 )
 
-from stancelab.conversation._personas import BUILTIN_PERSONAS, PAPER_TOPICS
-from stancelab.conversation._survey import parse_rating
-from stancelab.conversation._templates import load_prompts
-from stancelab.debates._debate import Debate, DebateSpec, Turn, TurnStep
-from stancelab.debates._experiment import load_experiment, plan_debates
-from stancelab.debates._runner import ModelPool, run_experiment
-from stancelab.engine._openai_compat import OpenAICompatModel
+from stancelab.conversation import BUILTIN_PERSONAS, PAPER_TOPICS, load_prompts, parse_rating
+from stancelab.debates import (
+    Debate,
+    DebateSpec,
+    ModelPool,
+    Turn,
+    TurnStep,
+    load_experiment,
+    plan_debates,
+    run_experiment,
+)
+from stancelab.engine import OpenAICompatModel
 
 
 def record(lm: OpenAICompatModel) -> list[Call]:

@@ -1,4 +1,4 @@
-"""Identical deterministic requests in flight at once are sent once (engine/inflight.py)."""
+"""Identical deterministic requests in flight at once are sent once (engine/_inflight.py)."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ class PersonaConfig(StrictModel):
     model: ModelEntry | None = None
     """Model that writes the stories (defaults to the experiment's model); the stories
     are written in its prompt format, where ``auto`` means chat whenever the model has a
-    chat template (the meta-prompt is an instruction; see debates/formats.py)."""
+    chat template (the meta-prompt is an instruction; see debates/_formats.py)."""
     reuse_across_repetitions: bool = False
     """False: each repetition gets its own persona in the first slot of each kind."""
     check_fidelity: bool = True

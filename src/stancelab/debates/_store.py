@@ -1,6 +1,6 @@
 """The debates' results store: runs, debates, agents, messages, surveys, persona checks.
 
-SQLite by default, any SQLAlchemy URL (PostgreSQL) too (``conversation/database.py``).
+SQLite by default, any SQLAlchemy URL (PostgreSQL) too (``conversation/_database.py``).
 
 Every turn and survey answer is committed as soon as it exists, so a crash loses at
 most the request in flight. A run's status stays 'running' until it finishes.

@@ -1,4 +1,6 @@
-"""Language-model engines behind one small interface (see base.LanguageModel)."""
+"""Language-model engines behind one small interface (``LanguageModel``): the interface, its
+values and errors, the backend registry (``load_model``, ``@backend``), the built-in backends
+and the wrappers on the same interface."""
 
 from __future__ import annotations
 

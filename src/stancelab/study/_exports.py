@@ -1,5 +1,5 @@
 """The study's exports: every table and the wide one-row-per-participant table (written by
-the one exporter, ``conversation/export.py``), and the live progress summary."""
+the one exporter, ``conversation/_export.py``), and the live progress summary."""
 
 from __future__ import annotations
 
