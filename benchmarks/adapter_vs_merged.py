@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stancelab.engine.base import GenerationRequest, LanguageModel
+from stancelab.engine._base import GenerationRequest, LanguageModel
 
 
 def decode_rate(lm: LanguageModel, tokens: int) -> float:
@@ -39,11 +39,11 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-    from stancelab.engine.models import resolve_model
-    from stancelab.tuning.config import PAPER_TARGETS
-    from stancelab.tuning.export import export_lora_gguf, merge_to_gguf
-    from stancelab.tuning.hf import base_checkpoint
+    from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
+    from stancelab.engine._models import resolve_model
+    from stancelab.tuning._config import PAPER_TARGETS
+    from stancelab.tuning._export import export_lora_gguf, merge_to_gguf
+    from stancelab.tuning._hf import base_checkpoint
 
     checkpoint, sha = base_checkpoint("smollm2-135m")
     _, base_gguf = resolve_model("smollm2-135m")

@@ -21,16 +21,17 @@ import sys
 import time
 from typing import Any
 
-from stancelab.conversation.personas import (
+from stancelab.conversation import (
     BUILTIN_PERSONAS,
     PAPER_TOPICS,
+    PromptFormat,
+    SurveyMode,
     generate_personas,
+    load_prompts,
     paper_topic,
 )
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import PromptFormat, load_prompts
-from stancelab.debates.fidelity import FidelityRow, screen_personas, summarise, survey_personas
-from stancelab.engine.llamacpp import load_engine
+from stancelab.debates._fidelity import FidelityRow, screen_personas, summarise, survey_personas
+from stancelab.engine._llamacpp import load_engine
 
 MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 

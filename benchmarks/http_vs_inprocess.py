@@ -19,13 +19,11 @@ import sys
 import time
 from typing import Any
 
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, run_debates
-from stancelab.engine.base import GenerationRequest, LanguageModel
-from stancelab.engine.llamacpp import load_engine
-from stancelab.engine.openai_compat import OpenAICompatModel
+from stancelab.conversation import SurveyMode, load_prompts, personas_for
+from stancelab.debates import Debate, DebateSpec, run_debates
+from stancelab.engine import OpenAICompatModel
+from stancelab.engine._base import GenerationRequest, LanguageModel
+from stancelab.engine._llamacpp import load_engine
 
 
 def make_debates(

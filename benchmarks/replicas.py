@@ -21,10 +21,9 @@ from typing import Any
 
 from throughput import Call, new_prompt_tokens, personas
 
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PAPER_TOPICS
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, run_debates
-from stancelab.engine.openai_compat import OpenAICompatModel
+from stancelab.conversation import BUILTIN_PERSONAS, PAPER_TOPICS, load_prompts
+from stancelab.debates import Debate, DebateSpec, run_debates
+from stancelab.engine import OpenAICompatModel
 
 
 class Server:

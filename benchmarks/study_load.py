@@ -37,11 +37,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.config import StudyConfig, load_study
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.engine import FakeChatModel
+from stancelab.study import StudyConfig, StudyStore, create_app, load_study, running_server
 
 
 @dataclass

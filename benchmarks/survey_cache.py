@@ -19,13 +19,11 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from stancelab.conversation.personas import Persona
-from stancelab.conversation.survey import SCALE, SurveyItem, SurveyMode, ask
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, Turn
-from stancelab.engine.base import ChoiceRequest, GenerationRequest
-from stancelab.engine.llamacpp import load_engine
-from stancelab.engine.scoring import score_by_token_tree
+from stancelab.conversation import SCALE, Persona, SurveyItem, SurveyMode, ask, load_prompts
+from stancelab.debates import Debate, DebateSpec, Turn
+from stancelab.engine import score_by_token_tree
+from stancelab.engine._base import ChoiceRequest, GenerationRequest
+from stancelab.engine._llamacpp import load_engine
 
 HISTORY = [
     "Climate change is exaggerated; the economy matters more than distant projections.",

@@ -36,15 +36,28 @@ from typing import Any
 
 import yaml
 
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PAPER_TOPICS, Persona, PersonaSet
-from stancelab.conversation.survey import parse_rating
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, Turn, TurnStep, run_debates
-from stancelab.debates.experiment import load_experiment, plan_debates
-from stancelab.debates.runner import ModelPool, run_experiment
-from stancelab.engine.base import ChoiceRequest, ChoiceScores
-from stancelab.engine.llamacpp import LlamaCppEngine, idle_cores, load_engine
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.conversation import (
+    BUILTIN_PERSONAS,
+    PAPER_TOPICS,
+    Persona,
+    PersonaSet,
+    load_prompts,
+    parse_rating,
+)
+from stancelab.debates import (
+    Debate,
+    DebateSpec,
+    ModelPool,
+    Turn,
+    TurnStep,
+    load_experiment,
+    plan_debates,
+    run_debates,
+    run_experiment,
+)
+from stancelab.engine import SharedInFlight
+from stancelab.engine._base import ChoiceRequest, ChoiceScores
+from stancelab.engine._llamacpp import LlamaCppEngine, idle_cores, load_engine
 
 
 def personas(n: int) -> PersonaSet:

@@ -61,8 +61,8 @@ def trainer_step(
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
-    from stancelab.tuning.config import NwpSettings
-    from stancelab.tuning.train import training_arguments
+    from stancelab.tuning._config import NwpSettings
+    from stancelab.tuning._train import training_arguments
 
     settings = NwpSettings(
         batch_size=len(texts) // (steps + 1),
@@ -112,9 +112,9 @@ def main() -> None:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stancelab.tuning.config import LoraSettings
-    from stancelab.tuning.hf import base_checkpoint
-    from stancelab.tuning.train import lora_config, set_threads
+    from stancelab.tuning._config import LoraSettings
+    from stancelab.tuning._hf import base_checkpoint
+    from stancelab.tuning._train import lora_config, set_threads
 
     set_threads(None)
     checkpoint, _ = base_checkpoint(opts.model)

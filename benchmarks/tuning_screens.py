@@ -9,7 +9,7 @@ all, the judge (the pipeline's default):
 2. the Figure-10 partisan agent of each party answers the first seed questions of Table 2
    (``--answers`` answers in all, half per party, T=1.0) and the judge scores each answer:
    share on the intended side and mean lean (+1 Republican, -1 Democrat) per party;
-3. the judge's accuracy on the hand-labelled set of ``stancelab.tuning.labelled``, so the
+3. the judge's accuracy on the hand-labelled set of ``stancelab.tuning._labelled``, so the
    shares above can be read against how well the judge sees anything at all.
 
 Usage:
@@ -36,12 +36,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from stancelab.engine.base import GenerationRequest, Message
-from stancelab.engine.llamacpp import load_engine
-from stancelab.tuning.datasets import answer_prompt, classify_answer
-from stancelab.tuning.labelled import judge_accuracy
-from stancelab.tuning.questions import generate_questions, seed_questions
-from stancelab.tuning.screening import (
+from stancelab.engine._base import GenerationRequest, Message
+from stancelab.engine._llamacpp import load_engine
+from stancelab.tuning import judge_accuracy
+from stancelab.tuning._datasets import answer_prompt, classify_answer
+from stancelab.tuning._questions import generate_questions, seed_questions
+from stancelab.tuning._screening import (
     calibrate,
     check_questions,
     distinguishability,

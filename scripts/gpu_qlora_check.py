@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings
-    from stancelab.tuning.train import train_dpo, train_nwp
+    from stancelab.tuning._config import DpoSettings, LoraSettings, NwpSettings
+    from stancelab.tuning._train import train_dpo, train_nwp
 
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check is for GPU machines")

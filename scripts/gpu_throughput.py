@@ -32,13 +32,18 @@ from throughput import (
     workload_file,
 )
 
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PAPER_TOPICS
-from stancelab.conversation.survey import parse_rating
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, Turn, TurnStep
-from stancelab.debates.experiment import load_experiment, plan_debates
-from stancelab.debates.runner import ModelPool, run_experiment
-from stancelab.engine.openai_compat import OpenAICompatModel
+from stancelab.conversation import BUILTIN_PERSONAS, PAPER_TOPICS, load_prompts, parse_rating
+from stancelab.debates import (
+    Debate,
+    DebateSpec,
+    ModelPool,
+    Turn,
+    TurnStep,
+    load_experiment,
+    plan_debates,
+    run_experiment,
+)
+from stancelab.engine import OpenAICompatModel
 
 
 def record(lm: OpenAICompatModel) -> list[Call]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
+from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
 
 
 @pytest.fixture(scope="session")

@@ -21,94 +21,104 @@ The public API (docs/python-api.md is a tutorial)::
 Models are opened through one registry of backends (``@sl.backend`` adds your own);
 the ``fake`` backend (``{name: echo, backend: fake}``) needs no engine.
 
+One name per concept: a verb in lower case and the type it gives in CamelCase, under the
+class's own name (``experiment`` -> ``ExperimentConfig``, ``run`` -> ``Run``,
+``load_study`` -> ``StudyConfig``, ``load_model`` -> ``LanguageModel``). Each package
+(``stancelab.engine``, ``.conversation``, ``.debates``, ``.tuning``, ``.study``,
+``.replicate``) exports its own public API from its ``__init__``; modules whose name starts
+with ``_`` are private. Deprecated since 0.4, working until the next release with a
+warning: ``Experiment`` (use ``ExperimentConfig``), ``Study`` (``StudyConfig``),
+``load_experiment`` (``experiment``), ``open_model`` (``load_model``), ``DebateSpec``
+(``stancelab.debates.DebateSpec``), and the old module paths (``stancelab.study.exports``:
+import from ``stancelab.study``).
+
 Every name is imported on first use (PEP 562 ``__getattr__``), so ``import stancelab``
 and reading a finished run load neither the study's web app nor an engine.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stancelab._lazy import install_moved_modules, lazy_package
 from stancelab._version import __version__
 
 if TYPE_CHECKING:
     from stancelab._api import debate, experiment, run
-    from stancelab.conversation.personas import Persona
-    from stancelab.conversation.survey import SurveyMode
-    from stancelab.debates.debate import DebateEvents, DebateSpec
-    from stancelab.debates.experiment import ExperimentConfig as Experiment
-    from stancelab.debates.experiment import load_experiment
-    from stancelab.debates.results import Run, open_run
-    from stancelab.engine.base import (
+    from stancelab.conversation import Persona, SurveyMode
+    from stancelab.debates import DebateEvents, ExperimentConfig, Run, open_run
+    from stancelab.engine import (
         ChoiceRequest,
         ChoiceScores,
+        ConfigError,
+        EngineError,
         Generation,
         GenerationRequest,
         LanguageModel,
         Message,
-    )
-    from stancelab.engine.errors import (
-        ConfigError,
-        EngineError,
+        ModelConfig,
         ModelError,
         StancelabError,
         StoreError,
+        backend,
+        backend_names,
+        load_model,
     )
-    from stancelab.engine.factory import ModelConfig, backend_names, load_model, open_model
-    from stancelab.engine.registry import backend
-    from stancelab.replicate._replication import Replication, replicate
-    from stancelab.study.app import create_app as study_app
-    from stancelab.study.config import StudyConfig as Study
-    from stancelab.study.config import load_study
-    from stancelab.study.simulate import simulate
+    from stancelab.replicate import Replication, replicate
+    from stancelab.study import StudyConfig, load_study, simulate
+    from stancelab.study import create_app as study_app
 
-_SOURCES: dict[str, tuple[str, str]] = {
+_SOURCES = {
     "debate": ("stancelab._api", "debate"),
     "experiment": ("stancelab._api", "experiment"),
     "run": ("stancelab._api", "run"),
-    "Persona": ("stancelab.conversation.personas", "Persona"),
-    "SurveyMode": ("stancelab.conversation.survey", "SurveyMode"),
-    "DebateEvents": ("stancelab.debates.debate", "DebateEvents"),
-    "DebateSpec": ("stancelab.debates.debate", "DebateSpec"),
-    "Experiment": ("stancelab.debates.experiment", "ExperimentConfig"),
-    "load_experiment": ("stancelab.debates.experiment", "load_experiment"),
-    "Run": ("stancelab.debates.results", "Run"),
-    "open_run": ("stancelab.debates.results", "open_run"),
-    "ChoiceRequest": ("stancelab.engine.base", "ChoiceRequest"),
-    "ChoiceScores": ("stancelab.engine.base", "ChoiceScores"),
-    "Generation": ("stancelab.engine.base", "Generation"),
-    "GenerationRequest": ("stancelab.engine.base", "GenerationRequest"),
-    "LanguageModel": ("stancelab.engine.base", "LanguageModel"),
-    "Message": ("stancelab.engine.base", "Message"),
-    "ConfigError": ("stancelab.engine.errors", "ConfigError"),
-    "EngineError": ("stancelab.engine.errors", "EngineError"),
-    "ModelError": ("stancelab.engine.errors", "ModelError"),
-    "StancelabError": ("stancelab.engine.errors", "StancelabError"),
-    "StoreError": ("stancelab.engine.errors", "StoreError"),
-    "ModelConfig": ("stancelab.engine.factory", "ModelConfig"),
-    "backend_names": ("stancelab.engine.factory", "backend_names"),
-    "load_model": ("stancelab.engine.factory", "load_model"),
-    "open_model": ("stancelab.engine.factory", "open_model"),
-    "backend": ("stancelab.engine.registry", "backend"),
+    "Persona": ("stancelab.conversation", "Persona"),
+    "SurveyMode": ("stancelab.conversation", "SurveyMode"),
+    "DebateEvents": ("stancelab.debates", "DebateEvents"),
+    "ExperimentConfig": ("stancelab.debates", "ExperimentConfig"),
+    "Run": ("stancelab.debates", "Run"),
+    "open_run": ("stancelab.debates", "open_run"),
+    "ChoiceRequest": ("stancelab.engine", "ChoiceRequest"),
+    "ChoiceScores": ("stancelab.engine", "ChoiceScores"),
+    "Generation": ("stancelab.engine", "Generation"),
+    "GenerationRequest": ("stancelab.engine", "GenerationRequest"),
+    "LanguageModel": ("stancelab.engine", "LanguageModel"),
+    "Message": ("stancelab.engine", "Message"),
+    "ConfigError": ("stancelab.engine", "ConfigError"),
+    "EngineError": ("stancelab.engine", "EngineError"),
+    "ModelError": ("stancelab.engine", "ModelError"),
+    "StancelabError": ("stancelab.engine", "StancelabError"),
+    "StoreError": ("stancelab.engine", "StoreError"),
+    "ModelConfig": ("stancelab.engine", "ModelConfig"),
+    "backend_names": ("stancelab.engine", "backend_names"),
+    "load_model": ("stancelab.engine", "load_model"),
+    "backend": ("stancelab.engine", "backend"),
     # The package stancelab.replicate is callable too: importing it puts it on stancelab.
-    "replicate": ("stancelab.replicate._replication", "replicate"),
-    "Replication": ("stancelab.replicate._replication", "Replication"),
-    "study_app": ("stancelab.study.app", "create_app"),
-    "Study": ("stancelab.study.config", "StudyConfig"),
-    "load_study": ("stancelab.study.config", "load_study"),
-    "simulate": ("stancelab.study.simulate", "simulate"),
+    "replicate": ("stancelab.replicate", "replicate"),
+    "Replication": ("stancelab.replicate", "Replication"),
+    "study_app": ("stancelab.study", "create_app"),
+    "StudyConfig": ("stancelab.study", "StudyConfig"),
+    "load_study": ("stancelab.study", "load_study"),
+    "simulate": ("stancelab.study", "simulate"),
 }
 """Public name -> (module, attribute): what ``__getattr__`` imports on first use."""
+
+_DEPRECATED = {
+    "Experiment": ("stancelab.debates", "ExperimentConfig", "stancelab.ExperimentConfig"),
+    "Study": ("stancelab.study", "StudyConfig", "stancelab.StudyConfig"),
+    "load_experiment": ("stancelab.debates", "load_experiment", "stancelab.experiment"),
+    "open_model": ("stancelab.engine", "open_model", "stancelab.load_model"),
+    "DebateSpec": ("stancelab.debates", "DebateSpec", "stancelab.debates.DebateSpec"),
+}
+"""Names 0.3 exported, kept for one release: name -> (module, attribute, instead)."""
 
 __all__ = [
     "ChoiceRequest",
     "ChoiceScores",
     "ConfigError",
     "DebateEvents",
-    "DebateSpec",
     "EngineError",
-    "Experiment",
+    "ExperimentConfig",
     "Generation",
     "GenerationRequest",
     "LanguageModel",
@@ -120,17 +130,15 @@ __all__ = [
     "Run",
     "StancelabError",
     "StoreError",
-    "Study",
+    "StudyConfig",
     "SurveyMode",
     "__version__",
     "backend",
     "backend_names",
     "debate",
     "experiment",
-    "load_experiment",
     "load_model",
     "load_study",
-    "open_model",
     "open_run",
     "replicate",
     "run",
@@ -138,17 +146,16 @@ __all__ = [
     "study_app",
 ]
 
+lazy_package(__name__)
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the value here."""
-    try:
-        module, attribute = _SOURCES[name]
-    except KeyError:
-        raise AttributeError(f"module 'stancelab' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+install_moved_modules(
+    [
+        "stancelab.conversation",
+        "stancelab.debates",
+        "stancelab.engine",
+        "stancelab.engine.openai",
+        "stancelab.replicate",
+        "stancelab.study",
+        "stancelab.tuning",
+    ]
+)

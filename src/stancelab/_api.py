@@ -11,16 +11,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stancelab.conversation.survey import SurveyMode, parse_modes
-from stancelab.conversation.templates import PromptFormat, load_prompts, parse_format
-from stancelab.debates.debate import DebateEvents
-from stancelab.debates.experiment import ExperimentConfig, load_experiment
-from stancelab.debates.formats import AUTO, check_format_option, resolve_format
-from stancelab.debates.results import Run, open_run, run_config
-from stancelab.debates.runner import execute
-from stancelab.debates.single import AgentLike, debate_spec, plan_debate
-from stancelab.engine.base import LanguageModel
-from stancelab.engine.factory import ModelConfig
+from stancelab.conversation import PromptFormat, SurveyMode, load_prompts, parse_format, parse_modes
+from stancelab.debates import DebateEvents, ExperimentConfig, load_experiment
+from stancelab.debates._formats import AUTO, check_format_option, resolve_format
+from stancelab.debates._results import Run, open_run, run_config
+from stancelab.debates._runner import execute
+from stancelab.debates._single import AgentLike, debate_spec, plan_debate
+from stancelab.engine import LanguageModel
+from stancelab.engine._factory import ModelConfig
 
 ExperimentLike = ExperimentConfig | str | Path | dict[str, Any]
 ModelLike = LanguageModel | ModelConfig | str | dict[str, Any]

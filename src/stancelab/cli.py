@@ -10,14 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stancelab.conversation.console import console, friendly_errors
-from stancelab.debates.cli import app as debates_app
-from stancelab.debates.store import Store, export_tables
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.models import EMBEDDED_MODELS, resolve_model
-from stancelab.replicate.cli import replicate_command
-from stancelab.study.cli import audit_command, study_app
-from stancelab.tuning.cli import evaluate_command, finetune_command, table_command
+from stancelab.conversation._console import console, friendly_errors
+from stancelab.debates import Store, export_tables
+from stancelab.debates._cli import app as debates_app
+from stancelab.engine import EMBEDDED_MODELS, ConfigError, resolve_model
+from stancelab.replicate._cli import replicate_command
+from stancelab.study._cli import audit_command, study_app
+from stancelab.tuning._cli import evaluate_command, finetune_command, table_command
 
 app = typer.Typer(
     help="Measure how opinions move in multi-turn conversations with and between LLMs.",

@@ -8,16 +8,16 @@ import pytest
 import yaml
 from pydantic import Field
 
-from stancelab.conversation.config import (
+from stancelab.conversation._config import (
     RelativePath,
     StrictModel,
     load_config,
     load_yaml_mapping,
     resolve_path,
 )
-from stancelab.debates.experiment import load_experiment
-from stancelab.engine.errors import ConfigError
-from stancelab.tuning.config import FinetuneConfig
+from stancelab.debates._experiment import load_experiment
+from stancelab.engine._errors import ConfigError
+from stancelab.tuning._config import FinetuneConfig
 
 
 class Section(StrictModel):

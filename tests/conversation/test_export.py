@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stancelab.conversation.export import table_bytes, write_tables
-from stancelab.engine.errors import StoreError
+from stancelab.conversation._export import table_bytes, write_tables
+from stancelab.engine._errors import StoreError
 
 CELLS = ['=HYPERLINK("http://x")', "=1+2", "+1", "-2", "@SUM(A1)", "\tx", "plain", "a=b"]
 

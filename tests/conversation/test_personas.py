@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.conversation.personas import (
+from stancelab.conversation._personas import (
     PAPER_TOPICS,
     PersonaSet,
     StoryDraft,
@@ -19,9 +19,9 @@ from stancelab.conversation.personas import (
     reads_as_story,
     write_story,
 )
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import ScriptedModel
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import ScriptedModel
 
 TOPICS = [paper_topic(t) for t in PAPER_TOPICS]
 

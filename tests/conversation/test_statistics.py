@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from stancelab.conversation.statistics import (
+from stancelab.conversation._statistics import (
     COLUMNS,
     MIN_N,
     TestResult,
@@ -31,7 +31,7 @@ from stancelab.conversation.statistics import (
     results_frame,
     two_sample_tests,
 )
-from stancelab.engine.errors import ConfigError
+from stancelab.engine._errors import ConfigError
 
 T_975_DF4 = 2.7764451051977987  # t(0.975; 4), any t table: 2.776
 

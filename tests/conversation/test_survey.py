@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from stancelab.conversation.survey import SurveyItem, SurveyMode, ask, parse_modes, parse_rating
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.llamacpp import LlamaCppEngine
+from stancelab.conversation._survey import SurveyItem, SurveyMode, ask, parse_modes, parse_rating
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._llamacpp import LlamaCppEngine
 
 
 @pytest.mark.parametrize(

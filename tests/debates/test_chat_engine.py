@@ -16,21 +16,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.conversation.personas import Persona, PersonaSet, personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, run_debates
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.runner import run_experiment
-from stancelab.engine.base import (
+from stancelab.conversation._personas import Persona, PersonaSet, personas_for
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._debate import Debate, DebateSpec, run_debates
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._runner import run_experiment
+from stancelab.engine._base import (
     Generation,
     GenerationRequest,
     LanguageModel,
     Prompt,
     TopTokens,
 )
-from stancelab.engine.llamacpp import LlamaCppEngine
-from stancelab.engine.openai_compat import ChatOnlyError, OpenAICompatModel
+from stancelab.engine._llamacpp import LlamaCppEngine
+from stancelab.engine._openai_compat import ChatOnlyError, OpenAICompatModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from http_servers import FaultProxy, ServerProcess

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stancelab.debates.cleaning import clean_reply, is_usable, speaker_line, stop_strings
+from stancelab.debates._cleaning import clean_reply, is_usable, speaker_line, stop_strings
 
 NAMES = ("Jacob", "Mary Ann")
 LINE = speaker_line(NAMES)

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, clean_reply, run_debates
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._personas import personas_for
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, clean_reply, run_debates
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import ScriptedModel
 
 PROMPTS = load_prompts()
 

@@ -11,14 +11,14 @@ import yaml
 from typer.testing import CliRunner
 
 from stancelab.cli import app
-from stancelab.conversation.personas import Persona, PersonaSet
+from stancelab.conversation._personas import Persona, PersonaSet
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._runner import ModelPool, Plan, RunFolder, execute, plan_experiment
 from stancelab.debates.estimate import Estimate, ProgressLines, check_cost, estimate_run
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.runner import ModelPool, Plan, RunFolder, execute, plan_experiment
-from stancelab.engine.base import Generation, GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, open_model
-from stancelab.engine.fake import ScriptedModel
+from stancelab.engine._base import Generation, GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, open_model
+from stancelab.engine._fake import ScriptedModel
 
 REPLY = (
     "I hear you, but the families in my town need practical answers on this, not slogans, "

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.conversation.personas import BUILTIN_PERSONAS, Persona
-from stancelab.debates.experiment import SETUP_PRESETS, load_experiment, plan_debates
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._personas import BUILTIN_PERSONAS, Persona
+from stancelab.debates._experiment import SETUP_PRESETS, load_experiment, plan_debates
+from stancelab.engine._errors import ConfigError
 
 BASE = {
     "name": "t",
@@ -173,7 +173,7 @@ def test_conditions_share_personas_and_seeds(tmp_path: Path) -> None:
 
 
 def test_adapters_need_the_llamacpp_backend() -> None:
-    from stancelab.engine.factory import ModelConfig, open_model
+    from stancelab.engine._factory import ModelConfig, open_model
 
     config = ModelConfig.model_validate(
         {

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.conversation.personas import Persona, personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import PromptFormat, load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, Turn, run_debates
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.formats import check_format_option, resolve_format
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig
-from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.models import gguf_chat_template
-from stancelab.engine.openai.transport import is_chat_only_answer
+from stancelab.conversation._personas import Persona, personas_for
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import PromptFormat, load_prompts
+from stancelab.debates._debate import Debate, DebateSpec, Turn, run_debates
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._formats import check_format_option, resolve_format
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig
+from stancelab.engine._fake import ScriptedModel
+from stancelab.engine._models import gguf_chat_template
+from stancelab.engine.openai._transport import is_chat_only_answer
 
 TRANSCRIPT = load_prompts()
 CHAT = load_prompts(format="chat")

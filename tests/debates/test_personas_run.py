@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.runner import ModelPool, RunFolder, run_experiment
-from stancelab.debates.store import Store
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.fake import ScriptedModel
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._runner import ModelPool, RunFolder, run_experiment
+from stancelab.debates._store import Store
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._fake import ScriptedModel
 
 
 class Crash(Exception):

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import pytest
 
-from stancelab.conversation.templates import PromptFormat, PromptSet, load_prompts
-from stancelab.debates.rendering import Rendering, decide_request, header
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation._templates import PromptFormat, PromptSet, load_prompts
+from stancelab.debates._rendering import Rendering, decide_request, header
+from stancelab.engine._errors import ConfigError
 
 TRANSCRIPT = load_prompts()
 CHAT = load_prompts(format="chat")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stancelab.debates.analysis import foreign_script, other_speakers
+from stancelab.debates._analysis import foreign_script, other_speakers
 
 
 def test_other_scripts_are_spotted_but_typography_is_not() -> None:

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from stancelab.conversation.personas import Persona, PersonaSet
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.report import change_statistics, default_gap, write_report
-from stancelab.debates.runner import ModelPool, RunFolder, run_experiment
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._personas import Persona, PersonaSet
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._report import change_statistics, default_gap, write_report
+from stancelab.debates._runner import ModelPool, RunFolder, run_experiment
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._fake import ScriptedModel
 
 
 def frame_with(changes: list[tuple[float, float]]) -> pd.DataFrame:
@@ -139,10 +139,10 @@ def test_html_report_of_a_run(tmp_path: Path) -> None:
 
 
 def test_tuned_conditions_are_averaged_over_seeds_and_drawn_dotted(tmp_path: Path) -> None:
-    from stancelab.debates.analysis import attitude_frame, mean_attitudes
-    from stancelab.debates.report import setup_figure, tuning_effects
-    from stancelab.debates.store import Store
-    from stancelab.engine.factory import ModelConfig
+    from stancelab.debates._analysis import attitude_frame, mean_attitudes
+    from stancelab.debates._report import setup_figure, tuning_effects
+    from stancelab.debates._store import Store
+    from stancelab.engine._factory import ModelConfig
 
     PersonaSet(
         [Persona(f"R{i}", "republican", f"You are R{i}.") for i in range(2)]

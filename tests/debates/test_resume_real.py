@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.conversation.personas import Persona, PersonaSet
+from stancelab.conversation._personas import Persona, PersonaSet
 
 pytestmark = pytest.mark.engine
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stancelab.conversation.personas import Persona, PersonaSet
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.runner import ModelPool, RunFolder, experiment_status, run_experiment
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._personas import Persona, PersonaSet
+from stancelab.debates._experiment import load_experiment
+from stancelab.debates._runner import ModelPool, RunFolder, experiment_status, run_experiment
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig
+from stancelab.engine._fake import ScriptedModel
 
 
 def scripted_reply(request: GenerationRequest) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, run_debates
-from stancelab.debates.sauce import load_sauce
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._debate import Debate, run_debates
+from stancelab.debates._sauce import load_sauce
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import ScriptedModel
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sauce-debate.json"
 

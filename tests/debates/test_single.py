@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 
 import stancelab as sl
-from stancelab.conversation.personas import Persona
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.runner import RUN_META, execute
-from stancelab.debates.sauce import load_sauce
-from stancelab.debates.single import plan_debate
-from stancelab.debates.store import Store
-from stancelab.engine.base import Generation, GenerationRequest
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._personas import Persona
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._runner import RUN_META, execute
+from stancelab.debates._sauce import load_sauce
+from stancelab.debates._single import plan_debate
+from stancelab.debates._store import Store
+from stancelab.engine._base import Generation, GenerationRequest
+from stancelab.engine._fake import ScriptedModel
 
 
 class Crash(Exception):

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from stancelab.debates.analysis import clustered_se, mean_attitudes
-from stancelab.debates.report import change_statistics
+from stancelab.debates._analysis import clustered_se, mean_attitudes
+from stancelab.debates._report import change_statistics
 
 
 def test_clustered_se_on_known_values() -> None:

@@ -7,14 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.survey import SurveyMode
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.analysis import attitude_frame, mean_attitudes, plot_attitudes
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, run_debates
-from stancelab.debates.store import Store, export_tables
-from stancelab.engine.errors import StoreError
-from stancelab.engine.fake import ScriptedModel
+from stancelab.conversation._personas import personas_for
+from stancelab.conversation._survey import SurveyMode
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._analysis import attitude_frame, mean_attitudes, plot_attitudes
+from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, run_debates
+from stancelab.debates._store import Store, export_tables
+from stancelab.engine._errors import StoreError
+from stancelab.engine._fake import ScriptedModel
 
 
 def stored_run(tmp_path: Path) -> tuple[Store, str]:

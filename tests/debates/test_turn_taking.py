@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.templates import load_prompts
-from stancelab.debates.debate import Debate, DebateSpec, DecideStep, TurnStep, run_debates
-from stancelab.debates.turn_taking import (
+from stancelab.conversation._personas import personas_for
+from stancelab.conversation._templates import load_prompts
+from stancelab.debates._debate import Debate, DebateSpec, DecideStep, TurnStep, run_debates
+from stancelab.debates._turn_taking import (
     DecideFirst,
     RandomHost,
     RoundRobin,
@@ -18,9 +18,9 @@ from stancelab.debates.turn_taking import (
     host_policy,
     seeded_first_speaker,
 )
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import ScriptedModel
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import ScriptedModel
 
 PROMPTS = load_prompts()
 PERSONAS = tuple(personas_for(["republican", "democrat", "default"]))

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 
 import stancelab as sl
-from stancelab.conversation.survey import SurveyMode, survey_modes_for
-from stancelab.conversation.templates import PromptFormat
-from stancelab.debates.formats import probe_format, resolve_format
-from stancelab.debates.runner import ModelPool
-from stancelab.engine import registry
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel, PathRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, open_model
-from stancelab.engine.fake import FAKE_VOCABULARY, ScriptedModel
-from stancelab.engine.inflight import InFlight
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.conversation._survey import SurveyMode, survey_modes_for
+from stancelab.conversation._templates import PromptFormat
+from stancelab.debates._formats import probe_format, resolve_format
+from stancelab.debates._runner import ModelPool
+from stancelab.engine import _registry as registry
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel, PathRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, open_model
+from stancelab.engine._fake import FAKE_VOCABULARY, ScriptedModel
+from stancelab.engine._inflight import InFlight
+from stancelab.engine._wrappers import SharedInFlight
 
 MINIMAL = "test-minimal"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, check_model
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, check_model
 
 
 @pytest.mark.parametrize(

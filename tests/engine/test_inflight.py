@@ -1,4 +1,4 @@
-"""Identical deterministic requests in flight at once are sent once (engine/inflight.py)."""
+"""Identical deterministic requests in flight at once are sent once (engine/_inflight.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from stancelab.engine.inflight import InFlight, request_key
+from stancelab.engine._inflight import InFlight, request_key
 
 
 def wait_for_waiters(in_flight: InFlight[object], n: int, limit_s: float = 5.0) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, Generation, GenerationRequest, PathRequest
-from stancelab.engine.llamacpp import LlamaCppEngine
-from stancelab.engine.scoring import score_by_token_tree
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.conversation._survey import SCALE
+from stancelab.engine._base import ChoiceRequest, Generation, GenerationRequest, PathRequest
+from stancelab.engine._llamacpp import LlamaCppEngine
+from stancelab.engine._scoring import score_by_token_tree
+from stancelab.engine._wrappers import SharedInFlight
 
 pytestmark = pytest.mark.engine
 
@@ -98,14 +98,14 @@ def test_token_paths_report_the_unbiased_distribution(small_engine: LlamaCppEngi
 
 
 def test_engine_rejects_bad_requests_with_engine_error(small_engine: LlamaCppEngine) -> None:
-    from stancelab.engine.errors import EngineError
+    from stancelab.engine._errors import EngineError
 
     with pytest.raises(EngineError):
         small_engine._call({"no_prompt": True}, chat=False)
 
 
 def test_backend_sampling_option_from_a_model_entry() -> None:
-    from stancelab.engine.factory import open_model
+    from stancelab.engine._factory import open_model
 
     engine = open_model(
         {
@@ -130,7 +130,7 @@ def test_replies_sample_the_whole_distribution(small_engine: LlamaCppEngine) -> 
     """T=1.0 means the model's whole distribution (the paper's API), not llama.cpp's cut."""
     import math
 
-    from stancelab.engine.factory import open_model
+    from stancelab.engine._factory import open_model
 
     prompt = "Here is a list of random English words: apple, river, "
     requests = [GenerationRequest(prompt, temperature=1.0, max_tokens=1, seed=s) for s in range(48)]

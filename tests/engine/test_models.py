@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine import models
-from stancelab.engine.errors import ModelError
-from stancelab.engine.models import EmbeddedModel, prepare_embedded, resolve_model
+from stancelab.engine import _models as models
+from stancelab.engine._errors import ModelError
+from stancelab.engine._models import EmbeddedModel, prepare_embedded, resolve_model
 
 
 def chunked_model(

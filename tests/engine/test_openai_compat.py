@@ -15,22 +15,22 @@ from collections.abc import Iterator
 import pytest
 from http_servers import FaultProxy, ServerProcess, free_port
 
-from stancelab.conversation.personas import personas_for
-from stancelab.conversation.survey import SCALE, SurveyMode, survey_modes_for
-from stancelab.conversation.templates import PromptFormat, load_prompts
-from stancelab.debates.debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
-from stancelab.debates.formats import probe_format
-from stancelab.engine.base import ChoiceRequest, GenerationRequest
-from stancelab.engine.errors import ChatOnlyError, ConfigError, EngineError, ModelError
-from stancelab.engine.factory import ModelConfig, Price, open_model
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-from stancelab.engine.openai_compat import (
+from stancelab.conversation._personas import personas_for
+from stancelab.conversation._survey import SCALE, SurveyMode, survey_modes_for
+from stancelab.conversation._templates import PromptFormat, load_prompts
+from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
+from stancelab.debates._formats import probe_format
+from stancelab.engine._base import ChoiceRequest, GenerationRequest
+from stancelab.engine._errors import ChatOnlyError, ConfigError, EngineError, ModelError
+from stancelab.engine._factory import ModelConfig, Price, open_model
+from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
+from stancelab.engine._openai_compat import (
     NoLogprobsError,
     OpenAICompatModel,
     normalise_base_url,
     parse_top_logprobs,
 )
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.engine._wrappers import SharedInFlight
 
 pytestmark = pytest.mark.engine
 

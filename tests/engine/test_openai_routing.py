@@ -7,12 +7,12 @@ from collections import Counter
 import pytest
 from tenacity import RetryCallState, Retrying
 
-from stancelab.engine.base import GenerationRequest, PathRequest
-from stancelab.engine.openai import codec
-from stancelab.engine.openai.retry import FailoverWait, retrying
-from stancelab.engine.openai.routing import Router
-from stancelab.engine.openai.transport import Retryable
-from stancelab.engine.types import conversation_key
+from stancelab.engine._base import GenerationRequest, PathRequest
+from stancelab.engine._types import conversation_key
+from stancelab.engine.openai import _codec as codec
+from stancelab.engine.openai._retry import FailoverWait, retrying
+from stancelab.engine.openai._routing import Router
+from stancelab.engine.openai._transport import Retryable
 
 BASES = ["http://a:1/v1", "http://b:1/v1", "http://c:1/v1"]
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from stancelab.conversation.survey import SCALE
-from stancelab.engine.base import ChoiceRequest, PathRequest, Prompt, TokenPath, TopTokens
-from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.scoring import score_by_token_paths, score_by_token_tree
+from stancelab.conversation._survey import SCALE
+from stancelab.engine._base import ChoiceRequest, PathRequest, Prompt, TokenPath, TopTokens
+from stancelab.engine._fake import ScriptedModel
+from stancelab.engine._scoring import score_by_token_paths, score_by_token_tree
 
 
 def scores_for(dist: dict[str, float]) -> list[float]:

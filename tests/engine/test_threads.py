@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from stancelab.engine.llamacpp import idle_cores
+from stancelab.engine._llamacpp import idle_cores
 
 
 def test_busy_cores_are_left_to_their_processes() -> None:

@@ -10,15 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from stancelab.conversation.survey import SCALE  # noqa: E402
-from stancelab.engine.base import ChoiceRequest, GenerationRequest  # noqa: E402
-from stancelab.engine.errors import ConfigError, ModelError  # noqa: E402
-from stancelab.engine.factory import open_model  # noqa: E402
-from stancelab.engine.transformers_backend import (  # noqa: E402
+from stancelab.conversation._survey import SCALE  # noqa: E402
+from stancelab.engine._base import ChoiceRequest, GenerationRequest  # noqa: E402
+from stancelab.engine._errors import ConfigError, ModelError  # noqa: E402
+from stancelab.engine._factory import open_model  # noqa: E402
+from stancelab.engine._transformers_backend import (  # noqa: E402
     TransformersModel,
     load_transformers,
 )
-from stancelab.engine.wrappers import SharedInFlight  # noqa: E402
+from stancelab.engine._wrappers import SharedInFlight  # noqa: E402
 
 CORPUS = [
     "On a scale of 0 to 10, how much do you think that climate change is a big problem? "

@@ -17,9 +17,9 @@ import zlib
 from collections.abc import Sequence
 
 import stancelab as sl
-from stancelab.engine.base import Generation, GenerationRequest
-from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.registry import NoOptions
+from stancelab.engine._base import Generation, GenerationRequest
+from stancelab.engine._fake import ScriptedModel
+from stancelab.engine._registry import NoOptions
 
 TURN = "I see it so."
 START = {"republican": 2.0, "democrat": 8.0}

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stancelab.debates.fidelity import FidelityRow
-from stancelab.engine.errors import ConfigError
+from stancelab.debates._fidelity import FidelityRow
+from stancelab.engine._errors import ConfigError
 from stancelab.replicate import CLAIMS, COLUMNS, VERDICTS, findings, verdict
 
 SURVEYS = {"three-way": (0, 3, 6), "rr-default": (0, 3, 6)}

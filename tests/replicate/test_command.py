@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import stancelab as sl
 from stancelab.cli import app
-from stancelab.conversation.personas import BUILTIN_PERSONAS, PersonaSet
-from stancelab.debates.store import Store
+from stancelab.conversation._personas import BUILTIN_PERSONAS, PersonaSet
+from stancelab.debates._store import Store
 from stancelab.replicate import CLAIMS
 from stancelab.replicate.jiang2025 import CLAIMS as STUDY_CLAIMS
 from stancelab.replicate.jiang2025 import PILOT_NOTE, study_findings
@@ -255,7 +255,7 @@ def test_jiang2025_pilot_gives_the_study_claims_with_verdicts(tmp_path: Path) ->
 
 
 def _participants(folder: Path) -> int:
-    from stancelab.study.store import StudyStore
+    from stancelab.study._store import StudyStore
 
     store = StudyStore(folder / "study.db")
     try:

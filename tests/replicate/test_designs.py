@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 import stancelab as sl
-from stancelab.conversation.personas import Persona, PersonaSet
-from stancelab.debates.experiment import load_experiment
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.registry import NoOptions
+from stancelab.conversation._personas import Persona, PersonaSet
+from stancelab.debates._experiment import load_experiment
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._fake import ScriptedModel
+from stancelab.engine._registry import NoOptions
 from stancelab.replicate import CLAIMS, SCALES, design, run_findings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.config import StudyConfig, load_study
-from stancelab.study.store import StudyStore
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._config import StudyConfig, load_study
+from stancelab.study._store import StudyStore
 
 ADMIN_TOKEN = "admin-token-7f3c9a1e5b"
 SECRET = b"test-secret-0123456789abcdef"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.analysis import (
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._analysis import (
     condition_summary,
     load_frames,
     participant_frame,
@@ -17,9 +17,9 @@ from stancelab.study.analysis import (
     strategy_frame,
     turn_frame,
 )
-from stancelab.study.report import write_report
-from stancelab.study.store import StudyStore
-from stancelab.study.strategies import LABELS, judge_prompt, label_study
+from stancelab.study._report import write_report
+from stancelab.study._store import StudyStore
+from stancelab.study._strategies import LABELS, judge_prompt, label_study
 
 from .conftest import AppFactory, Participant
 
@@ -174,7 +174,7 @@ def test_report_writes_figures_tables_and_escaped_html(
 
 
 def test_report_on_empty_database_is_a_clear_error(store: StudyStore, tmp_path: Path) -> None:
-    from stancelab.engine.errors import StoreError
+    from stancelab.engine._errors import StoreError
 
     with pytest.raises(StoreError, match="no participants"):
         write_report(store, tmp_path / "r")

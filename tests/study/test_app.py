@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import SESSION_COOKIE
-from stancelab.study.store import StudyStore
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import SESSION_COOKIE
+from stancelab.study._store import StudyStore
 
 from .conftest import ADMIN_TOKEN, AppFactory, Participant
 
@@ -289,9 +289,9 @@ def test_message_length_and_body_limits(app_client: AppFactory, store: StudyStor
 def test_engine_failure_is_a_retryable_page_not_a_crash(store: StudyStore) -> None:
     from fastapi.testclient import TestClient
 
-    from stancelab.engine.base import GenerationRequest
-    from stancelab.engine.errors import EngineError
-    from stancelab.study.app import create_app
+    from stancelab.engine._base import GenerationRequest
+    from stancelab.engine._errors import EngineError
+    from stancelab.study._app import create_app
 
     from .conftest import SECRET, make_config
 

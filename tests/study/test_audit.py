@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.audit import audit, follow_curve, stability_score, summarise_side
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._audit import audit, follow_curve, stability_score, summarise_side
 
 
 def test_follow_curve_and_score() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-from stancelab.study.app import create_app
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
+from stancelab.study._app import create_app
+from stancelab.study._server import running_server
+from stancelab.study._store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, make_config
 
@@ -178,7 +178,7 @@ def test_participant_completes_session_in_chromium(
 def test_simulated_participant_on_the_embedded_model(
     study_engine: LlamaCppEngine, tmp_path: Path
 ) -> None:
-    from stancelab.study.simulate import simulate
+    from stancelab.study._simulate import simulate
 
     # SmolLM2-135M puts a few percent of its probability on the scale: the pilot would be
     # refused at the default minimum coverage, so this plumbing test lowers it (the
@@ -204,8 +204,8 @@ def test_probe_coverage_gate_refuses_a_model_that_cannot_answer_the_scale(
 ) -> None:
     """SmolLM2-135M's probe puts a few percent of its probability on the item's points: a
     study (and its pilot) must not start on it at the default minimum."""
-    from stancelab.engine.errors import ConfigError
-    from stancelab.study.replies import check_probe_coverage, probe_coverage
+    from stancelab.engine._errors import ConfigError
+    from stancelab.study._replies import check_probe_coverage, probe_coverage
 
     config = make_config(conditions=["standard"], stance_item="agreement")
     coverage = probe_coverage(config, study_engine)

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.fake import FakeChatModel, last_user_message
-from stancelab.study.app import create_app
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._fake import FakeChatModel, last_user_message
+from stancelab.study._app import create_app
+from stancelab.study._server import running_server
+from stancelab.study._store import StudyStore
 
 from .conftest import SECRET, make_config
 from .test_browser import CHROMIUM, CHROMIUM_ARGS

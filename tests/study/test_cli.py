@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from stancelab.study.cli import audit_command, study_app
-from stancelab.study.store import StudyStore
+from stancelab.study._cli import audit_command, study_app
+from stancelab.study._store import StudyStore
 
 from .conftest import AppFactory, Participant
 

@@ -14,11 +14,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.engine.fake import FakeChatModel
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-from stancelab.study.cli import study_app
-from stancelab.study.coding import (
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine._fake import FakeChatModel
+from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
+from stancelab.study._cli import study_app
+from stancelab.study._coding import (
     CODER_COLUMN,
     SHEET_COLUMNS,
     Codebook,
@@ -31,9 +31,9 @@ from stancelab.study.coding import (
     load_codebook,
     resolve_codebook,
 )
-from stancelab.study.config import load_study
-from stancelab.study.store import StrategyCodeRow, StudyStore
-from stancelab.study.strategies import (
+from stancelab.study._config import load_study
+from stancelab.study._store import StrategyCodeRow, StudyStore
+from stancelab.study._strategies import (
     LABELS,
     JudgeCoverageError,
     code_study,
@@ -637,7 +637,7 @@ def test_coding_commands_fail_with_one_line(store: StudyStore, tmp_path: Path) -
 def test_report_with_a_judge_also_codes_every_label(
     store: StudyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import stancelab.study.cli as cli
+    import stancelab.study._cli as cli
 
     _study(store, participants=1)
     monkeypatch.setattr(cli, "open_model", lambda _name: FakeChatModel(continuations=_judge_all))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.errors import ConfigError
-from stancelab.study.config import Condition, load_study
+from stancelab.engine._errors import ConfigError
+from stancelab.study._config import Condition, load_study
 
 from .conftest import config_dict
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from stancelab.engine.base import GenerationRequest, Prompt, TopTokens
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.store import StudyStore
+from stancelab.engine._base import GenerationRequest, Prompt, TopTokens
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._store import StudyStore
 
 from .conftest import SECRET, AppFactory, Participant, make_config
 
@@ -254,7 +254,7 @@ def test_probe_runs_after_the_reply_and_is_stored_before_the_next_turn(
 def test_a_database_from_0_2_gains_the_new_columns(tmp_path: Path) -> None:
     from sqlalchemy import Column, MetaData, Table, create_engine, text
 
-    from stancelab.study.store import StudyBase
+    from stancelab.study._store import StudyBase
 
     added = {
         ("study_messages", "client_key"),

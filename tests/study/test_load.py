@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.simulate import simulate, summary
-from stancelab.study.store import StudyStore
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._simulate import simulate, summary
+from stancelab.study._store import StudyStore
 
 from .conftest import make_config
 

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.config import load_study
-from stancelab.study.report import mark_stale, write_report
-from stancelab.study.simulate import simulate
-from stancelab.study.store import StudyStore
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._config import load_study
+from stancelab.study._report import mark_stale, write_report
+from stancelab.study._simulate import simulate
+from stancelab.study._store import StudyStore
 
 from .conftest import SECRET, Participant, config_dict, make_config
 
@@ -223,8 +223,8 @@ def test_serve_and_pilot_refuse_a_probe_below_the_coverage_minimum(tmp_path: Pat
 
 
 def test_a_v1_study_asks_its_probe_exactly_as_0_3_did() -> None:
-    from stancelab.study.replies import build_chatbot
-    from stancelab.study.store import ParticipantRow
+    from stancelab.study._replies import build_chatbot
+    from stancelab.study._store import ParticipantRow
 
     config = make_config(chatbot={"prompt_version": "v1"})
     row = ParticipantRow(topic="climate change", condition="standard", demographics={})
@@ -248,7 +248,7 @@ def test_a_judge_failing_its_coverage_marks_the_old_report_out_of_date(
     import typer
     from typer.testing import CliRunner
 
-    import stancelab.study.cli as cli
+    import stancelab.study._cli as cli
 
     app = typer.Typer()
     app.add_typer(cli.study_app, name="study")

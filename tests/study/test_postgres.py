@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import create_app
-from stancelab.study.exports import export_study
-from stancelab.study.report import write_report
-from stancelab.study.simulate import simulate
-from stancelab.study.store import StudyStore
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import create_app
+from stancelab.study._exports import export_study
+from stancelab.study._report import write_report
+from stancelab.study._simulate import simulate
+from stancelab.study._store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, Participant, make_config
 

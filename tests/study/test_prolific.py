@@ -13,9 +13,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.simulate import simulate
-from stancelab.study.store import ParticipantRow, StudyStore
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._simulate import simulate
+from stancelab.study._store import ParticipantRow, StudyStore
 
 from .conftest import ADMIN_TOKEN, AppFactory, Participant, make_config
 

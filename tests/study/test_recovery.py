@@ -17,10 +17,10 @@ import re
 import pandas as pd
 from fastapi.testclient import TestClient
 
-from stancelab.engine.fake import ScriptedModel
-from stancelab.study.app import create_app
-from stancelab.study.report import write_report
-from stancelab.study.store import StudyStore
+from stancelab.engine._fake import ScriptedModel
+from stancelab.study._app import create_app
+from stancelab.study._report import write_report
+from stancelab.study._store import StudyStore
 
 from .conftest import SECRET, Participant, make_config
 

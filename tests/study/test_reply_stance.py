@@ -12,19 +12,19 @@ import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
-from stancelab.engine.errors import ConfigError, StoreError
-from stancelab.engine.fake import ScriptedModel
-from stancelab.engine.llamacpp import LlamaCppEngine, load_engine
-from stancelab.study import cli as study_cli
-from stancelab.study.config import StudyConfig
-from stancelab.study.reply_stance import (
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel
+from stancelab.engine._errors import ConfigError, StoreError
+from stancelab.engine._fake import ScriptedModel
+from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
+from stancelab.study import _cli as study_cli
+from stancelab.study._config import StudyConfig
+from stancelab.study._reply_stance import (
     judge_name,
     rate_replies,
     reply_stance_frame,
 )
-from stancelab.study.store import ReplyStanceRow, StudyStore
-from stancelab.study.strategies import JudgeCoverageError
+from stancelab.study._store import ReplyStanceRow, StudyStore
+from stancelab.study._strategies import JudgeCoverageError
 
 from .conftest import make_config
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel
-from stancelab.engine.errors import StoreError
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.analysis import load_frames
-from stancelab.study.app import create_app
-from stancelab.study.chat import Chatbot, trim_to_sentence
-from stancelab.study.report import write_report
-from stancelab.study.store import StudyStore
-from stancelab.study.strategies import JudgeCoverageError, label_study
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel
+from stancelab.engine._errors import StoreError
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._analysis import load_frames
+from stancelab.study._app import create_app
+from stancelab.study._chat import Chatbot, trim_to_sentence
+from stancelab.study._report import write_report
+from stancelab.study._store import StudyStore
+from stancelab.study._strategies import JudgeCoverageError, label_study
 
 from .conftest import SECRET, AppFactory, Participant, make_config
 

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from stancelab.conversation.export import neutralise_cell
-from stancelab.engine.fake import FakeChatModel
-from stancelab.study.app import ADMIN_COOKIE, create_app
-from stancelab.study.exports import export_study
-from stancelab.study.server import running_server
-from stancelab.study.store import StudyStore
+from stancelab.conversation._export import neutralise_cell
+from stancelab.engine._fake import FakeChatModel
+from stancelab.study._app import ADMIN_COOKIE, create_app
+from stancelab.study._exports import export_study
+from stancelab.study._server import running_server
+from stancelab.study._store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, AppFactory, Participant, make_config
 

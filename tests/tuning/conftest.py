@@ -15,7 +15,7 @@ SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_p
 def smol_base() -> tuple[Path, str]:
     """Plain transformers checkpoint of the embedded SmolLM2-135M (made once, cached)."""
     pytest.importorskip("transformers")
-    from stancelab.tuning.hf import base_checkpoint
+    from stancelab.tuning._hf import base_checkpoint
 
     return base_checkpoint("smollm2-135m")
 

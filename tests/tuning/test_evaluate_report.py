@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.errors import ConfigError
-from stancelab.tuning.config import FinetuneConfig
-from stancelab.tuning.errors import BenchmarkError
-from stancelab.tuning.report import summarize_rows, table
+from stancelab.engine._errors import ConfigError
+from stancelab.tuning._config import FinetuneConfig
+from stancelab.tuning._errors import BenchmarkError
+from stancelab.tuning._report import summarize_rows, table
 
 
 def test_evaluate_on_fixture_files(tmp_path: Path, smol_base: tuple[Path, str]) -> None:
     pytest.importorskip("lm_eval")
-    from stancelab.tuning.evaluate import evaluate
+    from stancelab.tuning._evaluate import evaluate
 
     from .conftest import write_fixture
 
@@ -32,7 +32,7 @@ def test_evaluate_on_fixture_files(tmp_path: Path, smol_base: tuple[Path, str]) 
 
 
 def test_benchmark_files_in_the_wrong_format(tmp_path: Path) -> None:
-    from stancelab.tuning.evaluate import evaluate, local_task
+    from stancelab.tuning._evaluate import evaluate, local_task
 
     from .conftest import write_fixture
 
@@ -56,7 +56,7 @@ def test_benchmark_files_in_the_wrong_format(tmp_path: Path) -> None:
 
 
 def test_hendrycks_csv_is_accepted(tmp_path: Path) -> None:
-    from stancelab.tuning.evaluate import local_task
+    from stancelab.tuning._evaluate import local_task
 
     (tmp_path / "mmlu").mkdir()
     (tmp_path / "mmlu" / "astronomy_test.csv").write_text(
@@ -115,7 +115,7 @@ def test_config_file(tmp_path: Path) -> None:
 def test_cli_table_and_errors(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from stancelab.tuning.cli import app
+    from stancelab.tuning._cli import app
 
     rows = [{"kind": "base", "rank": 0, "hellaswag": 40.0, "mmlu": 25.0, "attitude": 8.0}]
     (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))

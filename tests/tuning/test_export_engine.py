@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stancelab.tuning.errors import AdapterError
+from stancelab.tuning._errors import AdapterError
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("peft")
@@ -39,9 +39,9 @@ def test_exported_adapter_matches_merged_transformers_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stancelab.engine.llamacpp import load_engine
-    from stancelab.engine.models import resolve_model
-    from stancelab.tuning.export import export_lora_gguf
+    from stancelab.engine._llamacpp import load_engine
+    from stancelab.engine._models import resolve_model
+    from stancelab.tuning._export import export_lora_gguf
 
     checkpoint, _ = smol_base
     adapter_dir, merged = random_adapter
@@ -93,9 +93,9 @@ def test_exported_adapter_matches_merged_transformers_model(
 def test_adapter_for_another_base_is_refused(
     tmp_path: Path, random_adapter: tuple[Path, Any]
 ) -> None:
-    from stancelab.engine.factory import load_model
-    from stancelab.engine.models import resolve_model
-    from stancelab.tuning.export import export_lora_gguf
+    from stancelab.engine._factory import load_model
+    from stancelab.engine._models import resolve_model
+    from stancelab.tuning._export import export_lora_gguf
 
     adapter_dir, _ = random_adapter
     _, base_gguf = resolve_model("smollm2-135m")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings
-from stancelab.tuning.learning import LN2, dpo_verdict, logging_interval, loss_curve, nwp_verdict
+from stancelab.tuning._config import DpoSettings, LoraSettings, NwpSettings
+from stancelab.tuning._learning import LN2, dpo_verdict, logging_interval, loss_curve, nwp_verdict
 
 pytest.importorskip("trl")
 
@@ -64,7 +64,7 @@ def _dpo(steps: int) -> DpoSettings:
 def test_dpo_learns_above_chance_and_a_broken_reference_is_flagged(
     tmp_path: Path, random_adapter: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stancelab.tuning.train import train_dpo
+    from stancelab.tuning._train import train_dpo
 
     nwp_adapter, _ = random_adapter
     good = train_dpo(
@@ -98,7 +98,7 @@ def test_dpo_learns_above_chance_and_a_broken_reference_is_flagged(
 
 
 def test_nwp_heldout_loss_falls(tmp_path: Path, smol_base: tuple[Path, str]) -> None:
-    from stancelab.tuning.train import train_nwp
+    from stancelab.tuning._train import train_nwp
 
     settings = NwpSettings(
         lora=LoraSettings(r=4, dropout=0.0),

@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_whole_loop_from_one_file(
     tmp_path: Path, smol_base: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stancelab.tuning.pipeline import run_finetune
+    from stancelab.tuning._pipeline import run_finetune
 
     monkeypatch.chdir(tmp_path)  # a relative file path, as users type it
     small = {"batch_size": 2, "max_steps": 2, "max_length": 48, "save_steps": 1, "logging_steps": 1}

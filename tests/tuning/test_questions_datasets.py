@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.engine.base import GenerationRequest
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.fake import ScriptedModel
-from stancelab.tuning import datasets as ds
-from stancelab.tuning.errors import DatasetError
-from stancelab.tuning.questions import (
+from stancelab.engine._base import GenerationRequest
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._fake import ScriptedModel
+from stancelab.tuning import _datasets as ds
+from stancelab.tuning._errors import DatasetError
+from stancelab.tuning._questions import (
     Question,
     generate_questions,
     is_near_duplicate,

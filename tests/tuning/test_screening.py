@@ -13,26 +13,26 @@ from typing import Any
 
 import pytest
 
-from stancelab.engine.base import (
+from stancelab.engine._base import (
     ChoiceRequest,
     ChoiceScores,
     Generation,
     GenerationRequest,
     LanguageModel,
 )
-from stancelab.engine.fake import ScriptedModel
-from stancelab.tuning import datasets as ds
-from stancelab.tuning.errors import DatasetError
-from stancelab.tuning.labelled import (
+from stancelab.engine._fake import ScriptedModel
+from stancelab.tuning import _datasets as ds
+from stancelab.tuning._errors import DatasetError
+from stancelab.tuning._labelled import (
     GOOD_QUESTIONS,
     LEADING_QUESTIONS,
     OFF_TOPIC_QUESTIONS,
     judge_accuracy,
     labelled_rows,
 )
-from stancelab.tuning.questions import BankLog, generate_questions, seed_questions
-from stancelab.tuning.report import table
-from stancelab.tuning.screening import (
+from stancelab.tuning._questions import BankLog, generate_questions, seed_questions
+from stancelab.tuning._report import table
+from stancelab.tuning._screening import (
     PARTY_CHOICES,
     calibrate,
     check_questions,
@@ -299,7 +299,7 @@ def test_report_carries_the_gate_and_learning_banners() -> None:
 
 
 def test_screening_off_leaves_the_paper_loop() -> None:
-    from stancelab.tuning.config import FinetuneConfig
+    from stancelab.tuning._config import FinetuneConfig
 
     config = FinetuneConfig.model_validate({"screening": None})
     assert config.screening is None

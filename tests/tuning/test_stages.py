@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from stancelab.engine.errors import ConfigError
-from stancelab.tuning.config import FinetuneConfig
-from stancelab.tuning.pipeline import (
+from stancelab.engine._errors import ConfigError
+from stancelab.tuning._config import FinetuneConfig
+from stancelab.tuning._pipeline import (
     DEBATES_DONE,
     STAGE_NAMES,
     FinetuneRun,
@@ -29,8 +29,8 @@ from stancelab.tuning.pipeline import (
     run_stages,
     select_stages,
 )
-from stancelab.tuning.questions import save_questions, seed_questions
-from stancelab.tuning.train import ADAPTER_META
+from stancelab.tuning._questions import save_questions, seed_questions
+from stancelab.tuning._train import ADAPTER_META
 
 
 def make_run(tmp_path: Path, lines: list[str] | None = None, **changes: Any) -> FinetuneRun:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stancelab.tuning.config import DpoSettings, LoraSettings, NwpSettings
-from stancelab.tuning.errors import AdapterError, DatasetError, HardwareError
+from stancelab.tuning._config import DpoSettings, LoraSettings, NwpSettings
+from stancelab.tuning._errors import AdapterError, DatasetError, HardwareError
 
 pytest.importorskip("trl")
 
@@ -38,7 +38,7 @@ def _settings(**extra: object) -> NwpSettings:
 def test_nwp_trains_resumes_and_dpo_builds_on_it(
     tmp_path: Path, smol_base: tuple[Path, str]
 ) -> None:
-    from stancelab.tuning.train import check_adapter_base, train_dpo, train_nwp
+    from stancelab.tuning._train import check_adapter_base, train_dpo, train_nwp
 
     out = tmp_path / "nwp"
     first = train_nwp("smollm2-135m", TEXTS, out, _settings(), seed=0)
@@ -85,7 +85,7 @@ def test_nwp_trains_resumes_and_dpo_builds_on_it(
 
 
 def test_bad_training_inputs(tmp_path: Path, smol_base: tuple[Path, str]) -> None:
-    from stancelab.tuning.train import train_dpo, train_nwp
+    from stancelab.tuning._train import train_dpo, train_nwp
 
     with pytest.raises(DatasetError, match="no usable training texts"):
         train_nwp("smollm2-135m", ["", "  "], tmp_path / "a", _settings())

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from stancelab.engine.errors import StancelabError
+from stancelab.engine._errors import StancelabError
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("peft")
 
 
 def _experiment(tmp_path: Path, adapter: str) -> Path:
-    from stancelab.conversation.personas import Persona, PersonaSet
+    from stancelab.conversation._personas import Persona, PersonaSet
 
     PersonaSet(
         [
@@ -59,12 +59,12 @@ def _experiment(tmp_path: Path, adapter: str) -> Path:
 def test_one_experiment_file_runs_base_and_tuned_models(
     tmp_path: Path, random_adapter: tuple[Path, Any]
 ) -> None:
-    from stancelab.debates.experiment import load_experiment
-    from stancelab.debates.report import write_report
-    from stancelab.debates.runner import RunFolder, run_experiment
-    from stancelab.debates.store import Store
-    from stancelab.engine.models import resolve_model
-    from stancelab.tuning.export import export_lora_gguf
+    from stancelab.debates._experiment import load_experiment
+    from stancelab.debates._report import write_report
+    from stancelab.debates._runner import RunFolder, run_experiment
+    from stancelab.debates._store import Store
+    from stancelab.engine._models import resolve_model
+    from stancelab.tuning._export import export_lora_gguf
 
     adapter_dir, _ = random_adapter
     _, base_gguf = resolve_model("smollm2-135m")
@@ -101,8 +101,8 @@ def test_one_experiment_file_runs_base_and_tuned_models(
 
 
 def test_adapter_for_the_wrong_model_fails_before_any_debate(tmp_path: Path) -> None:
-    from stancelab.debates.experiment import load_experiment
-    from stancelab.debates.runner import run_experiment
+    from stancelab.debates._experiment import load_experiment
+    from stancelab.debates._runner import run_experiment
 
     (tmp_path / "adapters").mkdir()
     (tmp_path / "adapters" / "junk.gguf").write_bytes(b"not a gguf")

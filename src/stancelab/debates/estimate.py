@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stancelab.conversation.personas import (
+from stancelab.conversation._personas import (
     PARTIES,
     Persona,
     PersonaSet,
@@ -33,8 +33,8 @@ from stancelab.conversation.personas import (
     persona_prompt,
     persona_templates,
 )
-from stancelab.conversation.seeds import derive_seed
-from stancelab.conversation.survey import (
+from stancelab.conversation._seeds import derive_seed
+from stancelab.conversation._survey import (
     ZERO_TO_TEN,
     SurveyAnswer,
     SurveyItem,
@@ -42,16 +42,16 @@ from stancelab.conversation.survey import (
     answer_max_tokens,
     survey_modes_for,
 )
-from stancelab.debates.cleaning import is_usable
-from stancelab.debates.debate import (
+from stancelab.debates._cleaning import is_usable
+from stancelab.debates._debate import (
     Debate,
     DebateEvents,
     SurveyStep,
     Turn,
     TurnStep,
 )
-from stancelab.debates.fidelity import fidelity_items
-from stancelab.debates.runner import (
+from stancelab.debates._fidelity import fidelity_items
+from stancelab.debates._runner import (
     WRITER,
     ModelLike,
     ModelPool,
@@ -63,10 +63,10 @@ from stancelab.debates.runner import (
     new_debate,
     planned_debates,
 )
-from stancelab.engine.base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
-from stancelab.engine.errors import ConfigError
-from stancelab.engine.factory import ModelConfig, Price
-from stancelab.engine.scoring import path_plan
+from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
+from stancelab.engine._errors import ConfigError
+from stancelab.engine._factory import ModelConfig, Price
+from stancelab.engine._scoring import path_plan
 
 CHARS_PER_TOKEN = 4.0
 """Token count without a model to ask: about four characters per token of English."""

@@ -14,9 +14,9 @@ import sys
 import threading
 from typing import Any
 
-from stancelab.engine.errors import EngineError, StancelabError
-from stancelab.engine.llamacpp import engine_params
-from stancelab.engine.models import resolve_model
+from stancelab.engine._errors import EngineError, StancelabError
+from stancelab.engine._llamacpp import engine_params
+from stancelab.engine._models import resolve_model
 
 
 def start_server(

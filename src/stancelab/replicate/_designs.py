@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from stancelab.conversation.personas import PAPER_TOPICS
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation import PAPER_TOPICS
+from stancelab.engine import ConfigError
 from stancelab.replicate._findings import paper_claims
 
 FIG3_SETUPS = ("three-way",)

@@ -7,11 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation.personas import Topic, paper_topic
-from stancelab.conversation.statistics import MIN_N
-from stancelab.debates.fidelity import FidelityRow
-from stancelab.debates.results import Run
-from stancelab.engine.errors import ConfigError
+from stancelab.conversation import MIN_N, Topic, paper_topic
+from stancelab.debates import Run
+from stancelab.debates._fidelity import FidelityRow
+from stancelab.engine import ConfigError
 from stancelab.replicate import jiang2025, taubenfeld2024
 from stancelab.replicate._verdict import Claim, Finding, findings_table
 

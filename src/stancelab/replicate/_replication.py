@@ -20,12 +20,12 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from stancelab.debates.experiment import load_experiment
-from stancelab.debates.results import Run, run_config
-from stancelab.debates.runner import ensure_writable_dir
-from stancelab.engine.errors import ConfigError, format_validation_error
-from stancelab.engine.factory import ModelConfig, check_model, check_reachable, model_config
-from stancelab.engine.registry import get_backend
+from stancelab.debates import load_experiment
+from stancelab.debates._results import Run, run_config
+from stancelab.debates._runner import ensure_writable_dir
+from stancelab.engine import get_backend
+from stancelab.engine._errors import ConfigError, format_validation_error
+from stancelab.engine._factory import ModelConfig, check_model, check_reachable, model_config
 from stancelab.replicate import jiang2025
 from stancelab.replicate._designs import FIG3_SETUPS, LATER_SETUPS, SCALES, _slug, design
 from stancelab.replicate._findings import PAPERS, STUDY_PAPERS, run_findings
@@ -327,9 +327,9 @@ def _pilot(
 ) -> Path:
     """Simulated participants take the study through its app until ``participants`` have
     finished (a second call adds only the missing ones), then the study's report."""
-    from stancelab.study.report import write_report  # noqa: PLC0415 - lazy: the web app
-    from stancelab.study.simulate import simulate, summary  # noqa: PLC0415
-    from stancelab.study.store import StudyStore  # noqa: PLC0415
+    from stancelab.study._report import write_report  # noqa: PLC0415 - lazy: the web app
+    from stancelab.study._simulate import simulate, summary  # noqa: PLC0415
+    from stancelab.study._store import StudyStore  # noqa: PLC0415
 
     study = jiang2025.pilot_study(_entry(config), folder.name, min_probe_coverage)
     ensure_writable_dir(folder)

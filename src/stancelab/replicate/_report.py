@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stancelab.debates.analysis import mean_attitudes
-from stancelab.debates.report import plot_setup
+from stancelab.debates import mean_attitudes
+from stancelab.debates._report import plot_setup
 from stancelab.replicate import jiang2025
 from stancelab.replicate._findings import PREFERRED_MODE, STUDY_PAPERS, runs_answers
 from stancelab.replicate._verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pandas as pd
 
-from stancelab.conversation.statistics import TestResult
+from stancelab.conversation import TestResult
 
 Side = Literal["above", "below", "within", "outside"]
 """Where the paper's finding puts the estimate against the claim's threshold: above it,

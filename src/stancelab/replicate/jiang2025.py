@@ -1,6 +1,6 @@
 """The findings of Jiang et al. (2025), a human-LLM opinion study, as testable claims.
 
-The study's own report (``stancelab.study.report``) tests every claim and writes
+The study's own report (``stancelab.study._report``) tests every claim and writes
 ``statistics.csv``: several rows per claim (conditions, tests, measures). Here each claim
 names its **main rows** (the paired t test on the chatbot's probe, say) and the side of a
 threshold where the paper's finding lies; `study_findings` turns those rows into the
@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from stancelab.conversation.statistics import TestResult
+from stancelab.conversation import TestResult
 from stancelab.replicate._verdict import NOT_REPRODUCED, Claim, Finding, Side, findings_table
 
 PAPER = "jiang2025"
@@ -198,7 +198,7 @@ def pilot_study(model: dict[str, Any], name: str, min_probe_coverage: float | No
     Returns:
         The validated ``StudyConfig``.
     """
-    from stancelab.study.config import load_study  # noqa: PLC0415 - lazy: pulls the study in
+    from stancelab.study._config import load_study  # noqa: PLC0415 - lazy: pulls the study in
 
     chatbot: dict[str, Any] = {}
     if min_probe_coverage is not None:

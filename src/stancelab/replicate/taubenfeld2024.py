@@ -1,6 +1,6 @@
 """The findings of Taubenfeld et al. (2024), agent debates, as testable claims.
 
-Each function turns an attitude frame (`stancelab.debates.analysis.attitude_frame`,
+Each function turns an attitude frame (`stancelab.debates._analysis.attitude_frame`,
 already filtered to one survey mode and one untuned condition, answers that held a
 number) into `Finding` rows. The debate is the unit throughout: every claim first
 reduces a debate to one value (agents of the same kind in a debate are averaged, since
@@ -40,17 +40,18 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from stancelab.conversation.personas import PARTIES, Topic
-from stancelab.conversation.statistics import (
+from stancelab.conversation import (
+    PARTIES,
     TestResult,
+    Topic,
     ols_term,
     one_sample_tests,
     proportion,
     two_sample_tests,
 )
-from stancelab.debates.analysis import mean_attitudes
-from stancelab.debates.fidelity import FidelityRow, summarise
-from stancelab.debates.report import default_gap
+from stancelab.debates import mean_attitudes
+from stancelab.debates._fidelity import FidelityRow, summarise
+from stancelab.debates._report import default_gap
 from stancelab.replicate._verdict import INCONCLUSIVE, NOT_REPRODUCED, Claim, Finding, Side
 
 PAPER = "taubenfeld2024"

@@ -1,0 +1,111 @@
+"""``stancelab replicate PAPER --model M [--model M2 ...]``: a paper's findings on any model.
+
+Register in stancelab/cli.py with::
+
+    from stancelab.replicate._cli import replicate_command
+    app.command("replicate")(replicate_command)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from stancelab.conversation._console import console, friendly_errors
+from stancelab.engine import ConfigError
+from stancelab.replicate._replication import papers, replicate
+from stancelab.replicate._verdict import NOT_REPRODUCED, REPRODUCED
+
+VERDICT_STYLE = {REPRODUCED: "green", NOT_REPRODUCED: "red"}
+
+
+def model_option(text: str) -> str | dict[str, Any]:
+    """A ``--model`` value: a name, a GGUF path, a server URL, or a model entry written as
+    a YAML mapping (``{name: gpt-4o-mini, backend: openai, base_urls: [...]}``)."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        entry = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError(f"--model {text!r} is not a YAML mapping: {problem}") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"--model {text!r} is not a YAML mapping")
+    return entry
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+@friendly_errors
+def replicate_command(
+    paper: Annotated[str, typer.Argument(help="The paper: taubenfeld2024 or jiang2025.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="A model: embedded name, GGUF path, server URL, or a YAML mapping "
+            "'{name: ..., backend: ..., base_urls: [...]}'. Repeat to compare models "
+            "side by side."
+        ),
+    ],
+    scale: Annotated[
+        str, typer.Option(help="smoke, quick or paper (the debate paper's design size).")
+    ] = "smoke",
+    prompt_format: Annotated[
+        str, typer.Option(help="auto, transcript (the paper's Figure 2) or chat.")
+    ] = "auto",
+    out: Annotated[Path, typer.Option(help="Folder holding the run folders.")] = Path("runs"),
+    claims: Annotated[
+        str | None, typer.Option(help="Only these claim ids (comma list); default: all.")
+    ] = None,
+    setups: Annotated[
+        str | None,
+        typer.Option(help="Only these setups of the debate design (comma list); default: all."),
+    ] = None,
+    participants: Annotated[
+        int, typer.Option(help="Simulated participants per model (jiang2025).")
+    ] = 6,
+    min_probe_coverage: Annotated[
+        float | None,
+        typer.Option(help="The study's probe coverage gate (jiang2025); default: 0.5."),
+    ] = None,
+    report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+) -> None:
+    """Run a paper's design on one or more models and give each claim a verdict.
+
+    Given again, the same command resumes: finished debates (and participants) are kept.
+    """
+
+    if paper not in papers():  # before the model entries are read
+        raise ConfigError(f"unknown paper {paper!r}; choose one of: {', '.join(papers())}")
+    replication = replicate(
+        paper,
+        models=[model_option(m) for m in model],
+        scale=scale,
+        prompt_format=prompt_format,
+        out=out,
+        claims=_comma_list(claims),
+        setups=_comma_list(setups),
+        participants=participants,
+        min_probe_coverage=min_probe_coverage,
+        log=lambda m: console.print(m, style="yellow" if m.startswith("WARNING") else None),
+    )
+    verdicts = replication.verdicts()
+    table = Table(title=f"{paper}: claims by model")
+    for column in verdicts.columns:
+        table.add_column(str(column))
+    for row in verdicts.itertuples(index=False):
+        cells = [str(v) for v in row]
+        styled = [
+            f"[{VERDICT_STYLE[c]}]{c}[/]" if c in VERDICT_STYLE else c
+            for c in cells[4:]  # the model columns
+        ]
+        table.add_row(*cells[:4], *styled)
+    console.print(table)
+    if report:
+        console.print(f"report: {replication.report()}")
