@@ -125,7 +125,9 @@ class FaultProxy:
     forwards), ``malformed`` (invalid JSON), ``truncated`` (half the body, then close),
     ``reset`` (TCP reset), ``nologprobs`` (forwards and strips log-probabilities),
     ``wrong-model`` (vLLM's 404 for an unknown model), ``echo-key-401``, ``chat-only``
-    (OpenAI's 404 on /completions for a chat model; chat requests are forwarded).
+    (OpenAI's 404 on /completions for a chat model; chat requests are forwarded),
+    ``drop-stream`` (forwards a streamed answer's first ``stream_events`` server-sent
+    events, then drops the connection mid-body).
     """
 
     def __init__(self, upstream: str, default: str = "pass") -> None:
@@ -139,6 +141,7 @@ class FaultProxy:
         self.bodies: list[bytes] = []
         self.retry_after = "1"
         self.slow_s = 3.0
+        self.stream_events = 4
         self._lock = threading.Lock()
         proxy = self
 
@@ -237,6 +240,13 @@ class FaultProxy:
         elif fault == "truncated":
             status, headers, data = self._forward(h, body)
             self._send(h, status, data[: len(data) // 2], headers, length=len(data))
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+        elif fault == "drop-stream":
+            status, headers, data = self._forward(h, body)
+            events = data.split(b"\n\n")[: self.stream_events]
+            part = b"".join(event + b"\n\n" for event in events)
+            self._send(h, status, part, headers, length=len(data))
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
         elif fault == "reset":

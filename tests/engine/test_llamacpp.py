@@ -41,7 +41,7 @@ def test_generate_batch_with_stop_and_seed(small_engine: LlamaCppEngine) -> None
 def test_the_engine_answers_what_it_can_do(small_engine: LlamaCppEngine) -> None:
     assert small_engine.has_completion_route() and small_engine.has_chat_template()
     assert small_engine.has_token_paths() and small_engine.supports_adapters()
-    assert not small_engine.supports_streaming()
+    assert small_engine.supports_streaming()
     # No cap below the vocabulary (SmolLM2's 49152 tokens): more than any server's 20.
     assert small_engine.logprobs_cap() == 49152
     [path] = small_engine.next_token_paths([PathRequest("Hello there", top_k=100)])

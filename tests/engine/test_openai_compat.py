@@ -137,7 +137,7 @@ def test_http_matches_the_in_process_engine(
 def test_the_server_answers_what_it_can_do(proxy: FaultProxy) -> None:
     with connect(proxy.url) as lm:
         assert lm.has_chat_template() and lm.has_token_paths()
-        assert not lm.supports_adapters() and not lm.supports_streaming()
+        assert not lm.supports_adapters() and lm.supports_streaming()
         assert lm.logprobs_cap() == 20  # asked once; unset max_logprobs is OpenAI's 20
         before = proxy.count(path="/completions")
         assert lm.has_completion_route() and lm.has_completion_route()

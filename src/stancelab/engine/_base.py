@@ -2,7 +2,9 @@
 
 Two operations, both batched so an engine can keep all its parallel slots busy:
 ``generate`` (sample text for many prompts) and ``score_choices`` (probability of
-each candidate answer, computed from the log-probabilities of the whole candidate).
+each candidate answer, computed from the log-probabilities of the whole candidate);
+``generate_stream`` is one reply whose text is handed over while it grows (a chat a
+person reads), falling back to the whole reply at once on backends that cannot stream.
 
 A backend implements ``generate`` and, to offer log-probabilities, ``next_tokens``; it
 says what it can do through the capability methods (``has_chat_template``,
@@ -14,7 +16,7 @@ when a model is opened, so a backend needs no ``super().__init__()``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from types import TracebackType
 from typing import Any, Self
@@ -65,6 +67,32 @@ class LanguageModel(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generate one completion per request, in order."""
+
+    def generate_stream(
+        self, request: GenerationRequest, on_text: Callable[[str], None]
+    ) -> Generation:
+        """One reply, with ``on_text(text_so_far)`` called as its text grows.
+
+        Returns the Generation ``generate([request])[0]`` returns (same text, token counts,
+        finish reason and stop handling). ``on_text`` is called each time the text grows:
+        every text it gets is a prefix of the final text, longer than the one before, the
+        last one the whole text (an empty reply calls it never). It may run on an engine
+        thread rather than the caller's; an exception it raises stops the reply and is
+        raised here. A streamed reply is a sampled reply: it is always sent, never shared
+        with an identical request in flight.
+
+        This default generates the whole reply and calls ``on_text`` once with it, so
+        every backend (a user's with only ``generate``) answers; backends that stream
+        override it and say so in ``supports_streaming``.
+
+        Args:
+            request: the reply to generate.
+            on_text: receives the whole text so far (not the newest piece).
+        """
+        [generation] = self.generate([request])
+        if generation.text:
+            on_text(generation.text)
+        return generation
 
     def score_choices(
         self, requests: Sequence[ChoiceRequest], top_k: int = 40
@@ -134,7 +162,10 @@ class LanguageModel(ABC):
         return False
 
     def supports_streaming(self) -> bool:
-        """Whether replies can be streamed token by token (no backend streams yet)."""
+        """Whether ``generate_stream`` hands over text while the reply is generated.
+
+        Default False: the interface's ``generate_stream`` gives the whole reply at once.
+        """
         return False
 
     # ------------------------------------------------------------------ lifecycle

@@ -9,6 +9,7 @@ the real scoring code runs on them.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -63,7 +64,8 @@ class ScriptedModel(LanguageModel):
     generated: list[GenerationRequest] = field(default_factory=list)
     scored_prompts: list[str] = field(default_factory=list)
     delay_s: float = 0.0
-    """Seconds each ``generate`` call waits, to imitate an engine's latency."""
+    """Seconds each ``generate`` call (or streamed reply) takes, to imitate an engine's
+    latency."""
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,22 +81,42 @@ class ScriptedModel(LanguageModel):
             self.stats.completion_tokens += completion_tokens
         return tokens
 
+    def _answer(self, request: GenerationRequest) -> Generation:
+        """The scripted reply, cut at the first stop string, counted into ``stats``."""
+        self.generated.append(request)
+        text = self.reply(request)
+        for stop in request.stop:
+            if stop in text:
+                text = text[: text.index(stop)]
+        tokens = self._count(request.prompt, len(text.split()))
+        return Generation(text=text, prompt_tokens=tokens, completion_tokens=len(text.split()))
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Answer each request with the scripted reply, cut at the first stop string."""
         if self.delay_s:
             time.sleep(self.delay_s)
-        out = []
-        for request in requests:
-            self.generated.append(request)
-            text = self.reply(request)
-            for stop in request.stop:
-                if stop in text:
-                    text = text[: text.index(stop)]
-            tokens = self._count(request.prompt, len(text.split()))
-            out.append(
-                Generation(text=text, prompt_tokens=tokens, completion_tokens=len(text.split()))
-            )
-        return out
+        return [self._answer(request) for request in requests]
+
+    def generate_stream(
+        self, request: GenerationRequest, on_text: Callable[[str], None]
+    ) -> Generation:
+        """The reply ``generate`` gives, handed over word by word (each word with the
+        space after it), ``delay_s`` spread evenly over the words."""
+        generation = self._answer(request)
+        words = re.findall(r"\s*\S+\s*", generation.text) or [generation.text]
+        # Empty (or blank) text arrives in one piece; an empty reply calls nothing.
+        text = ""
+        for word in words:
+            if self.delay_s:
+                time.sleep(self.delay_s / len(words))
+            text += word
+            if text:
+                on_text(text)
+        return generation
+
+    def supports_streaming(self) -> bool:
+        """Word by word."""
+        return True
 
     def has_chat_template(self) -> bool:
         """Chat messages are read as ``role: content`` lines."""

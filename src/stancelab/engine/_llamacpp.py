@@ -1,11 +1,12 @@
-"""In-process llama.cpp engine through xllamacpp: parallel slots, prefix cache, logprobs."""
+"""In-process llama.cpp engine through xllamacpp: parallel slots, prefix cache, logprobs,
+streamed replies."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -221,15 +222,18 @@ class LlamaCppEngine(LanguageModel):
             ]
         return info
 
-    def _call(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
-        handler = self._server.handle_chat_completions if chat else self._server.handle_completions
-        response = handler(payload)
+    def _checked(self, response: Any) -> dict[str, Any]:
+        """A handler's answer (or one chunk of a streamed one), its error raised."""
         if not isinstance(response, dict):
             raise EngineError(f"llama.cpp returned an unexpected answer: {str(response)[:200]}")
         if "error" in response:
             error = response["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
             raise EngineError(f"llama.cpp rejected a request: {message}")
+        return response
+
+    def _counted(self, response: dict[str, Any]) -> dict[str, Any]:
+        """Count one whole answer into ``stats``."""
         counts = codec.usage(response)
         with self._stats_lock:  # many worker threads count into one total
             self.stats.requests += 1
@@ -238,11 +242,50 @@ class LlamaCppEngine(LanguageModel):
             self.stats.cached_tokens += counts.cached_tokens
         return response
 
-    def _generate_one(self, request: GenerationRequest) -> Generation:
+    def _handler(self, chat: bool) -> Any:
+        return self._server.handle_chat_completions if chat else self._server.handle_completions
+
+    def _call(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
+        return self._counted(self._checked(self._handler(chat)(payload)))
+
+    def _generation_payload(self, request: GenerationRequest) -> tuple[dict[str, Any], bool]:
         _, payload, chat = codec.generation_payload(request)
         payload.update(cache_prompt=True, **self.sampling)
+        return payload, chat
+
+    def _generate_one(self, request: GenerationRequest) -> Generation:
+        payload, chat = self._generation_payload(request)
         started = time.perf_counter()
         return codec.parse_generation(self._call(payload, chat), chat, started)
+
+    def generate_stream(
+        self, request: GenerationRequest, on_text: Callable[[str], None]
+    ) -> Generation:
+        """One reply, its text handed to ``on_text`` token by token as llama.cpp samples it
+        (the binding's stream callback, on the caller's thread); the same request as
+        ``generate`` sends, so the same reply. An exception from ``on_text`` cancels the
+        request in llama.cpp (its slot is freed) and is raised here."""
+        payload, chat = self._generation_payload(request)
+        payload.update(codec.STREAM_FIELDS)
+        streamed = codec.StreamedAnswer(chat)
+        failure: list[BaseException] = []
+
+        def on_chunk(chunk: Any) -> bool:
+            # True cancels the request. The binding would read an exception raised here
+            # as a silent cancel, so it is kept and raised once the handler returns.
+            try:
+                if streamed.add(self._checked(chunk)):
+                    on_text(streamed.text)
+            except BaseException as exc:
+                failure.append(exc)
+                return True
+            return False
+
+        started = time.perf_counter()
+        self._handler(chat)(payload, on_chunk)
+        if failure:
+            raise failure[0]
+        return codec.parse_generation(self._counted(streamed.answer()), chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         _, payload, chat = codec.path_payload(request, bias_by_text=True)
@@ -286,6 +329,10 @@ class LlamaCppEngine(LanguageModel):
 
     def supports_adapters(self) -> bool:
         """GGUF LoRA adapters on the base weights (``lora_adapters``)."""
+        return True
+
+    def supports_streaming(self) -> bool:
+        """Token by token, through the binding's stream callback."""
         return True
 
     def close(self) -> None:

@@ -57,6 +57,7 @@ from stancelab.engine.openai._routing import Endpoint, Router
 from stancelab.engine.openai._transport import (
     Retryable,
     exchange,
+    exchange_stream,
     normalise_base_url,
     public_url,
 )
@@ -208,6 +209,10 @@ class OpenAICompatModel(LanguageModel):
         """Greedy paths with log-probabilities at every position, one request each."""
         return True
 
+    def supports_streaming(self) -> bool:
+        """``stream: true`` unless ``options.stream`` is false."""
+        return self.options.stream
+
     # ----------------------------------------------------------------- transport
 
     def _redact(self, text: str) -> str:
@@ -231,9 +236,14 @@ class OpenAICompatModel(LanguageModel):
         return "set api_key_env to the variable holding the key"
 
     def _post(
-        self, path: str, payload: dict[str, Any], conversation_id: str | None = None
+        self,
+        path: str,
+        payload: dict[str, Any],
+        conversation_id: str | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """POST with retries (tenacity), failover and backoff; returns the decoded answer."""
+        """POST with retries (tenacity), failover and backoff; returns the decoded answer.
+        With ``on_text`` the answer is streamed (``_stream_once``)."""
         opts = self.options
         if conversation_id is not None and opts.session_field:
             payload = {**payload, opts.session_field: conversation_id}
@@ -257,18 +267,13 @@ class OpenAICompatModel(LanguageModel):
                     )
                     last.append(endpoint)
                     try:
-                        data = exchange(
-                            self._client,
-                            endpoint.base,
-                            path,
-                            payload,
-                            headers,
-                            opts.timeout_s,
-                            self.accounting.error,
-                            self._redact,
-                            self.name,
-                            self._key_hint(),
-                        )
+                        if on_text is None:
+                            settings = self._exchange_settings()
+                            data = exchange(
+                                self._client, endpoint.base, path, payload, headers, *settings
+                            )
+                        else:
+                            data = self._stream_once(endpoint.base, path, payload, headers, on_text)
                     except Retryable as exc:
                         self.router.release(endpoint, failed=True, down=exc.endpoint_down)
                         raise
@@ -285,9 +290,58 @@ class OpenAICompatModel(LanguageModel):
             ) from None
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    def _exchange_settings(
+        self,
+    ) -> tuple[float, Callable[[str], None], Callable[[str], str], str, str]:
+        """What every exchange takes after the request itself: deadline, error counter,
+        redaction, model name and the API-key hint."""
+        return (
+            self.options.timeout_s,
+            self.accounting.error,
+            self._redact,
+            self.name,
+            self._key_hint(),
+        )
+
+    def _stream_once(
+        self,
+        base: str,
+        path: str,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        on_text: Callable[[str], None],
+    ) -> dict[str, Any]:
+        """One streamed attempt; returns the chunks folded into the whole answer.
+
+        A failure before any text arrived is Retryable as ever (the reader has seen
+        nothing, so the retry's reply is the only one). After text arrived it is one
+        EngineError: a retry would sample a different reply over the one being read.
+        """
+        streamed = codec.StreamedAnswer(chat=path == codec.CHAT)
+
+        def on_chunk(chunk: dict[str, Any]) -> None:
+            if streamed.add(chunk):
+                on_text(streamed.text)
+
+        try:
+            exchange_stream(
+                self._client, base, path, payload, headers, *self._exchange_settings(), on_chunk
+            )
+        except Retryable as exc:
+            if not streamed.text:
+                raise
+            raise EngineError(
+                f"the streamed reply from {public_url(base)}{path} broke off after "
+                f"{len(streamed.text)} characters ({exc}); not retried, as a new attempt "
+                "would write a different reply"
+            ) from None
+        return streamed.answer()
+
     # ----------------------------------------------------------------- requests
 
-    def _generate_one(self, request: GenerationRequest) -> Generation:
+    def _generate_one(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
         opts = self.options
         path, fields, chat = codec.generation_payload(
             request, opts.max_stop, opts.continue_final_message
@@ -299,9 +353,11 @@ class OpenAICompatModel(LanguageModel):
         payload.setdefault("top_p", 1.0)
         if payload["top_p"] is None:
             del payload["top_p"]
+        if on_text is not None:
+            payload.update(codec.STREAM_FIELDS)
         started = time.perf_counter()
         key = request.conversation_id or conversation_key(request.prompt)
-        return codec.parse_generation(self._post(path, payload, key), chat, started)
+        return codec.parse_generation(self._post(path, payload, key, on_text), chat, started)
 
     def _path_one(self, request: PathRequest) -> TokenPath:
         if self._logprobs is False:
@@ -352,6 +408,19 @@ class OpenAICompatModel(LanguageModel):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generate all requests concurrently, at most ``parallel`` in flight."""
         return self._run_all(self._generate_one, requests)
+
+    def generate_stream(
+        self, request: GenerationRequest, on_text: Callable[[str], None]
+    ) -> Generation:
+        """One reply sent with ``stream: true`` (on the request pool, so at most
+        ``parallel`` in flight; ``on_text`` runs on a pool thread) and its text handed over
+        chunk by chunk; the whole reply at once when ``options.stream`` is false.
+
+        Retries as ``generate`` until text has arrived; a stream that breaks after that
+        raises one EngineError instead of silently restarting the reply."""
+        if not self.options.stream:
+            return super().generate_stream(request, on_text)
+        return self._pool.submit(self._generate_one, request, on_text).result()
 
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         """Top-k next tokens for every prompt; NoLogprobsError if the server has none."""

@@ -47,6 +47,12 @@ class ModelWrapper(LanguageModel):
         """The wrapped model's replies."""
         return self.inner.generate(requests)
 
+    def generate_stream(
+        self, request: GenerationRequest, on_text: Callable[[str], None]
+    ) -> Generation:
+        """The wrapped model's reply, streamed as it streams it."""
+        return self.inner.generate_stream(request, on_text)
+
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         """The wrapped model's next-token tables."""
         return self.inner.next_tokens(prompts, top_k)
@@ -100,7 +106,8 @@ class SharedInFlight(ModelWrapper):
     chance); a sampled reply is always sent. A copy gets the first request's answer with
     its whole prompt counted as served (``cached_tokens``; a token path records 0
     recomputed tokens), so the answers' own counts add up to the engine's totals, which
-    count only what was sent. ``in_flight.shared`` counts the copies.
+    count only what was sent. ``in_flight.shared`` counts the copies. A streamed reply
+    (``generate_stream``) is always sent: its reader watches this reply being written.
     """
 
     def __init__(self, inner: LanguageModel) -> None:

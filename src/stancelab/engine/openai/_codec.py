@@ -4,7 +4,8 @@ The in-process llama.cpp engine passes these dicts to llama.cpp's handlers direc
 HTTP backend posts them. Answers come in two log-probability shapes, and both are read:
 ``logprobs.content[i].top_logprobs`` (chat completions, and llama.cpp for both routes)
 and the legacy ``logprobs.tokens[i]`` / ``logprobs.top_logprobs[i]`` mapping (OpenAI and
-vLLM text completions).
+vLLM text completions). A streamed answer (``stream: true``) arrives in chunks that
+``StreamedAnswer`` folds back into the whole answer's shape, so one reader serves both.
 """
 
 from __future__ import annotations
@@ -55,6 +56,59 @@ def generation_payload(
     if request.seed is not None:
         payload["seed"] = request.seed
     return path, payload, chat
+
+
+STREAM_FIELDS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+"""Ask for the answer in chunks as it is generated, with the token counts in the last one
+(``include_usage``: OpenAI, vLLM, SGLang and llama.cpp send them; without it a stream
+carries no counts)."""
+
+
+class StreamedAnswer:
+    """The chunks of a streamed answer folded into the answer the server would have sent
+    whole, so ``parse_generation`` and ``usage`` read it as they read that one.
+
+    Chat chunks carry ``choices[0].delta.content``, text completions ``choices[0].text``;
+    the finish reason comes with the last piece of text, the token counts (``usage``, and
+    llama.cpp's ``timings``) in the last chunk, which may have no choices at all.
+    """
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.text = ""
+        """The text so far: every piece, in order."""
+        self.finish_reason: str | None = None
+        self._counts: dict[str, Any] = {}
+
+    def add(self, chunk: dict[str, Any]) -> bool:
+        """Fold in one chunk; returns whether it added text."""
+        for key in ("usage", "timings"):
+            if isinstance(chunk.get(key), dict):
+                self._counts[key] = chunk[key]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return False
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+        if self.chat:
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            piece = choice.get("text")
+        if not piece:
+            return False
+        self.text += str(piece)
+        return True
+
+    def answer(self) -> dict[str, Any]:
+        """The whole answer, in the shape of one that was not streamed."""
+        choice: dict[str, Any] = {"finish_reason": self.finish_reason}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": self.text}
+        else:
+            choice["text"] = self.text
+        return {"choices": [choice], **self._counts}
 
 
 def logprobs_fields(chat: bool, top_k: int) -> dict[str, Any]:

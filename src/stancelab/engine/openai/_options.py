@@ -53,6 +53,10 @@ class OpenAIOptions(BaseModel):
     """Extra JSON fields for every request (e.g. vLLM's ``top_k``)."""
     continue_final_message: bool = False
     """vLLM: continue a trailing assistant message instead of starting a new one."""
+    stream: bool = True
+    """Stream replies that are read as they grow (``generate_stream``: ``stream: true``
+    with ``stream_options.include_usage`` for the token counts); false sends them whole,
+    for a gateway that cannot stream."""
     trust_env: bool = True
     """Use HTTP(S)_PROXY / NO_PROXY from the environment (false for loopback servers)."""
 

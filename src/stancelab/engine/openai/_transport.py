@@ -1,4 +1,5 @@
-"""One HTTP exchange with an OpenAI-compatible server, under a total deadline.
+"""One HTTP exchange with an OpenAI-compatible server, under a total deadline: a whole
+answer (``exchange``) or a streamed one (``exchange_stream``, server-sent events).
 
 Failures another attempt may fix raise ``Retryable`` (429, 5xx, time-outs, refused or
 dropped connections, malformed bodies); the caller's mistakes raise at once (an unknown
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,32 +95,11 @@ def error_message(body: bytes) -> str:
     return str(data)[:300]
 
 
-def exchange(
-    client: httpx.Client,
-    base: str,
-    path: str,
-    payload: dict[str, Any],
-    headers: Mapping[str, str],
-    timeout_s: float,
-    count: Callable[[str], None],
-    redact: Callable[[str], str],
-    model: str,
-    key_hint: str,
-) -> dict[str, Any]:
-    """POST one payload and return the decoded answer; raises Retryable or a final error."""
-    deadline = time.monotonic() + timeout_s
-    where = public_url(base)
+@contextmanager
+def _attempt(timeout_s: float, count: Callable[[str], None]) -> Iterator[None]:
+    """httpx's failures during one attempt, raised as Retryable and counted by kind."""
     try:
-        with client.stream("POST", base + path, json=payload, headers=dict(headers)) as resp:
-            chunks = []
-            for chunk in resp.iter_bytes():
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    count("timeout")
-                    raise Retryable(f"no complete answer within {timeout_s}s")
-            body = b"".join(chunks)
-            status = resp.status_code
-            retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+        yield
     except httpx.TimeoutException:
         count("timeout")
         raise Retryable(f"timed out after {timeout_s}s") from None
@@ -136,23 +117,60 @@ def exchange(
     except httpx.TransportError as exc:
         count("transport")
         raise Retryable(f"transport error ({type(exc).__name__})") from None
-    if status != 200:
-        message = redact(error_message(body))
-        count(f"http_{status}")
-        if status in RETRY_STATUSES or status >= 500:
-            raise Retryable(f"HTTP {status}: {message}", retry_after=retry_after)
-        if is_chat_only_answer(path, status, message):
-            raise ChatOnlyError(
-                f"server {where} serves {model!r} as a chat model only (HTTP {status} on "
-                f"/completions: {message}); switch to prompt_format: chat (--prompt-format chat)"
-            )
-        if status == 404 and "model" in message.lower():
-            raise ModelError(f"server {where} has no model {model!r} (HTTP 404: {message})")
-        if status in (401, 403):
-            raise EngineError(
-                f"server {where} refused the request (HTTP {status}: {message}); {key_hint}"
-            )
-        raise EngineError(f"server {where} rejected a request to {path} (HTTP {status}: {message})")
+
+
+def _check_deadline(deadline: float, timeout_s: float, count: Callable[[str], None]) -> None:
+    # httpx's timeout bounds each read; this bounds the whole answer, so a server that
+    # trickles bytes cannot hold an attempt forever.
+    if time.monotonic() > deadline:
+        count("timeout")
+        raise Retryable(f"no complete answer within {timeout_s}s")
+
+
+def _read_body(
+    resp: httpx.Response, deadline: float, timeout_s: float, count: Callable[[str], None]
+) -> bytes:
+    chunks = []
+    for chunk in resp.iter_bytes():
+        chunks.append(chunk)
+        _check_deadline(deadline, timeout_s, count)
+    return b"".join(chunks)
+
+
+def _refuse(
+    resp: httpx.Response,
+    body: bytes,
+    base: str,
+    path: str,
+    count: Callable[[str], None],
+    redact: Callable[[str], str],
+    model: str,
+    key_hint: str,
+) -> Exception:
+    """The error a non-200 answer raises: Retryable, or the caller's mistake named."""
+    status = resp.status_code
+    where = public_url(base)
+    message = redact(error_message(body))
+    count(f"http_{status}")
+    if status in RETRY_STATUSES or status >= 500:
+        retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+        return Retryable(f"HTTP {status}: {message}", retry_after=retry_after)
+    if is_chat_only_answer(path, status, message):
+        return ChatOnlyError(
+            f"server {where} serves {model!r} as a chat model only (HTTP {status} on "
+            f"/completions: {message}); switch to prompt_format: chat (--prompt-format chat)"
+        )
+    if status == 404 and "model" in message.lower():
+        return ModelError(f"server {where} has no model {model!r} (HTTP 404: {message})")
+    if status in (401, 403):
+        return EngineError(
+            f"server {where} refused the request (HTTP {status}: {message}); {key_hint}"
+        )
+    return EngineError(f"server {where} rejected a request to {path} (HTTP {status}: {message})")
+
+
+def _decoded(body: bytes, count: Callable[[str], None], redact: Callable[[str], str]) -> Any:
+    """A JSON object from the server (a whole answer or one streamed chunk)."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -164,8 +182,74 @@ def exchange(
     if "error" in data:  # some servers put errors in a 200 body
         count("error_body")
         raise Retryable(f"server error: {redact(error_message(body))}")
+    return data
+
+
+def exchange(
+    client: httpx.Client,
+    base: str,
+    path: str,
+    payload: dict[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    count: Callable[[str], None],
+    redact: Callable[[str], str],
+    model: str,
+    key_hint: str,
+) -> dict[str, Any]:
+    """POST one payload and return the decoded answer; raises Retryable or a final error."""
+    deadline = time.monotonic() + timeout_s
+    with (
+        _attempt(timeout_s, count),
+        client.stream("POST", base + path, json=payload, headers=dict(headers)) as resp,
+    ):
+        body = _read_body(resp, deadline, timeout_s, count)
+    if resp.status_code != 200:
+        raise _refuse(resp, body, base, path, count, redact, model, key_hint)
+    data: dict[str, Any] = _decoded(body, count, redact)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         count("malformed")
         raise Retryable("answer has no choices")
     return data
+
+
+def exchange_stream(
+    client: httpx.Client,
+    base: str,
+    path: str,
+    payload: dict[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    count: Callable[[str], None],
+    redact: Callable[[str], str],
+    model: str,
+    key_hint: str,
+    on_chunk: Callable[[dict[str, Any]], None],
+) -> None:
+    """POST a ``stream: true`` payload and hand each server-sent chunk (one JSON object
+    per ``data:`` line) to ``on_chunk`` as it arrives, until ``data: [DONE]``.
+
+    Fails as ``exchange`` does, under the same total deadline; a stream that ends before
+    ``[DONE]`` is Retryable (the caller decides whether a retry may start the reply anew).
+    """
+    deadline = time.monotonic() + timeout_s
+    with (
+        _attempt(timeout_s, count),
+        client.stream("POST", base + path, json=payload, headers=dict(headers)) as resp,
+    ):
+        if resp.status_code != 200:
+            body = _read_body(resp, deadline, timeout_s, count)
+            raise _refuse(resp, body, base, path, count, redact, model, key_hint)
+        for line in resp.iter_lines():
+            _check_deadline(deadline, timeout_s, count)
+            # Blank lines end events; ": ..." keep-alive comments and event:/id: fields
+            # carry no answer.
+            if not line.startswith("data:"):
+                continue
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                return
+            on_chunk(_decoded(data.encode(), count, redact))
+    count("truncated")
+    raise Retryable("the stream ended before [DONE]", endpoint_down=True)
