@@ -258,3 +258,25 @@ def postgres_url() -> Iterator[str]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[StudyStore]:
+    """The study tables on the test run's PostgreSQL server, emptied."""
+    from sqlalchemy import text
+
+    store = StudyStore(postgres_url)
+    with store.engine.begin() as conn:
+        for table in (
+            "study_admin_sessions",
+            "study_settings",
+            "study_strategy_labels",
+            "study_llm_stances",
+            "study_claims",
+            "study_rate_counts",
+            "study_messages",
+            "study_participants",
+        ):
+            conn.execute(text(f"DELETE FROM {table}"))
+    yield store
+    store.close()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from stancelab.engine.fake import FakeChatModel
 from stancelab.study.app import create_app
@@ -21,23 +19,6 @@ from stancelab.study.simulate import simulate
 from stancelab.study.store import StudyStore
 
 from .conftest import ADMIN_TOKEN, SECRET, Participant, make_config
-
-
-@pytest.fixture
-def pg_store(postgres_url: str) -> Iterator[StudyStore]:
-    store = StudyStore(postgres_url)
-    with store.engine.begin() as conn:
-        for table in (
-            "study_admin_sessions",
-            "study_settings",
-            "study_strategy_labels",
-            "study_llm_stances",
-            "study_messages",
-            "study_participants",
-        ):
-            conn.execute(text(f"DELETE FROM {table}"))
-    yield store
-    store.close()
 
 
 def test_flow_and_export_on_postgresql(pg_store: StudyStore, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from stancelab.engine.base import LanguageModel
 from stancelab.study.config import Condition, StudyConfig
 from stancelab.study.replies import Replies
-from stancelab.study.security import MinInterval, RateLimiter, Signer
+from stancelab.study.security import RateLimiter, Signer
 from stancelab.study.store import ParticipantRow, StudyStore
 
 SESSION_COOKIE = "sl_session"
@@ -39,7 +39,7 @@ class AppState:
     secure_cookies: bool
     rng: random.Random
     requests: RateLimiter
-    messages: MinInterval
+    messages: RateLimiter
     logins: RateLimiter
     new_sessions: RateLimiter
     env: Environment
