@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -43,7 +44,7 @@ def make_config(**overrides: Any) -> StudyConfig:
 class Participant:
     """A TestClient that fills the study's forms like a browser would."""
 
-    def __init__(self, client: TestClient) -> None:
+    def __init__(self, client: TestClient | httpx.Client) -> None:
         self.client = client
         self.html = ""
         self.status = 0

@@ -126,8 +126,10 @@ def servers(
             server.stop()
 
 
-def browser(server: Server, cookies: httpx.Cookies | None = None) -> Participant:
-    """A participant's browser talking to one server (cookies shared with another)."""
+def browser(server: Server, like: Participant | None = None) -> Participant:
+    """A participant's browser talking to one server; ``like``: the same participant's
+    browser on another server (its cookies, so the same session)."""
+    cookies = dict(like.client.cookies) if like is not None else None
     return Participant(
         httpx.Client(base_url=server.url, follow_redirects=True, timeout=60, cookies=cookies)
     )
@@ -172,7 +174,7 @@ def test_two_servers_on_one_database(servers: tuple[Server, Server], pg_store: S
     # --- a double submit: the same form sent to both servers at once ----------------
     p1 = browser(a).through_before("W-1")
     form = message_form(p1, "double")
-    p1_on_b = browser(b, p1.client.cookies)
+    p1_on_b = browser(b, p1)
     pages = at_once(
         lambda: p1.client.post("/study/message", data=form),
         lambda: p1_on_b.client.post("/study/message", data=form),
@@ -181,7 +183,7 @@ def test_two_servers_on_one_database(servers: tuple[Server, Server], pg_store: S
     assert all("You said: double" in page.text for page in pages)
     # --- two tabs on two servers, each sending its own message at once --------------
     p2 = browser(b).through_before("W-2")
-    p2_on_a = browser(a, p2.client.cookies).get("/study")
+    p2_on_a = browser(a, p2).get("/study")
     tab_a, tab_b = message_form(p2_on_a, "from tab A"), message_form(p2, "from tab B")
     tabs = at_once(
         lambda: p2_on_a.client.post("/study/message", data=tab_a),
@@ -194,7 +196,7 @@ def test_two_servers_on_one_database(servers: tuple[Server, Server], pg_store: S
         "/study/message", data=message_form(p3, "streamed"), headers={"X-Study-Async": "1"}
     )
     assert accepted.json() == {"turn": 1, "stream": "/study/stream/1"}
-    events = stream(browser(b, p3.client.cookies), 1)
+    events = stream(browser(b, p3), 1)
     assert 'event: reply\ndata: {"turn": 1, "text": "You said: streamed"}' in events
     assert events.count("event: reply") == 1
 
@@ -254,7 +256,7 @@ def test_two_servers_on_one_database(servers: tuple[Server, Server], pg_store: S
     a.process.wait()
     assert not any(m.role == "assistant" for m in pg_store.messages(row5.id))
     started = time.monotonic()
-    events = stream(browser(b, p5.client.cookies), 1)
+    events = stream(browser(b, p5), 1)
     assert 'event: reply\ndata: {"turn": 1, "text": "You said: survive"}' in events
     assert time.monotonic() - started >= 1.0  # it waited for the claim to expire
     claim = next(c for c in pg_store.claims(row5.id) if c.kind == "reply")
@@ -295,3 +297,47 @@ def test_sqlite_with_several_workers_is_refused_in_one_line(
         "error: SQLite allows one server process; use PostgreSQL for --workers N"
     )
     assert not db.exists()  # refused before anything was opened
+
+
+def test_stream_sends_the_text_another_process_publishes(pg_store: StudyStore) -> None:
+    """The event stream protocol: `partial` with the whole text so far each time it grew,
+    then `reply` once, read from the database while another process (here: a thread
+    writing as owner 'other-process') generates."""
+    from fastapi.testclient import TestClient
+
+    from stancelab.engine.fake import FakeChatModel
+    from stancelab.study.app import create_app
+
+    from .conftest import make_config
+
+    app = create_app(make_config(), pg_store, FakeChatModel(), secret=SECRET)
+    p = Participant(TestClient(app, follow_redirects=True)).through_before("S-1")
+    row = pg_store.participant_by_pid("pilot", "S-1")
+    assert row is not None
+    assert pg_store.claim(row.id, 1, "reply", "other-process", 30)  # before the message
+    accepted = p.client.post(
+        "/study/message", data=message_form(p, "hi"), headers={"X-Study-Async": "1"}
+    )
+    assert accepted.status_code == 200
+
+    def other_process() -> None:
+        for text in ("You", "You said", "You said", "You said: hi"):
+            time.sleep(0.35)
+            pg_store.set_partial(row.id, 1, "other-process", text)
+        time.sleep(0.35)
+        pg_store.add_reply(row.id, 1, "You said: hi", 1.4)
+
+    writer = threading.Thread(target=other_process)
+    writer.start()
+    body = stream(p, 1)
+    writer.join()
+    events = re.findall(r"event: (\w+)\ndata: (.*)\n", body)
+    assert events[0] == ("pending", '{"turn": 1}')
+    assert events[1:] == [
+        ("partial", '{"turn": 1, "text": "You"}'),
+        ("partial", '{"turn": 1, "text": "You said"}'),  # sent once: it did not change
+        ("partial", '{"turn": 1, "text": "You said: hi"}'),
+        ("reply", '{"turn": 1, "text": "You said: hi"}'),
+    ]
+    claim = next(c for c in pg_store.claims(row.id) if c.kind == "reply")
+    assert claim.owner == "other-process" and claim.finished and claim.partial_text is None
