@@ -5,6 +5,10 @@ Run: python benchmarks/study_load.py [--participants 100] [--turns 3] [--reply-d
      [--db postgresql+psycopg://...]   (default: starts a throwaway PostgreSQL server)
      [--in-process]                    (server and clients in one process; default: the
                                         server runs in its own process, as in production)
+     [--workers 2]                     (that many server processes on the one database,
+                                        each participant on one of them and its reply
+                                        stream on the next; printed beside a one-process
+                                        run of the same load)
 
 The chatbot is the scripted model with a fixed reply delay (a stand-in for the engine, so
 the figures are the web app's and the database's, not the model's); it echoes each
@@ -40,6 +44,9 @@ import uvicorn
 from stancelab.engine import FakeChatModel
 from stancelab.study import StudyConfig, StudyStore, create_app, load_study, running_server
 
+SECRET = b"load-benchmark-cookie-secret-0123"
+"""One cookie secret for every server process: a session started on one is valid on all."""
+
 
 @dataclass
 class Visit:
@@ -65,9 +72,15 @@ def _timed(visit: Visit, page: str, call: httpx.Response | None, start: float) -
         raise RuntimeError(f"{page}: HTTP {call.status_code}")
 
 
-def run_participant(url: str, visit: Visit, turns: int, barrier: threading.Barrier) -> None:
-    """The whole study as one participant (a browser with or without JavaScript)."""
-    with httpx.Client(base_url=url, follow_redirects=True, timeout=300.0) as client:
+def run_participant(
+    url: str, visit: Visit, turns: int, barrier: threading.Barrier, stream_url: str | None = None
+) -> None:
+    """The whole study as one participant (a browser with or without JavaScript); the
+    reply streams from ``stream_url`` (another server process) when given."""
+    with (
+        httpx.Client(base_url=url, follow_redirects=True, timeout=300.0) as client,
+        httpx.Client(base_url=stream_url or url, timeout=300.0) as streams,
+    ):
         try:
             barrier.wait(timeout=120)
             t = time.perf_counter()
@@ -111,9 +124,9 @@ def run_participant(url: str, visit: Visit, turns: int, barrier: threading.Barri
                         "/study/message", data=form, headers={"X-Study-Async": "1"}
                     )
                     _timed(visit, "message (JS: stored)", accepted, t)
-                    stream_url = accepted.json()["stream"]
                     t = time.perf_counter()
-                    with client.stream("GET", stream_url) as events:
+                    streams.cookies = client.cookies
+                    with streams.stream("GET", accepted.json()["stream"]) as events:
                         body = "".join(events.iter_text())
                     _timed(visit, "stream until reply (JS)", None, t)
                     if "event: reply" not in body:
@@ -143,10 +156,10 @@ def run_participant(url: str, visit: Visit, turns: int, barrier: threading.Barri
             visit.error = f"{type(exc).__name__}: {exc}"
 
 
-def check(store: StudyStore, visits: list[Visit], turns: int) -> list[str]:
-    """Everything each participant sent, in order, answered by a reply naming it."""
+def check(store: StudyStore, visits: list[Visit], turns: int, study: str) -> list[str]:
+    """Everything each participant sent, in order, answered by a reply naming it, once."""
     problems = []
-    rows = {r.pid: r for r in store.participants("load")}
+    rows = {r.pid: r for r in store.participants(study)}
     for visit in visits:
         row = rows.get(visit.pid)
         if row is None:
@@ -162,6 +175,9 @@ def check(store: StudyStore, visits: list[Visit], turns: int) -> list[str]:
         stance_turns = sorted(s.turn for s in store.stances(row.id))
         if stance_turns != list(range(turns + 1)):
             problems.append(f"{visit.pid}: stances at turns {stance_turns}")
+        twice = [c for c in store.claims(row.id) if c.attempts != 1]
+        if twice:
+            problems.append(f"{visit.pid}: claimed more than once: {twice}")
         if row.step != "done" or row.platform_study_id != "load":
             problems.append(f"{visit.pid}: step {row.step}")
     return problems
@@ -226,10 +242,10 @@ def throwaway_postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _study_config(turns: int) -> StudyConfig:
+def _study_config(turns: int, study: str = "load") -> StudyConfig:
     return load_study(
         {
-            "study": "load",
+            "study": study,
             "topics": [{"name": "climate change"}, {"name": "gun violence"}],
             "conditions": ["standard", "personalised"],
             "turns": {"min": turns, "max": turns},
@@ -243,15 +259,17 @@ def _study_config(turns: int) -> StudyConfig:
     )
 
 
-def serve(db: str, port: int, turns: int, reply_delay_s: float) -> None:
+def serve(db: str, port: int, turns: int, reply_delay_s: float, study: str) -> None:
     """The study server alone (run by ``--serve`` in a child process)."""
     store = StudyStore(db)
-    app = create_app(_study_config(turns), store, FakeChatModel(delay_s=reply_delay_s))
+    app = create_app(
+        _study_config(turns, study), store, FakeChatModel(delay_s=reply_delay_s), secret=SECRET
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
 
 
 @contextlib.contextmanager
-def server_process(db: str, turns: int, reply_delay_s: float) -> Iterator[str]:
+def server_process(db: str, turns: int, reply_delay_s: float, study: str) -> Iterator[str]:
     """The study server in its own process; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -268,6 +286,8 @@ def server_process(db: str, turns: int, reply_delay_s: float) -> Iterator[str]:
         str(turns),
         "--reply-delay",
         str(reply_delay_s),
+        "--study",
+        study,
     ]
     child = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
@@ -303,27 +323,36 @@ def run_load(
     turns: int,
     reply_delay_s: float,
     in_process: bool = True,
+    workers: int = 1,
 ) -> dict[str, object]:
-    """Serve a study on ``db`` and send ``participants`` at once; timings and problems."""
-    config = _study_config(turns)
+    """Serve a study on ``db`` (in ``workers`` server processes) and send ``participants``
+    at once; timings and problems. Each run is a study of its own in the database."""
+    study = f"load-{workers}w-{int(time.time() * 1000)}"
+    config = _study_config(turns, study)
     store = StudyStore(db)
     visits = [Visit(f"load-{i:04d}", scripted=i % 2 == 1) for i in range(participants)]
     barrier = threading.Barrier(participants)
     loop_probe: list[float] = []
     try:
         with contextlib.ExitStack() as stack:
-            if in_process:
+            if in_process and workers == 1:
                 app = create_app(config, store, FakeChatModel(delay_s=reply_delay_s))
-                url = stack.enter_context(running_server(app))
+                urls = [stack.enter_context(running_server(app))]
             else:
-                url = stack.enter_context(server_process(db, turns, reply_delay_s))
+                urls = [
+                    stack.enter_context(server_process(db, turns, reply_delay_s, study))
+                    for _ in range(workers)
+                ]
             stop = threading.Event()
-            probe = threading.Thread(target=_probe_loop, args=(url, stop, loop_probe))
+            probe = threading.Thread(target=_probe_loop, args=(urls[0], stop, loop_probe))
             probe.start()
             start = time.perf_counter()
             threads = [
-                threading.Thread(target=run_participant, args=(url, v, turns, barrier))
-                for v in visits
+                threading.Thread(
+                    target=run_participant,
+                    args=(urls[i % workers], v, turns, barrier, urls[(i + 1) % workers]),
+                )
+                for i, v in enumerate(visits)
             ]
             for thread in threads:
                 thread.start()
@@ -333,7 +362,7 @@ def run_load(
             stop.set()
             probe.join()
         problems = [f"{v.pid}: {v.error}" for v in visits if v.error]
-        problems += check(store, [v for v in visits if not v.error], turns)
+        problems += check(store, [v for v in visits if not v.error], turns, study)
     finally:
         store.close()
     per_page: dict[str, list[float]] = defaultdict(list)
@@ -344,31 +373,8 @@ def run_load(
     return {"elapsed_s": elapsed, "per_page": dict(per_page), "problems": problems}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--participants", type=int, default=100)
-    parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--reply-delay", type=float, default=0.5, help="seconds per reply")
-    parser.add_argument("--db", default=None, help="database URL (default: a throwaway PG)")
-    parser.add_argument("--in-process", action="store_true", help="server in this process")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.db, args.port, args.turns, args.reply_delay)
-        return
-    with contextlib.ExitStack() as stack:
-        db = args.db or stack.enter_context(throwaway_postgres())
-        result = run_load(
-            db, args.participants, args.turns, args.reply_delay, in_process=args.in_process
-        )
-    per_page: dict[str, list[float]] = result["per_page"]  # type: ignore[assignment]
-    where = "one process" if args.in_process else "server in its own process"
-    print(
-        f"{args.participants} participants at once, {args.turns} messages each, "
-        f"reply delay {args.reply_delay} s, PostgreSQL, {where}; "
-        f"all done in {result['elapsed_s']:.1f} s"
-    )
+def print_table(per_page: dict[str, list[float]]) -> None:
+    """Latency percentiles per page."""
     print(f"{'page':28} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for page, values in per_page.items():
         if not values:
@@ -378,10 +384,53 @@ def main() -> None:
             f"{1000 * percentile(values, 0.9):8.0f} {1000 * percentile(values, 0.99):8.0f} "
             f"{1000 * max(values):8.0f}"
         )
-    problems: list[str] = result["problems"]  # type: ignore[assignment]
-    print(f"problems: {len(problems)}")
-    for line in problems[:20]:
-        print("  " + line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--participants", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--reply-delay", type=float, default=0.5, help="seconds per reply")
+    parser.add_argument("--db", default=None, help="database URL (default: a throwaway PG)")
+    parser.add_argument("--in-process", action="store_true", help="server in this process")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--study", default="load", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.db, args.port, args.turns, args.reply_delay, args.study)
+        return
+    if args.workers > 1 and args.in_process:
+        raise SystemExit("--workers runs server processes: leave out --in-process")
+    problems: list[str] = []
+    with contextlib.ExitStack() as stack:
+        db = args.db or stack.enter_context(throwaway_postgres())
+        for workers in sorted({1, args.workers}):
+            result = run_load(
+                db,
+                args.participants,
+                args.turns,
+                args.reply_delay,
+                in_process=args.in_process,
+                workers=workers,
+            )
+            where = (
+                "one process"
+                if args.in_process
+                else f"{workers} server process{'es' if workers > 1 else ''}"
+            )
+            print(
+                f"\n{args.participants} participants at once, {args.turns} messages each, "
+                f"reply delay {args.reply_delay} s, PostgreSQL, {where}; "
+                f"all done in {result['elapsed_s']:.1f} s"
+            )
+            print_table(result["per_page"])  # type: ignore[arg-type]
+            found: list[str] = result["problems"]  # type: ignore[assignment]
+            print(f"problems: {len(found)}")
+            for line in found[:20]:
+                print("  " + line)
+            problems += found
     if problems:
         raise SystemExit(1)
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 import pytest
 from http_servers import FaultProxy, ServerProcess
 
-from stancelab.engine.base import Generation, GenerationRequest, LanguageModel, Message
-from stancelab.engine.errors import EngineError
-from stancelab.engine.factory import open_model
-from stancelab.engine.llamacpp import LlamaCppEngine
-from stancelab.engine.openai_compat import OpenAICompatModel
-from stancelab.engine.wrappers import SharedInFlight
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel, Message
+from stancelab.engine._errors import EngineError
+from stancelab.engine._factory import open_model
+from stancelab.engine._llamacpp import LlamaCppEngine
+from stancelab.engine._openai_compat import OpenAICompatModel
+from stancelab.engine._wrappers import SharedInFlight
 
 MODEL = "smollm2-135m"
 CHAT: list[Message] = [

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -43,7 +44,7 @@ def make_config(**overrides: Any) -> StudyConfig:
 class Participant:
     """A TestClient that fills the study's forms like a browser would."""
 
-    def __init__(self, client: TestClient) -> None:
+    def __init__(self, client: TestClient | httpx.Client) -> None:
         self.client = client
         self.html = ""
         self.status = 0
@@ -258,3 +259,25 @@ def postgres_url() -> Iterator[str]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[StudyStore]:
+    """The study tables on the test run's PostgreSQL server, emptied."""
+    from sqlalchemy import text
+
+    store = StudyStore(postgres_url)
+    with store.engine.begin() as conn:
+        for table in (
+            "study_admin_sessions",
+            "study_settings",
+            "study_strategy_labels",
+            "study_llm_stances",
+            "study_claims",
+            "study_rate_counts",
+            "study_messages",
+            "study_participants",
+        ):
+            conn.execute(text(f"DELETE FROM {table}"))
+    yield store
+    store.close()

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -202,6 +203,10 @@ class _SlowProbeModel(FakeChatModel):
     def generate(self, requests: Sequence[GenerationRequest]) -> list:  # type: ignore[type-arg]
         self.events.append("reply")
         return super().generate(requests)
+
+    def generate_stream(self, request: GenerationRequest, on_text: Any) -> Any:
+        self.events.append("reply")  # the study streams replies from engines that can
+        return super().generate_stream(request, on_text)
 
     def next_tokens(self, prompts: Sequence[Prompt], top_k: int) -> list[TopTokens]:
         self.probe_gate.wait(10)

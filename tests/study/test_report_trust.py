@@ -4,7 +4,6 @@ at the token limit end at their last full sentence (the cut recorded)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -80,12 +79,12 @@ def test_trim_to_sentence() -> None:
 class _LengthLimited(FakeChatModel):
     """Every reply stops at the token limit in the middle of a word."""
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        out = super().generate(requests)
-        for generation in out:
-            generation.text = "Droughts matter. Farmers lose crops and incom"
-            generation.finish_reason = "length"
-        return out
+    def _answer(self, request: GenerationRequest) -> Generation:
+        # the one answer both generate and generate_stream give
+        generation = super()._answer(request)
+        generation.text = "Droughts matter. Farmers lose crops and incom"
+        generation.finish_reason = "length"
+        return generation
 
 
 def test_reply_cut_at_the_token_limit_ends_at_a_sentence_and_is_recorded(

@@ -15,12 +15,13 @@ would need a second store for one app; the threadpool keeps one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -45,7 +46,7 @@ from stancelab.study._pages import (
     too_fast_page,
 )
 from stancelab.study._replies import Replies
-from stancelab.study._security import MinInterval, RateLimiter, Signer
+from stancelab.study._security import RateLimiter, Signer, min_interval
 from stancelab.study._store import StudyStore
 
 __all__ = [
@@ -79,8 +80,11 @@ def create_app(
     secret: bytes | None = None,
     admin_token: str | None = None,
     secure_cookies: bool = False,
+    closing: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The study app for one config, database and model (None only for static-only studies)."""
+    """The study app for one config, database and model (None only for static-only
+    studies). ``closing`` runs when the server shuts down (the app's lifespan): the
+    process's model and database, when the app opened them itself."""
     chat_conditions = [c for c in config.conditions if c != Condition.STATIC]
     if chat_conditions and lm is None:
         raise ValueError("a study with chat conditions needs a language model")
@@ -106,17 +110,31 @@ def create_app(
         admin_token=admin_token or None,
         secure_cookies=secure_cookies,
         rng=random.Random(config.seed),
-        requests=RateLimiter(config.limits.requests_per_minute, 60.0),
-        messages=MinInterval(config.limits.min_seconds_between_messages),
-        logins=RateLimiter(config.limits.admin_failures_per_minute, 60.0),
-        new_sessions=RateLimiter(config.limits.new_sessions_per_minute_per_ip, 60.0),
+        requests=RateLimiter(store, "requests", config.limits.requests_per_minute, 60.0),
+        messages=min_interval(store, "messages", config.limits.min_seconds_between_messages),
+        logins=RateLimiter(store, "admin", config.limits.admin_failures_per_minute, 60.0),
+        new_sessions=RateLimiter(
+            store, "sessions", config.limits.new_sessions_per_minute_per_ip, 60.0
+        ),
         env=env,
         rng_lock=threading.Lock(),
         replies=Replies(config, store, lm, workers=max(16, 2 * config.model.parallel)),
         templates_hash=templates_hash,
     )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.replies.close()
+        if closing is not None:
+            closing()
+
     app = FastAPI(
-        title=f"stancelab study {config.study}", docs_url=None, redoc_url=None, openapi_url=None
+        title=f"stancelab study {config.study}",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
     )
     app.state.study = state
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stancelab.conversation import (
@@ -178,11 +178,21 @@ class Chatbot:
         return text or "I see. Could you tell me more about your view?"
 
     def reply_checked(
-        self, lm: LanguageModel, history: Sequence[ChatTurn], user: str, seed: int | None = None
+        self,
+        lm: LanguageModel,
+        history: Sequence[ChatTurn],
+        user: str,
+        seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> tuple[str, bool]:
         """The next reply and whether it hit max_tokens (then it ends at its last full
-        sentence instead of mid-word)."""
-        generation = lm.generate(self.reply_requests([(history, user)], seed))[0]
+        sentence instead of mid-word). With ``on_text``, an engine that streams hands it
+        the cleaned text so far as it grows; the reply returned is the same either way."""
+        [request] = self.reply_requests([(history, user)], seed)
+        if on_text is not None and lm.supports_streaming():
+            generation = lm.generate_stream(request, lambda raw: on_text(clean_reply(raw)))
+        else:
+            generation = lm.generate([request])[0]
         text = clean_reply(generation.text)
         cut = False
         if generation.finish_reason == "length":

@@ -10,19 +10,20 @@ Register in stancelab/cli.py with::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import uvicorn
 
-from stancelab.conversation import SurveyMode, survey_modes_for
 from stancelab.conversation._console import console, err_console, friendly_errors
 from stancelab.conversation._export import formula_safe
-from stancelab.engine import ConfigError, StancelabError
-from stancelab.engine._factory import ModelConfig, open_model
+from stancelab.conversation._survey import SurveyMode, survey_modes_for
+from stancelab.engine._errors import ConfigError, StancelabError
+from stancelab.engine._factory import open_model
 from stancelab.study import _reply_stance as reply_stance
-from stancelab.study._app import admin_token_from_env, create_app, secret_from_env
+from stancelab.study._app import admin_token_from_env, secret_from_env
 from stancelab.study._audit import audit
 from stancelab.study._coding import (
     Codebook,
@@ -31,10 +32,20 @@ from stancelab.study._coding import (
     import_codes,
     resolve_codebook,
 )
-from stancelab.study._config import Condition, load_study
-from stancelab.study._replies import check_probe_coverage
+from stancelab.study._config import load_study
 from stancelab.study._report import mark_stale, write_report
-from stancelab.study._server import uvicorn_proxy_options
+from stancelab.study._server import (
+    APP_FACTORY,
+    ENV_CONFIG,
+    ENV_DB,
+    ENV_MODEL,
+    ENV_SECURE_COOKIES,
+    SQLITE_ONE_PROCESS,
+    is_sqlite,
+    model_override,
+    open_study_server,
+    uvicorn_proxy_options,
+)
 from stancelab.study._simulate import simulate, summary
 from stancelab.study._store import StudyStore
 from stancelab.study._strategies import (
@@ -82,13 +93,6 @@ def _codebook(codebook: Path | None, config: Path | None) -> Codebook:
     return resolve_codebook(codebook, load_study(config) if config is not None else None)
 
 
-def _model_override(config: Any, model: str | None) -> Any:
-    if model is None:
-        return config
-
-    return config.model_copy(update={"model": ModelConfig.parse(model)})
-
-
 @study_app.command("serve")
 @friendly_errors
 def serve(
@@ -99,6 +103,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     model: Annotated[str | None, typer.Option(help="Override the config's model.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes (PostgreSQL only); each opens its own model: use a "
+            "model server (the openai backend) for more than one.",
+        ),
+    ] = 1,
     secure_cookies: Annotated[
         bool, typer.Option(help="Mark cookies Secure (behind HTTPS).")
     ] = False,
@@ -113,51 +125,47 @@ def serve(
     """Serve the participant web app and the admin pages.
 
     The admin token comes from $STANCELAB_ADMIN_TOKEN and the cookie secret from
-    $STANCELAB_STUDY_SECRET (set it so sessions survive a restart).
+    $STANCELAB_STUDY_SECRET (set it so sessions survive a restart, and for --workers).
     """
-
-    config = _model_override(load_study(config_path), model)
-    store = StudyStore(db)
-    needs_model = any(c != Condition.STATIC for c in config.conditions)
-    lm = open_model(config.model) if needs_model else None
-    if lm is not None:
-        try:
-            coverage = check_probe_coverage(config, lm)
-        except StancelabError:
-            lm.close()
-            raise
-        if coverage:
-            console.print(
-                "probe coverage on the stance item: "
-                + ", ".join(f"{t} {c:.0%}" for t, c in coverage.items())
-            )
-    token = admin_token_from_env()
-    if token is None:
+    if workers > 1 and is_sqlite(db):
+        raise ConfigError(SQLITE_ONE_PROCESS)
+    # opened here for one process; for several, opened once to check everything (study
+    # file, database, model, probe coverage) before the workers open their own
+    server = open_study_server(config_path, db, model, secure_cookies)
+    if server.coverage:
+        console.print(
+            "probe coverage on the stance item: "
+            + ", ".join(f"{t} {c:.0%}" for t, c in server.coverage.items())
+        )
+    if admin_token_from_env() is None:
         err_console.print("[yellow]STANCELAB_ADMIN_TOKEN is not set: admin pages are off[/]")
-    secret = secret_from_env()
-    if secret is None:
+    if secret_from_env() is None:
+        if workers > 1:
+            server.close()
+            raise ConfigError(
+                "--workers needs $STANCELAB_STUDY_SECRET: every process must sign cookies "
+                "with the same secret"
+            )
         err_console.print(
             "[yellow]STANCELAB_STUDY_SECRET is not set: sessions end when the server restarts[/]"
         )
-    app = create_app(
-        config, store, lm, secret=secret, admin_token=token, secure_cookies=secure_cookies
-    )
     console.print(
-        f"study {config.study!r} on http://{host}:{port}/?pid=YOUR_ID · "
-        f"admin: http://{host}:{port}/admin · db: {store.url.split('@')[-1]}"
+        f"study {server.config.study!r} on http://{host}:{port}/?pid=YOUR_ID · "
+        f"admin: http://{host}:{port}/admin · db: {server.store.url.split('@')[-1]}"
+        + (f" · {workers} worker processes" if workers > 1 else "")
     )
-    try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level="info",
-            **uvicorn_proxy_options(forwarded_allow_ips),
-        )
-    finally:
-        if lm is not None:
-            lm.close()
-        store.close()
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "info"}
+    options.update(uvicorn_proxy_options(forwarded_allow_ips))
+    if workers == 1:
+        uvicorn.run(server.app, **options)  # its lifespan closes the model and the database
+        return
+    server.close()
+    os.environ[ENV_CONFIG] = str(config_path.resolve())
+    os.environ[ENV_DB] = db
+    os.environ[ENV_SECURE_COOKIES] = "1" if secure_cookies else ""
+    if model is not None:
+        os.environ[ENV_MODEL] = model
+    uvicorn.run(APP_FACTORY, factory=True, workers=workers, **options)
 
 
 @study_app.command("simulate")
@@ -179,7 +187,7 @@ def simulate_command(
 ) -> None:
     """Pilot the study: LLM personas take part through the same HTTP interface."""
 
-    config = _model_override(load_study(config_path), model)
+    config = model_override(load_study(config_path), model)
     persona_lm = open_model(persona_model) if persona_model else None
     try:
         results = simulate(

@@ -317,6 +317,10 @@ class Chatbot(StrictModel):
     """Least probability mass the chatbot's probe must put on the scale's points (checked
     before the study opens, and on every stored answer); below it, its expected value is
     noise and the report flags every number built on it."""
+    claim_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    """How long a server process's claim on a reply (or a probe) lasts without renewal.
+    The process generating renews it every third of this; one that died mid-generation
+    stops renewing, and this long after, another process takes the turn over."""
 
 
 class Limits(StrictModel):

@@ -16,10 +16,10 @@ from jinja2 import Environment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from stancelab.engine import LanguageModel
+from stancelab.engine._base import LanguageModel
 from stancelab.study._config import Condition, StudyConfig
 from stancelab.study._replies import Replies
-from stancelab.study._security import MinInterval, RateLimiter, Signer
+from stancelab.study._security import RateLimiter, Signer
 from stancelab.study._store import ParticipantRow, StudyStore
 
 SESSION_COOKIE = "sl_session"
@@ -39,7 +39,7 @@ class AppState:
     secure_cookies: bool
     rng: random.Random
     requests: RateLimiter
-    messages: MinInterval
+    messages: RateLimiter
     logins: RateLimiter
     new_sessions: RateLimiter
     env: Environment

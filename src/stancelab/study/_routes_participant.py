@@ -9,7 +9,6 @@ Every validation error re-renders the page with what was typed and chosen.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
 import random
@@ -362,9 +361,8 @@ def conversation_page(
     messages = state.store.messages(row.id)
     chat = Conversation.read(messages)
     state.store.mark_shown(row.id, [m.turn for m in messages if m.role == "assistant"])
-    for pending in chat.pending:  # a reply whose job is gone (server restart): start it again
-        if state.replies.job(row.id, pending.turn) is None:
-            state.replies.start(row.id, pending.turn)
+    for pending in chat.pending:  # a reply whose job is gone (a restart): claimed and answered
+        state.replies.start(row.id, pending.turn)
     if chat.failed is not None and error is None:
         error = FAILED
     if typed is None and chat.failed is not None:
@@ -664,23 +662,16 @@ async def message(
             return JSONResponse({"reload": True})
         return to_study()
     turn = accepted.turn
-    job = state.replies.job(row.id, turn)
-    if job is None:
-        stored = await run_in_threadpool(state.store.messages, row.id)
-        answered = any(m.role == "assistant" and m.turn == turn for m in stored)
-        if not answered:
-            job = state.replies.start(row.id, turn)
+    state.replies.start(row.id, turn)  # a repeat joins the job; another process's claim wins
     if is_async:
         return JSONResponse({"turn": turn, "stream": f"/study/stream/{turn}"})
-    if job is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), REPLY_WAIT_S)
-        except TimeoutError:
-            pass  # the conversation page shows the message as pending and refreshes
-        except Exception:  # logged by the job; the message is kept for sending again
-            return await run_in_threadpool(
-                conversation_page, state, row, FAILED, 503, None, stance.raw, {"Retry-After": "10"}
-            )
+    failed = False
+    async for progress in state.replies.watch(row.id, turn, REPLY_WAIT_S):
+        failed = progress.failed  # after REPLY_WAIT_S the page shows it pending and refreshes
+    if failed:  # logged by the job; the message is kept for sending again
+        return await run_in_threadpool(
+            conversation_page, state, row, FAILED, 503, None, stance.raw, {"Retry-After": "10"}
+        )
     return to_study()
 
 

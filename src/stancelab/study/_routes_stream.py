@@ -1,13 +1,13 @@
 """Server-sent events: the chatbot's reply to one turn, for the page's JavaScript.
 
-The stream says ``pending`` at once (the page shows a typing indicator), then ``reply``
-with the text when it is stored, or ``failed``. It waits on the reply job's future when
-this process runs the job and polls the database otherwise (another process, or a
-restart), so a reload or a second tab gets the reply too. It never holds a thread while
-waiting; its database reads go through the threadpool.
-
-The model interface (``LanguageModel.generate``) returns whole replies, so the reply
-arrives as one event, not token by token.
+The stream says ``pending`` at once (the page shows a typing indicator), then ``partial``
+with the whole reply text so far whenever it has grown (zero or more times), then
+``reply`` with the stored text (exactly once), or ``failed``, or ``timeout`` after
+``STREAM_LIMIT_S``. It reads the reply's progress from the database (``Replies.watch``),
+so it finds the reply whichever server process generates it, and a reconnect (a reload,
+a second tab, another process behind the load balancer) simply continues; a pending
+message nobody answers any more (its process died) is taken over. It never holds a
+thread while waiting; its database reads go through the threadpool.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from stancelab.study._pages import State
 
 router = APIRouter()
 
-POLL_S = 0.5
 KEEPALIVE_S = 15.0
 STREAM_LIMIT_S = 600.0
 
@@ -45,34 +44,21 @@ async def stream(
     async def events() -> AsyncIterator[str]:
         yield _event("pending", {"turn": turn})
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + STREAM_LIMIT_S
         last_sent = loop.time()
-        while loop.time() < deadline:
-            job = state.replies.job(row.id, turn)
-            if job is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), KEEPALIVE_S)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    last_sent = loop.time()
-                    continue
-                except Exception:  # the job logged it; the page offers to send again
-                    yield _event("failed", {"turn": turn})
-                    return
-            messages = await run_in_threadpool(state.store.messages, row.id)
-            reply = next((m for m in messages if m.role == "assistant" and m.turn == turn), None)
-            if reply is not None:
+        shown = ""
+        async for progress in state.replies.watch(row.id, turn, STREAM_LIMIT_S):
+            if progress.reply is not None:
                 await run_in_threadpool(state.store.mark_shown, row.id, [turn])
-                yield _event("reply", {"turn": turn, "text": reply.text})
+                yield _event("reply", {"turn": turn, "text": progress.reply})
                 return
-            user = next((m for m in messages if m.role == "user" and m.turn == turn), None)
-            if user is None or user.status == "failed":
+            if progress.failed:
                 yield _event("failed", {"turn": turn})
                 return
-            if job is None and state.replies.job(row.id, turn) is None:
-                state.replies.start(row.id, turn)  # its job is gone (restart): answer it now
-            await asyncio.sleep(POLL_S)
-            if loop.time() - last_sent > KEEPALIVE_S:
+            if progress.partial and progress.partial != shown:
+                shown = progress.partial
+                yield _event("partial", {"turn": turn, "text": shown})
+                last_sent = loop.time()
+            elif loop.time() - last_sent > KEEPALIVE_S:
                 yield ": keep-alive\n\n"
                 last_sent = loop.time()
         yield _event("timeout", {"turn": turn})

@@ -1,12 +1,12 @@
-"""Signed cookies bound to one participant, CSRF tokens, and per-key rate limiters."""
+"""Signed cookies bound to one participant, CSRF tokens, and per-key rate limiters
+(counted in the database, shared by every server process)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
-import time
-from collections import deque
+
+from stancelab.study._store import StudyStore
 
 
 class Signer:
@@ -56,58 +56,33 @@ def split_session_cookie(value: str | None) -> tuple[str, str] | None:
 
 
 class RateLimiter:
-    """At most ``limit`` events per ``window_s`` seconds and key; answers a wait time."""
+    """At most ``limit`` events per ``window_s`` seconds and key; answers a wait time.
 
-    def __init__(self, limit: int, window_s: float) -> None:
+    Counted in the study database (``StudyStore.count_event``), so every server process
+    sharing it sees the same counts: a limit holds for the study, not per process. A
+    window of 0 seconds limits nothing."""
+
+    def __init__(self, store: StudyStore, scope: str, limit: int, window_s: float) -> None:
+        self.store = store
+        self.scope = scope
         self.limit = limit
         self.window_s = window_s
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def hit(self, key: str, now: float | None = None) -> float:
+    def hit(self, key: str) -> float:
         """Record an event; return 0 if allowed, else the seconds to wait (not recorded)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            events = self._events.setdefault(key, deque())
-            while events and events[0] <= now - self.window_s:
-                events.popleft()
-            if len(events) >= self.limit:
-                return max(0.05, events[0] + self.window_s - now)
-            events.append(now)
-            if len(self._events) > 100_000:  # forget idle keys
-                for k in [k for k, v in self._events.items() if not v]:
-                    del self._events[k]
+        if self.window_s <= 0:
             return 0.0
+        return self.store.count_event(self.scope, key, self.limit, self.window_s)
 
-    def peek(self, key: str, now: float | None = None) -> float:
+    def peek(self, key: str) -> float:
         """The seconds to wait before the key's next event is allowed (0: allowed); records
         nothing."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            events = self._events.get(key)
-            if not events:
-                return 0.0
-            while events and events[0] <= now - self.window_s:
-                events.popleft()
-            if len(events) >= self.limit:
-                return max(0.05, events[0] + self.window_s - now)
+        if self.window_s <= 0:
             return 0.0
+        return self.store.count_event(self.scope, key, self.limit, self.window_s, record=False)
 
 
-class MinInterval:
-    """At least ``interval_s`` between two accepted events of the same key."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str, now: float | None = None) -> float:
-        """Record an event; return 0 if allowed, else the seconds to wait (not recorded)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval_s:
-                return max(0.05, self.interval_s - (now - last))
-            self._last[key] = now
-            return 0.0
+def min_interval(store: StudyStore, scope: str, interval_s: float) -> RateLimiter:
+    """At least ``interval_s`` between two accepted events of one key: one event per
+    window of that length."""
+    return RateLimiter(store, scope, 1, interval_s)

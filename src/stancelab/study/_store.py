@@ -4,6 +4,11 @@ Every answer and every exchange is committed as soon as it exists. One exchange 
 participant's message and the chatbot's reply) is written in one transaction, and a
 unique constraint on (participant, turn, role) makes a repeated submission fail
 instead of duplicating a message.
+
+Everything several server processes must agree on is decided here, so any number of them
+can share one PostgreSQL database: a participant's condition (under a lock on the study's
+settings row), who generates each reply and probe (claims that expire unless renewed),
+the reply's text while it grows, and the rate limits' counters.
 """
 
 from __future__ import annotations
@@ -11,14 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import random
 import secrets
-import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    CursorResult,
     DateTime,
     Float,
     ForeignKey,
@@ -216,6 +224,68 @@ class StudySettingRow(StudyBase):
     plan fixed before collection is the plan analysed."""
 
 
+class ClaimRow(StudyBase):
+    """Which server process generates one turn's reply (``kind`` 'reply') or measures one
+    turn's hidden stance (``kind`` 'probe'). A claim is taken with one atomic statement,
+    so exactly one process generates; it lasts until ``expires_at`` and its owner renews
+    it while it works, so a claim whose owner died expires and another process takes the
+    turn over (``attempts`` counts the takings). A finished claim stays as the record of
+    who generated; a failed one is deleted, so sending the message again claims anew."""
+
+    __tablename__ = "study_claims"
+    participant_id: Mapped[str] = mapped_column(
+        ForeignKey("study_participants.id"), primary_key=True
+    )
+    turn: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    """The claiming process: host, process id and a random tag (``Replies.worker_id``)."""
+    expires_at: Mapped[float] = mapped_column(Float)
+    """Seconds since the epoch (every server's clock must be synchronised, e.g. by NTP)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    partial_text: Mapped[str | None] = mapped_column(Text)
+    """The reply's text so far while it is generated (every process's event stream reads
+    it); cleared when the reply is stored."""
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class RateCountRow(StudyBase):
+    """Events of one rate limit (``scope``) and key (a participant, an address) in one
+    time slot: slot ``bucket`` covers [bucket * width, (bucket + 1) * width) seconds since
+    the epoch, where the limiter's window is ``RATE_BUCKETS`` widths."""
+
+    __tablename__ = "study_rate_counts"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+RATE_BUCKETS = 10
+"""Slots per rate-limit window: a limiter counts the last RATE_BUCKETS + 1 slots, which
+hold every event of the last window (and at most one slot more: it errs towards waiting)."""
+
+
+@dataclass(frozen=True)
+class ReplyProgress:
+    """Where one turn's reply stands, as the database says (``StudyStore.reply_progress``)."""
+
+    reply: str | None
+    """The stored reply, once there is one."""
+    partial: str | None
+    """The reply's text so far while it is generated."""
+    failed: bool
+    """The message failed (the participant may send it again) or is gone."""
+    orphaned: bool
+    """Pending while no process holds a live claim: nobody is answering it."""
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen to this turn without the participant."""
+        return self.reply is not None or self.failed
+
+
 STUDY_TABLES = (
     "study_participants",
     "study_messages",
@@ -224,6 +294,11 @@ STUDY_TABLES = (
     "study_strategy_labels",
     "study_strategy_codes",
 )
+
+
+def _changed(result: Any) -> int:
+    """The rows an UPDATE or DELETE changed (``CursorResult.rowcount``)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _id_chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
@@ -245,7 +320,6 @@ class StudyStore:
     """Open (and create) the study tables in a database and read and write them."""
 
     def __init__(self, target: str | Path) -> None:
-        self._assign_lock = threading.Lock()
         self.url, self.engine = open_tables(target, StudyBase.metadata, "study database")
 
     def session(self) -> Session:
@@ -281,8 +355,20 @@ class StudyStore:
         A place is held by a completed session or by an unfinished one active since
         ``active_since`` (None: every unfinished one); sessions that ended otherwise
         (no consent, screened out, withdrawn) hold none. StudyFull when the cap or every
-        condition's quota is taken."""
-        with self._assign_lock, self.session() as s:
+        condition's quota is taken.
+
+        Counting and inserting happen in one transaction holding the lock on the study's
+        settings row, so server processes sharing the database assign one at a time: of
+        two participants after the last place, exactly one gets it."""
+        self._ensure_settings(study)
+        with self.session() as s:
+            # an UPDATE takes the row's lock on PostgreSQL and the database's write lock
+            # on SQLite, until this transaction ends: the counts below are then final
+            s.execute(
+                update(StudySettingRow)
+                .where(StudySettingRow.study == study)
+                .values(updated_at=StudySettingRow.updated_at)
+            )
             existing = s.scalar(
                 select(ParticipantRow).where(
                     ParticipantRow.study == study, ParticipantRow.pid == pid
@@ -347,6 +433,17 @@ class StudyStore:
                 return again
             return row
 
+    def _ensure_settings(self, study: str) -> None:
+        """The study's settings row exists (the row assignment locks)."""
+        with self.session() as s:
+            if s.get(StudySettingRow, study) is not None:
+                return
+            s.add(StudySettingRow(study=study))
+            try:
+                s.commit()
+            except IntegrityError:  # another server process made it at the same moment
+                s.rollback()
+
     def is_closed(self, study: str) -> bool:
         """Whether an admin closed the study to new participants."""
         with self.session() as s:
@@ -399,6 +496,7 @@ class StudyStore:
                     delete(ChatMessageRow).where(ChatMessageRow.participant_id == participant_id)
                 )
                 s.execute(delete(LlmStanceRow).where(LlmStanceRow.participant_id == participant_id))
+                s.execute(delete(ClaimRow).where(ClaimRow.participant_id == participant_id))
                 s.execute(
                     delete(ReplyStanceRow).where(ReplyStanceRow.participant_id == participant_id)
                 )
@@ -520,12 +618,12 @@ class StudyStore:
                 status="pending",
             )
             s.add(row)
-            s.execute(  # activity: an unfinished session that sends messages holds its place
-                update(ParticipantRow)
-                .where(ParticipantRow.id == participant_id)
-                .values(updated_at=utc_now())
-            )
-            try:
+            try:  # the update flushes the insert first: a duplicate fails on either line
+                s.execute(  # activity: an unfinished session that sends messages holds its place
+                    update(ParticipantRow)
+                    .where(ParticipantRow.id == participant_id)
+                    .values(updated_at=utc_now())
+                )
                 s.commit()
             except IntegrityError:
                 s.rollback()
@@ -569,17 +667,13 @@ class StudyStore:
     def add_reply(
         self, participant_id: str, turn: int, reply: str, latency_s: float, cut: bool = False
     ) -> None:
-        """Commit the chatbot's reply and mark the participant's message answered, together."""
+        """Commit the chatbot's reply, mark the participant's message answered and the
+        turn's reply claim finished, together."""
         with self.session() as s:
-            s.add(
-                ChatMessageRow(
-                    participant_id=participant_id,
-                    turn=turn,
-                    role="assistant",
-                    text=reply,
-                    latency_s=latency_s,
-                    cut=cut,
-                )
+            s.execute(
+                update(ClaimRow)
+                .where(*self._claim_key(participant_id, turn, "reply"))
+                .values(finished=True, partial_text=None)
             )
             s.execute(
                 update(ChatMessageRow)
@@ -590,7 +684,17 @@ class StudyStore:
                 )
                 .values(status="answered")
             )
-            try:
+            s.add(
+                ChatMessageRow(
+                    participant_id=participant_id,
+                    turn=turn,
+                    role="assistant",
+                    text=reply,
+                    latency_s=latency_s,
+                    cut=cut,
+                )
+            )
+            try:  # the insert is flushed here: a reply stored already fails here
                 s.commit()
             except IntegrityError:
                 s.rollback()
@@ -717,6 +821,192 @@ class StudyStore:
                     .order_by(LlmStanceRow.turn)
                 )
             )
+
+    # --- claims: which server process generates a reply or a probe --------------------
+    def claim(self, participant_id: str, turn: int, kind: str, owner: str, hold_s: float) -> bool:
+        """Take the claim on one turn's reply or probe for ``hold_s`` seconds: True when
+        it is now ``owner``'s (nobody held it, or its holder let it expire), False when
+        another process holds it or it is finished. Atomic across processes: an insert
+        that the primary key lets only one process make, else an update whose condition
+        the database re-checks under the row's lock."""
+        now = time.time()
+        try:
+            with self.session() as s:
+                s.add(
+                    ClaimRow(
+                        participant_id=participant_id,
+                        turn=turn,
+                        kind=kind,
+                        owner=owner,
+                        expires_at=now + hold_s,
+                    )
+                )
+                s.commit()
+                return True
+        except IntegrityError:
+            pass  # claimed before: take it over only if it expired unfinished
+        with self.session() as s:
+            taken = s.execute(
+                update(ClaimRow)
+                .where(*self._claim_key(participant_id, turn, kind))
+                .where(ClaimRow.finished == false(), ClaimRow.expires_at < now)
+                .values(
+                    owner=owner,
+                    expires_at=now + hold_s,
+                    attempts=ClaimRow.attempts + 1,
+                    partial_text=None,
+                )
+            )
+            s.commit()
+            return _changed(taken) == 1
+
+    @staticmethod
+    def _claim_key(participant_id: str, turn: int, kind: str) -> tuple[Any, ...]:
+        return (
+            ClaimRow.participant_id == participant_id,
+            ClaimRow.turn == turn,
+            ClaimRow.kind == kind,
+        )
+
+    def renew_claims(self, owner: str, keys: Sequence[tuple[str, int, str]], hold_s: float) -> None:
+        """Extend ``owner``'s unfinished claims on these (participant, turn, kind): the
+        owner is alive and working on them."""
+        expires = time.time() + hold_s
+        with self.session() as s:
+            for participant_id, turn, kind in keys:
+                s.execute(
+                    update(ClaimRow)
+                    .where(*self._claim_key(participant_id, turn, kind))
+                    .where(ClaimRow.owner == owner, ClaimRow.finished == false())
+                    .values(expires_at=expires)
+                )
+            s.commit()
+
+    def finish_claim(self, participant_id: str, turn: int, kind: str) -> None:
+        """Mark a claim done (its result is stored): nobody takes the turn over."""
+        with self.session() as s:
+            s.execute(
+                update(ClaimRow)
+                .where(*self._claim_key(participant_id, turn, kind))
+                .values(finished=True, partial_text=None)
+            )
+            s.commit()
+
+    def release_claim(self, participant_id: str, turn: int, kind: str, owner: str) -> bool:
+        """Drop ``owner``'s claim after a failure, so a retry can claim the turn again;
+        False when the claim is not (or no longer) ``owner``'s."""
+        with self.session() as s:
+            dropped = s.execute(
+                delete(ClaimRow)
+                .where(*self._claim_key(participant_id, turn, kind))
+                .where(ClaimRow.owner == owner, ClaimRow.finished == false())
+            )
+            s.commit()
+            return _changed(dropped) == 1
+
+    def fail_reply(self, participant_id: str, turn: int, owner: str) -> None:
+        """A reply ``owner`` could not generate: drop its claim and mark the message
+        'failed' (to be sent again), unless another process has taken the turn over."""
+        if self.release_claim(participant_id, turn, "reply", owner):
+            self.set_status(participant_id, turn, "failed")
+
+    def set_partial(self, participant_id: str, turn: int, owner: str, text: str) -> None:
+        """Publish the reply's text so far (read by every process's event stream)."""
+        with self.session() as s:
+            s.execute(
+                update(ClaimRow)
+                .where(*self._claim_key(participant_id, turn, "reply"))
+                .where(ClaimRow.owner == owner, ClaimRow.finished == false())
+                .values(partial_text=text)
+            )
+            s.commit()
+
+    def claims(self, participant_id: str | None = None) -> list[ClaimRow]:
+        """The claims (of one participant), by participant, turn and kind."""
+        with self.session() as s:
+            query = select(ClaimRow).order_by(ClaimRow.participant_id, ClaimRow.turn, ClaimRow.kind)
+            if participant_id is not None:
+                query = query.where(ClaimRow.participant_id == participant_id)
+            return list(s.scalars(query))
+
+    def reply_progress(self, participant_id: str, turn: int) -> ReplyProgress:
+        """Where the reply to ``turn`` stands: stored, growing, failed, or orphaned."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ChatMessageRow.role, ChatMessageRow.status, ChatMessageRow.text).where(
+                    ChatMessageRow.participant_id == participant_id,
+                    ChatMessageRow.turn == turn,
+                    ChatMessageRow.role.in_(("user", "assistant")),
+                )
+            ).all()
+            claim = s.get(ClaimRow, (participant_id, turn, "reply"))
+        reply = next((text for role, _, text in rows if role == "assistant"), None)
+        status = next((st for role, st, _ in rows if role == "user"), None)
+        failed = reply is None and status in (None, "failed")
+        live = claim is not None and (claim.finished or claim.expires_at >= time.time())
+        return ReplyProgress(
+            reply=reply,
+            partial=claim.partial_text if claim is not None and reply is None else None,
+            failed=failed,
+            orphaned=reply is None and not failed and not live,
+        )
+
+    # --- rate limits, counted in the database (shared by every server process) ---------
+    def count_event(
+        self, scope: str, key: str, limit: int, window_s: float, record: bool = True
+    ) -> float:
+        """Record one event of ``key`` under the rate limit ``scope`` (at most ``limit``
+        per ``window_s`` seconds) unless that would exceed it; 0.0 when allowed, else the
+        seconds until it would be (nothing recorded). ``record=False`` only asks.
+
+        The increment and the sum run in one transaction: the incremented slot's row lock
+        (PostgreSQL) or the write lock (SQLite) orders concurrent events of one key, and a
+        refused event is rolled back, so no process ever lets ``limit`` be passed."""
+        now = time.time()
+        width = window_s / RATE_BUCKETS
+        bucket = int(now // width)
+        first = bucket - RATE_BUCKETS
+        where = (RateCountRow.scope == scope, RateCountRow.key == key)
+        for _attempt in range(5):
+            with self.session() as s:
+                if record and not self._bump(s, scope, key, bucket):
+                    continue  # another process inserted this slot first: count again
+                held = s.execute(
+                    select(RateCountRow.bucket, RateCountRow.count).where(
+                        *where, RateCountRow.bucket >= first, RateCountRow.count > 0
+                    )
+                ).all()
+                total = sum(int(n) for _, n in held)
+                if total > limit or (not record and total >= limit):
+                    s.rollback()
+                    oldest = min(int(b) for b, _ in held)
+                    return max(0.05, (oldest + RATE_BUCKETS + 1) * width - now)
+                if record:
+                    if bucket % 64 == 0:  # now and then, forget slots no window reaches
+                        s.execute(
+                            delete(RateCountRow).where(
+                                RateCountRow.scope == scope, RateCountRow.bucket < first
+                            )
+                        )
+                    s.commit()
+                return 0.0
+        raise StoreError(f"cannot count rate limit {scope!r}: the database is too busy")
+
+    @staticmethod
+    def _bump(s: Session, scope: str, key: str, bucket: int) -> bool:
+        """Add one event to a slot (inside the caller's transaction); False when a
+        concurrent insert of the same slot won (the transaction is rolled back)."""
+        slot = (RateCountRow.scope == scope, RateCountRow.key == key, RateCountRow.bucket == bucket)
+        bumped = s.execute(update(RateCountRow).where(*slot).values(count=RateCountRow.count + 1))
+        if _changed(bumped) == 1:
+            return True
+        s.add(RateCountRow(scope=scope, key=key, bucket=bucket, count=1))
+        try:
+            s.flush()
+        except IntegrityError:
+            s.rollback()
+            return False
+        return True
 
     # --- admin sessions ---------------------------------------------------------------
     def add_admin_session(self, token_sha256: str, lifetime: dt.timedelta) -> None:
