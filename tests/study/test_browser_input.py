@@ -485,7 +485,7 @@ def test_partial_events_grow_the_reply_before_the_final_text(browser: Any, serve
     _to_conversation(page, url, "partial-1")
     growing = ["The heat", "The heat is rising", "The heat is rising where you live"]
     final = "The heat is rising where you live, faster than the average."
-    events = [("pending", {"turn": 1})]
+    events: list[tuple[str, dict[str, object]]] = [("pending", {"turn": 1})]
     events += [("partial", {"turn": 1, "text": text}) for text in growing]
     events += [("reply", {"turn": 1, "text": final})]
     body = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
@@ -529,4 +529,31 @@ def test_partial_events_grow_the_reply_before_the_final_text(browser: Any, serve
     )
     assert len(answered) == 1 and page.evaluate(NAVIGATIONS) == 1
     assert _users(store) == ["Is it getting hotter?"]
+    context.close()
+
+
+def test_the_study_report_fits_a_1280_px_window(browser: Any, tmp_path: Path) -> None:
+    """Wide tables scroll inside their own box and figures shrink to the page: the page
+    itself never scrolls sideways."""
+    from stancelab.study.report import write_report
+    from stancelab.study.simulate import simulate
+
+    config = make_config(conditions=["standard", "static"], turns={"min": 2, "max": 3})
+    simulate(config, 4, db=tmp_path / "sim.db", lm=FakeChatModel(), turns=3)
+    store = StudyStore(tmp_path / "sim.db")
+    write_report(store, tmp_path / "report", config=config)
+    store.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto((tmp_path / "report" / "index.html").as_uri())
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    boxes = page.evaluate(
+        "[...document.querySelectorAll('.scroll')].map(b => [b.scrollWidth, b.clientWidth])"
+    )
+    assert all(shown <= 1280 for _, shown in boxes)
+    assert any(whole > shown for whole, shown in boxes), "no table wide enough to scroll"
+    figures = page.evaluate(
+        "[...document.images].map(i => [i.naturalWidth, i.getBoundingClientRect().right])"
+    )
+    assert figures and all(right <= 1280 for _, right in figures)
     context.close()
