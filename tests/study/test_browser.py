@@ -89,6 +89,15 @@ def test_participant_completes_session_in_chromium(
             with page.expect_navigation(wait_until="load", timeout=240_000):
                 page.click(f"{form} button[type=submit]")
 
+        def send(turn: int) -> None:
+            """Send the message form: the reply arrives in place (no page load) and the
+            page swaps in what comes next, the next form or Finish."""
+            page.click("#send")
+            page.wait_for_selector(
+                f".msg.assistant[data-turn='{turn}']:not(.pending)", timeout=240_000
+            )
+            page.wait_for_selector("#form-message:not([data-busy]), #form-finish")
+
         def step() -> str:
             return str(page.locator("main").get_attribute("data-step"))
 
@@ -115,7 +124,7 @@ def test_participant_completes_session_in_chromium(
         assert page.locator("#form-message input[name=stance]:checked").count() == 0
         page.fill("#message", "<img src=x onerror=alert(1)> Heat waves hurt my patients.")
         page.check("#form-message input[name=stance][value='7']")
-        submit("#form-message")
+        send(1)
         assert step() == "conversation"
         assert page.locator(".msg.assistant").count() == 1
         assert page.locator("#transcript img").count() == 0  # shown as text, not markup
@@ -127,8 +136,9 @@ def test_participant_completes_session_in_chromium(
         assert page.locator("#form-message input[name=stance]:checked").count() == 0
         page.fill("#message", "What would change your mind?")
         page.check("#form-message input[name=stance][value='same']")
-        submit("#form-message")
+        send(2)
         assert page.locator(".msg.assistant").count() == 2
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
         assert page.locator("#form-message").count() == 0  # max turns reached
         # with JavaScript the replies came over the event stream, one per message
         assert [u.rsplit("/", 1)[1] for u in streams] == ["1", "2"]

@@ -175,7 +175,10 @@ def test_async_submit_streams_the_reply_and_reload_shows_it_pending(store: Study
     reload = p.get("/study")
     assert 'data-pending="1"' in reload.html and "Are you there?" in reload.html
     assert 'class="typing"' in reload.html and 'http-equiv="refresh"' in reload.html
-    assert 'id="form-message"' not in reload.html and 'id="form-finish"' not in reload.html
+    # the next message's form is sent hidden (the script shows it, Send disabled, so a
+    # draft can be typed while the chatbot writes); without scripts nothing changes
+    assert 'id="form-message" hidden data-pending="1"' in reload.html
+    assert 'id="form-finish"' not in reload.html
     release.set()
     stream = p.client.get("/study/stream/1")
     assert stream.headers["content-type"].startswith("text/event-stream")

@@ -52,7 +52,37 @@ def wide_participants(store: StudyStore, study: str | None = None) -> Any:
             row[f"probe_done_at_{int(s['turn'])}"] = s.get("created_at")
         row["n_messages"] = int((mine["role"] == "user").sum())
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame[reader_order(list(frame.columns))]
+
+
+TURN_COLUMNS = (
+    "statement",
+    "msg",
+    "human_stance",
+    "human_stance_source",
+    "msg_sent_at",
+    "reply",
+    "reply_shown_at",
+    "reply_cut",
+    "llm_stance",
+    "probe_done_at",
+)
+"""The columns of one turn k (``msg_k`` ...), in the order a reader follows the turn: what
+the participant wrote and where they stood, the reply, where the chatbot stood after it."""
+
+
+def reader_order(columns: list[str]) -> list[str]:
+    """The wide table's columns as a reader wants them: the participant's own columns as
+    they come, then turn by turn (0 first), each turn's columns in ``TURN_COLUMNS`` order
+    (pandas would keep the order in which the first participants happened to add them)."""
+    turn_of: dict[str, tuple[int, int]] = {}
+    for column in columns:
+        name, _, turn = column.rpartition("_")
+        if turn.isdigit() and name in TURN_COLUMNS:
+            turn_of[column] = (int(turn), TURN_COLUMNS.index(name))
+    own = [c for c in columns if c not in turn_of]
+    return own + sorted(turn_of, key=turn_of.__getitem__)
 
 
 def progress(config: StudyConfig, rows: Sequence[ParticipantRow]) -> dict[str, Any]:

@@ -405,7 +405,10 @@ def _html(
         f"<title>Study report {html.escape(c['study'])}</title>",
         "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:72rem;margin:auto;"
         "padding:1rem}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0 1.5rem}"
-        "td,th{border:1px solid #ddd;padding:.2rem .45rem}img{max-width:100%}"
+        "td,th{border:1px solid #ddd;padding:.2rem .45rem}img{max-width:100%;height:auto}"
+        # the page fits its window: wide tables scroll in their own box, a long path or
+        # judge name breaks instead of widening the page
+        "p,li,h1,h2{overflow-wrap:anywhere}"
         ".scroll{overflow-x:auto;max-width:100%}.not-run{color:#666;font-style:italic}"
         ".pilot{background:#fff3cd;padding:.6rem;border:1px solid #c9a227}</style>",
         "</head><body>",

@@ -14,12 +14,13 @@ import datetime as dt
 import hmac
 import logging
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from stancelab.conversation._export import table_bytes
+from stancelab.study._config import Condition
 from stancelab.study._deps import Form
 from stancelab.study._exports import WIDE_EXPORT, progress, wide_participants
 from stancelab.study._pages import (
@@ -32,7 +33,7 @@ from stancelab.study._pages import (
     page,
 )
 from stancelab.study._security import token_digest
-from stancelab.study._store import STUDY_TABLES, read_table
+from stancelab.study._store import STUDY_TABLES, ParticipantRow, read_table
 
 log = logging.getLogger("stancelab.study")
 
@@ -78,6 +79,23 @@ def admin_session(request: Request, state: State) -> str | None:
 
 
 AdminSession = Annotated[str | None, Depends(admin_session)]
+
+
+def step_of(row: ParticipantRow) -> str:
+    """The participant's step as an admin reads it: the static condition reads
+    statements, it has no conversation."""
+    if row.step == "conversation" and row.condition == Condition.STATIC:
+        return "statements"
+    return row.step
+
+
+def shown(value: object) -> object:
+    """A stored answer for an admin page: "—" where there is none (never "None")."""
+    return "—" if value is None else value
+
+
+ADMIN_VIEW: dict[str, Any] = {"step_of": step_of, "shown": shown}
+"""What the admin templates use to show a participant's row."""
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -167,6 +185,7 @@ def sessions(session: AdminSession, state: State) -> Response:
         summary=progress(state.config, rows),
         closed=state.config.recruitment.closed or state.store.is_closed(state.config.study),
         logout_csrf=state.signer.admin_csrf(session) if session else None,
+        **ADMIN_VIEW,
     )
 
 
@@ -189,7 +208,12 @@ def session(participant_id: str, _session: AdminSession, state: State) -> Respon
     if not stances:
         stances = {s.turn: s for s in store.stances(row.id)}
     return page(
-        state, "admin_session.html", p=row, messages=store.messages(row.id), stances=stances
+        state,
+        "admin_session.html",
+        p=row,
+        messages=store.messages(row.id),
+        stances=stances,
+        **ADMIN_VIEW,
     )
 
 

@@ -21,7 +21,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from stancelab.study._config import AttentionCheck, Condition
-from stancelab.study._deps import Form, MaybeParticipant, Participant, StepForm, step_form
+from stancelab.study._deps import (
+    Form,
+    MaybeParticipant,
+    Participant,
+    SignedIn,
+    StepForm,
+    step_form,
+)
 from stancelab.study._pages import (
     SESSION_COOKIE,
     AppState,
@@ -161,6 +168,20 @@ def study(row: Participant, state: State) -> Response:
     if row.step == "perception":
         return perception_page(state, row)
     return end_page(state, row)
+
+
+@router.get("/study/state")
+def conversation_state(row: SignedIn, state: State) -> JSONResponse:
+    """Where the participant is, in a few bytes: the step and, in the conversation, the
+    version of what its page shows. Other tabs poll it while visible and refresh their
+    conversation in place when it changes. Not counted against the request rate: a
+    poll every few seconds must not use up the budget the participant's forms need."""
+    version = row.step
+    if row.step == "conversation" and row.condition != Condition.STATIC:
+        version = Conversation.read(state.store.messages(row.id)).version
+    return JSONResponse(
+        {"step": row.step, "version": version}, headers={"Cache-Control": "no-store"}
+    )
 
 
 def perception_page(
@@ -332,6 +353,14 @@ class Conversation:
         next_turn = failed.turn if failed is not None else len(sent) + 1
         return cls(answered_history(messages), pending, failed, last, next_turn)
 
+    @property
+    def version(self) -> str:
+        """What a page shows of this conversation, in one string: it changes whenever a
+        message is stored, answered or fails (another tab compares it to know it is
+        out of date)."""
+        failed = self.failed.turn if self.failed is not None else 0
+        return f"{len(self.history)}.{len(self.pending)}.{self.next_turn}.{failed}"
+
 
 def conversation_page(
     state: AppState,
@@ -378,6 +407,7 @@ def conversation_page(
             history=chat.history,
             pending=chat.pending,
             next_turn=chat.next_turn,
+            version=chat.version,
             stance=chosen,
             finish_stance=finish_stance,
             finish_error=finish_error,
@@ -400,17 +430,13 @@ def consent(guarded: Annotated[StepForm, Depends(step_form("consent"))], state: 
         state.store.stamp_page(row.id, "consent.submitted")
         state.store.update(row.id, step="no_consent")
         return to_study()
+    agreed = form.get("agree") == "yes"
     wait = reading_wait(state, row, "consent")
-    if wait:
+    if wait or not agreed:
+        # a refusal keeps the box as the participant left it (ticked stays ticked)
+        error = reading_error(wait) if wait else "Please tick the box to take part."
         return page(
-            state, "consent.html", status=400, **context(state, row, error=reading_error(wait))
-        )
-    if form.get("agree") != "yes":
-        return page(
-            state,
-            "consent.html",
-            status=400,
-            **context(state, row, error="Please tick the box to take part."),
+            state, "consent.html", status=400, **context(state, row, error=error, agreed=agreed)
         )
     state.store.stamp_page(row.id, "consent.submitted")
     state.store.update(row.id, step="about")
@@ -708,6 +734,7 @@ def finish_conversation(
                 if not chat.pending
                 else "Please wait for the chatbot's reply before finishing.",
                 400,
+                finish_stance=guarded.form.get("stance", "").strip(),
             )
         previous = chat.last_stance if chat.last_stance is not None else row.stance_before
         stance = turn_stance(state, guarded.form, previous)
