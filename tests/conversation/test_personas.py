@@ -221,3 +221,18 @@ def test_second_person_stories_are_preferred_but_not_required() -> None:
     assert (story, attempts) == (second, 2)
     stubborn = ScriptedModel(reply=lambda r: first_person)
     assert write_story(stubborn, "Write.", "Aaron", [1, 2], 64) == (first_person, 2)
+
+
+@pytest.mark.engine
+def test_the_embedded_model_writes_one_story_per_party() -> None:
+    """The paper's Figure 1 on a real engine: one request in flight at a time (one slot,
+    one worker), so the seeded draws come out the same on every run."""
+    import stancelab as sl
+    from stancelab.conversation import generate_personas
+
+    with sl.load_model({"name": "smollm2-135m", "parallel": 1}) as lm:
+        written = generate_personas(lm, 1, seed=0, workers=1)
+    kinds = sorted(p.kind for p in written.personas)
+    assert kinds == ["democrat", "republican"]
+    for persona in written.personas:
+        assert persona.name in persona.background and len(persona.background.split()) >= 20
