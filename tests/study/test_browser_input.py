@@ -557,3 +557,44 @@ def test_the_study_report_fits_a_1280_px_window(browser: Any, tmp_path: Path) ->
     )
     assert figures and all(right <= 1280 for _, right in figures)
     context.close()
+
+
+def test_a_streamed_reply_grows_on_the_page_before_it_is_complete(
+    browser: Any, tmp_path: Path
+) -> None:
+    """End to end: the fake engine streams word by word (the whole reply over 2.5 s),
+    the server publishes the text so far through the database, the page shows it grow,
+    and the finished bubble holds the reply exactly as stored."""
+    reply = "Warm nights hurt the old and the sick most, so cities open cooling centres."
+    store = StudyStore(tmp_path / "stream.db")
+    config = make_config(
+        turns={"min": 1, "max": 2},
+        limits={"min_seconds_between_messages": 0, "max_message_chars": 1000},
+    )
+    app = create_app(
+        config, store, FakeChatModel(reply=lambda _r: reply, delay_s=2.5), secret=SECRET
+    )
+    with running_server(app) as url:
+        context = _context(browser)
+        page = context.new_page()
+        _to_conversation(page, url, "stream-1")
+        page.fill("#message", "Tell me about heat.")
+        page.check("#form-message input[name=stance][value='same']")
+        page.click("#send")
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            bubble = page.locator(".msg.assistant").last
+            text = bubble.locator(".text").inner_text() if bubble.count() else ""
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            if text == reply and "pending" not in (bubble.get_attribute("class") or ""):
+                break
+            page.wait_for_timeout(40)
+        context.close()
+    stored = [m.text for m in store.messages(store.participants()[0].id) if m.role == "assistant"]
+    store.close()
+    assert stored == [reply] and seen and seen[-1] == reply
+    growing = [t for t in seen if t != reply]
+    assert growing, f"the reply appeared in one piece: {seen}"
+    assert all(reply.startswith(t) for t in growing)
