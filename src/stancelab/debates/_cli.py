@@ -158,6 +158,8 @@ def _run_streamed(plan: Plan, out: Path) -> None:
     try:
         with console.status(f"loading {plan.config['model'].get('name')}…"):
             plan.engines(pool, "")
+        for line in _estimate(plan, out, pool, dry_run=False).lines():
+            _line(line)  # what the debate still needs, before its first reply
         lineup = Debate(spec, plan.prompts)
         names = [p.name for p in spec.personas]
         console.print(
