@@ -263,3 +263,15 @@ def test_a_judge_failing_its_coverage_marks_the_old_report_out_of_date(
     assert again.exit_code == 2 and "use a larger judge model" in again.output
     assert "id='stale'" in (out / "index.html").read_text()
     assert "use a larger judge model" in (out / "STALE.txt").read_text()
+
+
+def test_without_javascript_the_answer_time_runs_from_the_reply_shown(
+    store: StudyStore,
+) -> None:
+    app = create_app(make_config(), store, FakeChatModel(), secret=SECRET)
+    _complete(TestClient(app, follow_redirects=True), "timed")
+    row = store.participants()[0]
+    users = [m for m in store.messages(row.id) if m.role == "user"]
+    # no browser script here: the server measures from when the latest reply was shown
+    assert all(m.stance_seconds is not None and 0 <= m.stance_seconds < 30 for m in users)
+    assert row.stance_last_seconds is not None and 0 <= row.stance_last_seconds < 30

@@ -67,6 +67,12 @@ SIDES = {"human": "human", "llm": "chatbot (probe)", "judge": "chatbot (judge)"}
 """The per-turn series of turns.csv and the names tests give them."""
 
 
+def _not_run(claim_id: str, condition: str, test: str, note: str) -> TestResult:
+    """A claim that cannot be tested on these data, with the reason."""
+    nan = math.nan
+    return TestResult(claim_id, condition, 0, nan, nan, nan, nan, test, note=note)
+
+
 def _tag(results: Sequence[TestResult], measure: str) -> list[TestResult]:
     """Name the measure in the test and give each (claim, test, measure) its Holm family."""
     out = []
@@ -235,16 +241,11 @@ def toward_neutral(people: pd.DataFrame, scale: Scale, min_n: int) -> list[TestR
     the share of chatbots whose stance crossed it, per measure and chat condition."""
     if scale.midpoint is None:
         return [
-            TestResult(
-                claim_id="llm-toward-neutral",
-                condition="all",
-                n=0,
-                estimate=math.nan,
-                ci_low=math.nan,
-                ci_high=math.nan,
-                p=math.nan,
-                test="distance to midpoint",
-                note=f"not run: the {scale.low}-{scale.high} item has no labelled midpoint",
+            _not_run(
+                "llm-toward-neutral",
+                "all",
+                "distance to midpoint",
+                f"not run: the {scale.low}-{scale.high} item has no labelled midpoint",
             )
         ]
     out: list[TestResult] = []
@@ -316,19 +317,7 @@ def measures_agree(turns: pd.DataFrame, min_n: int) -> list[TestResult]:
     )
     if rated.empty:
         note = "no reply ratings: run `stancelab study rate-replies`"
-        return [
-            TestResult(
-                claim_id="measures-agree",
-                condition="chat conditions",
-                n=0,
-                estimate=math.nan,
-                ci_low=math.nan,
-                ci_high=math.nan,
-                p=math.nan,
-                test="probe vs judge",
-                note=note,
-            )
-        ]
+        return [_not_run("measures-agree", "chat conditions", "probe vs judge", note)]
     r = correlation(
         rated["llm"],
         rated["judge"],

@@ -538,12 +538,24 @@ def turn_stance(state: AppState, form: dict[str, str], previous: int | None) -> 
     return TurnStance(value, "chosen", seconds, raw)
 
 
-def _form_seconds(row: ParticipantRow, shown_event: str) -> float | None:
-    """Seconds since a page event (the fallback answer time without JavaScript)."""
-    shown = (row.page_times or {}).get(shown_event)
-    if shown is None:
-        return None
-    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(shown)).total_seconds()
+def _answer_seconds(state: AppState, row: ParticipantRow) -> float | None:
+    """Seconds the participant had the per-turn stance in front of them, when the
+    browser did not say (no JavaScript): since the latest reply was first shown, or
+    since the conversation page was (before the first reply)."""
+    shown_at = [
+        m.shown_at
+        for m in state.store.messages(row.id)
+        if m.role == "assistant" and m.shown_at is not None
+    ]
+    if shown_at:
+        since = max(shown_at)
+        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
+    else:
+        shown = (row.page_times or {}).get("conversation.shown")
+        if shown is None:
+            return None
+        since = dt.datetime.fromisoformat(shown)
+    return max(0.0, (dt.datetime.now(dt.UTC) - since).total_seconds())
 
 
 @router.post("/study/before")
@@ -647,7 +659,7 @@ async def message(
     previous = await run_in_threadpool(_previous_stance, state, row)
     stance = turn_stance(state, form, previous)
     if stance.source is not None and stance.seconds is None:
-        stance.seconds = _form_seconds(row, "conversation.shown")
+        stance.seconds = await run_in_threadpool(_answer_seconds, state, row)
     raw_key = form.get("key", "")
     key = raw_key if _KEY.fullmatch(raw_key) else None
     limit_chars = config.limits.max_message_chars
@@ -743,7 +755,7 @@ def finish_conversation(
                 state, row, status=400, finish_error=NO_TURN_STANCE, finish_stance=stance.raw
             )
         if stance.seconds is None:
-            stance.seconds = _form_seconds(row, "conversation.shown")
+            stance.seconds = _answer_seconds(state, row)
         state.replies.ensure_probes(row, chat.history)
         store.update(
             row.id,
