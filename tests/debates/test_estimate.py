@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from stancelab.cli import app
 from stancelab.conversation._personas import Persona, PersonaSet
+from stancelab.debates._estimate import Estimate, ProgressLines, check_cost, estimate_run
 from stancelab.debates._experiment import load_experiment
 from stancelab.debates._runner import ModelPool, Plan, RunFolder, execute, plan_experiment
-from stancelab.debates.estimate import Estimate, ProgressLines, check_cost, estimate_run
 from stancelab.engine._base import Generation, GenerationRequest
 from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, open_model

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         TurnStep,
         run_debates,
     )
+    from stancelab.debates._estimate import Estimate, estimate_run
     from stancelab.debates._experiment import (
         ExperimentConfig,
         PlannedDebate,
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
+    "Estimate": ("stancelab.debates._estimate", "Estimate"),
+    "estimate_run": ("stancelab.debates._estimate", "estimate_run"),
     "ExperimentConfig": ("stancelab.debates._experiment", "ExperimentConfig"),
     "PlannedDebate": ("stancelab.debates._experiment", "PlannedDebate"),
     "load_experiment": ("stancelab.debates._experiment", "load_experiment"),
@@ -88,6 +91,7 @@ __all__ = [
     "DebateSpec",
     "DecideFirst",
     "DecideStep",
+    "Estimate",
     "ExperimentConfig",
     "ModelPool",
     "PlannedDebate",
@@ -99,6 +103,7 @@ __all__ = [
     "TurnStep",
     "TurnTaking",
     "attitude_frame",
+    "estimate_run",
     "experiment_status",
     "export_tables",
     "load_experiment",

@@ -24,6 +24,14 @@ from stancelab.conversation._survey import SurveyAnswer, parse_modes
 from stancelab.conversation._templates import load_prompts
 from stancelab.debates._analysis import attitude_frame, plot_attitudes, turn_frame
 from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
+from stancelab.debates._estimate import (
+    MAX_COST_ENV,
+    Estimate,
+    ProgressLines,
+    check_cost,
+    default_max_cost,
+    estimate_run,
+)
 from stancelab.debates._experiment import load_experiment
 from stancelab.debates._formats import check_format_option, probe_format, resolve_format
 from stancelab.debates._report import write_report
@@ -40,14 +48,6 @@ from stancelab.debates._runner import (
 )
 from stancelab.debates._sauce import load_sauce
 from stancelab.debates._single import debate_spec, plan_debate
-from stancelab.debates.estimate import (
-    MAX_COST_ENV,
-    Estimate,
-    ProgressLines,
-    check_cost,
-    default_max_cost,
-    estimate_run,
-)
 from stancelab.engine import ConfigError, StancelabError
 from stancelab.engine._factory import ModelConfig, open_model
 

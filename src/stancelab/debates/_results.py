@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stancelab.debates._analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates._estimate import ProgressLines, estimate_run
 from stancelab.debates._experiment import ExperimentConfig
 from stancelab.debates._report import change_statistics, write_report
 from stancelab.debates._runner import (
@@ -25,7 +26,6 @@ from stancelab.debates._runner import (
     plan_experiment,
 )
 from stancelab.debates._store import Store
-from stancelab.debates.estimate import ProgressLines, estimate_run
 from stancelab.engine._errors import ConfigError
 
 if TYPE_CHECKING:
