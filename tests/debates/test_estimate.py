@@ -242,3 +242,43 @@ def test_the_estimate_matches_a_real_engine_run(tmp_path: Path) -> None:
         sent = run_counted(plan, tmp_path / "runs", pool)
     assert found.seconds is not None and "measured" in found.time_basis
     assert_close(found, sent)
+
+
+def _part(name: str, requests: float, seconds: float | None, cost: float | None) -> Estimate:
+    from stancelab.debates._estimate import Tally
+
+    tally = Tally(requests, 10 * requests, 5 * requests, 2 * requests, 3 * requests)
+    return Estimate(
+        name,
+        {"debates": tally},
+        {name: tally},
+        2,
+        2,
+        4,
+        6,
+        "counted",
+        seconds,
+        f"{name} measured",
+        cost,
+        None if cost is None else 2 * cost,
+        [f"note {name}"],
+    )
+
+
+def test_estimates_add_up_and_models_at_once_take_the_longest() -> None:
+    from stancelab.debates._estimate import combine_estimates
+
+    a, b = _part("a", 10, 30.0, 1.0), _part("b", 20, 50.0, None)
+    one_after_another = combine_estimates("both", [a, b])
+    assert one_after_another.total.requests == 30
+    assert one_after_another.stages["debates"].prompt_tokens == 300
+    assert set(one_after_another.models) == {"a", "b"}
+    assert (one_after_another.debates_left, one_after_another.points_left) == (4, 12)
+    assert one_after_another.seconds == 80.0
+    assert (one_after_another.cost, one_after_another.cost_bound) == (1.0, 2.0)
+    assert one_after_another.notes == ["note a", "note b"]
+    assert combine_estimates("both", [a, b], at_once=True).seconds == 50.0
+    # A part with work left and no time measured leaves the whole without a time; a
+    # finished part (no requests) does not.
+    assert combine_estimates("x", [a, _part("c", 5, None, None)]).seconds is None
+    assert combine_estimates("x", [a, _part("done", 0, None, None)]).seconds == 30.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,11 +101,17 @@ def test_the_command_runs_the_smoke_design_and_writes_the_findings(tmp_path: Pat
 
 def test_two_models_side_by_side_with_personas_written_once_each(tmp_path: Path) -> None:
     models = [MOVING_ENTRY, {"name": "beta", "backend": "replicate-moving"}]
+    estimated: list[float] = []  # when the whole design's estimate was printed
+
+    def log(line: str) -> None:
+        if line.startswith("estimate for taubenfeld2024"):
+            estimated.append(time.monotonic())
+
     rep = sl.replicate(
         "taubenfeld2024",
         models=models,
         out=tmp_path,
-        log=None,
+        log=log,
         setups=["three-way", "rr"],
         claims=["default-stable", "echo-moderates"],
     )
@@ -119,10 +126,11 @@ def test_two_models_side_by_side_with_personas_written_once_each(tmp_path: Path)
     verdicts = rep.verdicts()
     assert list(verdicts.columns) == ["claim_id", "setup", "topic", "part", "alpha", "beta"]
     assert len(verdicts) == 3
-    # Local models run one after another: every call of alpha before any of beta.
-    alpha = [t for m, t in moving.TIMES if m == "alpha"]
-    beta = [t for m, t in moving.TIMES if m == "beta"]
-    assert max(alpha) < min(beta)
+    # Both models are measured for the estimate first; then local models run one after
+    # another: every call of alpha's run before any of beta's.
+    alpha = [t for m, t in moving.TIMES if m == "alpha" and t > estimated[0]]
+    beta = [t for m, t in moving.TIMES if m == "beta" and t > estimated[0]]
+    assert alpha and beta and max(alpha) < min(beta)
     page = rep.report().read_text()
     assert page.count("<h3>") == 2 and "beta-rr.png" in page
     assert moving.STORIES == {"alpha": 4, "beta": 4}  # 2 per party, once per model
@@ -365,3 +373,48 @@ def test_replicate_on_an_embedded_model(tmp_path: Path) -> None:
     }
     assert findings["model"].eq("smollm2-135m").all()
     assert findings["verdict"].isin(["reproduced", "not reproduced", "inconclusive"]).all()
+
+
+def test_a_dry_run_counts_the_whole_design_once_and_runs_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    command = ["replicate", "taubenfeld2024", "--model", MOVING, "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--dry-run", "--no-measure"])
+    assert result.exit_code == 0, result.output
+    # Smoke: 1 topic x 5 setups x 2 repetitions, one experiment; 2 stories per party.
+    assert "estimate for taubenfeld2024 at smoke scale: 10 of 10 debates to run" in result.output
+    assert "personas 4 requests" in result.output
+    assert "dry run: no debate was run" in result.output
+    assert not out.exists() and moving.CALLS["n"] == 0
+
+
+def test_the_estimate_measures_each_model_once_and_matches_the_run(tmp_path: Path) -> None:
+    lines: list[str] = []
+    rep = sl.replicate(
+        "taubenfeld2024", model=MOVING_ENTRY, out=tmp_path, log=lines.append, setups=["rr"]
+    )
+    measuring = [line for line in lines if line.startswith("measuring")]
+    assert len(measuring) == 1, lines  # the run reuses the design's measurement
+    found = rep.estimate
+    assert found is not None and found.debates_left == 2
+    [run] = rep.runs["alpha"]
+    replies = run.turns()
+    # Stand-in replies walk the same turns the run took: every reply is counted.
+    assert found.replies_left == len(replies)
+    assert moving.STORIES == {"alpha": 4} and found.stages["personas"].requests == 4
+
+
+def test_a_priced_design_above_max_cost_asks_first(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    price = "price_per_million: {input: 900, output: 900}"
+    priced = f"{{name: alpha, backend: replicate-moving, {price}}}"
+    command = ["replicate", "taubenfeld2024", "--model", priced, "--out", str(out)]
+    refused = CliRunner().invoke(app, [*command, "--no-measure", "--max-cost", "0.5"])
+    assert refused.exit_code == 2, refused.output
+    assert "is above --max-cost $0.50: pass --yes to run it anyway" in refused.output
+    assert not out.exists() and moving.CALLS["n"] == 0
+    ran = CliRunner().invoke(
+        app, [*command, "--no-measure", "--max-cost", "0.5", "--yes", "--setups", "rr"]
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "cost: about $" in ran.output
+    assert sl.open_run(out / "taubenfeld2024-smoke-alpha").status == "complete"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         TurnStep,
         run_debates,
     )
-    from stancelab.debates._estimate import Estimate, estimate_run
+    from stancelab.debates._estimate import Estimate, combine_estimates, estimate_run
     from stancelab.debates._experiment import (
         ExperimentConfig,
         PlannedDebate,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 _SOURCES = {
     "Estimate": ("stancelab.debates._estimate", "Estimate"),
+    "combine_estimates": ("stancelab.debates._estimate", "combine_estimates"),
     "estimate_run": ("stancelab.debates._estimate", "estimate_run"),
     "ExperimentConfig": ("stancelab.debates._experiment", "ExperimentConfig"),
     "PlannedDebate": ("stancelab.debates._experiment", "PlannedDebate"),
@@ -103,6 +104,7 @@ __all__ = [
     "TurnStep",
     "TurnTaking",
     "attitude_frame",
+    "combine_estimates",
     "estimate_run",
     "experiment_status",
     "export_tables",

@@ -21,7 +21,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -432,9 +432,12 @@ class _Counter:
         self.request(stage, key, item.prompt, expected, bound, conversation, rate)
 
 
-def _personas(plan: Plan, folder: RunFolder) -> tuple[PersonaSet | None, int]:
+def _personas(
+    plan: Plan, folder: RunFolder, written_first: Collection[Path] = ()
+) -> tuple[PersonaSet | None, int]:
     """The persona set the debates will use (stand-ins for stories not yet written) and
-    how many stories are still to write."""
+    how many stories are still to write (none when another run writes its persona file
+    first: ``written_first``)."""
     config = plan.experiment
     if config is None:
         return None, 0
@@ -455,6 +458,8 @@ def _personas(plan: Plan, folder: RunFolder) -> tuple[PersonaSet | None, int]:
         for party in PARTIES
         for i in range(per_party)
     ]
+    if source is not None and source.resolve() in {p.resolve() for p in written_first}:
+        return PersonaSet(stand_ins, {}), 0
     return PersonaSet(stand_ins, {}), max(0, 2 * per_party - kept)
 
 
@@ -463,6 +468,7 @@ def estimate(
     out: Path,
     engines: dict[str, LanguageModel] | None = None,
     measured: dict[str, Measurement] | None = None,
+    written_first: Collection[Path] = (),
 ) -> Estimate:
     """Count what a plan still needs in the folder ``out`` (a resumed run: only the rest).
 
@@ -475,6 +481,8 @@ def estimate(
             count); None counts as if every model gives log-probabilities.
         measured: ``measure`` results by ``model_key``: tokens counted as the model
             counts them, the time from its speed; None: characters / 4 and no time.
+        written_first: persona files another run of the same design writes before this
+            one reads them (its stories are counted there, not here).
     """
     engines, measured = engines or {}, measured or {}
     first = plan.conditions[0]
@@ -489,7 +497,7 @@ def estimate(
         meta = folder.read_meta()
         if meta.get("fingerprint") == plan.fingerprint:
             store, run_id = folder.open_store(), str(meta["run_id"])
-    personas, to_write = _personas(plan, folder)
+    personas, to_write = _personas(plan, folder, written_first)
     config = plan.experiment
     notes: list[str] = []
     if config is not None and to_write:
@@ -711,6 +719,8 @@ def estimate_run(
     out: Path,
     pool: ModelPool | None = None,
     log: Callable[[str], None] = print,
+    measured: dict[str, Measurement] | None = None,
+    written_first: Collection[Path] = (),
 ) -> Estimate:
     """Count what a plan still needs, measuring its first condition's models on the way
     when ``pool`` is given (they are opened in it and stay open for the run).
@@ -721,10 +731,15 @@ def estimate_run(
         pool: where the run's engines are opened; None counts without opening any
             model (characters / 4, no time).
         log: where a stage message goes.
+        measured: measurements already taken, by ``model_key`` (e.g. the same model on
+            another experiment of one design): those models are not measured again, and
+            the ones measured here are added, so one dict serves a run of several plans.
+        written_first: persona files another plan of the same design writes first
+            (see `estimate`).
     """
     engines: dict[str, LanguageModel] = {}
-    measured: dict[str, Measurement] = {}
-    if pool is not None and estimate(plan, out, {}, {}).total.requests == 0:
+    measured = {} if measured is None else measured
+    if pool is not None and estimate(plan, out, {}, {}, written_first).total.requests == 0:
         pool = None  # nothing left to run: measuring would spend requests on nothing
     if pool is not None:
         first = plan.conditions[0]
@@ -733,10 +748,14 @@ def estimate_run(
             if condition == first and model_key(entry) not in engines:
                 engines[model_key(entry)] = pool.get(entry)
                 slots[model_key(entry)] = getattr(entry, "parallel", 1)
-        log(f"measuring {', '.join(engines)} on this design's prompts for the estimate…")
+        to_measure = [key for key in engines if key not in measured]
+        if to_measure:
+            log(f"measuring {', '.join(to_measure)} on this design's prompts for the estimate…")
         personas, _ = _personas(plan, RunFolder(out / plan.name))
         planned = planned_debates(plan, personas, plan.modes)
         for key, engine in engines.items():
+            if key in measured:
+                continue
             surveys: dict[str, Prompt] = {}  # distinct first surveys, up to MEASURED_POINTS
             turn: tuple[Debate, int] | None = None
             for item, spec in planned:
@@ -763,7 +782,55 @@ def estimate_run(
             if turn is not None:
                 picked = list(surveys.values())[:MEASURED_POINTS]
                 measured[key] = measure(engine, picked, *turn, slots[key], key)
-    return estimate(plan, out, engines, measured)
+    used = {key: m for key, m in measured.items() if key in engines}
+    return estimate(plan, out, engines, used, written_first)
+
+
+def combine_estimates(name: str, parts: Sequence[Estimate], at_once: bool = False) -> Estimate:
+    """Several estimates as one: counts, cost and notes added up.
+
+    Args:
+        name: what the whole is called in its first line.
+        parts: the estimates (e.g. each experiment of a design, each model's design).
+        at_once: the parts run at the same time (models on remote servers), so the time
+            is the longest part's; else the parts' times add up.
+    """
+    stages: dict[str, Tally] = {}
+    models: dict[str, Tally] = {}
+    for part in parts:
+        for target, source in ((stages, part.stages), (models, part.models)):
+            for key, tally in source.items():
+                target.setdefault(key, Tally()).add(tally)
+    busy = [p for p in parts if p.total.requests]
+    times = [p.seconds for p in busy]
+    seconds: float | None = None
+    if busy and all(t is not None for t in times):
+        known = [t for t in times if t is not None]
+        seconds = max(known) if at_once else sum(known)
+    elif not busy:
+        seconds = 0.0
+
+    def unique(values: Sequence[str]) -> list[str]:
+        return list(dict.fromkeys(v for v in values if v))
+
+    costs = [p.cost for p in parts if p.cost is not None]
+    bounds = [p.cost_bound for p in parts if p.cost_bound is not None]
+    return Estimate(
+        name,
+        stages,
+        models,
+        sum(p.debates_total for p in parts),
+        sum(p.debates_left for p in parts),
+        sum(p.replies_left for p in parts),
+        sum(p.points_left for p in parts),
+        "; ".join(unique([p.token_method for p in parts])),
+        seconds,
+        "; ".join(unique([p.time_basis for p in busy or parts]))
+        + (" (the parts run at once: the longest counts)" if at_once and len(busy) > 1 else ""),
+        sum(costs) if costs else None,
+        sum(bounds) if bounds else None,
+        unique([n for p in parts for n in p.notes]),
+    )
 
 
 def check_cost(

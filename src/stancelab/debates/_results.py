@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stancelab.debates._analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
-from stancelab.debates._estimate import ProgressLines, estimate_run
+from stancelab.debates._estimate import Measurement, ProgressLines, estimate_run
 from stancelab.debates._experiment import ExperimentConfig
 from stancelab.debates._report import change_statistics, write_report
 from stancelab.debates._runner import (
@@ -127,12 +127,18 @@ def open_run(where: str | Path, run_id: str | None = None) -> Run:
     return Run(store, run_id, folder)
 
 
+def experiment_text(config: ExperimentConfig) -> str:
+    """The experiment file kept in the run folder of an experiment built in Python."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def run_config(
     config: ExperimentConfig,
     out: Path,
     text: str | None = None,
     log: Callable[[str], None] = print,
     progress_every_s: float = 60.0,
+    measured: dict[str, Measurement] | None = None,
 ) -> Run:
     """Run (or resume) an experiment in ``OUT/NAME`` and open the finished run.
 
@@ -147,12 +153,12 @@ def run_config(
             written as YAML (an experiment built in Python).
         log: where the estimate and progress lines go.
         progress_every_s: seconds between progress lines.
+        measured: models already measured for an estimate (by ``model_key``), not
+            measured again (see `estimate_run`).
     """
-    if text is None:
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    plan = plan_experiment(config, text)
+    plan = plan_experiment(config, experiment_text(config) if text is None else text)
     with ModelPool() as pool:
-        found = estimate_run(plan, out, pool, log)
+        found = estimate_run(plan, out, pool, log, measured)
         for line in found.lines():
             log(line)
         with ProgressLines(found, pool.stats, log, progress_every_s) as lines:

@@ -16,6 +16,7 @@ import yaml
 from rich.table import Table
 
 from stancelab.conversation._console import console, friendly_errors
+from stancelab.debates._estimate import MAX_COST_ENV
 from stancelab.engine import ConfigError
 from stancelab.replicate._replication import papers, replicate
 from stancelab.replicate._verdict import NOT_REPRODUCED, REPRODUCED
@@ -36,6 +37,12 @@ def model_option(text: str) -> str | dict[str, Any]:
     if not isinstance(entry, dict):
         raise ConfigError(f"--model {text!r} is not a YAML mapping")
     return entry
+
+
+def _log(message: str) -> None:
+    """A progress line, never wrapped (it may go to a file); warnings in yellow."""
+    style = "yellow" if message.startswith("WARNING") else None
+    console.print(message, style=style, highlight=False, soft_wrap=True)
 
 
 def _comma_list(text: str | None) -> list[str] | None:
@@ -75,10 +82,24 @@ def replicate_command(
         typer.Option(help="The study's probe coverage gate (jiang2025); default: 0.5."),
     ] = None,
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print the estimate (requests, tokens, time, cost) and stop."),
+    ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Open each model to count tokens and time a few seconds of work."),
+    ] = True,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
 ) -> None:
     """Run a paper's design on one or more models and give each claim a verdict.
 
     Given again, the same command resumes: finished debates (and participants) are kept.
+    The estimate of what the whole design needs is printed before the first run starts.
     """
 
     if paper not in papers():  # before the model entries are read
@@ -93,8 +114,15 @@ def replicate_command(
         setups=_comma_list(setups),
         participants=participants,
         min_probe_coverage=min_probe_coverage,
-        log=lambda m: console.print(m, style="yellow" if m.startswith("WARNING") else None),
+        log=_log,
+        dry_run=dry_run,
+        measure=measure,
+        max_cost=max_cost,
+        yes=yes,
+        ask=(lambda q: typer.confirm(q)) if console.is_terminal else None,
     )
+    if dry_run:
+        return
     verdicts = replication.verdicts()
     table = Table(title=f"{paper}: claims by model")
     for column in verdicts.columns:

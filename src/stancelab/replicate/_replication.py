@@ -21,13 +21,14 @@ import pandas as pd
 from pydantic import ValidationError
 
 from stancelab.debates import load_experiment
+from stancelab.debates._estimate import Estimate, check_cost, default_max_cost
 from stancelab.debates._results import Run, run_config
 from stancelab.debates._runner import ensure_writable_dir
-from stancelab.engine import get_backend
 from stancelab.engine._errors import ConfigError, format_validation_error
 from stancelab.engine._factory import ModelConfig, check_model, check_reachable, model_config
 from stancelab.replicate import jiang2025
 from stancelab.replicate._designs import FIG3_SETUPS, LATER_SETUPS, SCALES, _slug, design
+from stancelab.replicate._estimate import at_once, estimate_design
 from stancelab.replicate._findings import PAPERS, STUDY_PAPERS, run_findings
 from stancelab.replicate._verdict import COLUMNS
 
@@ -75,6 +76,8 @@ class Replication:
         runs: per model, its stored runs (a debate paper).
         studies: per model, its study report folder (a study paper).
         setups: the setups the design ran (a debate paper).
+        estimate: what the design needed when the call began (a debate paper): requests,
+            tokens, time, cost; with ``dry_run`` the only result.
     """
 
     paper: str
@@ -85,6 +88,7 @@ class Replication:
     runs: dict[str, list[Run]] = field(default_factory=dict)
     studies: dict[str, Path] = field(default_factory=dict)
     setups: list[str] = field(default_factory=list)
+    estimate: Estimate | None = None
 
     def findings(self) -> pd.DataFrame:
         """One row per claim, cell and model: ``paper, claim_id, claim, model, setup,
@@ -195,7 +199,7 @@ def _each_model(
     def prefixed(config: ModelConfig) -> Log:
         return (lambda line: log(f"[{config.name}] {line}")) if len(configs) > 1 else log
 
-    if len(configs) > 1 and all(get_backend(c).remote for c in configs):
+    if at_once(configs):
         log(f"{len(configs)} models on remote servers: running them at once")
         with ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="model") as pool:
             futures = [pool.submit(work, c, prefixed(c)) for c in configs]
@@ -216,6 +220,11 @@ def replicate(
     participants: int = 6,
     min_probe_coverage: float | None = None,
     log: Log | None = print,
+    dry_run: bool = False,
+    measure: bool = True,
+    max_cost: float | None = None,
+    yes: bool = False,
+    ask: Callable[[str], bool] | None = None,
 ) -> Replication:
     """Run a paper's design on one model or several side by side (or resume it), and
     test every claim of the paper on each.
@@ -241,6 +250,16 @@ def replicate(
         min_probe_coverage: the study's probe coverage gate (study paper); None: the
             study's default, 0.5, which refuses models whose probe puts little on the scale.
         log: where progress lines go; None: nowhere.
+        dry_run: count what the design needs (a debate paper: requests, tokens, time,
+            cost; printed to ``log``), and stop there: the `Replication` holds the
+            ``estimate`` and no findings.
+        measure: open each model for a few seconds to count tokens as it does and time
+            it (the runs reuse the measurement); False: characters / 4 and no time.
+        max_cost: refuse a design whose cost may exceed this many US dollars (priced
+            models only); None: the STANCELAB_MAX_COST environment variable, else no limit.
+        yes: run whatever the estimated cost.
+        ask: asks the person at a terminal whether to go on above ``max_cost``; None
+            refuses with one line.
 
     Returns:
         The `Replication`: ``findings()`` (one row per claim, cell and model) and
@@ -267,6 +286,13 @@ def replicate(
         if participants < 1:
             raise ConfigError(f"--participants must be at least 1, got {participants}")
         configs = _model_configs(chosen_models)
+        if dry_run:
+            say(
+                f"dry run: {participants} simulated participant(s) per model would take "
+                f"{paper} (up to {jiang2025.MAX_TURNS} turns each); a pilot's requests are "
+                "not counted in advance. Nothing was run."
+            )
+            return Replication(paper, None, root, [c.name for c in configs], _concat([]))
         ensure_writable_dir(root)
 
         def pilot(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, Path]:
@@ -293,11 +319,28 @@ def replicate(
     planned = {
         c.name: _experiments(paper, scale, c, prompt_format, chosen_setups, root) for c in configs
     }
+    found, measured = estimate_design(
+        f"{paper} at {scale} scale", configs, planned, root, measure=measure, log=say
+    )
+    for line in found.lines():
+        say(line)
+    if dry_run:
+        say("dry run: no debate was run")
+        return Replication(
+            paper,
+            scale,
+            root,
+            [c.name for c in configs],
+            _concat([]),
+            setups=chosen_setups,
+            estimate=found,
+        )
+    check_cost(found, default_max_cost() if max_cost is None else max_cost, yes, ask)
     ensure_writable_dir(root)
 
     def debates(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, list[Run]]:
         runs = [
-            run_config(load_experiment(experiment), root, log=told)
+            run_config(load_experiment(experiment), root, log=told, measured=measured[config.name])
             for experiment in planned[config.name]
         ]
         return run_findings(*runs, model=config.name, paper=paper, claims=chosen_claims), runs
@@ -311,6 +354,7 @@ def replicate(
         _concat([t for t, _ in done]),
         runs={c.name: r for c, (_, r) in zip(configs, done, strict=True)},
         setups=chosen_setups,
+        estimate=found,
     )
 
 

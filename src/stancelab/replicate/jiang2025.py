@@ -184,6 +184,11 @@ def study_findings(
     return findings_table(found, model=model, mode="probe")
 
 
+MAX_TURNS = 8
+"""The most messages a pilot participant sends (the pilot's choice: the paper does not
+publish its number of turns)."""
+
+
 def pilot_study(model: dict[str, Any], name: str, min_probe_coverage: float | None) -> Any:
     """The study of the paper as a pilot config: its three conditions (standard and
     personalised chats, static statements), two topics, the 1-7 agreement item, and no
@@ -229,7 +234,7 @@ def pilot_study(model: dict[str, Any], name: str, min_probe_coverage: float | No
                 },
             ],
             "conditions": ["standard", "personalised", "static"],
-            "turns": {"min": 3, "max": 8},
+            "turns": {"min": 3, "max": MAX_TURNS},
             "model": model,
             "chatbot": chatbot,
             "stance_item": "agreement",
