@@ -167,7 +167,8 @@ def test_persons_with_opinions_and_asynchronous_persons(tmp_path: Path) -> None:
     # Chances go round robin; Jennifer passes each time, costing no message.
     assert [t.speaker for t in debate.turns] == [0, 2, 0, 2]
     assert debate.passes == 2
-    assert [debate.decisions[c][0] for c in sorted(debate.decisions)] == [True, False, True, False]
+    speaks = [debate.decisions[c].speaks for c in sorted(debate.decisions)]
+    assert speaks == [True, False, True, False]
     # Decisions are asked on a copy: no turn prompt ever carries one.
     for request in model.generated:
         if request.temperature != 0:

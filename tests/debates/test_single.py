@@ -171,3 +171,117 @@ def test_an_older_database_gains_the_context_column_when_opened(tmp_path: Path) 
     columns = [row[1] for row in con.execute("pragma table_info(agents)")]
     assert "context" in columns
     assert con.execute("select name, context from agents").fetchall() == [("Jack", None)]
+
+
+ASYNC_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sauce-async.json"
+
+
+def decision(prompt: str) -> str:
+    """Greedy, like a real engine: by the prompt alone. The quiet person always waits, the
+    listener waits at every other prompt length, the outgoing one always speaks."""
+    if "You are quiet" in prompt or ("You listen first" in prompt and len(prompt) % 2):
+        return " <wait>"
+    return " <speak>"
+
+
+class DecidingModel(CountingModel):
+    """A CountingModel that answers decision requests (SAUCE's asynchronous persons)."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        super().__init__(crash_after)
+        write = self.reply
+        self.reply = lambda r: (
+            decision(str(r.prompt))
+            if "<wait>" in str(r.prompt)  # only a decision request offers the pass token
+            else write(r)
+        )
+
+
+def run_sauce(model: CountingModel, out: Path, log: list[str] | None = None) -> sl.Run:
+    spec = load_sauce(ASYNC_EXAMPLE)
+    plan = plan_debate(spec, model, load_prompts(), "sauce", label="async")
+    result = execute(plan, out, log=(log if log is not None else []).append)
+    return sl.open_run(result.folder.path, result.run_id)
+
+
+def stored(run: sl.Run) -> tuple[list[tuple[object, ...]], ...]:
+    turns = run.turns()[["iteration", "agent_index", "text", "prompt_tokens"]]
+    decisions = run.decisions()[["chance", "iteration", "agent_index", "speaks", "raw_text"]]
+    surveys = run.surveys()[["iteration", "agent_index", "mode", "score"]].round(9)
+    return tuple(list(f.itertuples(index=False)) for f in (turns, decisions, surveys))
+
+
+def asked(*models: CountingModel) -> list[tuple[str, int | None]]:
+    return [(str(r.prompt), r.seed) for m in models for r in m.generated]
+
+
+def test_a_resumed_decide_first_debate_continues_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    reference_model = DecidingModel()
+    reference = stored(run_sauce(reference_model, tmp_path / "ref"))
+    turns, decisions, _ = reference
+    passes = [d for d in decisions if not d[3]]
+    assert len(turns) == 6 and passes  # passes happen: the floor depends on them
+    # Every decision is stored with its answer and cost; a pass is no reply.
+    assert len(decisions) == len(turns) + len(passes)
+    assert {d[4] for d in decisions} == {" <wait>", " <speak>"}
+    # Crash after a pass, between a decision to speak and its reply.
+    first_pass = next(
+        i
+        for i, r in enumerate(reference_model.generated)
+        if "<wait>" in str(r.prompt) and decision(str(r.prompt)) == " <wait>"
+    )
+    dying = DecidingModel(crash_after=first_pass + 2)
+    with pytest.raises(Crash):
+        run_sauce(dying, tmp_path / "runs")
+    [folder] = (tmp_path / "runs").iterdir()
+    partial = sl.open_run(folder)
+    made, spoke = partial.decisions(), len(partial.turns())
+    assert 0 < spoke < 6 and not made["speaks"].all()
+    assert made["speaks"].sum() == spoke + 1  # the last decision's reply was lost
+
+    again, log = DecidingModel(), list[str]()
+    resumed = run_sauce(again, tmp_path / "runs", log)
+    assert resumed.status == "complete" and stored(resumed) == reference
+    # The same prompts in the same order, none asked twice, none skipped.
+    assert asked(dying, again) == asked(reference_model)
+    assert dying.scored_prompts + again.scored_prompts == reference_model.scored_prompts
+    assert not any("WARNING" in line for line in log)
+
+
+def test_a_decide_first_debate_from_before_decisions_were_stored_still_resumes(
+    tmp_path: Path,
+) -> None:
+    reference = stored(run_sauce(DecidingModel(), tmp_path / "ref"))
+    with pytest.raises(Crash):
+        run_sauce(DecidingModel(crash_after=10), tmp_path / "runs")
+    [folder] = (tmp_path / "runs").iterdir()
+    con = sqlite3.connect(folder / "stancelab.db")
+    done = con.execute("select count(*) from messages").fetchone()[0]
+    passed_last = con.execute("select speaks from decisions order by chance desc").fetchone()
+    assert 0 < done < 6 and passed_last == (0,)  # inner passes and one after the last reply
+    con.execute("drop table decisions")  # the database of an older stancelab
+    con.commit()
+
+    log: list[str] = []
+    resumed = run_sauce(DecidingModel(), tmp_path / "runs", log)
+    # The floor goes on as it would have: who spoke next tells each unstored decision.
+    assert resumed.status == "complete" and stored(resumed)[0] == reference[0]
+    [warning] = [line for line in log if line.startswith("WARNING")]
+    # The pass after the last stored reply is asked again, not inferred.
+    assert "1 debate(s) resume with 5 earlier decision(s)" in warning and "not stored" in warning
+    # Only the decisions made after the resume are in the record.
+    chances = list(resumed.decisions()["chance"])
+    assert chances and chances == [d[0] for d in reference[1] if d[0] >= chances[0]]
+
+
+def test_stored_replies_that_do_not_follow_the_turn_taking_are_one_clear_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(Crash):
+        run_sauce(DecidingModel(crash_after=10), tmp_path / "runs")
+    [folder] = (tmp_path / "runs").iterdir()
+    con = sqlite3.connect(folder / "stancelab.db")
+    con.execute("update messages set agent_index = 2 where iteration = 2")  # not Robert's
+    con.commit()
+    with pytest.raises(sl.StoreError, match=r"debate 1 in .*: 3 stored replies and 4 decisions"):
+        run_sauce(DecidingModel(), tmp_path / "runs")

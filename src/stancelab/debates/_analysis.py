@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from stancelab.debates._experiment import ConditionConfig
-from stancelab.debates._store import AgentRow, DebateRow, MessageRow, RunRow, Store, SurveyRow
+from stancelab.debates._store import (
+    AgentRow,
+    DebateRow,
+    DecisionRow,
+    MessageRow,
+    RunRow,
+    Store,
+    SurveyRow,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -172,6 +180,11 @@ def plot_attitudes(frame: pd.DataFrame, path: Path, title: str | None = None) ->
     return path
 
 
+def _costs(table: type[MessageRow] | type[DecisionRow]) -> list[Any]:
+    """What a generated answer (a reply, a decision) cost, as its table stores it."""
+    return [table.prompt_tokens, table.cached_tokens, table.completion_tokens, table.latency_s]
+
+
 def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
     """One row per reply of a run, in speaking order, with its debate and speaker."""
     return _per_agent_rows(
@@ -186,12 +199,31 @@ def turn_frame(store: Store, run_id: str) -> pd.DataFrame:
             MessageRow.text,
             MessageRow.attempts,
             MessageRow.truncated,
-            MessageRow.prompt_tokens,
-            MessageRow.cached_tokens,
-            MessageRow.completion_tokens,
-            MessageRow.latency_s,
+            *_costs(MessageRow),
         ],
         order=[MessageRow.iteration],
+    )
+
+
+def decision_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per decision whether to speak (agents that decide first, SAUCE's
+    asynchronous persons), in the order of the chances: ``speaks`` False is a pass, which
+    costs no reply and is shown to no agent. Empty when no agent decides first."""
+    return _per_agent_rows(
+        store,
+        run_id,
+        DecisionRow,
+        [
+            DecisionRow.chance,
+            DecisionRow.iteration,
+            DecisionRow.agent_index,
+            DecisionRow.speaker,
+            AgentRow.kind,
+            DecisionRow.speaks,
+            DecisionRow.raw_text,
+            *_costs(DecisionRow),
+        ],
+        order=[DecisionRow.chance],
     )
 
 
@@ -224,11 +256,11 @@ def agent_frame(store: Store, run_id: str) -> pd.DataFrame:
 def _per_agent_rows(
     store: Store,
     run_id: str,
-    table: type[MessageRow] | type[SurveyRow],
+    table: type[MessageRow] | type[SurveyRow] | type[DecisionRow],
     columns: list[Any],
     order: list[Any],
 ) -> pd.DataFrame:
-    """Rows of a per-agent table (replies or survey answers) of one run, each with its
+    """Rows of a per-agent table (replies, decisions or survey answers) of one run, each with its
     debate's cell (condition, topic, setup, repetition) and its agent."""
     import pandas as pd  # noqa: PLC0415 - lazy: pandas is heavy to import
 

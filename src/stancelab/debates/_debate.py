@@ -36,7 +36,7 @@ from stancelab.debates._cleaning import is_usable, speaker_line, stop_strings
 from stancelab.debates._rendering import Rendering, decide_request, header
 from stancelab.debates._turn_taking import TurnTaking, check_host, host_policy, seeded_first_speaker
 from stancelab.engine import ConfigError
-from stancelab.engine._base import GenerationRequest, LanguageModel, Message, Prompt
+from stancelab.engine._base import Generation, GenerationRequest, LanguageModel, Message, Prompt
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,26 @@ class Turn:
     latency_s: float = 0.0
 
 
+@dataclass
+class Decision:
+    """One decide step of an agent that decides first: did it take its chance, what did it
+    answer, and what the answer cost."""
+
+    chance: int
+    """The 0-based chance it decided (every reply and every pass is one)."""
+    iteration: int
+    """The reply it would be (1-based): replies so far + 1."""
+    speaker: int
+    speaks: bool
+    """True: it took the chance (a reply follows); False: it passed."""
+    raw_text: str
+    """The model's answer to the decision request, as given."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    latency_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class SurveyStep:
     """All agents are to be surveyed at this iteration."""
@@ -208,8 +228,8 @@ class Debate:
         default_questions = (SurveyQuestion(ATTITUDE, self.question),) if spec.ask_attitude else ()
         self.questions = spec.questions or default_questions
         self.speaking = spec.speaking or tuple(Speaking() for _ in spec.personas)
-        self.decisions: dict[int, tuple[bool, str]] = {}
-        """chance -> (spoke?, the raw decision) for agents that decide first."""
+        self.decisions: dict[int, Decision] = {}
+        """chance -> the decision of the agent given it, for agents that decide first."""
         self.passes = 0
         self._speaker_line = speaker_line(names)
         self._stops = stop_strings(names)
@@ -252,26 +272,58 @@ class Debate:
             prompt=self.decide_prompt(step.speaker), temperature=0.0, max_tokens=8, stop=("\n",)
         )
 
-    def record_decision(self, step: DecideStep, raw: str) -> bool:
-        """Store a decision with SAUCE's rule: a non-empty answer without the pass token
-        speaks. Returns whether the agent speaks."""
+    def record_decision(
+        self, step: DecideStep, raw: str, generation: Generation | None = None
+    ) -> bool:
+        """Record a decision with SAUCE's rule: a non-empty answer without the pass token
+        speaks. Returns whether the agent speaks.
+
+        Args:
+            step: the decide step ``next_step`` asked for.
+            raw: the model's answer.
+            generation: the engine's answer, for its token counts and latency.
+        """
         how = self.speaking[step.speaker]
         speaks = bool(raw.strip()) and how.pass_token not in raw
-        self.decisions[step.chance] = (speaks, raw)
-        if not speaks:
-            self.passes += 1
-            recent = [self.decisions.get(c, (True, ""))[0] for c in range(self.chance)]
-            tail = 0
-            for spoke in reversed(recent):
-                if spoke:
-                    break
-                tail += 1
-            if tail >= 3 * self.n_agents:
-                self.failed = (
-                    f"nobody chose to speak in {tail} chances in a row "
-                    f"(after {len(self.turns)} replies)"
-                )
+        cost = generation or Generation(raw)
+        self.add_decision(
+            Decision(
+                chance=step.chance,
+                iteration=step.iteration,
+                speaker=step.speaker,
+                speaks=speaks,
+                raw_text=raw,
+                prompt_tokens=cost.prompt_tokens,
+                completion_tokens=cost.completion_tokens,
+                cached_tokens=cost.cached_tokens,
+                latency_s=cost.latency_s,
+            )
+        )
         return speaks
+
+    def add_decision(self, decision: Decision) -> None:
+        """Append a decision (one just made, or a stored one replayed); it must be the one
+        next_step asked for. A pass moves the chance on; too many in a row fail the debate."""
+        step = self.next_step()
+        if step != DecideStep(decision.iteration, decision.speaker, decision.chance):
+            raise RuntimeError(
+                f"decision at chance {decision.chance} recorded out of order (expected {step})"
+            )
+        self.decisions[decision.chance] = decision
+        if decision.speaks:
+            return
+        self.passes += 1
+        tail = 0
+        for chance in reversed(range(self.chance)):
+            made = self.decisions.get(chance)
+            if made is None or made.speaks:
+                break
+            tail += 1
+        if tail >= 3 * self.n_agents:
+            self.failed = (
+                f"nobody chose to speak in {tail} chances in a row "
+                f"(after {len(self.turns)} replies)"
+            )
 
     @property
     def survey_iterations(self) -> list[int]:
@@ -435,7 +487,8 @@ class DebateEvents:
     on_failure: Callable[[Debate, str], None] | None = None
     on_retry: Callable[[Debate, TurnStep, int, str], None] | None = None
     on_decision: Callable[[Debate, DecideStep, bool, str], None] | None = None
-    """An asynchronous agent decided whether to speak (True: it speaks)."""
+    """An asynchronous agent decided whether to speak (True: it speaks); the whole
+    decision, with its cost, is ``debate.decisions[step.chance]``."""
     should_stop: Callable[[], bool] | None = None
     """Checked before every step; True ends the run early (finished work is kept)."""
     on_end: Callable[[Debate], None] | None = None
@@ -519,7 +572,7 @@ def _run_decision(
     events: DebateEvents,
 ) -> None:
     [gen] = choose(debate, step.speaker).generate([debate.decide_request(step)])
-    speaks = debate.record_decision(step, gen.text)
+    speaks = debate.record_decision(step, gen.text, gen)
     if events.on_decision:
         events.on_decision(debate, step, speaks, gen.text)
     if debate.failed and events.on_failure:

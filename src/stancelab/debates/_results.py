@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stancelab.debates._analysis import agent_frame, attitude_frame, mean_attitudes, turn_frame
+from stancelab.debates._analysis import (
+    agent_frame,
+    attitude_frame,
+    decision_frame,
+    mean_attitudes,
+    turn_frame,
+)
 from stancelab.debates._estimate import Measurement, ProgressLines, estimate_run
 from stancelab.debates._experiment import ExperimentConfig
 from stancelab.debates._report import change_statistics, write_report
@@ -59,6 +65,11 @@ class Run:
     def turns(self) -> pd.DataFrame:
         """One row per reply, in speaking order."""
         return turn_frame(self.store, self.run_id)
+
+    def decisions(self) -> pd.DataFrame:
+        """One row per decision whether to speak of an agent that decides first (SAUCE's
+        asynchronous persons): its answer, and whether it spoke or passed."""
+        return decision_frame(self.store, self.run_id)
 
     def agents(self) -> pd.DataFrame:
         """One row per agent of each debate: who it was and everything it was told (its

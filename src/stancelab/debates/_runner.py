@@ -40,7 +40,14 @@ from stancelab.conversation._personas import (
     StoryDraft,
     generate_personas,
 )
-from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, Turn, run_debates
+from stancelab.debates._debate import (
+    Debate,
+    DebateEvents,
+    DebateSpec,
+    DecideStep,
+    Turn,
+    run_debates,
+)
 from stancelab.debates._experiment import (
     ExperimentConfig,
     ExperimentModel,
@@ -570,7 +577,7 @@ class _Execution:
                 run_id,
                 self.log,
             )
-        debates = _debates(planned, plan.prompts, plan.formats, store, run_id)
+        debates = _debates(planned, plan.prompts, plan.formats, store, run_id, self.log)
         if self.progress is not None:
             for item, debate, _ in debates:
                 self.progress.add(_cell(item), _steps(debate), _steps_done(debate))
@@ -835,10 +842,12 @@ def _debates(
     formats: Formats,
     store: Store,
     run_id: str,
+    log: Callable[[str], None],
 ) -> list[tuple[PlannedDebate, Debate, int]]:
     """Every planned debate as a Debate: stored anew, or restored from the store."""
     stored = {row.key: row for row in store.debates(run_id)}
     out = []
+    inferred = unstored = 0
     for item, spec in planned:
         debate = new_debate(item, spec, prompts, formats)
         row = stored.get(item.key)
@@ -853,8 +862,15 @@ def _debates(
             )
         else:
             debate_id = row.id
-            store.restore(debate_id, debate)
+            n = store.restore(debate_id, debate)
+            inferred, unstored = inferred + n, unstored + bool(n)
         out.append((item, debate, debate_id))
+    if inferred:
+        log(
+            f"WARNING: {unstored} debate(s) resume with {inferred} earlier decision(s) whether "
+            "to speak not stored (made before stancelab stored them): taken from who spoke "
+            "next, their answers are not in the run record"
+        )
     return out
 
 
@@ -868,7 +884,7 @@ def _drive(
 ) -> int:
     """Run every unfinished debate, a worker each (``run_debates``); returns failures.
 
-    Each turn, survey and finished debate is stored before the caller hears of it.
+    Each turn, decision, survey and finished debate is stored before the caller hears of it.
     """
     write_lock = threading.Lock()
     cells = {id(d): _cell(p) for p, d, _ in debates}
@@ -891,6 +907,12 @@ def _drive(
         if caller.on_survey:
             caller.on_survey(d, answers)
 
+    def on_decision(d: Debate, step: DecideStep, speaks: bool, raw: str) -> None:
+        with write_lock:
+            store.add_decision(ids[id(d)], d, d.decisions[step.chance])
+        if caller.on_decision:
+            caller.on_decision(d, step, speaks, raw)
+
     def on_end(d: Debate) -> None:
         with write_lock:
             store.finish_debate(ids[id(d)], error=d.failed)
@@ -903,7 +925,9 @@ def _drive(
     for _, d, debate_id in debates:  # finished before a crash but not marked
         if d.done and d.failed is None:
             store.finish_debate(debate_id)
-    events = dataclasses.replace(caller, on_turn=on_turn, on_survey=on_survey, on_end=on_end)
+    events = dataclasses.replace(
+        caller, on_turn=on_turn, on_survey=on_survey, on_decision=on_decision, on_end=on_end
+    )
     run_debates(choose, [d for _, d, _ in debates], events, workers)
     return sum(1 for _, d, _ in debates if d.failed)
 

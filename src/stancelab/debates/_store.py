@@ -2,14 +2,16 @@
 
 SQLite by default, any SQLAlchemy URL (PostgreSQL) too (``conversation/_database.py``).
 
-Every turn and survey answer is committed as soon as it exists, so a crash loses at
-most the request in flight. A run's status stays 'running' until it finishes.
+Every turn, decision whether to speak and survey answer is committed as soon as it exists,
+so a crash loses at most the request in flight, and a resumed debate carries on exactly as
+it would have (``Store.restore``). A run's status stays 'running' until it finishes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +30,17 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from stancelab.conversation import SurveyAnswer
-from stancelab.conversation._database import AnswerColumns, open_tables, utc_now
+from stancelab.conversation._database import AnswerColumns, open_tables, safe_url, utc_now
 from stancelab.conversation._export import check_formats, write_tables
-from stancelab.debates._debate import Debate, Turn
+from stancelab.debates._debate import Debate, DecideStep, Decision, Turn, TurnStep
 from stancelab.engine import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # 2: debates.condition (base and tuned models side by side in one run).
+# Added since without a new version, since an older database gains them when opened and
+# its runs still resume: agents.context, the decisions table.
 SCHEMA_VERSION = 2
 
 
@@ -112,6 +116,28 @@ class MessageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     __table_args__ = (UniqueConstraint("debate_id", "iteration"),)
+
+
+class DecisionRow(Base):
+    """One decision of an agent that decides first (SAUCE's asynchronous persons): at which
+    chance, whether it took it or passed, its answer and what the answer cost. Absent in
+    runs made before decisions were stored (the table is made when such a database is
+    opened)."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    debate_id: Mapped[int] = mapped_column(ForeignKey("debates.id"), index=True)
+    chance: Mapped[int] = mapped_column(Integer)
+    iteration: Mapped[int] = mapped_column(Integer)
+    agent_index: Mapped[int] = mapped_column(Integer)
+    speaker: Mapped[str] = mapped_column(String(100))
+    speaks: Mapped[bool] = mapped_column()
+    raw_text: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    __table_args__ = (UniqueConstraint("debate_id", "chance"),)
 
 
 class SurveyRow(AnswerColumns, Base):
@@ -245,6 +271,26 @@ class Store:
             )
             s.commit()
 
+    def add_decision(self, debate_id: int, debate: Debate, decision: Decision) -> None:
+        """Commit one decision whether to speak."""
+        with self.session() as s:
+            s.add(
+                DecisionRow(
+                    debate_id=debate_id,
+                    chance=decision.chance,
+                    iteration=decision.iteration,
+                    agent_index=decision.speaker,
+                    speaker=debate.spec.personas[decision.speaker].name,
+                    speaks=decision.speaks,
+                    raw_text=decision.raw_text,
+                    prompt_tokens=decision.prompt_tokens,
+                    cached_tokens=decision.cached_tokens,
+                    completion_tokens=decision.completion_tokens,
+                    latency_s=decision.latency_s,
+                )
+            )
+            s.commit()
+
     def add_surveys(self, debate_id: int, answers: list[SurveyAnswer]) -> None:
         """Commit survey answers."""
         with self.session() as s:
@@ -319,8 +365,14 @@ class Store:
                 )
             )
 
-    def restore(self, debate_id: int, debate: Debate) -> None:
-        """Replay a stored debate's turns and survey answers into a fresh Debate object."""
+    def restore(self, debate_id: int, debate: Debate) -> int:
+        """Replay a stored debate into a fresh Debate object: its survey answers, then its
+        turns and decisions whether to speak in the order they were made, so it carries on
+        as it would have without the interruption (same next speaker, passes and prompts).
+
+        Returns how many decisions were inferred rather than read (see ``_replay``): none
+        for a debate stored since decisions are.
+        """
         with self.session() as s:
             # Surveys first: record_turn checks that each turn's surveys are done.
             for a in s.scalars(select(SurveyRow).where(SurveyRow.debate_id == debate_id)):
@@ -338,24 +390,41 @@ class Store:
                 .where(MessageRow.debate_id == debate_id)
                 .order_by(MessageRow.iteration)
             )
-            for m in messages:
-                debate.record_turn(
-                    Turn(
-                        iteration=m.iteration,
-                        speaker=m.agent_index,
-                        text=m.text,
-                        raw_text=m.raw_text,
-                        attempts=m.attempts,
-                        truncated=m.truncated,
-                        prompt_tokens=m.prompt_tokens,
-                        completion_tokens=m.completion_tokens,
-                        cached_tokens=m.cached_tokens,
-                        latency_s=m.latency_s,
-                    )
+            turns = [
+                Turn(
+                    iteration=m.iteration,
+                    speaker=m.agent_index,
+                    text=m.text,
+                    raw_text=m.raw_text,
+                    attempts=m.attempts,
+                    truncated=m.truncated,
+                    prompt_tokens=m.prompt_tokens,
+                    completion_tokens=m.completion_tokens,
+                    cached_tokens=m.cached_tokens,
+                    latency_s=m.latency_s,
                 )
+                for m in messages
+            ]
+            decisions = [
+                Decision(
+                    chance=d.chance,
+                    iteration=d.iteration,
+                    speaker=d.agent_index,
+                    speaks=d.speaks,
+                    raw_text=d.raw_text,
+                    prompt_tokens=d.prompt_tokens,
+                    completion_tokens=d.completion_tokens,
+                    cached_tokens=d.cached_tokens,
+                    latency_s=d.latency_s,
+                )
+                for d in s.scalars(select(DecisionRow).where(DecisionRow.debate_id == debate_id))
+            ]
+            where = f"debate {debate_id} in {safe_url(self.url)}"
+            inferred = _replay(debate, turns, decisions, where)
             row = s.get(DebateRow, debate_id)
             if row is not None and row.status == "failed" and row.error:
                 debate.failed = row.error
+        return inferred
 
     def progress(self, run_id: str) -> tuple[dict[str, dict[str, int]], int]:
         """Debates per status and turns per cell (condition · topic · setup), and the
@@ -413,7 +482,51 @@ class Store:
             return list(s.scalars(select(RunRow).order_by(RunRow.created_at.desc())))
 
 
-TABLES = ("runs", "debates", "agents", "messages", "survey_answers", "persona_checks")
+def _replay(debate: Debate, turns: list[Turn], decisions: list[Decision], where: str) -> int:
+    """Record stored turns and decisions into a debate in the order its steps ask for them.
+
+    A decide step with no stored decision while stored replies remain comes from a database
+    made before decisions were stored: the agent is taken to have spoken exactly when it
+    made the next stored reply (and to have passed otherwise), with an empty answer. For
+    greedy decisions that is what happened: an agent asked again before any new reply sees
+    the same prompt and gives the same answer, so it cannot pass and then speak.
+
+    Returns how many decisions were inferred so; raises StoreError (naming ``where``) when
+    stored rows are left over that the debate's steps never ask for.
+    """
+    waiting = deque(turns)
+    by_chance = {d.chance: d for d in decisions}
+    inferred = 0
+    while (step := debate.next_step()) is not None:
+        if isinstance(step, TurnStep) and waiting and waiting[0].speaker == step.speaker:
+            debate.record_turn(waiting.popleft())
+        elif isinstance(step, DecideStep) and step.chance in by_chance:
+            if by_chance[step.chance].speaker != step.speaker:
+                break
+            debate.add_decision(by_chance.pop(step.chance))
+        elif isinstance(step, DecideStep) and waiting:
+            speaks = waiting[0].speaker == step.speaker
+            debate.add_decision(Decision(step.chance, step.iteration, step.speaker, speaks, ""))
+            inferred += 1
+        else:
+            break
+    if waiting or by_chance:
+        raise StoreError(
+            f"{where}: {len(waiting)} stored replies and {len(by_chance)} decisions do not "
+            f"follow the debate's turn taking (stopped at {debate.next_step()})"
+        )
+    return inferred
+
+
+TABLES = (
+    "runs",
+    "debates",
+    "agents",
+    "messages",
+    "decisions",
+    "survey_answers",
+    "persona_checks",
+)
 
 
 def read_tables(store: Store) -> dict[str, pd.DataFrame]:
