@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import stancelab as sl
 from stancelab.cli import app
 from stancelab.conversation._personas import BUILTIN_PERSONAS, PersonaSet
+from stancelab.debates._estimate import Estimate
 from stancelab.debates._store import Store
 from stancelab.replicate import CLAIMS
 from stancelab.replicate.jiang2025 import CLAIMS as STUDY_CLAIMS
@@ -395,7 +396,7 @@ def test_the_estimate_measures_each_model_once_and_matches_the_run(tmp_path: Pat
     measuring = [line for line in lines if line.startswith("measuring")]
     assert len(measuring) == 1, lines  # the run reuses the design's measurement
     found = rep.estimate
-    assert found is not None and found.debates_left == 2
+    assert isinstance(found, Estimate) and found.debates_left == 2
     [run] = rep.runs["alpha"]
     replies = run.turns()
     # Stand-in replies walk the same turns the run took: every reply is counted.
@@ -418,3 +419,31 @@ def test_a_priced_design_above_max_cost_asks_first(tmp_path: Path) -> None:
     assert ran.exit_code == 0, ran.output
     assert "cost: about $" in ran.output
     assert sl.open_run(out / "taubenfeld2024-smoke-alpha").status == "complete"
+
+
+def test_a_jiang2025_dry_run_prints_the_pilots_estimate_and_runs_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    command = [
+        "replicate",
+        "jiang2025",
+        "--model",
+        "{name: echo, backend: fake}",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, [*command, "--participants", "6", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "estimate for jiang2025: 6 of 6 simulated participants to run" in result.output
+    assert "replies" in result.output and "tokens/char for echo" in result.output
+    assert "dry run: no participant was run" in result.output
+    assert not out.exists()  # no database, no folder
+
+
+def test_a_priced_pilot_above_max_cost_is_refused_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    priced = "{name: echo, backend: fake, price_per_million: {input: 900000, output: 900000}}"
+    command = ["replicate", "jiang2025", "--model", priced, "--out", str(out)]
+    refused = CliRunner().invoke(app, [*command, "--no-measure", "--max-cost", "0.5"])
+    assert refused.exit_code == 2, refused.output
+    assert "is above --max-cost $0.50: pass --yes to run it anyway" in refused.output
+    assert not out.exists()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from stancelab.conversation._personas import (
     PARTIES,
@@ -38,10 +38,22 @@ from stancelab.conversation._survey import (
     ZERO_TO_TEN,
     SurveyAnswer,
     SurveyItem,
-    SurveyMode,
-    answer_max_tokens,
     survey_modes_for,
 )
+from stancelab.conversation._tally import (
+    CHARS_PER_TOKEN,
+    MEASURED_REPLIES,
+    RequestCounter,
+    duration,
+    filler,
+    measure_engine,
+    priced,
+    prompt_text,
+    seconds_for,
+    tally_lines,
+)
+from stancelab.conversation._tally import Measurement as Measurement
+from stancelab.conversation._tally import Tally as Tally
 from stancelab.debates._cleaning import is_usable
 from stancelab.debates._debate import (
     Debate,
@@ -63,231 +75,20 @@ from stancelab.debates._runner import (
     new_debate,
     planned_debates,
 )
-from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
+from stancelab.engine._base import LanguageModel, Prompt
 from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, Price
-from stancelab.engine._scoring import path_plan
 
-CHARS_PER_TOKEN = 4.0
-"""Token count without a model to ask: about four characters per token of English."""
-MESSAGE_OVERHEAD_CHARS = 16
-"""A chat template's role markers, counted per message as characters."""
-PATH_REQUESTS_PER_POINT = 1.2
-"""Scoring requests per survey point on engines that answer greedy token paths (llama.cpp,
-OpenAI-compatible servers): benchmarks/README.md measured 1.14-1.27 (Qwen 0.5B, 384
-points; the lower figures with identical requests in flight sent once)."""
-TREE_REQUESTS_PER_POINT = 3.29
-"""The same on engines that walk the token tree one level per call (benchmarks/README.md)."""
 STORY_WORDS = 170
 """Length of a persona story not yet written, for the prompts that will carry it (the
 meta-prompt asks for a short paragraph; stories are cut at 256 tokens)."""
 STORY_MAX_TOKENS = 256
 """``generate_personas``' limit per story draw."""
-MEASURED_REPLIES = 4
-"""Replies the measurement asks for at least (all slots at once when there are more)."""
 MEASURED_POINTS = 8
 """Distinct first surveys the measurement scores (scoring requests per point vary with the
 prompt by a request or two on small models: a mean over a few)."""
 MAX_COST_ENV = "STANCELAB_MAX_COST"
 """Environment variable holding the default ``--max-cost`` (USD)."""
-
-# Stand-in text for replies and stories not yet written: plain debate prose, so a
-# tokenizer counts it like the real thing.
-FILLER = [
-    "I",
-    "understand",
-    "your",
-    "point,",
-    "but",
-    "we",
-    "have",
-    "to",
-    "look",
-    "at",
-    "what",
-    "the",
-    "evidence",
-    "shows",
-    "and",
-    "what",
-    "families",
-    "in",
-    "my",
-    "town",
-    "actually",
-    "face",
-    "every",
-    "day.",
-    "People",
-    "want",
-    "safety,",
-    "fair",
-    "rules",
-    "and",
-    "a",
-    "government",
-    "that",
-    "listens",
-    "before",
-    "it",
-    "spends",
-    "their",
-    "money.",
-    "We",
-    "can",
-    "agree",
-    "that",
-    "the",
-    "problem",
-    "is",
-    "real,",
-    "yet",
-    "the",
-    "answer",
-    "should",
-    "come",
-    "from",
-    "communities,",
-    "not",
-    "from",
-    "one",
-    "more",
-    "program",
-    "that",
-    "nobody",
-    "can",
-    "afford.",
-    "If",
-    "we",
-    "work",
-    "together",
-    "on",
-    "practical",
-    "steps,",
-    "we",
-    "can",
-    "protect",
-    "our",
-    "neighbours,",
-    "respect",
-    "their",
-    "freedom",
-    "and",
-    "still",
-    "leave",
-    "the",
-    "country",
-    "better",
-    "for",
-    "our",
-    "children.",
-    "That",
-    "is",
-    "why",
-    "I",
-    "keep",
-    "asking",
-    "for",
-    "plans",
-    "that",
-    "are",
-    "honest",
-    "about",
-    "costs",
-    "and",
-    "clear",
-    "about",
-    "who",
-    "pays",
-    "for",
-    "them,",
-    "because",
-    "trust",
-    "is",
-    "earned",
-    "by",
-    "results",
-    "and",
-    "not",
-    "by",
-    "promises",
-    "made",
-    "during",
-    "a",
-    "campaign",
-    "season.",
-]
-
-
-def filler(words: int) -> str:
-    """``words`` words of stand-in prose."""
-    return " ".join(FILLER[k % len(FILLER)] for k in range(max(1, words)))
-
-
-def prompt_chars(prompt: Prompt) -> int:
-    """A prompt's size in characters (chat messages with their role markers)."""
-    if isinstance(prompt, str):
-        return len(prompt)
-    return sum(len(m["content"]) + MESSAGE_OVERHEAD_CHARS for m in prompt)
-
-
-def _prompt_text(prompt: Prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "".join(f"\x1e{m['role']}\x1f{m['content']}" for m in prompt)
-
-
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the text two prompts begin with (found by halving: prompts are long)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-@dataclass
-class Tally:
-    """Requests and tokens of part of a run (expected values; ``completion_bound`` is the
-    most the requests may generate)."""
-
-    requests: float = 0.0
-    prompt_tokens: float = 0.0
-    new_prompt_tokens: float = 0.0
-    """Prompt tokens a prefix-caching engine computes (not the part each conversation's
-    previous request already had)."""
-    completion_tokens: float = 0.0
-    completion_bound: float = 0.0
-
-    def add(self, other: Tally) -> None:
-        """Add another tally's counts to this one."""
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass
-class Measurement:
-    """A few seconds of one opened model on this design's own prompts."""
-
-    model: str
-    tokens_per_char: float
-    prompt_tps: float
-    """Prompt tokens computed per second (one request)."""
-    decode_tps: float
-    """Tokens generated per second with every parallel slot busy."""
-    slots: int
-    reply_fraction: float
-    """Generated tokens of a reply as a share of ``max_tokens``."""
-    replies: list[str]
-    """The measured replies, cleaned as a debate stores them (stand-ins for history)."""
-    requests_per_point: float | None
-    """Scoring requests one survey point took (None: not scored)."""
-    tokens_per_scoring: float | None
-    """Tokens a scoring request generated (its short greedy path)."""
-    seconds: float
 
 
 @dataclass
@@ -322,48 +123,20 @@ class Estimate:
 
     def lines(self) -> list[str]:
         """The estimate as a few lines for a terminal or a log."""
-        t = self.total
-        out = [
+        return [
             f"estimate for {self.name}: {self.debates_left} of {self.debates_total} debates to "
             f"run · {self.replies_left} replies · {self.points_left} survey points",
-            f"  {t.requests:,.0f} requests · {t.prompt_tokens:,.0f} prompt tokens "
-            f"({t.new_prompt_tokens:,.0f} not in a prefix cache) · ~{t.completion_tokens:,.0f} "
-            f"generated (at most {t.completion_bound:,.0f})",
-            "  by stage: "
-            + " · ".join(
-                f"{stage} {tally.requests:,.0f} requests, {tally.prompt_tokens:,.0f} + "
-                f"{tally.completion_tokens:,.0f} tokens"
-                for stage, tally in self.stages.items()
-                if tally.requests
+            *tally_lines(
+                self.total,
+                self.stages,
+                self.token_method,
+                self.seconds,
+                self.time_basis,
+                self.cost,
+                self.cost_bound,
+                self.notes,
             ),
-            f"  tokens: {self.token_method}",
         ]
-        if self.seconds is None:
-            out.append(f"  time: not estimated ({self.time_basis})")
-        else:
-            out.append(f"  time: about {_duration(self.seconds)} ({self.time_basis})")
-        if self.cost is None:
-            out.append("  cost: no price (no model entry sets price_per_million)")
-        else:
-            out.append(
-                f"  cost: about {usd(self.cost)} (at most {usd(self.cost_bound or 0)} with "
-                "every reply at max_tokens), from price_per_million"
-            )
-        out += [f"  note: {n}" for n in self.notes]
-        return out
-
-
-def usd(amount: float) -> str:
-    """An amount of US dollars, with cents, or four digits where it is under a cent."""
-    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4g}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def model_key(model: ModelLike) -> str:
@@ -371,65 +144,6 @@ def model_key(model: ModelLike) -> str:
     if isinstance(model, LanguageModel):
         return f"{model.name} (loaded)"
     return model.name if not model.adapters else f"{model.name}+{len(model.adapters)} adapters"
-
-
-class _Counter:
-    """Adds requests to tallies, counting tokens per model and what each conversation's
-    previous request already sent (a prefix cache serves that part)."""
-
-    def __init__(self, measured: dict[str, Measurement], paths: dict[str, bool]) -> None:
-        self.measured = measured
-        self.paths = paths
-        self.stages: dict[str, Tally] = {}
-        self.models: dict[str, Tally] = {}
-        self._last: dict[object, str] = {}
-
-    def tokens(self, key: str, prompt: Prompt) -> float:
-        m = self.measured.get(key)
-        per_char = m.tokens_per_char if m else 1 / CHARS_PER_TOKEN
-        return prompt_chars(prompt) * per_char
-
-    def request(
-        self,
-        stage: str,
-        key: str,
-        prompt: Prompt,
-        expected: float,
-        bound: float,
-        conversation: object = None,
-        count: float = 1.0,
-    ) -> None:
-        tokens = self.tokens(key, prompt)
-        text = _prompt_text(prompt)
-        new = tokens
-        if conversation is not None:
-            previous = self._last.get(conversation)
-            if previous:
-                shared = _common_prefix(previous, text)
-                new = tokens * (1 - shared / max(1, len(text)))
-            self._last[conversation] = text
-        tally = Tally(count, count * tokens, new, count * expected, count * bound)
-        self.stages.setdefault(stage, Tally()).add(tally)
-        self.models.setdefault(key, Tally()).add(tally)
-
-    def survey(
-        self, stage: str, key: str, item: SurveyItem, mode: SurveyMode, conversation: object
-    ) -> None:
-        if mode == SurveyMode.GENERATE or item.kind != "scale":
-            bound = answer_max_tokens(item)
-            self.request(stage, key, item.prompt, bound, bound, conversation)
-            return
-        measured = self.measured.get(key)
-        paths = self.paths.get(key, True)
-        rate = PATH_REQUESTS_PER_POINT if paths else TREE_REQUESTS_PER_POINT
-        if measured and measured.requests_per_point:
-            rate = measured.requests_per_point  # how flat the model's answers are decides
-        # A path request decodes the short path it asks for; a tree level one token.
-        bound = path_plan(ChoiceRequest(item.prompt, item.scale.candidates))[0] if paths else 1
-        expected: float = bound
-        if measured and measured.tokens_per_scoring is not None:
-            expected = min(bound, measured.tokens_per_scoring)
-        self.request(stage, key, item.prompt, expected, bound, conversation, rate)
 
 
 def _personas(
@@ -490,7 +204,7 @@ def estimate(
     modes = plan.modes
     for engine in engines.values():
         modes = survey_modes_for(engine, modes)[0]
-    counter = _Counter(measured, {k: e.has_token_paths() for k, e in engines.items()})
+    counter = RequestCounter(measured, {k: e.has_token_paths() for k, e in engines.items()})
     folder = RunFolder(out / plan.name)
     store, run_id = None, None
     if folder.meta.is_file():
@@ -537,7 +251,7 @@ def estimate(
         replies, points = replies + r, points + p
     if any(m.replies for m in measured.values()):
         notes.append("replies unusable on the first try are asked again (not counted)")
-    seconds, basis = _time(counter.models, measured)
+    seconds, basis = seconds_for(counter.models, measured)
     cost, bound = _cost(plan, counter.models)
     method = (
         "the model's own counts on this design's prompts ("
@@ -563,7 +277,9 @@ def estimate(
     )
 
 
-def _walk(debate: Debate, index: int, keys: dict[int, str], counter: _Counter) -> tuple[int, int]:
+def _walk(
+    debate: Debate, index: int, keys: dict[int, str], counter: RequestCounter
+) -> tuple[int, int]:
     """Walk a debate to its end with stand-in replies; returns (replies, survey points)."""
     replies = points = 0
     while (step := debate.next_step()) is not None:
@@ -611,22 +327,6 @@ def _stand_in(measured: Measurement | None, word_limit: int, k: int) -> str:
     return filler(word_limit - 1)
 
 
-def _time(models: dict[str, Tally], measured: dict[str, Measurement]) -> tuple[float | None, str]:
-    if not measured:
-        return None, "no model was opened to measure its speed"
-    fallback = next(iter(measured.values()))
-    seconds = 0.0
-    for key, tally in models.items():
-        m = measured.get(key, fallback)
-        seconds += tally.new_prompt_tokens / m.prompt_tps + tally.completion_tokens / m.decode_tps
-    basis = "; ".join(
-        f"{k}: measured {m.seconds:.1f} s, {m.prompt_tps:,.0f} prompt tokens/s, "
-        f"{m.decode_tps:,.0f} generated tokens/s over {m.slots} slots"
-        for k, m in measured.items()
-    )
-    return seconds, f"an estimate: {basis}"
-
-
 def _cost(plan: Plan, models: dict[str, Tally]) -> tuple[float | None, float | None]:
     prices: dict[str, Price] = {}
     entries = [*plan.models.values()]
@@ -635,15 +335,7 @@ def _cost(plan: Plan, models: dict[str, Tally]) -> tuple[float | None, float | N
     for entry in entries:
         if isinstance(entry, ModelConfig) and entry.price_per_million is not None:
             prices[model_key(entry)] = entry.price_per_million
-    if not prices:
-        return None, None
-    cost = bound = 0.0
-    for key, tally in models.items():
-        price = prices.get(key)
-        if price is not None:
-            cost += price.cost(tally.prompt_tokens, tally.completion_tokens)
-            bound += price.cost(tally.prompt_tokens, tally.completion_bound)
-    return cost, bound
+    return priced(models, prices)
 
 
 def measure(
@@ -663,55 +355,18 @@ def measure(
     The requests are real ones (a hosted model bills them) and are counted in the
     engine's totals like any other.
     """
-    started = time.perf_counter()
-    before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
-    points: float | None = None
-    if engine.logprobs_cap() is not None:
-        scores = engine.score_choices([ChoiceRequest(p, ZERO_TO_TEN.candidates) for p in surveys])
-        points = statistics.fmean(s.requests for s in scores)
-    else:
-        engine.generate([GenerationRequest(p, temperature=0.0, max_tokens=1) for p in surveys])
-    t1 = time.perf_counter() - t0
-    after = engine.stats
-    sent = after.requests - before.requests
-    prompt = after.prompt_tokens - before.prompt_tokens
-    computed = after.recomputed_tokens - before.recomputed_tokens
-    survey_chars = statistics.fmean(prompt_chars(p) for p in surveys)
-    path_tokens = (after.completion_tokens - before.completion_tokens) / sent if sent else None
-    prompt_tps = (computed or prompt or survey_chars / CHARS_PER_TOKEN) / max(t1, 1e-6)
     turn = debate.turn_request(TurnStep(1, speaker), 1)
     requests = [
         dataclasses.replace(turn, seed=derive_seed(debate.spec.seed, "measure", k))
         for k in range(max(slots, MEASURED_REPLIES))
     ]
-    before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
-    gens = engine.generate(requests)
-    t2 = time.perf_counter() - t0
-    after = engine.stats
-    generated = after.completion_tokens - before.completion_tokens
-    if not generated:  # an engine that counts nothing: its answers' own counts
-        generated = sum(g.completion_tokens for g in gens)
-    recomputed = after.recomputed_tokens - before.recomputed_tokens
-    decoding = max(t2 - recomputed / prompt_tps, 0.1 * t2, 1e-6)
-    # Tokens per character over every prompt sent (a survey and a turn prompt).
-    prompt += after.prompt_tokens - before.prompt_tokens
-    chars = sent * survey_chars + len(requests) * prompt_chars(turn.prompt)
-    per_char = prompt / chars if prompt else 1 / CHARS_PER_TOKEN
-    cleaned = [debate.clean_reply(g.text, speaker)[0] for g in gens]
-    return Measurement(
-        model=name,
-        tokens_per_char=per_char,
-        prompt_tps=prompt_tps,
-        decode_tps=max(generated, 1) / decoding,
-        slots=slots,
-        reply_fraction=statistics.fmean(g.completion_tokens for g in gens) / turn.max_tokens,
-        replies=[t for t in cleaned if is_usable(t)],
-        requests_per_point=points,
-        tokens_per_scoring=path_tokens if points is not None else None,
-        seconds=time.perf_counter() - started,
-    )
+
+    def clean(text: str) -> str | None:
+        cleaned = debate.clean_reply(text, speaker)[0]
+        return cleaned if is_usable(cleaned) else None
+
+    items = [SurveyItem(0, 0, p, scale=ZERO_TO_TEN) for p in surveys]
+    return measure_engine(engine, items, requests, clean, slots, name)
 
 
 def estimate_run(
@@ -763,7 +418,7 @@ def estimate_run(
                 for agent, persona in enumerate(spec.personas):
                     if model_key(plan.models[(item.condition, persona.kind)]) == key:
                         prompt = debate.survey_prompt(agent)
-                        surveys.setdefault(_prompt_text(prompt), prompt)
+                        surveys.setdefault(prompt_text(prompt), prompt)
                         # The reply the run asks first, where this model gives it.
                         if turn is None or agent == debate.first_speaker:
                             turn = (debate, agent) if turn is None or turn[0] is debate else turn
@@ -778,7 +433,7 @@ def estimate_run(
                             group, config.topic_objects()[:1], plan.prompts, fmt
                         )
                         for asked in items:
-                            surveys.setdefault(_prompt_text(asked.prompt), asked.prompt)
+                            surveys.setdefault(prompt_text(asked.prompt), asked.prompt)
             if turn is not None:
                 picked = list(surveys.values())[:MEASURED_POINTS]
                 measured[key] = measure(engine, picked, *turn, slots[key], key)
@@ -833,8 +488,16 @@ def combine_estimates(name: str, parts: Sequence[Estimate], at_once: bool = Fals
     )
 
 
+class Priced(Protocol):
+    """Anything with a cost bound: a run's `Estimate`, a study pilot's."""
+
+    @property
+    def cost_bound(self) -> float | None:
+        """USD at most; None: no price."""
+
+
 def check_cost(
-    found: Estimate, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
+    found: Priced, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
 ) -> None:
     """Refuse a run whose cost may exceed ``max_cost`` (USD) unless ``yes``.
 
@@ -933,16 +596,16 @@ class ProgressLines:
         done = self.replies + self.points
         if done and steps_total:
             share = min(1.0, done / steps_total)
-            eta = _duration(elapsed * (1 - share) / share)
+            eta = duration(elapsed * (1 - share) / share)
         elif f.seconds is not None:
-            eta = f"{_duration(max(0.0, f.seconds - elapsed))} (estimated)"
+            eta = f"{duration(max(0.0, f.seconds - elapsed))} (estimated)"
         else:
             eta = "unknown"
         already = f.debates_total - f.debates_left
         return (
             f"progress: {already + self.debates}/{f.debates_total} debates · "
             f"{self.replies}/{f.replies_left} replies · {self.points}/{f.points_left} survey "
-            f"points · {self._count() - self._base:,} tokens · {_duration(elapsed)} elapsed"
+            f"points · {self._count() - self._base:,} tokens · {duration(elapsed)} elapsed"
             f" · ETA {eta}"
         )
 

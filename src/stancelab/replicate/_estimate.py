@@ -1,5 +1,7 @@
 """What a replication will take, counted before anything runs.
 
+A study paper's pilot is counted by `stancelab.study.estimate_pilot` (`estimate_pilots`).
+
 Every experiment of the design on every model is counted from its real prompts
 (`stancelab.debates.estimate_run`); with ``measure``, each model is opened once and timed
 for a few seconds on its first experiment, and that measurement serves its other
@@ -12,15 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stancelab.debates import load_experiment
 from stancelab.debates._estimate import Estimate, Measurement, combine_estimates, estimate_run
 from stancelab.debates._results import experiment_text
 from stancelab.debates._runner import ModelPool, plan_experiment
 from stancelab.engine import get_backend
+from stancelab.engine._base import LanguageModel
 from stancelab.engine._errors import StancelabError
-from stancelab.engine._factory import ModelConfig
+from stancelab.engine._factory import ModelConfig, open_model
+
+if TYPE_CHECKING:
+    from stancelab.study._config import StudyConfig
+    from stancelab.study._estimate import PilotEstimate
 
 Log = Callable[[str], None]
 
@@ -80,3 +87,42 @@ def at_once(configs: Sequence[ModelConfig]) -> bool:
     """Whether several models run at the same time: only when every one is on remote
     servers (asked of its backend); local engines take turns, each with every core."""
     return len(configs) > 1 and all(get_backend(c).remote for c in configs)
+
+
+def estimate_pilots(
+    name: str,
+    studies: dict[str, tuple[ModelConfig, StudyConfig, Path]],
+    participants: int,
+    *,
+    measure: bool = True,
+    log: Log = print,
+) -> PilotEstimate:
+    """A study paper's pilots, one per model, counted before any runs: per model name,
+    its model, its pilot study and its database (participants done there are not run
+    again). With ``measure``, each model still to run is opened for a few seconds (then
+    closed: the pilot opens its own); one that cannot be opened is counted without it."""
+    # lazy: the study package pulls in its web app
+    from stancelab.study._estimate import (  # noqa: PLC0415
+        combine_pilots,
+        estimate_pilot,
+        measure_pilot,
+    )
+
+    parts = []
+    for config, study, db in studies.values():
+        lm: LanguageModel | None = None
+        measured = None
+        if measure and estimate_pilot(study, participants, db=db).participants_left:
+            try:
+                log(f"measuring {config.name} on the pilot's prompts for the estimate…")
+                lm = open_model(config)
+                measured = measure_pilot(lm, study)
+            except StancelabError as exc:
+                log(f"could not open {config.name} to measure it ({exc}); counting without it")
+        try:
+            parts.append(estimate_pilot(study, participants, db=db, measured=measured, lm=lm))
+        finally:
+            if lm is not None:
+                lm.close()
+    configs = [c for c, _, _ in studies.values()]
+    return combine_pilots(name, parts, at_once=at_once(configs))

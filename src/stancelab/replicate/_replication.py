@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import ValidationError
@@ -28,9 +28,12 @@ from stancelab.engine._errors import ConfigError, format_validation_error
 from stancelab.engine._factory import ModelConfig, check_model, check_reachable, model_config
 from stancelab.replicate import jiang2025
 from stancelab.replicate._designs import FIG3_SETUPS, LATER_SETUPS, SCALES, _slug, design
-from stancelab.replicate._estimate import at_once, estimate_design
+from stancelab.replicate._estimate import at_once, estimate_design, estimate_pilots
 from stancelab.replicate._findings import PAPERS, STUDY_PAPERS, run_findings
 from stancelab.replicate._verdict import COLUMNS
+
+if TYPE_CHECKING:
+    from stancelab.study._estimate import PilotEstimate
 
 Log = Callable[[str], None]
 ModelLike = ModelConfig | str | dict[str, Any]
@@ -76,8 +79,8 @@ class Replication:
         runs: per model, its stored runs (a debate paper).
         studies: per model, its study report folder (a study paper).
         setups: the setups the design ran (a debate paper).
-        estimate: what the design needed when the call began (a debate paper): requests,
-            tokens, time, cost; with ``dry_run`` the only result.
+        estimate: what the design (or the study paper's pilot) needed when the call
+            began: requests, tokens, time, cost; with ``dry_run`` the only result.
     """
 
     paper: str
@@ -88,7 +91,7 @@ class Replication:
     runs: dict[str, list[Run]] = field(default_factory=dict)
     studies: dict[str, Path] = field(default_factory=dict)
     setups: list[str] = field(default_factory=list)
-    estimate: Estimate | None = None
+    estimate: Estimate | PilotEstimate | None = None
 
     def findings(self) -> pd.DataFrame:
         """One row per claim, cell and model: ``paper, claim_id, claim, model, setup,
@@ -250,7 +253,7 @@ def replicate(
         min_probe_coverage: the study's probe coverage gate (study paper); None: the
             study's default, 0.5, which refuses models whose probe puts little on the scale.
         log: where progress lines go; None: nowhere.
-        dry_run: count what the design needs (a debate paper: requests, tokens, time,
+        dry_run: count what the design or the pilot needs (requests, tokens, time,
             cost; printed to ``log``), and stop there: the `Replication` holds the
             ``estimate`` and no findings.
         measure: open each model for a few seconds to count tokens as it does and time
@@ -286,13 +289,19 @@ def replicate(
         if participants < 1:
             raise ConfigError(f"--participants must be at least 1, got {participants}")
         configs = _model_configs(chosen_models)
+        studies = {}
+        for c in configs:
+            folder = root / f"{paper}-{_slug(c.name)}"
+            study = jiang2025.pilot_study(_entry(c), folder.name, min_probe_coverage)
+            studies[c.name] = (c, study, folder / "study.db")
+        pilots = estimate_pilots(paper, studies, participants, measure=measure, log=say)
+        for line in pilots.lines():
+            say(line)
         if dry_run:
-            say(
-                f"dry run: {participants} simulated participant(s) per model would take "
-                f"{paper} (up to {jiang2025.MAX_TURNS} turns each); a pilot's requests are "
-                "not counted in advance. Nothing was run."
-            )
-            return Replication(paper, None, root, [c.name for c in configs], _concat([]))
+            say("dry run: no participant was run")
+            names = [c.name for c in configs]
+            return Replication(paper, None, root, names, _concat([]), estimate=pilots)
+        check_cost(pilots, default_max_cost() if max_cost is None else max_cost, yes, ask)
         ensure_writable_dir(root)
 
         def pilot(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, Path]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         StudyConfig,
         load_study,
     )
+    from stancelab.study._estimate import PilotEstimate, estimate_pilot, measure_pilot
     from stancelab.study._exports import export_study
     from stancelab.study._reply_stance import (
         rate_replies,
@@ -63,6 +64,9 @@ _SOURCES = {
     "simulate": ("stancelab.study._simulate", "simulate"),
     "summary": ("stancelab.study._simulate", "summary"),
     "export_study": ("stancelab.study._exports", "export_study"),
+    "PilotEstimate": ("stancelab.study._estimate", "PilotEstimate"),
+    "estimate_pilot": ("stancelab.study._estimate", "estimate_pilot"),
+    "measure_pilot": ("stancelab.study._estimate", "measure_pilot"),
     "write_report": ("stancelab.study._report", "write_report"),
     "condition_summary": ("stancelab.study._analysis", "condition_summary"),
     "load_frames": ("stancelab.study._analysis", "load_frames"),
@@ -90,6 +94,7 @@ __all__ = [
     "Chatbot",
     "Codebook",
     "Condition",
+    "PilotEstimate",
     "SimulationResult",
     "StudyConfig",
     "StudyStore",
@@ -99,6 +104,7 @@ __all__ = [
     "cohens_kappa",
     "condition_summary",
     "create_app",
+    "estimate_pilot",
     "export_sample",
     "export_study",
     "import_codes",
@@ -107,6 +113,7 @@ __all__ = [
     "load_codebook",
     "load_frames",
     "load_study",
+    "measure_pilot",
     "participant_frame",
     "per_turn",
     "rate_replies",

@@ -33,6 +33,7 @@ from stancelab.study._coding import (
     resolve_codebook,
 )
 from stancelab.study._config import load_study
+from stancelab.study._estimate import estimate_pilot
 from stancelab.study._report import mark_stale, write_report
 from stancelab.study._server import (
     APP_FACTORY,
@@ -189,6 +190,10 @@ def simulate_command(
 
     config = model_override(load_study(config_path), model)
     persona_lm = open_model(persona_model) if persona_model else None
+    # What the run will send, counted before it starts (characters / 4: no model opened)
+    found = estimate_pilot(config, participants, db=db, resume=False, persona_lm=persona_lm)
+    for line in found.lines():
+        console.print(line, highlight=False, markup=False)
     try:
         results = simulate(
             config,

@@ -125,6 +125,75 @@ def make_persona(config: StudyConfig, rng: random.Random) -> Persona:
     return Persona(answers, background, stance)
 
 
+MESSAGE_MAX_TOKENS = 80
+"""The most tokens a persona's message may have (``simulate``'s ``max_tokens``)."""
+
+
+def persona_messages(
+    config: StudyConfig,
+    persona: Persona,
+    topic: str,
+    replies: Sequence[str],
+    sent: Sequence[str],
+) -> list[Message]:
+    """The chat a persona's model sees: who it is, then the conversation so far with the
+    chatbot's replies as the other side."""
+    version = config.chatbot.prompt_version
+    system = load_template("participant_persona", version).format(
+        topic=topic or "the topic",
+        background=persona.background,
+        stance=_view(config, persona, topic),
+    )
+    messages: list[Message] = [{"role": "system", "content": system}]
+    messages.append(
+        {
+            "role": "user",
+            "content": "(The chatbot waits for your first message. Say what you think.)",
+        }
+    )
+    for own, reply in zip(sent, replies, strict=False):
+        messages.append({"role": "assistant", "content": own})
+        messages.append({"role": "user", "content": reply})
+    return messages
+
+
+def _view(config: StudyConfig, persona: Persona, topic: str) -> str:
+    """The persona's stance in words (v1 templates take the bare 0-10 number)."""
+    if config.chatbot.prompt_version == "v1":
+        return str(persona.stance)
+    scale = config.stance_item.scale()
+    question = config.stance_question(topic or config.topics[0].name)
+    label = scale.label(persona.stance)
+    return (
+        f'Asked "{question}", you answer {persona.stance} on a scale from '
+        f"{scale.low} ({scale.label(scale.low)}) to {scale.high} ({scale.label(scale.high)})"
+        + (f": {label}." if label else ".")
+    )
+
+
+def rating_item(
+    config: StudyConfig,
+    persona: Persona,
+    topic: str,
+    replies: Sequence[str],
+    sent: Sequence[str],
+    question: str,
+) -> SurveyItem:
+    """A stance question to the persona after the conversation so far, on the item's scale."""
+    prompt = persona_messages(config, persona, topic, replies, sent)
+    if len(prompt) % 2 == 0:  # ends with the persona's own message: ask as the chatbot
+        prompt.append({"role": "user", "content": question})
+    else:
+        prompt[-1] = {"role": "user", "content": prompt[-1]["content"] + "\n\n" + question}
+    return SurveyItem(0, 0, prompt, scale=config.stance_item.scale())
+
+
+def perception_question(config: StudyConfig, topic: str, which: str) -> str:
+    """Where the chatbot stood in its ``which`` ("first"/"last") reply, with the scale."""
+    scale = config.stance_item.scale()
+    return f"{config.perception_question(topic, which)} {scale.instruction()}"
+
+
 _READING = re.compile(r"more time to read this page \((\d+) more seconds?\)")
 
 
@@ -163,7 +232,7 @@ class SimulatedParticipant:
         rng: random.Random,
         turns: int | None = None,
         track_stance: bool = True,
-        max_tokens: int = 80,
+        max_tokens: int = MESSAGE_MAX_TOKENS,
     ) -> None:
         self.config = config
         self.lm = lm
@@ -180,36 +249,7 @@ class SimulatedParticipant:
 
     # --- the persona's mind ---------------------------------------------------------
     def _persona_messages(self, replies: Sequence[str], sent: Sequence[str]) -> list[Message]:
-        version = self.config.chatbot.prompt_version
-        system = load_template("participant_persona", version).format(
-            topic=self.topic or "the topic",
-            background=self.persona.background,
-            stance=self._view(version),
-        )
-        messages: list[Message] = [{"role": "system", "content": system}]
-        messages.append(
-            {
-                "role": "user",
-                "content": "(The chatbot waits for your first message. Say what you think.)",
-            }
-        )
-        for own, reply in zip(sent, replies, strict=False):
-            messages.append({"role": "assistant", "content": own})
-            messages.append({"role": "user", "content": reply})
-        return messages
-
-    def _view(self, version: str) -> str:
-        """The persona's stance in words (v1 templates take the bare 0-10 number)."""
-        if version == "v1":
-            return str(self.persona.stance)
-        scale = self.config.stance_item.scale()
-        question = self.config.stance_question(self.topic or self.config.topics[0].name)
-        label = scale.label(self.persona.stance)
-        return (
-            f'Asked "{question}", you answer {self.persona.stance} on a scale from '
-            f"{scale.low} ({scale.label(scale.low)}) to {scale.high} ({scale.label(scale.high)})"
-            + (f": {label}." if label else ".")
-        )
+        return persona_messages(self.config, self.persona, self.topic, replies, sent)
 
     def _write(self, replies: Sequence[str], sent: Sequence[str]) -> str:
         prompt = self._persona_messages(replies, sent)
@@ -228,13 +268,8 @@ class SimulatedParticipant:
     def _rate(self, replies: Sequence[str], sent: Sequence[str], question: str) -> int:
         if not self.track_stance:
             return self.persona.stance
-        prompt = self._persona_messages(replies, sent)
-        if len(prompt) % 2 == 0:  # ends with the persona's own message: ask as the chatbot
-            prompt.append({"role": "user", "content": question})
-        else:
-            prompt[-1] = {"role": "user", "content": prompt[-1]["content"] + "\n\n" + question}
-        scale = self.config.stance_item.scale()
-        item = SurveyItem(0, 0, prompt, scale=scale)
+        item = rating_item(self.config, self.persona, self.topic, replies, sent, question)
+        scale = item.scale
         answer = ask(self.lm, [item], (SurveyMode.DISTRIBUTION,))[0]
         if answer.score is None:
             return self.persona.stance
@@ -244,8 +279,7 @@ class SimulatedParticipant:
         return self.config.probe_question(self.topic)
 
     def _perception_question(self, which: str) -> str:
-        scale = self.config.stance_item.scale()
-        return f"{self.config.perception_question(self.topic, which)} {scale.instruction()}"
+        return perception_question(self.config, self.topic, which)
 
     # --- HTTP ------------------------------------------------------------------------
     def _send(
@@ -412,7 +446,7 @@ def simulate(
     seed: int = 0,
     turns: int | None = None,
     track_stance: bool = True,
-    max_tokens: int = 80,
+    max_tokens: int = MESSAGE_MAX_TOKENS,
 ) -> list[SimulationResult]:
     """Run n simulated participants over HTTP (starting the app on 127.0.0.1 if no URL)."""
     if n < 1:
