@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from stancelab.engine._fake import FakeChatModel
 from stancelab.study._analysis import (
     condition_summary,
+    label_counts,
     load_frames,
+    message_strategies,
     participant_frame,
     per_turn,
     strategy_frame,
@@ -178,3 +183,81 @@ def test_report_on_empty_database_is_a_clear_error(store: StudyStore, tmp_path: 
 
     with pytest.raises(StoreError, match="no participants"):
         write_report(store, tmp_path / "r")
+
+
+def _coded_study(store: StudyStore) -> dict[int, tuple[str, str]]:
+    """Four finished participants with two exchanges each; (speaker, condition) per message."""
+    rng = random.Random(0)
+    for i in range(4):
+        p = store.create_participant(
+            "pilot", f"P{i}", ["standard", "personalised"], ["climate change"], rng
+        )
+        for turn in (1, 2):
+            store.add_exchange(p.id, turn, f"person {i}.{turn}", 5, f"reply {i}.{turn}")
+        store.update(p.id, step="done")
+    condition = {p.id: p.condition for p in store.participants()}
+    return {
+        m.id: ("human" if m.role == "user" else "llm", condition[m.participant_id])
+        for m in store.all_messages()
+    }
+
+
+def _code(message_id: int, coder: str, label: str, present: bool, source: str = "judge") -> Any:
+    from stancelab.study._store import StrategyCodeRow
+
+    return StrategyCodeRow(
+        message_id=message_id,
+        coder=coder,
+        label=label,
+        present=present,
+        probability=0.9 if present else 0.1,
+        coverage=0.8,
+        source=source,
+    )
+
+
+def test_strategy_counts_are_what_the_codes_say(store: StudyStore, tmp_path: Path) -> None:
+    who = _coded_study(store)
+    labels = ("question", "evidence", "story")
+    rng = random.Random(7)
+    planted = {(m, label): rng.random() < 0.5 for m in who for label in labels}
+    planted[min(who), "question"] = planted[min(who), "evidence"] = True  # several labels
+    # an older judge's codes, a person's codes and single-label labels must not mix in
+    store.replace_codes([_code(m, "old-judge", "question", True) for m in who])
+    store.replace_codes([_code(m, "ann", "story", True, "human") for m in who])
+    label_study(store, FakeChatModel(continuations=lambda _b: {"other": 1.0}), judge="v1")
+    store.replace_codes([_code(m, "judge-b", lab, yes) for (m, lab), yes in planted.items()])
+    expected: dict[tuple[str, str, str], list[int]] = {}
+    for (m, label), yes in planted.items():
+        speaker, condition = who[m]
+        counted = expected.setdefault((speaker, condition, label), [0, 0])
+        counted[0] += int(yes)
+        counted[1] += 1
+    frames = load_frames(store)
+    assert frames["labels"].empty and frames["codes"].attrs["judge"] == "judge-b"
+    counts = label_counts(frames)
+    got = {
+        (r.speaker, r.condition, r.strategy): [r.messages_with_label, r.messages_judged]
+        for r in counts.itertuples()
+    }
+    assert got == expected
+    assert (counts["share"] == counts["messages_with_label"] / counts["messages_judged"]).all()
+    # the strategy effects read the same codes: a message carries every label planted on it
+    uses = message_strategies(frames).set_index("message_id")
+    assert uses.loc[min(who), "uses::question"] == uses.loc[min(who), "uses::evidence"] == 1.0
+    for (m, label), yes in planted.items():
+        assert uses.loc[m, f"uses::{label}"] == float(yes)
+    write_report(store, tmp_path / "r")
+    table = pd.read_csv(tmp_path / "r" / "strategy_counts.csv")
+    keys = zip(table["speaker"], table["condition"], table["strategy"], strict=True)
+    assert len(table) == len(got)
+    assert table[["messages_with_label", "messages_judged"]].to_numpy().tolist() == [
+        got[key] for key in keys
+    ]
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "<strong>judge-b</strong> (several labels per message)" in page
+    assert "A message may carry several labels" in page
+    # --labels-judge picks another judge's codes, or an older database's labels
+    assert set(label_counts(load_frames(store, judge="old-judge"))["strategy"]) == {"question"}
+    older = label_counts(load_frames(store, judge="v1"))
+    assert set(older["strategy"]) == {"other"} and older.attrs["kind"] == "top label"

@@ -7,13 +7,14 @@ from __future__ import annotations
 import csv
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from stancelab.engine._base import ChoiceRequest, ChoiceScores
 from stancelab.engine._errors import ConfigError, StoreError
 from stancelab.engine._fake import FakeChatModel
 from stancelab.engine._llamacpp import LlamaCppEngine, load_engine
@@ -35,6 +36,7 @@ from stancelab.study._config import load_study
 from stancelab.study._store import StrategyCodeRow, StudyStore
 from stancelab.study._strategies import (
     LABELS,
+    YES_NO,
     JudgeCoverageError,
     code_study,
     judge_name,
@@ -634,39 +636,55 @@ def test_coding_commands_fail_with_one_line(store: StudyStore, tmp_path: Path) -
     assert result.exit_code == 2 and "at least two raters" in result.output
 
 
-def test_report_with_a_judge_also_codes_every_label(
+class _CountingJudge(FakeChatModel):
+    """The scripted judge, keeping every scoring request it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(continuations=_yes_for_questions)
+        self.sent: list[ChoiceRequest] = []
+
+    def score_choices(
+        self, requests: Sequence[ChoiceRequest], top_k: int = 40
+    ) -> list[ChoiceScores]:
+        self.sent.extend(requests)
+        return super().score_choices(requests, top_k)
+
+
+def test_report_with_a_judge_scores_each_message_once(
     store: StudyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import stancelab.study._cli as cli
 
     _study(store, participants=1)
-    monkeypatch.setattr(cli, "open_model", lambda _name: FakeChatModel(continuations=_judge_all))
+    store.update(store.participants()[0].id, step="done")
+    judge = _CountingJudge()
+    monkeypatch.setattr(cli, "open_model", lambda _name: judge)
     book = TWO_LABELS.write_csv(tmp_path / "two.csv")
     db = store.url.removeprefix("sqlite:///")
-    result = runner.invoke(
-        app,
-        [
-            "study",
-            "report",
-            db,
-            "--judge",
-            "x",
-            "--codebook",
-            str(book),
-            "--out",
-            str(tmp_path / "rep"),
-        ],
-    )
+    command = ["study", "report", db, "--judge", "x", "--codebook", str(book), "--out"]
+    result = runner.invoke(app, [*command, str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert "coded 4 message(s) x 2 label(s)" in result.output
-    assert len(store.codes()) == 8 and store.labelled_message_ids("fake-chat/judge.v1")
-
-
-def _judge_all(base: str) -> dict[str, float]:
-    """Answers both judges: a label name for judge.v1, yes/no for judge.v2."""
-    if base.rstrip().endswith("Answer yes or no."):
-        return _yes_for_questions(base)
-    return {"question": 1.0}
+    # one pass: each message's yes/no question about each label, once; no single-label pass
+    sent = judge.sent
+    prompts = [r.prompt if isinstance(r.prompt, str) else r.prompt[0]["content"] for r in sent]
+    asked = [(prompt.split('"""')[1], prompt) for prompt in prompts]
+    assert len(sent) == 4 * 2 and all(r.choices == YES_NO for r in sent)
+    assert len(set(asked)) == 8 and len({text for text, _ in asked}) == 4
+    assert len(store.codes()) == 8 and not store.labelled_message_ids("fake-chat/judge.v1")
+    # the counts are the codes: the person asks in both messages, the chatbot never does
+    counts = (tmp_path / "rep" / "strategy_counts.csv").read_text().splitlines()
+    condition = store.participants()[0].condition
+    assert counts[0] == "speaker,condition,strategy,messages_with_label,messages_judged,share"
+    assert f"human,{condition},question,2,2,1.0" in counts
+    assert f"llm,{condition},question,0,2,0.0" in counts
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"<strong>{judge_name(judge, 'v2', TWO_LABELS)}</strong>" in page
+    # a second report scores nothing again: every message is coded already
+    judge.sent.clear()
+    result = runner.invoke(app, [*command, str(tmp_path / "rep2")])
+    assert result.exit_code == 0 and "coded 0 message(s)" in result.output
+    assert judge.sent == []
 
 
 # --- a real judge ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from stancelab.engine._base import Generation, GenerationRequest, LanguageModel
@@ -66,6 +67,41 @@ def test_labels_are_kept_per_judge_and_the_report_names_its_judge(
     assert "emotional appeal" in counts and "question" not in counts
     with pytest.raises(StoreError, match="no labels by judge 'judge-c'"):
         load_frames(store, judge="judge-c")
+
+
+def _by_fear(base: str) -> dict[str, float]:
+    message = base.split('"""')[1]
+    return {"emotional appeal": 1.0} if "scared" in message else {"question": 1.0}
+
+
+def test_an_old_database_with_only_single_label_results_still_reports(
+    app_client: AppFactory, store: StudyStore, tmp_path: Path
+) -> None:
+    # before 0.5 `report --judge` stored one top label per message (judge.v1) and no codes
+    _chat(app_client)
+    label_study(store, FakeChatModel(continuations=_by_fear), judge="old-judge")
+    write_report(store, tmp_path / "r")
+    counts = pd.read_csv(tmp_path / "r" / "strategy_counts.csv")
+    condition = store.participants()[0].condition
+    assert counts.to_dict("records") == [
+        {
+            "speaker": speaker,
+            "condition": condition,
+            "strategy": strategy,
+            "messages_with_label": used,
+            "messages_judged": 2,
+            "share": used / 2,
+        }
+        # the person's two messages: one scared, one a question; the fake chatbot echoes
+        for speaker, strategy, used in (
+            ("human", "emotional appeal", 1),
+            ("human", "question", 1),
+            ("llm", "emotional appeal", 1),
+            ("llm", "question", 1),
+        )
+    ]
+    index = (tmp_path / "r" / "index.html").read_text()
+    assert "<strong>old-judge</strong> (top label)" in index
 
 
 def test_trim_to_sentence() -> None:

@@ -52,9 +52,15 @@ def load_frames(
     reply_judge: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The raw study tables, filtered to one study, one probe mode (``mode``; None: the
-    distribution when stored, else generate), ONE judge's strategy labels (``judge``, or
-    the judge that labelled last; ``attrs["judge"]`` names it) and one reply-stance judge
-    (``reply_judge``, or the one that rated last; ``attrs["judge"]`` of that frame)."""
+    distribution when stored, else generate), ONE strategy judge and one reply-stance judge
+    (``reply_judge``, or the one that rated last; ``attrs["judge"]`` of that frame).
+
+    The strategy judge's results are ``codes`` (the multi-label judge: one row per message
+    and codebook label, ``judge`` its coder name) or, for a judge that only labelled with
+    the older single-label judge (judge.v1), ``labels`` (one top label per message); the
+    other frame is empty, so no table mixes two judges. ``judge`` names it (a code's coder
+    or a label's judge); None takes the coder that coded last when any judge coded, else
+    the judge that labelled last. ``attrs["judge"]`` of both frames names it."""
     participants = read_table(store, "study_participants")
     if study is not None:
         participants = participants[participants["study"] == study]
@@ -70,8 +76,11 @@ def load_frames(
         mode = "distribution" if "distribution" in present or not present else "generate"
     stances = stances[stances["mode"] == mode].copy()
     stances.attrs["mode"] = mode
-    labels = _one_judge(
-        read_table(store, "study_strategy_labels"), set(messages["id"]), judge, "labels"
+    codes, labels = _strategy_judge(
+        read_table(store, "study_strategy_codes"),
+        read_table(store, "study_strategy_labels"),
+        set(messages["id"]),
+        judge,
     )
     replies = _one_judge(
         read_table(store, "study_reply_stances"), set(messages["id"]), reply_judge, "ratings"
@@ -81,8 +90,6 @@ def load_frames(
         same = replies[replies["mode"] == mode]
         replies = same if not same.empty else replies[replies["mode"] == replies["mode"].iloc[0]]
         replies.attrs["judge"] = rater
-    codes = read_table(store, "study_strategy_codes").rename(columns={"coder": "judge"})
-    codes = _one_judge(codes[codes["source"] == "judge"], set(messages["id"]), None, "codes")
     return {
         "participants": participants,
         "messages": messages,
@@ -99,6 +106,33 @@ def _one_judge(table: pd.DataFrame, ids: set[Any], judge: str | None, what: str)
     rows, chosen = one_judge(table[table["message_id"].isin(ids)], judge, what)
     rows.attrs["judge"] = chosen
     return rows
+
+
+def _strategy_judge(
+    codes: pd.DataFrame, labels: pd.DataFrame, ids: set[Any], judge: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(codes, labels) of ONE strategy judge about these messages: its multi-label codes
+    when it coded, else its single-label labels; the other frame is empty."""
+    codes = codes[codes["source"] == "judge"].rename(columns={"coder": "judge"})
+    coders = set(codes.loc[codes["message_id"].isin(ids), "judge"])
+    labellers = set(labels.loc[labels["message_id"].isin(ids), "judge"])
+    if judge is not None and coders | labellers and judge not in coders | labellers:
+        raise StoreError(
+            f"no labels by judge {judge!r}; the database has: "
+            + ", ".join(sorted(coders | labellers))
+        )
+    if judge in coders or (judge is None and coders):
+        chosen = _one_judge(codes, ids, judge, "codes")
+        return chosen, _none_of(labels, chosen.attrs["judge"])
+    chosen = _one_judge(labels, ids, judge, "labels")
+    return _none_of(codes, chosen.attrs["judge"]), chosen
+
+
+def _none_of(table: pd.DataFrame, judge: str) -> pd.DataFrame:
+    """No rows of ``table``, its columns kept, ``attrs["judge"]`` naming the judge used."""
+    empty = table.iloc[0:0].copy()
+    empty.attrs["judge"] = judge
+    return empty
 
 
 def participant_scale(stance_item: Any) -> Scale:
@@ -430,41 +464,95 @@ def per_turn(turns: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
+STRATEGY_COUNT_COLUMNS = (
+    "speaker",
+    "condition",
+    "strategy",
+    "messages_with_label",
+    "messages_judged",
+    "share",
+)
+"""The columns of strategy_counts.csv."""
+
+
+def strategy_codes(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The strategy judge's decisions, one row per message and label: ``message_id``,
+    ``label``, ``present`` (1.0/0.0). From the multi-label judge's codes (every codebook
+    label decided for every message, several may be present) when there are any, else
+    from the older single-label judge (its top label present, every other label it gave
+    any message absent). ``attrs``: ``judge`` names the judge, ``kind`` the kind of decision
+    ('several labels per message' or 'top label'), ``source`` both."""
+    codes = frames.get("codes", pd.DataFrame())
+    labels = frames.get("labels", pd.DataFrame())
+    columns = ["message_id", "label", "present"]
+    if not codes.empty:
+        long = codes[columns].assign(present=codes["present"].astype(float))
+        judge, kind = str(codes.attrs.get("judge", "")), "several labels per message"
+    elif not labels.empty:
+        offered = sorted(set(labels["label"]))
+        long = pd.DataFrame(
+            [
+                (m, label, float(label == top))
+                for m, top in zip(labels["message_id"], labels["label"], strict=True)
+                for label in offered
+            ],
+            columns=columns,
+        )
+        judge, kind = str(labels.attrs.get("judge", "")), "top label"
+    else:
+        long, judge, kind = pd.DataFrame(columns=columns), "", ""
+    long.attrs["judge"], long.attrs["kind"] = judge, kind
+    long.attrs["source"] = f"{judge} ({kind})" if judge else ""
+    return long
+
+
 def label_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """How often each side used each strategy (top label)."""
-    labels = frames["labels"].merge(
-        frames["messages"][["id", "role"]],
-        left_on="message_id",
+    """How often each side used each strategy, per condition: for every speaker
+    (human/llm), condition and label, ``messages_with_label`` (the speaker's messages the
+    judge found using the label), ``messages_judged`` (the speaker's messages it judged)
+    and ``share`` (their ratio). A message may carry several labels (the multi-label
+    judge), so one speaker's counts add up to more than its messages; with an older
+    single-label judge each message carries one. ``attrs`` are ``strategy_codes``'s."""
+    decided = strategy_codes(frames)
+    if decided.empty:
+        empty = pd.DataFrame(columns=list(STRATEGY_COUNT_COLUMNS))
+        empty.attrs.update(decided.attrs)
+        return empty
+    who = frames["messages"][["id", "role", "participant_id"]].merge(
+        frames["participants"][["id", "condition"]],
+        left_on="participant_id",
         right_on="id",
-        suffixes=("", "_msg"),
+        suffixes=("", "_participant"),
     )
-    if labels.empty:
-        return pd.DataFrame(columns=["speaker", "strategy", "messages"])
-    labels["speaker"] = labels["role"].map({"user": "human", "assistant": "llm"})
-    counts = labels.groupby(["speaker", "label"]).size().reset_index(name="messages")
-    return counts.rename(columns={"label": "strategy"})
+    joined = decided.merge(who, left_on="message_id", right_on="id")
+    joined["speaker"] = joined["role"].map({"user": "human", "assistant": "llm"})
+    counts = (
+        joined.groupby(["speaker", "condition", "label"], sort=True)
+        .agg(messages_with_label=("present", "sum"), messages_judged=("message_id", "nunique"))
+        .reset_index()
+        .rename(columns={"label": "strategy"})
+    )
+    counts["messages_with_label"] = counts["messages_with_label"].astype(int)
+    counts["share"] = counts["messages_with_label"] / counts["messages_judged"]
+    counts = counts[list(STRATEGY_COUNT_COLUMNS)]
+    counts.attrs.update(decided.attrs)
+    return counts
 
 
 def message_strategies(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Which strategies each labelled message uses, one 0/1 column ``uses::LABEL`` per
-    label: from the multi-label judge's codes (``study_strategy_codes``, several labels
-    per message) when there are any, else from the single-label judge's top label.
-    ``attrs["source"]`` names the judge and the kind."""
-    codes = frames.get("codes", pd.DataFrame())
-    if not codes.empty:
-        wide = codes.pivot_table(
-            index="message_id", columns="label", values="present", aggfunc="max"
-        ).astype(float)
-        source = f"{codes.attrs.get('judge', '')} (several labels per message)"
-    else:
-        labels = frames["labels"]
-        if labels.empty:
-            return pd.DataFrame()
-        wide = pd.crosstab(labels["message_id"], labels["label"]).clip(upper=1).astype(float)
-        source = f"{labels.attrs.get('judge', '')} (top label)"
+    """Which strategies each judged message uses, one 0/1 column ``uses::LABEL`` per
+    label (``strategy_codes``: several labels per message from the multi-label judge,
+    the top label from an older single-label one). ``attrs["source"]`` names the judge
+    and the kind."""
+    decided = strategy_codes(frames)
+    if decided.empty:
+        return pd.DataFrame()
+    wide = decided.pivot_table(
+        index="message_id", columns="label", values="present", aggfunc="max"
+    ).astype(float)
     wide.columns = [f"uses::{c}" for c in wide.columns]
     wide = wide.reset_index()
-    wide.attrs["source"] = source
+    wide.attrs["source"] = decided.attrs["source"]
     return wide
 
 

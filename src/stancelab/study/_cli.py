@@ -54,7 +54,6 @@ from stancelab.study._strategies import (
     PRESENT_AT,
     code_study,
     judge_name,
-    label_study,
 )
 
 study_app = typer.Typer(
@@ -223,7 +222,10 @@ def report_command(
     study: Annotated[str | None, typer.Option(help="Only this study (name in its config).")] = None,
     judge: Annotated[
         str | None,
-        typer.Option(help="Model that labels persuasion strategies (skip labelling if not given)."),
+        typer.Option(
+            help="Model that codes persuasion strategies against the codebook (skip coding "
+            "if not given)."
+        ),
     ] = None,
     threshold: Annotated[
         float | None,
@@ -234,11 +236,14 @@ def report_command(
     ] = None,
     min_coverage: Annotated[
         float,
-        typer.Option(help="Stop labelling when the judge's mean coverage is below this."),
+        typer.Option(help="Stop coding when the judge's mean mass on yes/no is below this."),
     ] = MIN_COVERAGE,
     labels_judge: Annotated[
         str | None,
-        typer.Option(help="Use the labels of this judge name (default: the latest judge)."),
+        typer.Option(
+            help="Use the strategy codes (or older single-label labels) of this judge name "
+            "(default: the latest coder, else the latest labeller)."
+        ),
     ] = None,
     codebook: CodebookOption = None,
     config: ConfigOption = None,
@@ -246,12 +251,14 @@ def report_command(
         float, typer.Option(help="The judge's P(yes) from which a codebook label is present.")
     ] = PRESENT_AT,
 ) -> None:
-    """Label strategies (with --judge), then write figures, CSV tables, statistics.csv,
+    """Code strategies (with --judge), then write figures, CSV tables, statistics.csv,
     agreement.csv and index.html. A report that cannot be written leaves the old one
     marked out of date.
 
-    With --judge the model gives each message one label (judge.v1, the report's strategy
-    tables) and decides every codebook label separately (judge.v2, study_strategy_codes).
+    With --judge the model decides every codebook label of every message not coded yet
+    (judge.v2, study_strategy_codes): one pass serves the strategy counts, the strategy
+    effects and the agreement with human coders. Without it the report reads the latest
+    judge's codes, or an older database's single-label labels (judge.v1).
     The analysis plan is --config's, else the study file the server recorded.
     """
 
@@ -261,13 +268,12 @@ def report_command(
     try:
         if judge:
             book = _codebook(codebook, config)
-            with console.status("labelling persuasion strategies…"), open_model(judge) as lm:
-                count = label_study(store, lm, min_coverage=min_coverage)
-                labels_from = judge_name(lm)
+            with console.status("coding persuasion strategies…"), open_model(judge) as lm:
                 coded = code_study(store, lm, book, threshold=present_at, min_coverage=min_coverage)
-                coder = judge_name(lm, "v2", book)
-            console.print(f"labelled {count} message(s) with {labels_from}")
-            console.print(f"coded {coded} message(s) x {len(book.labels)} label(s) as {coder}")
+                labels_from = judge_name(lm, "v2", book)
+            console.print(
+                f"coded {coded} message(s) x {len(book.labels)} label(s) as {labels_from}"
+            )
         paths = write_report(
             store,
             out,

@@ -35,6 +35,15 @@ from stancelab.study._config import Analysis, StudyConfig, load_study
 from stancelab.study._store import ParticipantRow, StudyStore
 
 _COLORS = {"standard": "#1f77b4", "personalised": "#d62728", "static": "#7f7f7f"}
+_MEANING = {
+    "strategy_counts": (
+        ": per speaker, condition and label, <code>messages_with_label</code> is how many of "
+        "that speaker's messages the judge found using the label, <code>messages_judged</code>"
+        " how many it judged, <code>share</code> their ratio. A message may carry several "
+        "labels, so a speaker's counts can add up to more than its messages."
+    ),
+}
+"""What a table's numbers mean, said beside its link where the column names cannot."""
 
 
 def _plot_lines(
@@ -156,8 +165,9 @@ def write_report(
 
     The plan (inclusion rule, change threshold, minimum n) is the study file's: ``config``,
     else the one recorded in the database by the server; ``threshold`` overrides the
-    change rule. Strategy results use one judge's labels (``judge``, or the one that
-    labelled last), named in the report. The report is written to a new folder and then
+    change rule. Strategy results (counts and effects) use one judge's codes (``judge``,
+    or the one that coded last), else an older database's single-label labels, named in
+    the report. The report is written to a new folder and then
     put in place, so a failure leaves no half-written report that could be taken for new.
     """
     study, config = study_plan(store, study, config)
@@ -211,7 +221,6 @@ def _write_into(
     )
     min_coverage = config.chatbot.min_probe_coverage if config is not None else 0.5
     frames = load_frames(store, study, judge=judge, reply_judge=reply_judge)
-    judge_used = str(frames["labels"].attrs.get("judge", ""))
     rater = str(frames["reply_stances"].attrs.get("judge", ""))
     everyone = inclusion(frames["participants"], plan)
     pilot = bool(everyone.attrs.get("pilot"))
@@ -261,7 +270,8 @@ def _write_into(
     context = {
         "study": study,
         "store": store,
-        "judge": judge_used,
+        "judge": str(counts.attrs.get("judge", "")),
+        "kind": str(counts.attrs.get("kind", "")),
         "rater": rater,
         "pilot": pilot,
         "plan": plan,
@@ -271,7 +281,6 @@ def _write_into(
         "low": len(low),
         "min_coverage": min_coverage,
         "mode": frames["stances"].attrs.get("mode", ""),
-        "strategies": strategies.attrs.get("source", ""),
     }
     (out_dir / "index.html").write_text(_html(tables, figures, context), encoding="utf-8")
     written.append("index.html")
@@ -452,10 +461,9 @@ def _html(
         )
     parts.append("</ul>")
     parts.append(
-        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(c['judge'])}</strong>"
-        + (f"; strategy effects from {html.escape(c['strategies'])}" if c["strategies"] else "")
-        + "</p>"
-        if c["judge"] or c["strategies"]
+        f"<p id='judge'>Strategy labels by judge: <strong>{html.escape(c['judge'])}</strong> "
+        f"({html.escape(c['kind'])}), used by strategy counts and strategy effects.</p>"
+        if c["judge"]
         else "<p id='judge'>No strategy labels (run <code>report --judge MODEL</code>).</p>"
     )
     parts.append("<h2>Participant flow</h2><p><a href='flow.csv'>flow.csv</a></p>")
@@ -476,7 +484,7 @@ def _html(
             continue
         table = tables[name]
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
-        parts.append(f"<p><a href='{name}.csv'>{name}.csv</a></p>")
+        parts.append(f"<p><a href='{name}.csv'>{name}.csv</a>{_MEANING.get(name, '')}</p>")
         parts.append(
             "<div class='scroll'>"
             + table.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", na_rep="–")

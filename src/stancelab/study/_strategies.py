@@ -6,6 +6,10 @@ distribution in ``study_strategy_labels``. ``code_study`` (judge.v2) decides eve
 of a codebook file separately (a message may carry several): whole-candidate scoring of
 yes/no to "Does this message use LABEL: DEFINITION?", stored per message and label in
 ``study_strategy_codes`` beside the human coders' codes (``coding.py``).
+
+``stancelab study report --judge`` runs only ``code_study``: its codes serve the strategy
+counts, the strategy effects and the agreement table. ``label_study`` stays for code that
+calls it; the report still reads its labels where a database has no codes.
 """
 
 from __future__ import annotations
