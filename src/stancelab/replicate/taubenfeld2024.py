@@ -201,11 +201,18 @@ def _t_row(values: pd.Series, claim_id: str, where: str, min_n: int) -> TestResu
     """
     result = one_sample_tests(values, claim_id=claim_id, condition=where, min_n=min_n)[0]
     present = values.dropna()
-    if not result.ran and len(present) >= min_n and np.ptp(present) == 0:
+    if len(present) >= min_n and np.ptp(present) == 0:
         same = float(present.iloc[0])
-        note = f"every debate gave {same:g}: the CI is that value"
-        return replace(result, estimate=same, ci_low=same, ci_high=same, note=note)
+        return _exact(result, same, f"every debate gave {same:g}: the CI is that value")
     return result
+
+
+def _exact(result: TestResult, value: float, note: str) -> TestResult:
+    """A test that could not run for want of spread, where the debates agree exactly:
+    the estimate and both CI ends are ``value``, with no p-value."""
+    if result.ran:
+        return result
+    return replace(result, estimate=value, ci_low=value, ci_high=value, note=note)
 
 
 def kinds_by_setup(frame: pd.DataFrame) -> dict[str, frozenset[str]]:
@@ -562,11 +569,9 @@ def _welch_row(a: pd.Series, b: pd.Series, claim_id: str, where: str, min_n: int
     debate and 8 after every base one), t is undefined but the difference is exact."""
     result = two_sample_tests(a, b, claim_id=claim_id, condition=where, min_n=min_n)[0]
     first, second = a.dropna(), b.dropna()
-    exact = min(len(first), len(second)) >= min_n and np.ptp(first) == 0 == np.ptp(second)
-    if not result.ran and exact:
+    if min(len(first), len(second)) >= min_n and np.ptp(first) == 0 == np.ptp(second):
         gap = float(first.iloc[0] - second.iloc[0])
-        note = f"every debate of each group gave one value: the CI is {gap:g}"
-        return replace(result, estimate=gap, ci_low=gap, ci_high=gap, note=note)
+        return _exact(result, gap, f"every debate of each group gave one value: the CI is {gap:g}")
     return result
 
 
