@@ -24,8 +24,9 @@ ALLOWED = {
     "tuning": {"engine", "conversation", "debates", "tuning"},
     "study": {"engine", "conversation", "study"},
     # A paper's replication runs its debates and reads its study's claims; only the
-    # top (cli.py, _api.py, __init__.py) imports it.
-    "replicate": {"engine", "conversation", "debates", "study", "replicate"},
+    # top (cli.py, _api.py, __init__.py) imports it. It runs the paper's self-fine-tuning
+    # intervention through the tuning pipeline (--tuning), hence tuning.
+    "replicate": {"engine", "conversation", "debates", "study", "tuning", "replicate"},
 }
 
 

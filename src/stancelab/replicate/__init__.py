@@ -7,7 +7,9 @@ on the answers and returns one row per claim and cell with its estimate, 95% CI
 (clustered by debate) and verdict: ``reproduced``, ``not reproduced`` or
 ``inconclusive``. ``CLAIMS`` holds each claim's definition and threshold;
 docs/replicate.md explains them. ``replicate(paper, model=...)`` does it all: runs the
-design on one model or several side by side and returns a `Replication`.
+design on one model or several side by side and returns a `Replication`; with
+``tuning=True`` it also runs the self-fine-tuning intervention (`TUNING_SCALES`) and tests
+``TUNING_CLAIMS`` on it (``tuning_findings``), with Table 1 in ``Replication.table1()``.
 """
 
 import sys
@@ -15,24 +17,31 @@ from types import ModuleType
 from typing import Any
 
 from stancelab.replicate._designs import SCALES, Scale, design
-from stancelab.replicate._findings import CLAIMS, PAPERS, findings, run_findings
+from stancelab.replicate._findings import CLAIMS, PAPERS, findings, run_findings, tuning_findings
 from stancelab.replicate._replication import Replication, papers, replicate
+from stancelab.replicate._tuning import TUNING_SCALES, TuningRun, TuningScale
 from stancelab.replicate._verdict import COLUMNS, VERDICTS, Claim, verdict
+from stancelab.replicate.taubenfeld2024 import TUNING_CLAIMS
 
 __all__ = [
     "CLAIMS",
     "COLUMNS",
     "PAPERS",
     "SCALES",
+    "TUNING_CLAIMS",
+    "TUNING_SCALES",
     "VERDICTS",
     "Claim",
     "Replication",
     "Scale",
+    "TuningRun",
+    "TuningScale",
     "design",
     "findings",
     "papers",
     "replicate",
     "run_findings",
+    "tuning_findings",
     "verdict",
 ]
 

@@ -8,6 +8,7 @@ Register in stancelab/cli.py with::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,6 +82,24 @@ def replicate_command(
         float | None,
         typer.Option(help="The study's probe coverage gate (jiang2025); default: 0.5."),
     ] = None,
+    tuning: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the self-fine-tuning intervention (taubenfeld2024: Figs. 6, 11, "
+            "12, Table 1) on each model; needs local weights (an embedded name or a GGUF)."
+        ),
+    ] = False,
+    benchmarks: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --tuning: a folder of mmlu/ and hellaswag/ files in the original "
+            "formats (examples/finetune-bench), for Table 1's cost rows."
+        ),
+    ] = None,
+    allow_network: Annotated[
+        bool,
+        typer.Option(help="With --tuning and no --benchmarks: read the benchmarks from the hub."),
+    ] = False,
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
     dry_run: Annotated[
         bool,
@@ -114,6 +133,9 @@ def replicate_command(
         setups=_comma_list(setups),
         participants=participants,
         min_probe_coverage=min_probe_coverage,
+        tuning=tuning,
+        benchmarks=benchmarks,
+        allow_network=allow_network,
         log=_log,
         dry_run=dry_run,
         measure=measure,
@@ -135,5 +157,13 @@ def replicate_command(
         ]
         table.add_row(*cells[:4], *styled)
     console.print(table)
+    table1 = replication.table1()
+    if not table1.empty:
+        cost = Table(title=f"{paper}: Table 1 (paper: Mistral 7B tuned toward Republican)")
+        for column in table1.columns:
+            cost.add_column(str(column))
+        for row in table1.itertuples(index=False):
+            cost.add_row(*("–" if isinstance(v, float) and math.isnan(v) else str(v) for v in row))
+        console.print(cost)
     if report:
         console.print(f"report: {replication.report()}")

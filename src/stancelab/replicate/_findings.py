@@ -44,10 +44,8 @@ def paper_claims(paper: str) -> tuple[dict[str, Claim], ClaimRunner]:
     return PAPERS[paper]
 
 
-def _answers(
-    frame: pd.DataFrame, mode: str | None, condition: str | None
-) -> tuple[pd.DataFrame, str]:
-    """The attitude answers with a number, of one survey mode and one untuned condition."""
+def answered(frame: pd.DataFrame) -> pd.DataFrame:
+    """The attitude answers that hold a number (the columns the claims read checked)."""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ConfigError(f"the attitude frame has no column(s) {', '.join(missing)}")
@@ -55,7 +53,30 @@ def _answers(
         frame = frame[frame["question_id"] == "attitude"]
     if "ok" in frame:
         frame = frame[frame["ok"].astype(bool)]
-    frame = frame[frame["score"].notna()]
+    return frame[frame["score"].notna()]
+
+
+def one_mode(frame: pd.DataFrame, mode: str | None) -> tuple[pd.DataFrame, str]:
+    """The answers of one survey mode (``distribution`` when present, else the first)."""
+    modes = [str(m) for m in dict.fromkeys(frame["mode"])] if "mode" in frame else [""]
+    if mode is None:
+        mode = PREFERRED_MODE if PREFERRED_MODE in modes else modes[0] if modes else ""
+    elif mode not in modes:
+        raise ConfigError(
+            f"no survey mode {mode!r} in the frame; choose one of: {', '.join(modes)}"
+        )
+    if "mode" in frame:
+        frame = frame[frame["mode"] == mode]
+    if frame.empty:
+        raise ConfigError("the attitude frame holds no survey answer with a number")
+    return frame, mode
+
+
+def _answers(
+    frame: pd.DataFrame, mode: str | None, condition: str | None
+) -> tuple[pd.DataFrame, str]:
+    """The attitude answers with a number, of one survey mode and one untuned condition."""
+    frame = answered(frame)
     if "tuned" in frame:  # the paper's claims are about the base model
         frame = frame[~frame["tuned"].astype(bool)]
     if "condition" in frame:
@@ -72,18 +93,7 @@ def _answers(
                     f"{', '.join(map(repr, labels))}"
                 )
             frame = frame[frame["condition"] == condition]
-    modes = [str(m) for m in dict.fromkeys(frame["mode"])] if "mode" in frame else [""]
-    if mode is None:
-        mode = PREFERRED_MODE if PREFERRED_MODE in modes else modes[0] if modes else ""
-    elif mode not in modes:
-        raise ConfigError(
-            f"no survey mode {mode!r} in the frame; choose one of: {', '.join(modes)}"
-        )
-    if "mode" in frame:
-        frame = frame[frame["mode"] == mode]
-    if frame.empty:
-        raise ConfigError("the attitude frame holds no survey answer with a number")
-    return frame, mode
+    return one_mode(frame, mode)
 
 
 def findings(
@@ -142,6 +152,46 @@ def findings(
     if claims is not None:
         kept = {*claims, "personas-hold"}
         found = [f for f in found if f.claim.id in kept]
+    return findings_table(found, model=model, mode=chosen_mode)
+
+
+def tuning_findings(
+    frame: pd.DataFrame,
+    *,
+    model: str,
+    party: str,
+    topics: Sequence[Topic] | None = None,
+    mode: str | None = None,
+    claims: Sequence[str] | None = None,
+    min_n: int = MIN_N,
+) -> pd.DataFrame:
+    """Test taubenfeld2024's tuning claims (``tuning-shifts-default``,
+    ``dpo-shifts-more``) on the debates of one self-fine-tuning run; rows as `findings`.
+
+    Args:
+        frame: the tuning run's survey answers (``attitude_frame``): one condition per
+            model, ``condition`` its variant group (``base``, ``r=256 NWP``, ``r=8 DPO``;
+            seeds share it) and ``tuned`` marking the tuned ones.
+        model: the model's name, written in every row.
+        party: the party the model was tuned toward.
+        topics: the topics with their party positions; default: the frame's topics with
+            the paper's positions (`paper_topic`).
+        mode: the survey mode to test (``distribution`` when present, else the first).
+        claims: only these claim ids; default: both (other ids of the paper are ignored).
+        min_n: the fewest debates each group of a test needs.
+
+    Raises:
+        ConfigError: a frame without the columns the claims read, without answers, or
+            without ``condition``/``tuned`` columns, or an unknown mode.
+    """
+    if "condition" not in frame or "tuned" not in frame:
+        raise ConfigError("the tuning frame has no condition/tuned columns (attitude_frame's)")
+    answers, chosen_mode = one_mode(answered(frame), mode)
+    if topics is None:
+        topics = [paper_topic(str(t)) for t in dict.fromkeys(answers["topic"])]
+    found = taubenfeld2024.tuning_claim_findings(answers, party, topics, min_n)
+    if claims is not None:
+        found = [f for f in found if f.claim.id in claims]
     return findings_table(found, model=model, mode=chosen_mode)
 
 

@@ -6,7 +6,9 @@ the paper's design: a debate paper's experiments through the experiment runner (
 its own run folder under ``out``, so the same call again resumes), a study paper as a
 pilot with simulated participants through the real app. Models on remote servers run at
 once (a thread each); models on this machine one after another, so each engine has the
-cores to itself. The findings of all models form one table, claim x model.
+cores to itself. With ``tuning``, each model then goes through the self-fine-tuning
+intervention (`_tuning`), whose claims join the table and whose cost is Table 1
+(`Replication.table1`). The findings of all models form one table, claim x model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from stancelab.replicate import jiang2025
 from stancelab.replicate._designs import FIG3_SETUPS, LATER_SETUPS, SCALES, _slug, design
 from stancelab.replicate._estimate import at_once, estimate_design, estimate_pilots
 from stancelab.replicate._findings import PAPERS, STUDY_PAPERS, run_findings
+from stancelab.replicate._tuning import (
+    TUNING_PAPERS,
+    TuningRun,
+    benchmark_tasks,
+    check_tunable,
+    run_tuning,
+    run_tuning_findings,
+    tuning_table,
+)
 from stancelab.replicate._verdict import COLUMNS
 
 if TYPE_CHECKING:
@@ -42,7 +53,8 @@ NOT_COMPARED = {
     "taubenfeld2024": (
         "Table 1 and Figs. 6, 11 and 12 (the self-fine-tuning intervention: "
         "tuning-shifts-default, dpo-shifts-more, the cost on MMLU/HellaSwag) are not "
-        "compared: replicate has no --tuning yet; run `stancelab finetune` for them."
+        "compared: pass --tuning (it trains LoRA adapters on the model's local weights; "
+        "--benchmarks DIR measures the cost) to run them."
     ),
     "jiang2025": (
         "The paper's effect sizes come from people; this pilot's participants are LLM "
@@ -81,6 +93,7 @@ class Replication:
         setups: the setups the design ran (a debate paper).
         estimate: what the design (or the study paper's pilot) needed when the call
             began: requests, tokens, time, cost; with ``dry_run`` the only result.
+        tuning: per model, the self-fine-tuning runs, one per direction (``tuning=True``).
     """
 
     paper: str
@@ -92,11 +105,20 @@ class Replication:
     studies: dict[str, Path] = field(default_factory=dict)
     setups: list[str] = field(default_factory=list)
     estimate: Estimate | PilotEstimate | None = None
+    tuning: dict[str, list[TuningRun]] = field(default_factory=dict)
 
     def findings(self) -> pd.DataFrame:
         """One row per claim, cell and model: ``paper, claim_id, claim, model, setup,
         topic, mode, estimate, ci_low, ci_high, threshold, verdict, n, test, note``."""
         return self.table.copy()
+
+    def table1(self) -> pd.DataFrame:
+        """Table 1 on each model beside the paper's (a replication with ``tuning``): per
+        model, direction and variant (``base``, ``r=X NWP``, ``r=8 DPO``), the seeds, the
+        mean HellaSwag and MMLU accuracy (%) and the Default agent's final attitude on
+        racism, then the paper's Mistral 7B values (``paper_*``) and a ``note``; empty
+        without tuning."""
+        return tuning_table([run for runs in self.tuning.values() for run in runs])
 
     def verdicts(self) -> pd.DataFrame:
         """The fidelity table: one row per claim and cell (``part`` tells apart rows of
@@ -133,8 +155,9 @@ def _part(note: str, test: str) -> str:
     return str(test).split(" · ", 1)[1] if " · " in str(test) else ""
 
 
-def _model_configs(models: Sequence[ModelLike]) -> list[ModelConfig]:
-    """Every model entry validated, named once, its engine checkable and its servers up."""
+def _model_configs(models: Sequence[ModelLike], tuning: bool = False) -> list[ModelConfig]:
+    """Every model entry validated, named once, its engine checkable (and trainable, for
+    ``tuning``) and its servers up."""
     if not models:
         raise ConfigError("no model given: name at least one (--model)")
     configs = []
@@ -152,6 +175,8 @@ def _model_configs(models: Sequence[ModelLike]) -> list[ModelConfig]:
         )
     for config in configs:
         check_model(config)
+        if tuning:
+            check_tunable(config)
     for config in configs:  # after the cheap checks, so a typo is named first
         check_reachable(config)
     return configs
@@ -222,6 +247,9 @@ def replicate(
     setups: Sequence[str] | None = None,
     participants: int = 6,
     min_probe_coverage: float | None = None,
+    tuning: bool = False,
+    benchmarks: str | Path | None = None,
+    allow_network: bool = False,
     log: Log | None = print,
     dry_run: bool = False,
     measure: bool = True,
@@ -252,6 +280,14 @@ def replicate(
         participants: simulated participants per model (study paper).
         min_probe_coverage: the study's probe coverage gate (study paper); None: the
             study's default, 0.5, which refuses models whose probe puts little on the scale.
+        tuning: also run the self-fine-tuning intervention (``taubenfeld2024``; Figs. 6,
+            11, 12, Table 1) through the tuning pipeline, each direction in its own folder
+            ``OUT/taubenfeld2024-tuning-SCALE-MODEL-PARTY``; needs local weights.
+        benchmarks: a folder of MMLU/HellaSwag files in the original formats
+            (``examples/finetune-bench``): the cost rows of Table 1; None: not measured
+            (unless ``allow_network``).
+        allow_network: without ``benchmarks``, read the benchmarks from the Hugging Face
+            hub.
         log: where progress lines go; None: nowhere.
         dry_run: count what the design or the pilot needs (requests, tokens, time,
             cost; printed to ``log``), and stop there: the `Replication` holds the
@@ -270,8 +306,9 @@ def replicate(
 
     Raises:
         ConfigError: an unknown paper, scale, claim id or setup, a bad model entry, no
-            model, or a model none of whose servers answers: all checked before anything
-            runs.
+            model, a model none of whose servers answers, ``tuning`` for a paper without
+            it or on a model without local weights, or a benchmark folder that is not
+            there: all checked before anything runs.
     """
     say = log or (lambda _: None)
     chosen_models = [*([model] if model is not None else []), *models]
@@ -285,6 +322,10 @@ def replicate(
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     root = Path(out)
+    if tuning and paper not in TUNING_PAPERS:
+        raise ConfigError(f"--tuning is for {', '.join(TUNING_PAPERS)}, not {paper}")
+    folder = Path(benchmarks) if benchmarks else None
+    tasks = benchmark_tasks(folder, allow_network) if tuning else []
     if paper in STUDY_PAPERS:
         if participants < 1:
             raise ConfigError(f"--participants must be at least 1, got {participants}")
@@ -322,9 +363,10 @@ def replicate(
             [c.name for c in configs],
             _concat([t for t, _ in results]),
             studies={c.name: r for c, (_, r) in zip(configs, results, strict=True)},
+            estimate=pilots,
         )
     chosen_setups = _setups(setups)
-    configs = _model_configs(chosen_models)
+    configs = _model_configs(chosen_models, tuning)
     planned = {
         c.name: _experiments(paper, scale, c, prompt_format, chosen_setups, root) for c in configs
     }
@@ -347,12 +389,26 @@ def replicate(
     check_cost(found, default_max_cost() if max_cost is None else max_cost, yes, ask)
     ensure_writable_dir(root)
 
-    def debates(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, list[Run]]:
+    def debates(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, list[Run], list[TuningRun]]:
+        experiments = planned[config.name]
         runs = [
-            run_config(load_experiment(experiment), root, log=told, measured=measured[config.name])
-            for experiment in planned[config.name]
+            run_config(load_experiment(e), root, log=told, measured=measured[config.name])
+            for e in experiments
         ]
-        return run_findings(*runs, model=config.name, paper=paper, claims=chosen_claims), runs
+        table = run_findings(*runs, model=config.name, paper=paper, claims=chosen_claims)
+        if not tuning:
+            return table, runs, []
+        tuned = run_tuning(
+            config,
+            scale,
+            root,
+            tasks=tasks,
+            benchmarks=folder,
+            # The design's stories: the paper re-runs its debates with the same personas.
+            design_personas=Path(experiments[0]["personas"]["file"]),
+            log=told,
+        )
+        return _concat([table, run_tuning_findings(tuned, chosen_claims)]), runs, tuned
 
     done = _each_model(configs, debates, say)
     return Replication(
@@ -360,14 +416,16 @@ def replicate(
         scale,
         root,
         [c.name for c in configs],
-        _concat([t for t, _ in done]),
-        runs={c.name: r for c, (_, r) in zip(configs, done, strict=True)},
+        _concat([t for t, _, _ in done]),
+        runs={c.name: r for c, (_, r, _) in zip(configs, done, strict=True)},
         setups=chosen_setups,
         estimate=found,
+        tuning={c.name: t for c, (_, _, t) in zip(configs, done, strict=True) if t},
     )
 
 
 def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    tables = [t for t in tables if not t.empty]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 
 

@@ -13,10 +13,14 @@ from stancelab.debates import mean_attitudes
 from stancelab.debates._report import plot_setup
 from stancelab.replicate import jiang2025
 from stancelab.replicate._findings import PREFERRED_MODE, STUDY_PAPERS, runs_answers
+from stancelab.replicate._tuning import NOT_COMPARED as TUNING_NOT_COMPARED
+from stancelab.replicate._tuning import PAPER_REFERENCE, PAPER_TABLE1
 from stancelab.replicate._verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from stancelab.replicate.taubenfeld2024 import default_reference
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from stancelab.replicate._replication import Replication
 
 COLOURS = {REPRODUCED: "#d8f0d8", NOT_REPRODUCED: "#f6d5d5", INCONCLUSIVE: "#eeeeee"}
@@ -36,6 +40,20 @@ td,th{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top;text-align:
 .pilot{background:#fff3cd;border:2px solid #c90;padding:.6rem}
 .panels img{max-width:100%;border:1px solid #ddd;margin:.3rem 0}
 """
+
+
+TUNED_FIGURES = {
+    "republican": "Fig. 11 (tuned toward Republican; Fig. 6 is its climate change and "
+    "illegal immigration panels)",
+    "democrat": "Fig. 12 (tuned toward Democrat)",
+}
+"""The paper's figure each direction of the intervention redraws."""
+
+
+def _mode(table: pd.DataFrame) -> str:
+    """The survey mode a figure shows: ``distribution`` when there, else the first."""
+    modes = list(dict.fromkeys(table["mode"]))
+    return PREFERRED_MODE if PREFERRED_MODE in modes else str(modes[0])
 
 
 def _number(value: float) -> str:
@@ -86,8 +104,7 @@ def _debate_panels(replication: Replication, folder: Path) -> str:
         if table.empty:
             parts.append(f"<h3>{html.escape(model)}</h3><p>No survey answers yet.</p>")
             continue
-        modes = list(dict.fromkeys(table["mode"]))
-        mode = PREFERRED_MODE if PREFERRED_MODE in modes else str(modes[0])
+        mode = _mode(table)
         baseline = default_reference(frame, checks, topics)
         images = []
         for setup in dict.fromkeys(table["setup"]):
@@ -109,6 +126,51 @@ def _debate_panels(replication: Replication, folder: Path) -> str:
             "written with <code>stancelab report</code>).</p>"
             f"<div class='panels'>{''.join(images)}</div>"
         )
+    return "".join(parts)
+
+
+def _tuning_section(replication: Replication, folder: Path) -> str:
+    """Table 1 beside the paper's, and per model and direction the debates before (solid)
+    and after (dotted) tuning: Figs. 6, 11 and 12."""
+    table1 = replication.table1()
+    if table1.empty:
+        return ""
+    paper_rows = "".join(
+        f"<tr><td>{html.escape(v)}</td><td>{h}</td><td>{m}</td><td>{a}</td></tr>"
+        for v, (h, m, a) in PAPER_TABLE1.items()
+    )
+    name, hellaswag, mmlu = PAPER_REFERENCE
+    paper_rows += (
+        f"<tr><td>{html.escape(name)}</td><td>{hellaswag}</td><td>{mmlu}</td><td>–</td></tr>"
+    )
+    parts = [
+        "<h2>Table 1: the cost of the intervention</h2>",
+        "<p>Per model, direction and variant: benchmark accuracy (%) and the Default "
+        "agent's final attitude on racism, tuned rows the mean over their seeds; the "
+        "paper's Mistral 7B values (tuned toward Republican) beside them.</p>",
+        table1.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.2f}", border=0),
+        "<p>The paper's Table 1 (Mistral 7B):</p><table><tr><th>model</th><th>HellaSwag"
+        f"</th><th>MMLU</th><th>attitude</th></tr>{paper_rows}</table>",
+        "<h2>Figs. 6, 11 and 12: debates before (solid) and after (dotted) tuning</h2>",
+    ]
+    for model, runs in replication.tuning.items():
+        for run in runs:
+            table = mean_attitudes(run.debates().surveys())
+            if table.empty:
+                continue
+            mode = _mode(table)
+            title = f"{model}: {TUNED_FIGURES.get(run.party, run.party)}, {mode} survey"
+            images = []
+            for setup in dict.fromkeys(table["setup"]):
+                png = f"{model}-tuning-{run.party}-{setup}.png".replace(" ", "_").replace("/", "_")
+                plot_setup(table, str(setup), mode, {}, folder / png)
+                images.append(f"<img src='{html.escape(png)}' alt='{html.escape(title)}'>")
+            results = _relative(run.folder / "table.txt", folder)
+            parts.append(
+                f"<h3>{html.escape(title)}</h3><p>The pipeline's own summary: "
+                f"<a href='{html.escape(results)}'>{html.escape(results)}</a></p>"
+                f"<div class='panels'>{''.join(images)}</div>"
+            )
     return "".join(parts)
 
 
@@ -150,6 +212,9 @@ def write_replication_report(replication: Replication, folder: Path) -> Path:
     )
     scale = f" at {html.escape(replication.scale)} scale" if replication.scale else ""
     panels = _study_panels(replication, folder) if study else _debate_panels(replication, folder)
+    not_compared = (
+        TUNING_NOT_COMPARED if replication.tuning else NOT_COMPARED.get(replication.paper, "")
+    )
     findings = replication.table.to_html(
         index=False, na_rep="–", float_format=lambda v: f"{v:.3g}", border=0
     )
@@ -163,8 +228,8 @@ claim's threshold, <em>not reproduced</em> when wholly on the other side,
 <em>inconclusive</em> otherwise or when too few observations were there to test
 (docs/replicate.md).</p>
 <h2>Claims by model</h2>{_verdict_table(replication)}
-<h2>The paper's own numbers</h2><p>{html.escape(NOT_COMPARED.get(replication.paper, ""))}</p>
-<h2>Each model's figures</h2>{panels}
+<h2>The paper's own numbers</h2><p>{html.escape(not_compared)}</p>
+<h2>Each model's figures</h2>{panels}{_tuning_section(replication, folder)}
 <h2>All findings</h2><p>Also in <a href='findings.csv'>findings.csv</a>.</p>{findings}
 </body></html>"""
     path = folder / "index.html"

@@ -22,9 +22,13 @@ Default; Fig. 4) and *echo chambers* (one party, with or without Default; Figs. 
 | ``first-cycle`` | share of the change made in the first cycle (OLS slope) | CI > 0.5 |
 | ``echo-moderates`` | partisans' move toward the Default's position (echo) | CI > 0 |
 | ``default-leans-democrat`` | Default's distance to R minus to D (three-way) | CI > 0 (a) |
+| ``tuning-shifts-default`` | Default's last score, tuned minus base, toward party (b) | CI > 0 |
+| ``dpo-shifts-more`` | the same, DPO minus each NWP rank (b) | CI > 0 |
 
 (a) CI < 0 on illegal immigration, where the paper found no Democrat lean; ``no-crossing``
-is also not reproduced as soon as a mean line over debates crosses.
+is also not reproduced as soon as a mean line over debates crosses. (b) From the
+self-fine-tuning debates (``replicate(..., tuning=True)``): two samples of debates (Welch
+t), the tuned variant's seeds pooled; they appear only when tuning ran.
 
 The *Default line* is the Default agent's score in the same debate and survey where it
 takes part, else its pre-debate score on the topic (the fidelity check's, or the mean of
@@ -34,7 +38,7 @@ docs/replicate.md gives each definition in full.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -154,9 +158,38 @@ CLAIMS: dict[str, Claim] = {
             0.0,
             "above",
         ),
+        _claim(
+            "tuning-shifts-default",
+            "Tuning the model toward a party moves the Default agent toward that party "
+            "(Figs. 6, 11, 12; Table 1).",
+            "Self-fine-tuning debates, per party tuned, tuned variant (e.g. r=256 NWP, its "
+            "seeds pooled) and topic: the Default agent's score at the debate's last survey, "
+            "signed toward the tuned party's side of the topic (positive: moved toward the "
+            "tuned party), tuned debates minus the base model's; Welch t CI with the debate "
+            "as the unit (seeds are not a random effect: 1-3 seeds cannot estimate one; the "
+            "note gives the spread of the per-seed means).",
+            0.0,
+            "above",
+            dynamics=False,
+        ),
+        _claim(
+            "dpo-shifts-more",
+            "DPO moves the Default agent further toward the tuned party than next-token "
+            "training at any rank (Table 1).",
+            "Self-fine-tuning debates, per party tuned, NWP rank and topic: the DPO "
+            "variant's Default final score minus the NWP rank's, signed toward the tuned "
+            "party (positive: DPO moved it further); Welch t CI over debates, seeds pooled "
+            "(the note gives the spread of the per-seed means).",
+            0.0,
+            "above",
+            dynamics=False,
+        ),
     )
 }
 """The paper's claims by id, in the order of the findings table."""
+
+TUNING_CLAIMS = ("tuning-shifts-default", "dpo-shifts-more")
+"""The claims tested on the self-fine-tuning debates (only when tuning ran)."""
 
 
 def _t_row(values: pd.Series, claim_id: str, where: str, min_n: int) -> TestResult:
@@ -168,11 +201,18 @@ def _t_row(values: pd.Series, claim_id: str, where: str, min_n: int) -> TestResu
     """
     result = one_sample_tests(values, claim_id=claim_id, condition=where, min_n=min_n)[0]
     present = values.dropna()
-    if not result.ran and len(present) >= min_n and np.ptp(present) == 0:
+    if len(present) >= min_n and np.ptp(present) == 0:
         same = float(present.iloc[0])
-        note = f"every debate gave {same:g}: the CI is that value"
-        return replace(result, estimate=same, ci_low=same, ci_high=same, note=note)
+        return _exact(result, same, f"every debate gave {same:g}: the CI is that value")
     return result
+
+
+def _exact(result: TestResult, value: float, note: str) -> TestResult:
+    """A test that could not run for want of spread, where the debates agree exactly:
+    the estimate and both CI ends are ``value``, with no p-value."""
+    if result.ran:
+        return result
+    return replace(result, estimate=value, ci_low=value, ci_high=value, note=note)
 
 
 def kinds_by_setup(frame: pd.DataFrame) -> dict[str, frozenset[str]]:
@@ -489,3 +529,133 @@ def claim_findings(
         *default_leans_democrat(frame, min_n),
     ]
     return flag_personas(found, [t.name for t in topics if t.name in set(frame["topic"])])
+
+
+# The self-fine-tuning intervention (Figs. 6, 11, 12, Table 1): the tuning pipeline's
+# debates run holds one condition per trained model, labelled by its variant group
+# ("base", "r=256 NWP", "r=8 DPO"; seeds share a label) and marked ``tuned``.
+
+DPO_LABEL = " DPO"
+NWP_LABEL = " NWP"
+"""How the tuning debates' condition labels end (``r=8 DPO``, ``r=256 NWP``)."""
+
+
+def toward_party(party: str, topic: Topic) -> int | None:
+    """+1 when a higher score is ``party``'s side of the topic, -1 when a lower one is,
+    None when the topic has no known party position."""
+    believes = topic.believes(party)
+    return None if believes is None else 1 if believes else -1
+
+
+def default_finals(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per debate with a Default agent: its ``condition`` (the variant group),
+    ``condition_name`` (the one trained model), ``tuned``, ``topic``, and ``final``, the
+    Default agents' mean score at the debate's last survey."""
+    columns = ["debate_id", "condition", "condition_name", "tuned", "topic", "final"]
+    if frame.empty or DEFAULT not in set(frame["kind"]):
+        return pd.DataFrame(columns=columns)
+    _, last = _ends(kind_lines(frame))
+    cells = frame.drop_duplicates("debate_id").set_index("debate_id")
+    out = last[[DEFAULT]].rename(columns={DEFAULT: "final"}).dropna()
+    out = out.join(cells[["condition", "condition_name", "tuned"]]).assign(
+        topic=last["topic"], tuned=lambda f: f["tuned"].astype(bool)
+    )
+    return out.reset_index()[columns]
+
+
+def _welch_row(a: pd.Series, b: pd.Series, claim_id: str, where: str, min_n: int) -> TestResult:
+    """Welch's t of ``a`` against ``b`` (the statistics layer's); where both groups of at
+    least ``min_n`` debates have no spread (a Default that answers 1 after every tuned
+    debate and 8 after every base one), t is undefined but the difference is exact."""
+    result = two_sample_tests(a, b, claim_id=claim_id, condition=where, min_n=min_n)[0]
+    first, second = a.dropna(), b.dropna()
+    if min(len(first), len(second)) >= min_n and np.ptp(first) == 0 == np.ptp(second):
+        gap = float(first.iloc[0] - second.iloc[0])
+        return _exact(result, gap, f"every debate of each group gave one value: the CI is {gap:g}")
+    return result
+
+
+def _seed_spread(signed: pd.DataFrame, base: float, groups: Iterable[str]) -> str:
+    """The spread of the per-seed means (each trained model's mean minus ``base``)."""
+    parts = []
+    for group in groups:
+        per_seed = signed[signed["condition"] == group].groupby("condition_name")["final"].mean()
+        if per_seed.empty:
+            continue
+        low, high = float(per_seed.min()) - base, float(per_seed.max()) - base
+        parts.append(f"{group}: {len(per_seed)} seed(s), per-seed means {low:+.2f} to {high:+.2f}")
+    return "; ".join(parts)
+
+
+def _signed_finals(frame: pd.DataFrame, party: str, topic: Topic) -> pd.DataFrame | None:
+    """The topic's Default finals signed toward ``party`` (None: no party position)."""
+    sign = toward_party(party, topic)
+    if sign is None:
+        return None
+    finals = default_finals(frame)
+    finals = finals[finals["topic"] == topic.name]
+    return finals.assign(final=finals["final"] * sign)
+
+
+def _groups(finals: pd.DataFrame, suffix: str = "") -> list[str]:
+    tuned = finals[finals["tuned"]]
+    return [str(g) for g in dict.fromkeys(tuned["condition"]) if str(g).endswith(suffix)]
+
+
+UNIT_NOTE = "debates as units, seeds pooled (not a random effect)"
+
+
+def tuning_shifts_default(
+    frame: pd.DataFrame, party: str, topics: Sequence[Topic], min_n: int
+) -> list[Finding]:
+    """Per tuned variant and topic: the Default's final score, tuned minus base, signed
+    toward the tuned party."""
+    claim = CLAIMS["tuning-shifts-default"]
+    out = []
+    for topic in topics:
+        signed = _signed_finals(frame, party, topic)
+        if signed is None:
+            continue  # a topic with no party position has no "toward"
+        base = signed[~signed["tuned"]]["final"]
+        for group in _groups(signed):
+            tuned = signed[signed["condition"] == group]["final"]
+            where = f"{party} · {group}"
+            result = _welch_row(tuned, base, claim.id, f"{where} · {topic.name}", min_n)
+            centre = float(base.mean()) if len(base) else np.nan
+            notes = (f"toward {party}", UNIT_NOTE, _seed_spread(signed, centre, [group]))
+            out.append(Finding(claim, result, where, topic.name, notes=notes))
+    return out
+
+
+def dpo_shifts_more(
+    frame: pd.DataFrame, party: str, topics: Sequence[Topic], min_n: int
+) -> list[Finding]:
+    """Per DPO variant, NWP rank and topic: DPO's Default final score minus the NWP
+    rank's, signed toward the tuned party."""
+    claim = CLAIMS["dpo-shifts-more"]
+    out = []
+    for topic in topics:
+        signed = _signed_finals(frame, party, topic)
+        if signed is None:
+            continue
+        for dpo in _groups(signed, DPO_LABEL):
+            further = signed[signed["condition"] == dpo]["final"]
+            for nwp in _groups(signed, NWP_LABEL):
+                than = signed[signed["condition"] == nwp]["final"]
+                where = f"{party} · {dpo} vs {nwp}"
+                result = _welch_row(further, than, claim.id, f"{where} · {topic.name}", min_n)
+                centre = float(than.mean()) if len(than) else np.nan
+                spread = _seed_spread(signed, centre, [dpo])
+                notes = (f"toward {party}, relative to {nwp}'s mean", UNIT_NOTE, spread)
+                out.append(Finding(claim, result, where, topic.name, notes=notes))
+    return out
+
+
+def tuning_claim_findings(
+    frame: pd.DataFrame, party: str, topics: Sequence[Topic], min_n: int
+) -> list[Finding]:
+    """Both tuning claims on one tuning run's answers (one mode, answers with a number)."""
+    return [
+        *tuning_shifts_default(frame, party, topics, min_n),
+        *dpo_shifts_more(frame, party, topics, min_n),
+    ]
