@@ -21,9 +21,10 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 from stancelab.conversation._personas import (
     PARTIES,
@@ -67,6 +68,9 @@ from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageMod
 from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, Price
 from stancelab.engine._scoring import path_plan
+from stancelab.engine._types import EngineStats
+
+T = TypeVar("T")
 
 CHARS_PER_TOKEN = 4.0
 """Token count without a model to ask: about four characters per token of English."""
@@ -322,35 +326,61 @@ class Estimate:
 
     def lines(self) -> list[str]:
         """The estimate as a few lines for a terminal or a log."""
-        t = self.total
-        out = [
+        return [
             f"estimate for {self.name}: {self.debates_left} of {self.debates_total} debates to "
             f"run · {self.replies_left} replies · {self.points_left} survey points",
-            f"  {t.requests:,.0f} requests · {t.prompt_tokens:,.0f} prompt tokens "
-            f"({t.new_prompt_tokens:,.0f} not in a prefix cache) · ~{t.completion_tokens:,.0f} "
-            f"generated (at most {t.completion_bound:,.0f})",
-            "  by stage: "
-            + " · ".join(
-                f"{stage} {tally.requests:,.0f} requests, {tally.prompt_tokens:,.0f} + "
-                f"{tally.completion_tokens:,.0f} tokens"
-                for stage, tally in self.stages.items()
-                if tally.requests
+            *usage_lines(
+                self.stages,
+                self.token_method,
+                self.seconds,
+                self.time_basis,
+                self.cost,
+                self.cost_bound,
+                self.notes,
             ),
-            f"  tokens: {self.token_method}",
         ]
-        if self.seconds is None:
-            out.append(f"  time: not estimated ({self.time_basis})")
-        else:
-            out.append(f"  time: about {_duration(self.seconds)} ({self.time_basis})")
-        if self.cost is None:
-            out.append("  cost: no price (no model entry sets price_per_million)")
-        else:
-            out.append(
-                f"  cost: about {usd(self.cost)} (at most {usd(self.cost_bound or 0)} with "
-                "every reply at max_tokens), from price_per_million"
-            )
-        out += [f"  note: {n}" for n in self.notes]
-        return out
+
+
+def usage_lines(
+    stages: dict[str, Tally],
+    token_method: str,
+    seconds: float | None,
+    time_basis: str,
+    cost: float | None,
+    cost_bound: float | None,
+    notes: list[str],
+) -> list[str]:
+    """The lines every estimate prints under its own first line: requests and tokens in
+    all and by stage, how tokens were counted, time, cost and notes."""
+    t = Tally()
+    for tally in stages.values():
+        t.add(tally)
+    out = [
+        f"  {t.requests:,.0f} requests · {t.prompt_tokens:,.0f} prompt tokens "
+        f"({t.new_prompt_tokens:,.0f} not in a prefix cache) · ~{t.completion_tokens:,.0f} "
+        f"generated (at most {t.completion_bound:,.0f})",
+        "  by stage: "
+        + " · ".join(
+            f"{stage} {tally.requests:,.0f} requests, {tally.prompt_tokens:,.0f} + "
+            f"{tally.completion_tokens:,.0f} tokens"
+            for stage, tally in stages.items()
+            if tally.requests
+        ),
+        f"  tokens: {token_method}",
+    ]
+    if seconds is None:
+        out.append(f"  time: not estimated ({time_basis})")
+    else:
+        out.append(f"  time: about {duration(seconds)} ({time_basis})")
+    if cost is None:
+        out.append("  cost: no price (no model entry sets price_per_million)")
+    else:
+        out.append(
+            f"  cost: about {usd(cost)} (at most {usd(cost_bound or 0)} with "
+            "every reply at max_tokens), from price_per_million"
+        )
+    out += [f"  note: {n}" for n in notes]
+    return out
 
 
 def usd(amount: float) -> str:
@@ -358,7 +388,8 @@ def usd(amount: float) -> str:
     return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4g}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as a short duration: seconds, minutes or hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -373,7 +404,7 @@ def model_key(model: ModelLike) -> str:
     return model.name if not model.adapters else f"{model.name}+{len(model.adapters)} adapters"
 
 
-class _Counter:
+class RequestCounter:
     """Adds requests to tallies, counting tokens per model and what each conversation's
     previous request already sent (a prefix cache serves that part)."""
 
@@ -385,6 +416,7 @@ class _Counter:
         self._last: dict[object, str] = {}
 
     def tokens(self, key: str, prompt: Prompt) -> float:
+        """A prompt's tokens as model ``key`` counts them (measured), else characters / 4."""
         m = self.measured.get(key)
         per_char = m.tokens_per_char if m else 1 / CHARS_PER_TOKEN
         return prompt_chars(prompt) * per_char
@@ -399,6 +431,9 @@ class _Counter:
         conversation: object = None,
         count: float = 1.0,
     ) -> None:
+        """Count ``count`` requests of ``prompt`` to model ``key`` under ``stage``, each
+        generating ``expected`` tokens (at most ``bound``); ``conversation`` names the
+        conversation the prompt continues, whose shared beginning a prefix cache serves."""
         tokens = self.tokens(key, prompt)
         text = _prompt_text(prompt)
         new = tokens
@@ -482,7 +517,7 @@ def estimate(
     modes = plan.modes
     for engine in engines.values():
         modes = survey_modes_for(engine, modes)[0]
-    counter = _Counter(measured, {k: e.has_token_paths() for k, e in engines.items()})
+    counter = RequestCounter(measured, {k: e.has_token_paths() for k, e in engines.items()})
     folder = RunFolder(out / plan.name)
     store, run_id = None, None
     if folder.meta.is_file():
@@ -529,7 +564,7 @@ def estimate(
         replies, points = replies + r, points + p
     if any(m.replies for m in measured.values()):
         notes.append("replies unusable on the first try are asked again (not counted)")
-    seconds, basis = _time(counter.models, measured)
+    seconds, basis = request_time(counter.models, measured)
     cost, bound = _cost(plan, counter.models)
     method = (
         "the model's own counts on this design's prompts ("
@@ -555,7 +590,9 @@ def estimate(
     )
 
 
-def _walk(debate: Debate, index: int, keys: dict[int, str], counter: _Counter) -> tuple[int, int]:
+def _walk(
+    debate: Debate, index: int, keys: dict[int, str], counter: RequestCounter
+) -> tuple[int, int]:
     """Walk a debate to its end with stand-in replies; returns (replies, survey points)."""
     replies = points = 0
     while (step := debate.next_step()) is not None:
@@ -603,7 +640,11 @@ def _stand_in(measured: Measurement | None, word_limit: int, k: int) -> str:
     return filler(word_limit - 1)
 
 
-def _time(models: dict[str, Tally], measured: dict[str, Measurement]) -> tuple[float | None, str]:
+def request_time(
+    models: dict[str, Tally], measured: dict[str, Measurement]
+) -> tuple[float | None, str]:
+    """Seconds the tallied requests take at the measured speeds (a model not measured at
+    the first measured one's), and what that rests on; None when nothing was measured."""
     if not measured:
         return None, "no model was opened to measure its speed"
     fallback = next(iter(measured.values()))
@@ -655,51 +696,82 @@ def measure(
     The requests are real ones (a hosted model bills them) and are counted in the
     engine's totals like any other.
     """
-    started = time.perf_counter()
-    before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
-    points: float | None = None
-    if engine.logprobs_cap() is not None:
-        scores = engine.score_choices([ChoiceRequest(p, ZERO_TO_TEN.candidates) for p in surveys])
-        points = statistics.fmean(s.requests for s in scores)
-    else:
-        engine.generate([GenerationRequest(p, temperature=0.0, max_tokens=1) for p in surveys])
-    t1 = time.perf_counter() - t0
-    after = engine.stats
-    sent = after.requests - before.requests
-    prompt = after.prompt_tokens - before.prompt_tokens
-    computed = after.recomputed_tokens - before.recomputed_tokens
-    survey_chars = statistics.fmean(prompt_chars(p) for p in surveys)
-    path_tokens = (after.completion_tokens - before.completion_tokens) / sent if sent else None
-    prompt_tps = (computed or prompt or survey_chars / CHARS_PER_TOKEN) / max(t1, 1e-6)
     turn = debate.turn_request(TurnStep(1, speaker), 1)
     requests = [
         dataclasses.replace(turn, seed=derive_seed(debate.spec.seed, "measure", k))
         for k in range(max(slots, MEASURED_REPLIES))
     ]
+    choices = [ChoiceRequest(p, ZERO_TO_TEN.candidates) for p in surveys]
+    measured = measure_requests(engine, requests, slots, name, choices)
+    cleaned = [debate.clean_reply(text, speaker)[0] for text in measured.replies]
+    return dataclasses.replace(measured, replies=[t for t in cleaned if is_usable(t)])
+
+
+def _timed(engine: LanguageModel, call: Callable[[], T]) -> tuple[T, float, EngineStats]:
+    """What ``call`` returned, how long it took, and what the engine counted meanwhile."""
     before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
-    gens = engine.generate(requests)
-    t2 = time.perf_counter() - t0
+    started = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - started
     after = engine.stats
-    generated = after.completion_tokens - before.completion_tokens
+    counted = EngineStats(
+        after.requests - before.requests,
+        after.prompt_tokens - before.prompt_tokens,
+        after.cached_tokens - before.cached_tokens,
+        after.completion_tokens - before.completion_tokens,
+    )
+    return result, seconds, counted
+
+
+def measure_requests(
+    engine: LanguageModel,
+    requests: Sequence[GenerationRequest],
+    slots: int,
+    name: str,
+    choices: Sequence[ChoiceRequest] = (),
+) -> Measurement:
+    """A few seconds of an opened model on requests a run will send: ``choices`` scored
+    at once (prompt speed, scoring requests per point), or without them (or without
+    log-probabilities) their prompts, else those of ``requests``, read for one token each
+    (prompt speed); then ``requests`` generated at once (generation speed, reply length).
+    ``replies`` holds the generated texts as they came.
+
+    The requests are real ones (a hosted model bills them) and are counted in the
+    engine's totals like any other.
+    """
+    started = time.perf_counter()
+    points: float | None = None
+    probes = [c.prompt for c in choices] or [r.prompt for r in requests]
+    if choices and engine.logprobs_cap() is not None:
+        scores, t1, first = _timed(engine, lambda: engine.score_choices(list(choices)))
+        points = statistics.fmean(s.requests for s in scores)
+    else:
+        reads = [GenerationRequest(p, temperature=0.0, max_tokens=1) for p in probes]
+        _, t1, first = _timed(engine, lambda: engine.generate(reads))
+    probe_chars = statistics.fmean(prompt_chars(p) for p in probes)
+    path_tokens = first.completion_tokens / first.requests if first.requests else None
+    prompt_tps = (
+        first.recomputed_tokens or first.prompt_tokens or probe_chars / CHARS_PER_TOKEN
+    ) / max(t1, 1e-6)
+    gens, t2, second = _timed(engine, lambda: engine.generate(list(requests)))
+    generated = second.completion_tokens
     if not generated:  # an engine that counts nothing: its answers' own counts
         generated = sum(g.completion_tokens for g in gens)
-    recomputed = after.recomputed_tokens - before.recomputed_tokens
-    decoding = max(t2 - recomputed / prompt_tps, 0.1 * t2, 1e-6)
-    # Tokens per character over every prompt sent (a survey and a turn prompt).
-    prompt += after.prompt_tokens - before.prompt_tokens
-    chars = sent * survey_chars + len(requests) * prompt_chars(turn.prompt)
+    decoding = max(t2 - second.recomputed_tokens / prompt_tps, 0.1 * t2, 1e-6)
+    # Tokens per character over every prompt sent (the probes and the requests).
+    prompt = first.prompt_tokens + second.prompt_tokens
+    chars = first.requests * probe_chars + sum(prompt_chars(r.prompt) for r in requests)
     per_char = prompt / chars if prompt else 1 / CHARS_PER_TOKEN
-    cleaned = [debate.clean_reply(g.text, speaker)[0] for g in gens]
     return Measurement(
         model=name,
         tokens_per_char=per_char,
         prompt_tps=prompt_tps,
         decode_tps=max(generated, 1) / decoding,
         slots=slots,
-        reply_fraction=statistics.fmean(g.completion_tokens for g in gens) / turn.max_tokens,
-        replies=[t for t in cleaned if is_usable(t)],
+        reply_fraction=statistics.fmean(
+            g.completion_tokens / r.max_tokens for g, r in zip(gens, requests, strict=True)
+        ),
+        replies=[g.text for g in gens],
         requests_per_point=points,
         tokens_per_scoring=path_tokens if points is not None else None,
         seconds=time.perf_counter() - started,
@@ -766,8 +838,14 @@ def estimate_run(
     return estimate(plan, out, engines, measured)
 
 
+class Priced(Protocol):
+    """An estimate with a cost bound (a debates run's, a fine-tuning run's)."""
+
+    cost_bound: float | None
+
+
 def check_cost(
-    found: Estimate, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
+    found: Priced, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
 ) -> None:
     """Refuse a run whose cost may exceed ``max_cost`` (USD) unless ``yes``.
 
@@ -800,7 +878,60 @@ def default_max_cost() -> float | None:
         raise ConfigError(f"{MAX_COST_ENV}={value!r} is not a number of US dollars") from None
 
 
-class ProgressLines:
+class PeriodicLines:
+    """A line every ``interval_s`` seconds, from a thread, while a piece of work goes on:
+    for output that is not a terminal (a batch job, a log file), where a live bar shows
+    nothing. Subclasses say what the line is (``line``); use as a context manager."""
+
+    def __init__(self, log: Callable[[str], None] = print, interval_s: float = 60.0) -> None:
+        if interval_s <= 0:
+            raise ConfigError(f"the progress interval must be above 0 s, got {interval_s}")
+        self._log = log
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the work began (``__enter__``)."""
+        return time.monotonic() - self._started
+
+    def line(self) -> str:
+        """The progress now."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Called as the work begins, before the first line (a subclass's baseline)."""
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._log(self.line())
+
+    def __enter__(self) -> Self:
+        self._started = time.monotonic()
+        self.start()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def eta(done: float, total: float, elapsed: float, estimated: float | None) -> str:
+    """Time left: from the share done so far, else from the estimate, else unknown."""
+    if done and total:
+        share = min(1.0, done / total)
+        return duration(elapsed * (1 - share) / share)
+    if estimated is not None:
+        return f"{duration(max(0.0, estimated - elapsed))} (estimated)"
+    return "unknown"
+
+
+class ProgressLines(PeriodicLines):
     """A progress line every ``interval_s`` seconds while a run goes on, for output that
     is not a terminal (a batch job, a log file), where a live bar shows nothing.
 
@@ -816,17 +947,11 @@ class ProgressLines:
     ) -> None:
         """``found``: the run's estimate (the totals); ``tokens``: the engines' counts
         now (``ModelPool.stats``)."""
-        if interval_s <= 0:
-            raise ConfigError(f"the progress interval must be above 0 s, got {interval_s}")
+        super().__init__(log, interval_s)
         self.found = found
         self._tokens = tokens
-        self._log = log
-        self.interval_s = interval_s
         self.debates = self.replies = self.points = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
         self._base = 0
 
     def _count(self) -> int:
@@ -861,36 +986,16 @@ class ProgressLines:
     def line(self) -> str:
         """The progress now: done / total, tokens, elapsed time and ETA."""
         f = self.found
-        elapsed = time.monotonic() - self._started
-        steps_total = f.replies_left + f.points_left
-        done = self.replies + self.points
-        if done and steps_total:
-            share = min(1.0, done / steps_total)
-            eta = _duration(elapsed * (1 - share) / share)
-        elif f.seconds is not None:
-            eta = f"{_duration(max(0.0, f.seconds - elapsed))} (estimated)"
-        else:
-            eta = "unknown"
+        elapsed = self.elapsed
+        left = eta(self.replies + self.points, f.replies_left + f.points_left, elapsed, f.seconds)
         already = f.debates_total - f.debates_left
         return (
             f"progress: {already + self.debates}/{f.debates_total} debates · "
             f"{self.replies}/{f.replies_left} replies · {self.points}/{f.points_left} survey "
-            f"points · {self._count() - self._base:,} tokens · {_duration(elapsed)} elapsed"
-            f" · ETA {eta}"
+            f"points · {self._count() - self._base:,} tokens · {duration(elapsed)} elapsed"
+            f" · ETA {left}"
         )
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._log(self.line())
-
-    def __enter__(self) -> ProgressLines:
-        self._started = time.monotonic()
+    def start(self) -> None:
+        """Tokens are counted from here."""
         self._base = self._count()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
