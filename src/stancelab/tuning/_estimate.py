@@ -332,7 +332,7 @@ def _estimate(
     notes: list[str] = []
     writer = config.model
     screening = config.screening
-    judge = (screening.judge or writer) if screening is not None else writer
+    judge = judge_key(config)
     q, d = config.questions, config.dataset
 
     # The bank the answers will be written for: on disk, or the seeds and stand-ins.
@@ -554,18 +554,20 @@ def _measure_writers(
     elif screening is not None and screening.questions and questions:
         checks = question_check_requests([q.text for q in bank[:4]])
     lm, judge = run.engines()
-    names = [config.model] + ([judge.name] if judge is not lm and checks else [])
-    log(f"measuring {', '.join(names)} on this run's first requests for the estimate…")
-    measured = {
-        config.model: measure_requests(
-            lm, requests, slots, config.model, checks if judge is lm else ()
-        )
-    }
-    if judge is not lm and checks and screening is not None:
-        key = str(screening.judge)
+    key = judge_key(run.config)
+    log(f"measuring {config.model}{' and ' + key if checks else ''} for the estimate…")
+    # Apart, even on one engine: a judge's prompts and speed are not the writer's.
+    measured = {config.model: measure_requests(lm, requests, slots, config.model)}
+    if checks:
         probe = [GenerationRequest(checks[0].prompt, temperature=0.0, max_tokens=4)]
         measured[key] = measure_requests(judge, probe, 1, key, checks)
     return measured
+
+
+def judge_key(config: FinetuneConfig) -> str:
+    """What the judge's requests are counted under (the judge model, as judge)."""
+    screening = config.screening
+    return f"{(screening.judge if screening else None) or config.model} as judge"
 
 
 def _training(
