@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Self, TypeVar
 
 from stancelab.conversation._survey import SurveyItem, SurveyMode, answer_max_tokens
 from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
+from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import Price
 from stancelab.engine._scoring import path_plan
+from stancelab.engine._types import EngineStats
+
+T = TypeVar("T")
 
 CHARS_PER_TOKEN = 4.0
 """Token count without a model to ask: about four characters per token of English."""
@@ -388,72 +394,135 @@ def tally_lines(
 
 def measure_engine(
     engine: LanguageModel,
-    surveys: Sequence[SurveyItem],
+    choices: Sequence[ChoiceRequest],
     requests: Sequence[GenerationRequest],
-    clean: Callable[[str], str | None],
+    clean: Callable[[str], str | None] | None,
     slots: int,
     name: str,
 ) -> Measurement:
-    """A few seconds of an opened model on a design's own prompts: the scale ``surveys``
-    scored at once (prompt speed, tokens per character, scoring requests per point: 1.1
-    on Qwen 0.5B, about 4 on SmolLM2 135M, whose answers are flatter), then the reply
-    ``requests`` at once (generation speed, reply length; ask at least one per slot).
+    """A few seconds of an opened model on a run's own requests: the scoring ``choices``
+    at once (prompt speed, tokens per character, scoring requests per point: 1.1 on Qwen
+    0.5B, about 4 on SmolLM2 135M, whose answers are flatter), or, without them or without
+    log-probabilities, their prompts (else those of ``requests``) read for one token each;
+    then the reply ``requests`` at once (generation speed, reply length; ask at least one
+    per slot).
 
     The requests are real ones (a hosted model bills them) and are counted in the
     engine's totals like any other.
 
     Args:
         engine: the opened model.
-        surveys: scale items whose prompts the run asks.
-        requests: replies the run asks (all with the same ``max_tokens``).
-        clean: a raw reply as the run stores it, or None where it is unusable.
+        choices: scoring requests the run sends (a survey's scale, a judge's yes/no).
+        requests: replies the run asks.
+        clean: a raw reply as the run stores it, or None where it is unusable; None: the
+            replies as they came.
         slots: the engine's parallel slots.
         name: the model's key in the estimate.
     """
     started = time.perf_counter()
-    prompts = [s.prompt for s in surveys]
-    before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
     points: float | None = None
-    if engine.logprobs_cap() is not None:
-        scores = engine.score_choices(
-            [ChoiceRequest(s.prompt, s.scale.candidates) for s in surveys]
-        )
+    probes = [c.prompt for c in choices] or [r.prompt for r in requests]
+    if choices and engine.logprobs_cap() is not None:
+        scores, t1, first = _timed(engine, lambda: engine.score_choices(list(choices)))
         points = statistics.fmean(s.requests for s in scores)
     else:
-        engine.generate([GenerationRequest(p, temperature=0.0, max_tokens=1) for p in prompts])
-    t1 = time.perf_counter() - t0
-    after = engine.stats
-    sent = after.requests - before.requests
-    prompt = after.prompt_tokens - before.prompt_tokens
-    computed = after.recomputed_tokens - before.recomputed_tokens
-    survey_chars = statistics.fmean(prompt_chars(p) for p in prompts)
-    path_tokens = (after.completion_tokens - before.completion_tokens) / sent if sent else None
-    prompt_tps = (computed or prompt or survey_chars / CHARS_PER_TOKEN) / max(t1, 1e-6)
-    before = dataclasses.replace(engine.stats)
-    t0 = time.perf_counter()
-    gens = engine.generate(list(requests))
-    t2 = time.perf_counter() - t0
-    after = engine.stats
-    generated = after.completion_tokens - before.completion_tokens
+        reads = [GenerationRequest(p, temperature=0.0, max_tokens=1) for p in probes]
+        _, t1, first = _timed(engine, lambda: engine.generate(reads))
+    probe_chars = statistics.fmean(prompt_chars(p) for p in probes)
+    path_tokens = first.completion_tokens / first.requests if first.requests else None
+    prompt_tps = (
+        first.recomputed_tokens or first.prompt_tokens or probe_chars / CHARS_PER_TOKEN
+    ) / max(t1, 1e-6)
+    gens, t2, second = _timed(engine, lambda: engine.generate(list(requests)))
+    generated = second.completion_tokens
     if not generated:  # an engine that counts nothing: its answers' own counts
         generated = sum(g.completion_tokens for g in gens)
-    recomputed = after.recomputed_tokens - before.recomputed_tokens
-    decoding = max(t2 - recomputed / prompt_tps, 0.1 * t2, 1e-6)
-    # Tokens per character over every prompt sent (a survey and a reply prompt).
-    prompt += after.prompt_tokens - before.prompt_tokens
-    chars = sent * survey_chars + sum(prompt_chars(r.prompt) for r in requests)
+    decoding = max(t2 - second.recomputed_tokens / prompt_tps, 0.1 * t2, 1e-6)
+    # Tokens per character over every prompt sent (the probes and the requests).
+    prompt = first.prompt_tokens + second.prompt_tokens
+    chars = first.requests * probe_chars + sum(prompt_chars(r.prompt) for r in requests)
     per_char = prompt / chars if prompt else 1 / CHARS_PER_TOKEN
-    cleaned = [clean(g.text) for g in gens]
+    texts = [g.text if clean is None else clean(g.text) for g in gens]
     return Measurement(
         model=name,
         tokens_per_char=per_char,
         prompt_tps=prompt_tps,
         decode_tps=max(generated, 1) / decoding,
         slots=slots,
-        reply_fraction=statistics.fmean(g.completion_tokens for g in gens) / requests[0].max_tokens,
-        replies=[t for t in cleaned if t],
+        reply_fraction=statistics.fmean(
+            g.completion_tokens / r.max_tokens for g, r in zip(gens, requests, strict=True)
+        ),
+        replies=[t for t in texts if t],
         requests_per_point=points,
         tokens_per_scoring=path_tokens if points is not None else None,
         seconds=time.perf_counter() - started,
     )
+
+
+def _timed(engine: LanguageModel, call: Callable[[], T]) -> tuple[T, float, EngineStats]:
+    """What ``call`` returned, how long it took, and what the engine counted meanwhile."""
+    before = dataclasses.replace(engine.stats)
+    started = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - started
+    after = engine.stats
+    counted = EngineStats(
+        after.requests - before.requests,
+        after.prompt_tokens - before.prompt_tokens,
+        after.cached_tokens - before.cached_tokens,
+        after.completion_tokens - before.completion_tokens,
+    )
+    return result, seconds, counted
+
+
+class PeriodicLines:
+    """A line every ``interval_s`` seconds, from a thread, while a piece of work goes on:
+    for output that is not a terminal (a batch job, a log file), where a live bar shows
+    nothing. Subclasses say what the line is (``line``); use as a context manager."""
+
+    def __init__(self, log: Callable[[str], None] = print, interval_s: float = 60.0) -> None:
+        if interval_s <= 0:
+            raise ConfigError(f"the progress interval must be above 0 s, got {interval_s}")
+        self._log = log
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the work began (``__enter__``)."""
+        return time.monotonic() - self._started
+
+    def line(self) -> str:
+        """The progress now."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Called as the work begins, before the first line (a subclass's baseline)."""
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._log(self.line())
+
+    def __enter__(self) -> Self:
+        self._started = time.monotonic()
+        self.start()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def eta(done: float, total: float, elapsed: float, estimated: float | None) -> str:
+    """Time left: from the share done so far, else from the estimate, else unknown."""
+    if done and total:
+        share = min(1.0, done / total)
+        return duration(elapsed * (1 - share) / share)
+    if estimated is not None:
+        return f"{duration(max(0.0, estimated - elapsed))} (estimated)"
+    return "unknown"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +36,15 @@ from stancelab.conversation._seeds import derive_seed
 from stancelab.conversation._survey import (
     ZERO_TO_TEN,
     SurveyAnswer,
-    SurveyItem,
     survey_modes_for,
 )
 from stancelab.conversation._tally import (
     CHARS_PER_TOKEN,
     MEASURED_REPLIES,
+    PeriodicLines,
     RequestCounter,
     duration,
+    eta,
     filler,
     measure_engine,
     priced,
@@ -75,7 +75,7 @@ from stancelab.debates._runner import (
     new_debate,
     planned_debates,
 )
-from stancelab.engine._base import LanguageModel, Prompt
+from stancelab.engine._base import ChoiceRequest, LanguageModel, Prompt
 from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, Price
 
@@ -365,8 +365,8 @@ def measure(
         cleaned = debate.clean_reply(text, speaker)[0]
         return cleaned if is_usable(cleaned) else None
 
-    items = [SurveyItem(0, 0, p, scale=ZERO_TO_TEN) for p in surveys]
-    return measure_engine(engine, items, requests, clean, slots, name)
+    choices = [ChoiceRequest(p, ZERO_TO_TEN.candidates) for p in surveys]
+    return measure_engine(engine, choices, requests, clean, slots, name)
 
 
 def estimate_run(
@@ -530,7 +530,7 @@ def default_max_cost() -> float | None:
         raise ConfigError(f"{MAX_COST_ENV}={value!r} is not a number of US dollars") from None
 
 
-class ProgressLines:
+class ProgressLines(PeriodicLines):
     """A progress line every ``interval_s`` seconds while a run goes on, for output that
     is not a terminal (a batch job, a log file), where a live bar shows nothing.
 
@@ -546,22 +546,20 @@ class ProgressLines:
     ) -> None:
         """``found``: the run's estimate (the totals); ``tokens``: the engines' counts
         now (``ModelPool.stats``)."""
-        if interval_s <= 0:
-            raise ConfigError(f"the progress interval must be above 0 s, got {interval_s}")
+        super().__init__(log, interval_s)
         self.found = found
         self._tokens = tokens
-        self._log = log
-        self.interval_s = interval_s
         self.debates = self.replies = self.points = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
         self._base = 0
 
     def _count(self) -> int:
         stats = self._tokens()
         return stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)
+
+    def start(self) -> None:
+        """Tokens count from here: the estimate's measurement is not the run's work."""
+        self._base = self._count()
 
     def events(self, inner: DebateEvents | None = None) -> DebateEvents:
         """Callbacks that count replies, survey points and finished debates (and call
@@ -591,36 +589,12 @@ class ProgressLines:
     def line(self) -> str:
         """The progress now: done / total, tokens, elapsed time and ETA."""
         f = self.found
-        elapsed = time.monotonic() - self._started
-        steps_total = f.replies_left + f.points_left
-        done = self.replies + self.points
-        if done and steps_total:
-            share = min(1.0, done / steps_total)
-            eta = duration(elapsed * (1 - share) / share)
-        elif f.seconds is not None:
-            eta = f"{duration(max(0.0, f.seconds - elapsed))} (estimated)"
-        else:
-            eta = "unknown"
+        elapsed = self.elapsed
+        left = eta(self.replies + self.points, f.replies_left + f.points_left, elapsed, f.seconds)
         already = f.debates_total - f.debates_left
         return (
             f"progress: {already + self.debates}/{f.debates_total} debates · "
             f"{self.replies}/{f.replies_left} replies · {self.points}/{f.points_left} survey "
             f"points · {self._count() - self._base:,} tokens · {duration(elapsed)} elapsed"
-            f" · ETA {eta}"
+            f" · ETA {left}"
         )
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._log(self.line())
-
-    def __enter__(self) -> ProgressLines:
-        self._started = time.monotonic()
-        self._base = self._count()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()

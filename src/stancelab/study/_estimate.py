@@ -37,7 +37,7 @@ from stancelab.conversation._tally import (
     seconds_for,
     tally_lines,
 )
-from stancelab.engine._base import LanguageModel
+from stancelab.engine._base import ChoiceRequest, LanguageModel
 from stancelab.engine._factory import Price
 from stancelab.study._chat import Chatbot, ChatTurn, clean_reply
 from stancelab.study._config import Condition, StudyConfig
@@ -394,8 +394,8 @@ def measure_pilot(lm: LanguageModel, config: StudyConfig) -> Measurement:
     per point), then a first reply on every parallel slot (speed, reply length).
 
     The requests are real ones (a hosted model bills them)."""
-    surveys = [
-        SurveyItem(0, 0, bot.probe_prompt([]), scale=bot.scale)
+    probes = [
+        ChoiceRequest(bot.probe_prompt([]), bot.scale.candidates)
         for bot in (_standard_bot(config, topic.name) for topic in config.topics)
     ]
     bot = _standard_bot(config, config.topics[0].name)
@@ -408,7 +408,7 @@ def measure_pilot(lm: LanguageModel, config: StudyConfig) -> Measurement:
         )
     ]
     return measure_engine(
-        lm, surveys, requests, lambda text: clean_reply(text) or None, slots, lm.name
+        lm, probes, requests, lambda text: clean_reply(text) or None, slots, lm.name
     )
 
 

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
         FinetuneError,
         HardwareError,
     )
+    from stancelab.tuning._estimate import (
+        FinetuneEstimate,
+        estimate_finetune,
+    )
     from stancelab.tuning._evaluate import evaluate
     from stancelab.tuning._export import export_lora_gguf
     from stancelab.tuning._labelled import (
@@ -76,6 +80,8 @@ _SOURCES = {
     "train_nwp": ("stancelab.tuning._train", "train_nwp"),
     "export_lora_gguf": ("stancelab.tuning._export", "export_lora_gguf"),
     "evaluate": ("stancelab.tuning._evaluate", "evaluate"),
+    "FinetuneEstimate": ("stancelab.tuning._estimate", "FinetuneEstimate"),
+    "estimate_finetune": ("stancelab.tuning._estimate", "estimate_finetune"),
     "dpo_verdict": ("stancelab.tuning._learning", "dpo_verdict"),
     "loss_curve": ("stancelab.tuning._learning", "loss_curve"),
     "nwp_verdict": ("stancelab.tuning._learning", "nwp_verdict"),
@@ -93,6 +99,7 @@ __all__ = [
     "DpoSettings",
     "FinetuneConfig",
     "FinetuneError",
+    "FinetuneEstimate",
     "FinetuneRun",
     "HardwareError",
     "LoraSettings",
@@ -100,6 +107,7 @@ __all__ = [
     "Question",
     "Stage",
     "dpo_verdict",
+    "estimate_finetune",
     "evaluate",
     "export_lora_gguf",
     "generate_questions",

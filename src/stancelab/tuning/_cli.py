@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from stancelab.conversation._console import friendly_errors
+from stancelab.conversation._console import console, friendly_errors
+from stancelab.debates._estimate import MAX_COST_ENV, default_max_cost
 from stancelab.tuning._evaluate import TASKS, evaluate
 from stancelab.tuning._pipeline import STAGE_NAMES, run_finetune
 from stancelab.tuning._report import table
@@ -27,14 +28,42 @@ def finetune_command(
         typer.Option("--stage", help=f"Run only this stage (repeatable): {', '.join(STAGE_NAMES)}"),
     ] = None,
     start: Annotated[str | None, typer.Option("--from", help="Run from this stage on")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print the estimate (requests, tokens, steps, time, cost) and stop."),
+    ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Open the models to count tokens and time a few seconds of work."),
+    ] = True,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
+    progress_every: Annotated[
+        float, typer.Option(help="Seconds between progress lines when output is not a terminal.")
+    ] = 60.0,
 ) -> None:
     """Run the whole loop: questions, datasets, training, export, debates, benchmarks.
 
     A stage whose output is already on disk is skipped, so a rerun continues where an
-    interrupted one stopped; delete a stage's files to run it again.
+    interrupted one stopped; delete a stage's files to run it again. The estimate of
+    what the chosen stages still need is printed before the first model call.
     """
 
-    run_finetune(file, only=stage, start=start)
+    run_finetune(
+        file,
+        only=stage,
+        start=start,
+        estimate=True,
+        measure=measure,
+        dry_run=dry_run,
+        max_cost=max_cost if max_cost is not None else default_max_cost(),
+        yes=yes,
+        confirm=(lambda q: typer.confirm(q)) if console.is_terminal else None,
+        progress_every=progress_every,
+    )
 
 
 @app.command("evaluate")

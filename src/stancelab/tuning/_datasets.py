@@ -119,7 +119,7 @@ def generate_answers(
                     prompt=answer_prompt(party, q.text, version),
                     temperature=temperature,
                     max_tokens=max_tokens,
-                    seed=_seed(seed, party, q.id, k),
+                    seed=answer_seed(seed, party, q.id, k),
                 )
                 for q, k in chunk
             ]
@@ -149,8 +149,8 @@ def generate_answers(
     return summary
 
 
-def _seed(seed: int, party: str, question_id: str, k: int) -> int:
-
+def answer_seed(seed: int, party: str, question_id: str, k: int) -> int:
+    """The sampling seed of one answer (the same on every resume)."""
     return derive_seed(seed, party, question_id, k)
 
 

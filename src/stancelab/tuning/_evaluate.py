@@ -30,6 +30,12 @@ from stancelab.tuning._train import check_adapter_base
 
 TASKS = ("mmlu", "hellaswag")
 METRIC = {"mmlu": "acc", "hellaswag": "acc_norm"}
+SPLIT = {"mmlu": ("test",), "hellaswag": ("val",)}
+"""The words that name a task's scored split's files."""
+HUB_ITEMS = {"mmlu": 14042, "hellaswag": 10042}
+"""Items of the hub datasets' scored splits (cais/mmlu test, Rowan/hellaswag validation)."""
+CHOICES = 4
+"""Answer choices per item in both tasks: lm-eval scores each one (a request each)."""
 _SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -128,19 +134,28 @@ def _load_split(folder: Path, words: Sequence[str], task: str) -> list[dict[str,
     return rows
 
 
+def item_count(task: str, data_dir: Path | None) -> int:
+    """The items a task scores: its local split's rows (validated), else the hub's size."""
+    if task not in TASKS:
+        raise BenchmarkError(f"unknown benchmark {task!r}; choose from {', '.join(TASKS)}")
+    if data_dir is None:
+        return HUB_ITEMS[task]
+    return len(_load_split(data_dir / task, SPLIT[task], task))
+
+
 def local_task(task: str, data_dir: Path, work: Path, num_fewshot: int = 0) -> dict[str, Any]:
     """An lm-eval task config reading ``data_dir/<task>/`` files (validated first)."""
     folder = data_dir / task
     if not folder.is_dir():
         raise BenchmarkError(f"benchmark folder {folder} does not exist")
     if task == "mmlu":
-        test = _load_split(folder, ("test",), task)
+        test = _load_split(folder, SPLIT[task], task)
         if not test:
             raise BenchmarkError(f"{folder} has no MMLU test file (*test*.jsonl/.parquet/.csv)")
         dev = _load_split(folder, ("dev",), task)
         splits = {"test": test, **({"dev": dev} if dev else {})}
     elif task == "hellaswag":
-        val = _load_split(folder, ("val",), task)
+        val = _load_split(folder, SPLIT[task], task)
         if not val:
             raise BenchmarkError(f"{folder} has no HellaSwag validation file (*val*.jsonl)")
         splits = {"validation": val}

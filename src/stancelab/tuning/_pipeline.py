@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +28,7 @@ import yaml
 
 from stancelab.conversation import BUILTIN_PERSONAS, PersonaSet
 from stancelab.debates import Store, attitude_frame, load_experiment, write_report
-from stancelab.debates._runner import COMPATIBLE, RunFolder, run_experiment
+from stancelab.debates._runner import COMPATIBLE, Progress, RunFolder, run_experiment
 from stancelab.engine import ConfigError, open_model
 from stancelab.engine._models import content_hash, folder_hash, model_fingerprint, resolve_model
 from stancelab.tuning import _datasets as ds
@@ -87,6 +89,22 @@ class FinetuneRun:
         """What the report stage wrote to results.json (None until it runs)."""
         self._stack = contextlib.ExitStack()
         self._engines: tuple[LanguageModel, LanguageModel] | None = None
+        self.steps_done = 0
+        """Optimiser steps taken in this process (the progress lines read it)."""
+        self.debate_progress: Progress | None = None
+        """Where the debates stage counts its steps (set for progress lines)."""
+
+    def count_step(self, _step: int) -> None:
+        """Count one optimiser step (a trainer callback)."""
+        self.steps_done += 1
+
+    def engine_stats(self) -> dict[str, int]:
+        """Requests and tokens the open generation engines have counted so far."""
+        engines = {id(e): e for e in self._engines or ()}.values()
+        return {
+            "requests": sum(e.stats.requests for e in engines),
+            "tokens": sum(e.stats.prompt_tokens + e.stats.completion_tokens for e in engines),
+        }
 
     # -- where things are -------------------------------------------------------------
 
@@ -418,6 +436,7 @@ def train_nwp_adapters(run: FinetuneRun) -> None:
             row["seed"],
             run.allow_network,
             heldout=heldout_texts,
+            on_step=run.count_step,
         )
         _log_training(run, row["label"], result)
 
@@ -472,6 +491,7 @@ def train_dpo_adapters(run: FinetuneRun) -> None:
             row["seed"],
             run.allow_network,
             heldout_pairs=heldout_pairs,
+            on_step=run.count_step,
         )
         run.log(f"{row['label']}: {result.steps} steps, loss {result.final_loss}; {result.verdict}")
         if result.learned is False:
@@ -524,7 +544,9 @@ def run_debates(run: FinetuneRun) -> None:
     """Run (or resume) the side-by-side debates and log each model's Default agent."""
     if run.config.debates is None:
         return
-    folder, failed = run_debates_side_by_side(run.config, run.rows, run.log)
+    folder, failed = run_debates_side_by_side(
+        run.config, run.rows, run.log, progress=run.debate_progress
+    )
     attitudes = default_attitudes(RunFolder(folder))
     for row in run.rows:
         att = attitudes.get(str(row["label"]), {})
@@ -679,8 +701,13 @@ def select_stages(only: Sequence[str] | None = None, start: str | None = None) -
     return chosen
 
 
-def run_stages(run: FinetuneRun, stages: Sequence[Stage]) -> dict[str, str]:
-    """Run the stages in order, skipping each whose output is on disk; what each did."""
+def run_stages(
+    run: FinetuneRun,
+    stages: Sequence[Stage],
+    progress: Callable[[Stage], AbstractContextManager[None]] | None = None,
+) -> dict[str, str]:
+    """Run the stages in order, skipping each whose output is on disk; what each did.
+    ``progress`` wraps each stage that runs (progress lines)."""
     did: dict[str, str] = {}
     try:
         for i, stage in enumerate(stages):
@@ -689,7 +716,8 @@ def run_stages(run: FinetuneRun, stages: Sequence[Stage]) -> dict[str, str]:
                 run.log(f"stage {stage.name}: done, skipped")
                 did[stage.name] = "skipped"
             else:
-                stage.run(run)
+                with progress(stage) if progress else contextlib.nullcontext():
+                    stage.run(run)
                 did[stage.name] = "ran"
             run.timings[f"{stage.name}_s"] = time.perf_counter() - t0
             following = stages[i + 1] if i + 1 < len(stages) else None
@@ -706,6 +734,13 @@ def run_finetune(
     *,
     only: Sequence[str] | None = None,
     start: str | None = None,
+    estimate: bool = False,
+    measure: bool = True,
+    dry_run: bool = False,
+    max_cost: float | None = None,
+    yes: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+    progress_every: float | None = 60.0,
 ) -> dict[str, Any]:
     """Run the self-fine-tuning loop described by a YAML file (or a config).
 
@@ -714,19 +749,55 @@ def run_finetune(
         log: Where progress lines go.
         only: Run just these stages (names from ``STAGE_NAMES``), in loop order.
         start: Run from this stage on (the stages before it are not looked at).
+        estimate: Log what the chosen stages still need (requests, tokens, training
+            steps, time, cost) before the first model call (``estimate_finetune``).
+        measure: Measure the engines (and training) for the estimate's tokens and time.
+        dry_run: Log the estimate and stop: nothing is written or trained.
+        max_cost: Refuse (or ask ``confirm``) when the estimated cost may exceed this
+            many US dollars; meaningful only where a model entry sets a price.
+        yes: Run whatever the estimated cost.
+        confirm: Asks the person at the terminal whether to go on above ``max_cost``.
+        progress_every: Seconds between progress lines while a stage runs, when standard
+            output is not a terminal; None: none.
 
     Returns:
         What ``results.json`` holds when the report stage ran (else nothing of it), and
-        ``stages``: for each stage looked at, ``ran`` or ``skipped`` (its output existed).
+        ``stages``: for each stage looked at, ``ran`` or ``skipped`` (its output existed),
+        or ``estimated`` for a dry run.
     """
+    # The estimate builds on the pipeline's stages: imported here, not at the top.
+    from stancelab.debates._estimate import check_cost  # noqa: PLC0415
+    from stancelab.tuning._estimate import _estimate, stage_progress  # noqa: PLC0415
+
     config = (
         config_file if isinstance(config_file, FinetuneConfig) else FinetuneConfig.load(config_file)
     )
     stages = select_stages(only, start)
     run = FinetuneRun(config, log)
     set_offline(run.allow_network)
+    found = None
+    if estimate or dry_run:
+        try:
+            found = _estimate(run, stages, measure, None, log)
+        except BaseException:
+            run.release_engines()
+            raise
+        for line in found.lines():
+            log(line)
+        if dry_run:
+            run.release_engines()
+            log("dry run: nothing was written or trained")
+            return {"stages": dict.fromkeys((s.name for s in stages), "estimated")}
+        check_cost(found, max_cost, yes, confirm)
+    lines = None
+    if progress_every is not None and not sys.stdout.isatty():
+        every = progress_every
+
+        def lines(stage: Stage) -> AbstractContextManager[None]:
+            return stage_progress(run, stage, log, every, found)
+
     run.out.mkdir(parents=True, exist_ok=True)
-    did = run_stages(run, stages)
+    did = run_stages(run, stages, lines)
     return {**(run.results or {}), "stages": did}
 
 
@@ -843,10 +914,14 @@ def debate_experiment(config: FinetuneConfig, rows: list[dict[str, Any]]) -> dic
 
 
 def run_debates_side_by_side(
-    config: FinetuneConfig, rows: list[dict[str, Any]], log: Callable[[str], None]
+    config: FinetuneConfig,
+    rows: list[dict[str, Any]],
+    log: Callable[[str], None],
+    *,
+    progress: Progress | None = None,
 ) -> tuple[Path, int]:
     """Write and run the side-by-side experiment and its report; the run folder, and how
-    many debates failed."""
+    many debates failed (``progress`` counts the run's steps)."""
 
     folder = config.output_dir / "debates"
     folder.mkdir(parents=True, exist_ok=True)
@@ -858,7 +933,7 @@ def run_debates_side_by_side(
     )
     path.write_text(text)
     experiment = load_experiment(path)
-    result = run_experiment(experiment, text, folder, log=log)
+    result = run_experiment(experiment, text, folder, progress, log=log)
     report = write_report(result.folder)
     log(f"debates: {result.debates} ({result.failed} failed); report {report}")
     return result.folder.path, result.failed

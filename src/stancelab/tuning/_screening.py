@@ -65,18 +65,26 @@ def _p_yes(scores: Any) -> float | None:
     return float(scores.probabilities[0]) if scores.coverage > 0 else None
 
 
-def _question_scores(
-    judge: LanguageModel, questions: Sequence[str], version: str
-) -> list[tuple[float | None, float | None]]:
-    """P(Yes) of the topic and the neutrality check for every question (batched)."""
+def question_check_requests(
+    questions: Sequence[str], version: str = DEFAULT_VERSION
+) -> list[ChoiceRequest]:
+    """What the judge is asked about each question: the topic check, then the
+    neutrality check (two requests a question)."""
     topic = read_template(PROMPTS, "question_topic_check", version=version, fields={"question"})
     neutral = read_template(PROMPTS, "question_neutral_check", version=version, fields={"question"})
     reply = read_template(PROMPTS, "question_check_reply", version=version, fields=set())
-    requests = [
+    return [
         ChoiceRequest(_ask(template.format(question=q), reply.strip()), YES_NO)
         for q in questions
         for template in (topic, neutral)
     ]
+
+
+def _question_scores(
+    judge: LanguageModel, questions: Sequence[str], version: str
+) -> list[tuple[float | None, float | None]]:
+    """P(Yes) of the topic and the neutrality check for every question (batched)."""
+    requests = question_check_requests(questions, version)
     scores = judge.score_choices(requests) if requests else []
     return [(_p_yes(scores[2 * k]), _p_yes(scores[2 * k + 1])) for k in range(len(questions))]
 
@@ -141,6 +149,25 @@ def toward(lean: float, party: str) -> float:
     return lean if party == "republican" else -lean
 
 
+def party_check_requests(
+    rows: Sequence[dict[str, Any]], version: str = DEFAULT_VERSION
+) -> list[ChoiceRequest]:
+    """What the judge is asked about each answer (``question`` and ``text``): whose views
+    it expresses, once with the options in each order (two requests an answer)."""
+    template = read_template(
+        PROMPTS, "answer_party_check", version=version, fields={"question", "answer", "options"}
+    )
+    reply = read_template(PROMPTS, "answer_party_reply", version=version, fields=set()).strip()
+    return [
+        ChoiceRequest(
+            _ask(template.format(question=r["question"], answer=r["text"], options=order), reply),
+            PARTY_CHOICES,
+        )
+        for r in rows
+        for order in PARTY_ORDERS
+    ]
+
+
 def score_partisanship(
     judge: LanguageModel, rows: Sequence[dict[str, Any]], version: str = DEFAULT_VERSION
 ) -> list[dict[str, float]]:
@@ -149,18 +176,7 @@ def score_partisanship(
     Each answer is judged with the options in both orders and the two averaged. Returns one
     record per row: p_republican, p_democrat, p_neither, lean, coverage.
     """
-    template = read_template(
-        PROMPTS, "answer_party_check", version=version, fields={"question", "answer", "options"}
-    )
-    reply = read_template(PROMPTS, "answer_party_reply", version=version, fields=set()).strip()
-    requests = [
-        ChoiceRequest(
-            _ask(template.format(question=r["question"], answer=r["text"], options=order), reply),
-            PARTY_CHOICES,
-        )
-        for r in rows
-        for order in PARTY_ORDERS
-    ]
+    requests = party_check_requests(rows, version)
     scores = judge.score_choices(requests) if requests else []
     out = []
     for k in range(len(rows)):

@@ -186,6 +186,31 @@ def training_arguments(
     }
 
 
+def step_callbacks(on_step: Callable[[int], None] | None) -> list[Any]:
+    """Trainer callbacks that report every optimiser step (for progress lines)."""
+    if on_step is None:
+        return []
+    report = on_step
+    from transformers import TrainerCallback  # noqa: PLC0415 - lazy: transformers is heavy to import
+
+    class StepReport(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            report(int(state.global_step))
+
+    return [StepReport()]
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The optimiser step of the last checkpoint saved in ``folder`` (0 when none):
+    where an interrupted training run resumes."""
+    steps = [
+        int(p.name.removeprefix("checkpoint-"))
+        for p in folder.glob("checkpoint-*")
+        if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()
+    ]
+    return max(steps, default=0)
+
+
 def _last_checkpoint(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
@@ -226,11 +251,14 @@ def train_nwp(
     seed: int = 0,
     allow_network: bool = False,
     heldout: Sequence[str] = (),
+    *,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on plain next-token prediction; resumes from the last checkpoint.
 
     ``heldout`` texts (answers to questions kept out of training) are scored before and
     after training; the result says whether the held-out loss fell (``learned``).
+    ``on_step`` is called with the trainer's step count after every optimiser step.
     """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
@@ -274,6 +302,7 @@ def train_nwp(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora),
+        callbacks=step_callbacks(on_step),
     )
     heldout_texts = [t if t.endswith(eos) else t + eos for t in heldout if t.strip()]
     # LoRA's B starts at zero, so the untrained PEFT model is the base model.
@@ -353,11 +382,14 @@ def train_dpo(
     seed: int = 0,
     allow_network: bool = False,
     heldout_pairs: Sequence[dict[str, str]] = (),
+    *,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """DPO with a fresh LoRA on top of the merged NWP adapter (reference = NWP model).
 
     ``heldout_pairs`` are scored before and after: preference accuracy and mean implicit
     reward margin against the reference; the result says whether DPO learned.
+    ``on_step`` is called with the trainer's step count after every optimiser step.
     """
     set_offline(allow_network)
     adapter_dir = output_dir / "adapter"
@@ -392,6 +424,7 @@ def train_dpo(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora),
+        callbacks=step_callbacks(on_step),
     )
     held = [dict(p) for p in heldout_pairs]
     # Before training the fresh LoRA is zero: the policy is the reference (the NWP model).
