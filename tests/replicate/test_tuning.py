@@ -250,3 +250,23 @@ def test_without_tuning_the_report_says_to_pass_it(tmp_path: Path) -> None:
     assert list(rep.findings()["claim_id"]) == ["personas-hold"]  # no tuning ran
     assert rep.table1().empty
     assert "pass --tuning" in rep.report().read_text()
+
+
+def test_a_dry_run_counts_the_intervention_too_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    bench = Path(__file__).resolve().parents[2] / "examples" / "finetune-bench"
+    command = ["replicate", "taubenfeld2024", "--model", "smollm2-135m", "--tuning"]
+    options = ["--setups", "three-way", "--benchmarks", str(bench), "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, *options, "--dry-run", "--no-measure"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the console may wrap long lines
+    assert "estimate for taubenfeld2024 at smoke scale: 2 of 2 debates to run" in text
+    name = "taubenfeld2024-tuning-smoke-smollm2-135m-republican"
+    assert f"estimate for finetune {name}" in text
+    # Smoke: Table 2's 10 questions x 1 answer x 2 parties; r=16 NWP and r=8 DPO, 1 seed;
+    # 2 debates on the base model and on each tuned one.
+    assert "answers: 20 to write" in text
+    assert "training nwp-r16-s0" in text and "training dpo-r8-s0" in text
+    assert "6 of 6 debates to run" in text
+    assert "dry run: no debate was run and nothing was trained" in text
+    assert not out.exists()

@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from stancelab.debates import load_experiment
-from stancelab.debates._estimate import Estimate, check_cost, default_max_cost
+from stancelab.debates._estimate import Estimate, Priced, check_cost, default_max_cost
 from stancelab.debates._results import Run, run_config
 from stancelab.debates._runner import ensure_writable_dir
 from stancelab.engine._errors import ConfigError, format_validation_error
@@ -37,14 +37,17 @@ from stancelab.replicate._tuning import (
     TuningRun,
     benchmark_tasks,
     check_tunable,
+    estimate_tuning,
     run_tuning,
     run_tuning_findings,
+    tuning_configs,
     tuning_table,
 )
 from stancelab.replicate._verdict import COLUMNS
 
 if TYPE_CHECKING:
     from stancelab.study._estimate import PilotEstimate
+    from stancelab.tuning._estimate import FinetuneEstimate
 
 Log = Callable[[str], None]
 ModelLike = ModelConfig | str | dict[str, Any]
@@ -94,6 +97,7 @@ class Replication:
         estimate: what the design (or the study paper's pilot) needed when the call
             began: requests, tokens, time, cost; with ``dry_run`` the only result.
         tuning: per model, the self-fine-tuning runs, one per direction (``tuning=True``).
+        tuning_estimates: what each fine-tuning run needed when the call began.
     """
 
     paper: str
@@ -106,6 +110,7 @@ class Replication:
     setups: list[str] = field(default_factory=list)
     estimate: Estimate | PilotEstimate | None = None
     tuning: dict[str, list[TuningRun]] = field(default_factory=dict)
+    tuning_estimates: list[FinetuneEstimate] = field(default_factory=list)
 
     def findings(self) -> pd.DataFrame:
         """One row per claim, cell and model: ``paper, claim_id, claim, model, setup,
@@ -324,8 +329,8 @@ def replicate(
     root = Path(out)
     if tuning and paper not in TUNING_PAPERS:
         raise ConfigError(f"--tuning is for {', '.join(TUNING_PAPERS)}, not {paper}")
-    folder = Path(benchmarks) if benchmarks else None
-    tasks = benchmark_tasks(folder, allow_network) if tuning else []
+    bench_dir = Path(benchmarks) if benchmarks else None
+    tasks = benchmark_tasks(bench_dir, allow_network) if tuning else []
     if paper in STUDY_PAPERS:
         if participants < 1:
             raise ConfigError(f"--participants must be at least 1, got {participants}")
@@ -375,8 +380,26 @@ def replicate(
     )
     for line in found.lines():
         say(line)
+    tuning_found: list[FinetuneEstimate] = []
+    if tuning:
+        for c in configs:
+            tuning_found += estimate_tuning(
+                tuning_configs(
+                    c,
+                    scale,
+                    root,
+                    tasks=tasks,
+                    benchmarks=bench_dir,
+                    design_personas=Path(planned[c.name][0]["personas"]["file"]),
+                ),
+                measure=measure,
+                log=say,
+            )
+        for ft in tuning_found:
+            for line in ft.lines():
+                say(line)
     if dry_run:
-        say("dry run: no debate was run")
+        say("dry run: no debate was run" + (" and nothing was trained" if tuning else ""))
         return Replication(
             paper,
             scale,
@@ -385,8 +408,12 @@ def replicate(
             _concat([]),
             setups=chosen_setups,
             estimate=found,
+            tuning_estimates=tuning_found,
         )
-    check_cost(found, default_max_cost() if max_cost is None else max_cost, yes, ask)
+    limit = default_max_cost() if max_cost is None else max_cost
+    parts: list[Priced] = [found, *tuning_found]
+    for part in parts:
+        check_cost(part, limit, yes, ask)
     ensure_writable_dir(root)
 
     def debates(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, list[Run], list[TuningRun]]:
@@ -403,7 +430,7 @@ def replicate(
             scale,
             root,
             tasks=tasks,
-            benchmarks=folder,
+            benchmarks=bench_dir,
             # The design's stories: the paper re-runs its debates with the same personas.
             design_personas=Path(experiments[0]["personas"]["file"]),
             log=told,
@@ -421,6 +448,7 @@ def replicate(
         setups=chosen_setups,
         estimate=found,
         tuning={c.name: t for c, (_, _, t) in zip(configs, done, strict=True) if t},
+        tuning_estimates=tuning_found,
     )
 
 

@@ -28,6 +28,7 @@ from stancelab.replicate._designs import _slug
 from stancelab.replicate._findings import answered, one_mode, tuning_findings
 from stancelab.replicate.taubenfeld2024 import PAPER, default_finals
 from stancelab.tuning._config import FinetuneConfig
+from stancelab.tuning._estimate import FinetuneEstimate, estimate_finetune
 from stancelab.tuning._evaluate import TASKS
 from stancelab.tuning._pipeline import run_finetune
 from stancelab.tuning._report import load_results_file, summarize_rows
@@ -297,6 +298,37 @@ class TuningRun:
         return open_run(self.folder / "debates" / Path(stored).name)
 
 
+def tuning_configs(
+    config: ModelConfig,
+    scale: str,
+    root: Path,
+    *,
+    tasks: Sequence[str] = (),
+    benchmarks: Path | None = None,
+    design_personas: Path | None = None,
+) -> list[FinetuneConfig]:
+    """The fine-tuning runs of the intervention on one model: one per direction of the
+    scale. ``design_personas`` (the design's persona file) serves the tuned debates at
+    the scales that re-run the design's own personas, once the file exists."""
+    size = TUNING_SCALES[scale]
+    personas = None
+    if size.design_personas and design_personas is not None and design_personas.is_file():
+        personas = design_personas
+    return [
+        finetune_config(
+            scale, config.name, party, root, tasks=tasks, benchmarks=benchmarks, personas=personas
+        )
+        for party in size.parties
+    ]
+
+
+def estimate_tuning(
+    configs: Sequence[FinetuneConfig], *, measure: bool, log: Log
+) -> list[FinetuneEstimate]:
+    """What each fine-tuning run still needs (`stancelab.tuning.estimate_finetune`)."""
+    return [estimate_finetune(finetune, measure=measure, log=log) for finetune in configs]
+
+
 def run_tuning(
     config: ModelConfig,
     scale: str,
@@ -308,25 +340,16 @@ def run_tuning(
     log: Log,
 ) -> list[TuningRun]:
     """Run (or resume) the intervention on one model, every direction of the scale."""
-    size = TUNING_SCALES[scale]
-    personas = None
-    if size.design_personas and design_personas is not None and design_personas.is_file():
-        personas = design_personas
     out = []
-    for party in size.parties:
-        finetune = finetune_config(
-            scale,
-            config.name,
-            party,
-            root,
-            tasks=tasks,
-            benchmarks=benchmarks,
-            personas=personas,
-        )
-        log(f"tuning toward {party}: {finetune.output_dir}")
+    for finetune in tuning_configs(
+        config, scale, root, tasks=tasks, benchmarks=benchmarks, design_personas=design_personas
+    ):
+        log(f"tuning toward {finetune.party}: {finetune.output_dir}")
         result = run_finetune(finetune, log=log)
         out.append(
-            TuningRun(config.name, party, finetune.output_dir, tuple(tasks), result["stages"])
+            TuningRun(
+                config.name, finetune.party, finetune.output_dir, tuple(tasks), result["stages"]
+            )
         )
     return out
 
