@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from stancelab.cli import app
 from stancelab.conversation._personas import Persona, PersonaSet
-from stancelab.debates._estimate import Estimate, ProgressLines, check_cost, estimate_run
+from stancelab.conversation._tally import check_cost
+from stancelab.debates._estimate import Estimate, ProgressLines, estimate_run
 from stancelab.debates._experiment import load_experiment
 from stancelab.debates._runner import ModelPool, Plan, RunFolder, execute, plan_experiment
 from stancelab.engine._base import Generation, GenerationRequest

@@ -10,7 +10,7 @@ import pytest
 from stancelab.engine._factory import open_model
 from stancelab.replicate import jiang2025
 from stancelab.study import estimate_pilot, measure_pilot, simulate
-from stancelab.study._estimate import expected_assignment
+from stancelab.study._estimate import PilotProgress, expected_assignment
 from stancelab.study._store import StudyStore
 
 FAKE = {"name": "echo", "backend": "fake"}
@@ -70,7 +70,9 @@ def test_the_estimate_matches_a_finished_pilot(tmp_path: Path) -> None:
         measured = measure_pilot(lm, study)
         found = estimate_pilot(study, 6, turns=5, measured=measured, lm=lm, db=tmp_path / "s.db")
         before = lm.stats.requests, lm.stats.prompt_tokens, lm.stats.completion_tokens
-        results = simulate(study, 6, db=tmp_path / "s.db", lm=lm, turns=5)
+        lines: list[str] = []
+        with PilotProgress(tmp_path / "s.db", study.study, 6, lines.append, 0.05) as progress:
+            results = simulate(study, 6, db=tmp_path / "s.db", lm=lm, turns=5)
         sent = lm.stats.requests - before[0]
         prompt = lm.stats.prompt_tokens - before[1]
         generated = lm.stats.completion_tokens - before[2]
@@ -87,5 +89,8 @@ def test_the_estimate_matches_a_finished_pilot(tmp_path: Path) -> None:
     finally:
         store.close()
     assert len(replies) == found.stages["replies"].requests
+    # Progress lines came while it ran; at the end they count what the database holds.
+    assert lines and all(line.startswith("progress: ") for line in lines)
+    assert progress.line().startswith(f"progress: 6/6 participants · {len(replies)} replies · ")
     again = estimate_pilot(study, 6, db=tmp_path / "s.db")
     assert again.participants_left == 0 and again.total.requests == 0

@@ -4,18 +4,19 @@ A run's estimate walks its own prompts through a `RequestCounter` (tokens per mo
 stage, and what a prefix cache already holds of each conversation), measures a few seconds
 of the opened model on them (`measure_engine`: tokens per character, speeds, reply length,
 scoring requests per point), and turns the counts into time (`seconds_for`), cost
-(`priced`) and lines for a terminal (`tally_lines`).
+(`priced`) and lines for a terminal (`Usage.usage_lines`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from stancelab.conversation._survey import SurveyItem, SurveyMode, answer_max_tokens
 from stancelab.engine._base import ChoiceRequest, GenerationRequest, LanguageModel, Prompt
@@ -38,6 +39,8 @@ TREE_REQUESTS_PER_POINT = 3.29
 """The same on engines that walk the token tree one level per call (benchmarks/README.md)."""
 MEASURED_REPLIES = 4
 """Replies the measurement asks for at least (all slots at once when there are more)."""
+MAX_COST_ENV = "STANCELAB_MAX_COST"
+"""Environment variable holding the default ``--max-cost`` (USD)."""
 
 # Stand-in text for replies and stories not yet written: plain debate prose, so a
 # tokenizer counts it like the real thing.
@@ -352,44 +355,64 @@ def priced(models: dict[str, Tally], prices: dict[str, Price]) -> tuple[float | 
     return cost, bound
 
 
-def tally_lines(
-    total: Tally,
-    stages: dict[str, Tally],
-    token_method: str,
-    seconds: float | None,
-    time_basis: str,
-    cost: float | None,
-    cost_bound: float | None,
-    notes: Sequence[str],
-) -> list[str]:
-    """An estimate's lines after its first: requests and tokens, per stage, how tokens
-    were counted, the time, the cost and the notes."""
-    out = [
-        f"  {total.requests:,.0f} requests · {total.prompt_tokens:,.0f} prompt tokens "
-        f"({total.new_prompt_tokens:,.0f} not in a prefix cache) · "
-        f"~{total.completion_tokens:,.0f} generated (at most {total.completion_bound:,.0f})",
-        "  by stage: "
-        + " · ".join(
-            f"{stage} {tally.requests:,.0f} requests, {tally.prompt_tokens:,.0f} + "
-            f"{tally.completion_tokens:,.0f} tokens"
-            for stage, tally in stages.items()
-            if tally.requests
-        ),
-        f"  tokens: {token_method}",
-    ]
-    if seconds is None:
-        out.append(f"  time: not estimated ({time_basis})")
-    else:
-        out.append(f"  time: about {duration(seconds)} ({time_basis})")
-    if cost is None:
-        out.append("  cost: no price (no model entry sets price_per_million)")
-    else:
-        out.append(
-            f"  cost: about {usd(cost)} (at most {usd(cost_bound or 0)} with "
-            "every reply at max_tokens), from price_per_million"
-        )
-    out += [f"  note: {n}" for n in notes]
-    return out
+class Usage:
+    """What every estimate has (a debates run's, a pilot's, a fine-tuning run's), and the
+    lines it prints under its own first line. A mixin for the estimates' dataclasses: they
+    declare these fields; this gives ``total`` and ``usage_lines``."""
+
+    stages: dict[str, Tally]
+    """Requests and tokens by what they are for (expected values)."""
+    token_method: str
+    """How tokens were counted."""
+    seconds: float | None
+    """The time at the measured speeds (None: not measured)."""
+    time_basis: str
+    """What the time rests on."""
+    cost: float | None
+    """USD, expected; None when no model entry has a price."""
+    cost_bound: float | None
+    """USD with every reply at ``max_tokens`` (what ``--max-cost`` compares)."""
+    notes: list[str]
+    """What the counts leave out or assume."""
+
+    @property
+    def total(self) -> Tally:
+        """All stages together."""
+        out = Tally()
+        for tally in self.stages.values():
+            out.add(tally)
+        return out
+
+    def usage_lines(self) -> list[str]:
+        """Requests and tokens in all and by stage, how tokens were counted, the time, the
+        cost and the notes."""
+        total = self.total
+        out = [
+            f"  {total.requests:,.0f} requests · {total.prompt_tokens:,.0f} prompt tokens "
+            f"({total.new_prompt_tokens:,.0f} not in a prefix cache) · "
+            f"~{total.completion_tokens:,.0f} generated (at most {total.completion_bound:,.0f})",
+            "  by stage: "
+            + " · ".join(
+                f"{stage} {tally.requests:,.0f} requests, {tally.prompt_tokens:,.0f} + "
+                f"{tally.completion_tokens:,.0f} tokens"
+                for stage, tally in self.stages.items()
+                if tally.requests
+            ),
+            f"  tokens: {self.token_method}",
+        ]
+        if self.seconds is None:
+            out.append(f"  time: not estimated ({self.time_basis})")
+        else:
+            out.append(f"  time: about {duration(self.seconds)} ({self.time_basis})")
+        if self.cost is None:
+            out.append("  cost: no price (no model entry sets price_per_million)")
+        else:
+            out.append(
+                f"  cost: about {usd(self.cost)} (at most {usd(self.cost_bound or 0)} with "
+                "every reply at max_tokens), from price_per_million"
+            )
+        out += [f"  note: {n}" for n in self.notes]
+        return out
 
 
 def measure_engine(
@@ -526,3 +549,45 @@ def eta(done: float, total: float, elapsed: float, estimated: float | None) -> s
     if estimated is not None:
         return f"{duration(max(0.0, estimated - elapsed))} (estimated)"
     return "unknown"
+
+
+class Priced(Protocol):
+    """Anything with a cost bound: a run's `Estimate`, a study pilot's."""
+
+    @property
+    def cost_bound(self) -> float | None:
+        """USD at most; None: no price."""
+
+
+def check_cost(
+    found: Priced, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
+) -> None:
+    """Refuse a run whose cost may exceed ``max_cost`` (USD) unless ``yes``.
+
+    Args:
+        found: the run's estimate; its upper bound (every reply at max_tokens) is compared.
+        max_cost: the limit; None: no limit.
+        yes: run whatever the cost.
+        ask: asks the person at the terminal (True: go on); None when there is nobody
+            to ask (not a terminal), and the run is refused with one line.
+    """
+    if max_cost is None or yes or found.cost_bound is None or found.cost_bound <= max_cost:
+        return
+    question = (
+        f"the estimated cost, up to ${found.cost_bound:,.2f}, is above --max-cost ${max_cost:,.2f}"
+    )
+    if ask is None:
+        raise ConfigError(f"{question}: pass --yes to run it anyway")
+    if not ask(f"{question}; run it?"):
+        raise ConfigError(f"{question}: not run")
+
+
+def default_max_cost() -> float | None:
+    """``--max-cost``'s default: the environment variable STANCELAB_MAX_COST, else none."""
+    value = os.environ.get(MAX_COST_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{MAX_COST_ENV}={value!r} is not a number of US dollars") from None

@@ -18,20 +18,23 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from stancelab.conversation._config import format_validation_error
-from stancelab.conversation._console import console, friendly_errors
+from stancelab.conversation._console import (
+    DryRunOption,
+    MaxCostOption,
+    MeasureOption,
+    ProgressEveryOption,
+    YesOption,
+    console,
+    friendly_errors,
+    terminal_confirm,
+)
 from stancelab.conversation._personas import generate_personas, paper_topic
 from stancelab.conversation._survey import SurveyAnswer, parse_modes
+from stancelab.conversation._tally import check_cost, default_max_cost
 from stancelab.conversation._templates import load_prompts
 from stancelab.debates._analysis import attitude_frame, plot_attitudes, turn_frame
 from stancelab.debates._debate import Debate, DebateEvents, DebateSpec, DecideStep, Turn, TurnStep
-from stancelab.debates._estimate import (
-    MAX_COST_ENV,
-    Estimate,
-    ProgressLines,
-    check_cost,
-    default_max_cost,
-    estimate_run,
-)
+from stancelab.debates._estimate import Estimate, ProgressLines, estimate_run
 from stancelab.debates._experiment import load_experiment
 from stancelab.debates._formats import check_format_option, probe_format, resolve_format
 from stancelab.debates._report import write_report
@@ -308,21 +311,11 @@ def run_command(
     file: Annotated[Path, typer.Argument(help="Experiment file (YAML).")],
     out: Annotated[Path, typer.Option(help="Folder holding run folders.")] = Path("runs"),
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
-    dry_run: Annotated[
-        bool, typer.Option(help="Print the estimate (requests, tokens, time, cost) and stop.")
-    ] = False,
-    measure: Annotated[
-        bool,
-        typer.Option(help="Open the models to count tokens and time a few seconds of work."),
-    ] = True,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
-    ] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
-    progress_every: Annotated[
-        float, typer.Option(help="Seconds between progress lines when output is not a terminal.")
-    ] = 60.0,
+    dry_run: DryRunOption = False,
+    measure: MeasureOption = True,
+    max_cost: MaxCostOption = None,
+    yes: YesOption = False,
+    progress_every: ProgressEveryOption = 60.0,
 ) -> None:
     """Run an experiment file; run it again after an interruption to resume.
 
@@ -344,7 +337,7 @@ def run_command(
             )
             console.print(f"dry run: no debate was run ({opened})")
             return
-        ask = (lambda q: typer.confirm(q)) if console.is_terminal else None
+        ask = terminal_confirm()
         check_cost(found, limit, yes, ask)
         result = _run_with_progress(plan, out, pool, found, progress_every)
     finally:

@@ -17,12 +17,10 @@ elapsed time and ETA.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from stancelab.conversation._personas import (
     PARTIES,
@@ -43,6 +41,7 @@ from stancelab.conversation._tally import (
     MEASURED_REPLIES,
     PeriodicLines,
     RequestCounter,
+    Usage,
     duration,
     eta,
     filler,
@@ -50,7 +49,6 @@ from stancelab.conversation._tally import (
     priced,
     prompt_text,
     seconds_for,
-    tally_lines,
 )
 from stancelab.conversation._tally import Measurement as Measurement
 from stancelab.conversation._tally import Tally as Tally
@@ -76,7 +74,6 @@ from stancelab.debates._runner import (
     planned_debates,
 )
 from stancelab.engine._base import ChoiceRequest, LanguageModel, Prompt
-from stancelab.engine._errors import ConfigError
 from stancelab.engine._factory import ModelConfig, Price
 
 STORY_WORDS = 170
@@ -87,12 +84,10 @@ STORY_MAX_TOKENS = 256
 MEASURED_POINTS = 8
 """Distinct first surveys the measurement scores (scoring requests per point vary with the
 prompt by a request or two on small models: a mean over a few)."""
-MAX_COST_ENV = "STANCELAB_MAX_COST"
-"""Environment variable holding the default ``--max-cost`` (USD)."""
 
 
 @dataclass
-class Estimate:
+class Estimate(Usage):
     """What a run still needs: counts per stage and per model, time and cost."""
 
     name: str
@@ -113,29 +108,12 @@ class Estimate:
     """USD with every reply at ``max_tokens``."""
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def total(self) -> Tally:
-        """All stages together."""
-        out = Tally()
-        for tally in self.stages.values():
-            out.add(tally)
-        return out
-
     def lines(self) -> list[str]:
         """The estimate as a few lines for a terminal or a log."""
         return [
             f"estimate for {self.name}: {self.debates_left} of {self.debates_total} debates to "
             f"run · {self.replies_left} replies · {self.points_left} survey points",
-            *tally_lines(
-                self.total,
-                self.stages,
-                self.token_method,
-                self.seconds,
-                self.time_basis,
-                self.cost,
-                self.cost_bound,
-                self.notes,
-            ),
+            *self.usage_lines(),
         ]
 
 
@@ -486,48 +464,6 @@ def combine_estimates(name: str, parts: Sequence[Estimate], at_once: bool = Fals
         sum(bounds) if bounds else None,
         unique([n for p in parts for n in p.notes]),
     )
-
-
-class Priced(Protocol):
-    """Anything with a cost bound: a run's `Estimate`, a study pilot's."""
-
-    @property
-    def cost_bound(self) -> float | None:
-        """USD at most; None: no price."""
-
-
-def check_cost(
-    found: Priced, max_cost: float | None, yes: bool, ask: Callable[[str], bool] | None
-) -> None:
-    """Refuse a run whose cost may exceed ``max_cost`` (USD) unless ``yes``.
-
-    Args:
-        found: the run's estimate; its upper bound (every reply at max_tokens) is compared.
-        max_cost: the limit; None: no limit.
-        yes: run whatever the cost.
-        ask: asks the person at the terminal (True: go on); None when there is nobody
-            to ask (not a terminal), and the run is refused with one line.
-    """
-    if max_cost is None or yes or found.cost_bound is None or found.cost_bound <= max_cost:
-        return
-    question = (
-        f"the estimated cost, up to ${found.cost_bound:,.2f}, is above --max-cost ${max_cost:,.2f}"
-    )
-    if ask is None:
-        raise ConfigError(f"{question}: pass --yes to run it anyway")
-    if not ask(f"{question}; run it?"):
-        raise ConfigError(f"{question}: not run")
-
-
-def default_max_cost() -> float | None:
-    """``--max-cost``'s default: the environment variable STANCELAB_MAX_COST, else none."""
-    value = os.environ.get(MAX_COST_ENV, "").strip()
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{MAX_COST_ENV}={value!r} is not a number of US dollars") from None
 
 
 class ProgressLines(PeriodicLines):

@@ -16,8 +16,15 @@ import typer
 import yaml
 from rich.table import Table
 
-from stancelab.conversation._console import console, friendly_errors
-from stancelab.debates._estimate import MAX_COST_ENV
+from stancelab.conversation._console import (
+    DryRunOption,
+    MaxCostOption,
+    MeasureOption,
+    YesOption,
+    console,
+    friendly_errors,
+    terminal_confirm,
+)
 from stancelab.engine import ConfigError
 from stancelab.replicate._replication import papers, replicate
 from stancelab.replicate._verdict import NOT_REPRODUCED, REPRODUCED
@@ -101,19 +108,10 @@ def replicate_command(
         typer.Option(help="With --tuning and no --benchmarks: read the benchmarks from the hub."),
     ] = False,
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
-    dry_run: Annotated[
-        bool,
-        typer.Option(help="Print the estimate (requests, tokens, time, cost) and stop."),
-    ] = False,
-    measure: Annotated[
-        bool,
-        typer.Option(help="Open each model to count tokens and time a few seconds of work."),
-    ] = True,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
-    ] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
+    dry_run: DryRunOption = False,
+    measure: MeasureOption = True,
+    max_cost: MaxCostOption = None,
+    yes: YesOption = False,
 ) -> None:
     """Run a paper's design on one or more models and give each claim a verdict.
 
@@ -141,7 +139,7 @@ def replicate_command(
         measure=measure,
         max_cost=max_cost,
         yes=yes,
-        ask=(lambda q: typer.confirm(q)) if console.is_terminal else None,
+        ask=terminal_confirm(),
     )
     if dry_run:
         return

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pydantic import ValidationError
 
+from stancelab.conversation._tally import Priced, check_cost, default_max_cost
 from stancelab.debates import load_experiment
-from stancelab.debates._estimate import Estimate, Priced, check_cost, default_max_cost
+from stancelab.debates._estimate import Estimate
 from stancelab.debates._results import Run, run_config
 from stancelab.debates._runner import ensure_writable_dir
 from stancelab.engine._errors import ConfigError, format_validation_error
@@ -463,10 +464,13 @@ def _pilot(
     participants: int,
     min_probe_coverage: float | None,
     log: Log,
+    progress_every_s: float = 60.0,
 ) -> Path:
     """Simulated participants take the study through its app until ``participants`` have
-    finished (a second call adds only the missing ones), then the study's report."""
-    from stancelab.study._report import write_report  # noqa: PLC0415 - lazy: the web app
+    finished (a second call adds only the missing ones; a progress line every
+    ``progress_every_s`` seconds meanwhile), then the study's report."""
+    from stancelab.study._estimate import PilotProgress  # noqa: PLC0415 - lazy: the web app
+    from stancelab.study._report import write_report  # noqa: PLC0415
     from stancelab.study._simulate import simulate, summary  # noqa: PLC0415
     from stancelab.study._store import StudyStore  # noqa: PLC0415
 
@@ -482,7 +486,8 @@ def _pilot(
     if missing > 0:
         log(f"{missing} simulated participant(s) take the study ({finished} finished before)")
         # Each call its own personas: a resumed pilot does not repeat the first ones.
-        counts = summary(simulate(study, missing, db=db, seed=finished))
+        with PilotProgress(db, study.study, missing, log, progress_every_s):
+            counts = summary(simulate(study, missing, db=db, seed=finished))
         for failure in counts["failed"]:
             log(f"WARNING: participant {failure}")
     report = folder / "report"

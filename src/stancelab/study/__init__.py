@@ -34,7 +34,12 @@ if TYPE_CHECKING:
         StudyConfig,
         load_study,
     )
-    from stancelab.study._estimate import PilotEstimate, estimate_pilot, measure_pilot
+    from stancelab.study._estimate import (
+        PilotEstimate,
+        PilotProgress,
+        estimate_pilot,
+        measure_pilot,
+    )
     from stancelab.study._exports import export_study
     from stancelab.study._reply_stance import (
         rate_replies,
@@ -65,6 +70,7 @@ _SOURCES = {
     "summary": ("stancelab.study._simulate", "summary"),
     "export_study": ("stancelab.study._exports", "export_study"),
     "PilotEstimate": ("stancelab.study._estimate", "PilotEstimate"),
+    "PilotProgress": ("stancelab.study._estimate", "PilotProgress"),
     "estimate_pilot": ("stancelab.study._estimate", "estimate_pilot"),
     "measure_pilot": ("stancelab.study._estimate", "measure_pilot"),
     "write_report": ("stancelab.study._report", "write_report"),
@@ -95,6 +101,7 @@ __all__ = [
     "Codebook",
     "Condition",
     "PilotEstimate",
+    "PilotProgress",
     "SimulationResult",
     "StudyConfig",
     "StudyStore",

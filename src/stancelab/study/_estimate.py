@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +29,16 @@ from stancelab.conversation._tally import (
     CHARS_PER_TOKEN,
     MEASURED_REPLIES,
     Measurement,
+    PeriodicLines,
     RequestCounter,
     Tally,
+    Usage,
+    duration,
+    eta,
     filler,
     measure_engine,
     priced,
     seconds_for,
-    tally_lines,
 )
 from stancelab.engine._base import ChoiceRequest, LanguageModel
 from stancelab.engine._factory import Price
@@ -57,7 +60,7 @@ FIRST_MESSAGE_WORDS = 40
 
 
 @dataclass
-class PilotEstimate:
+class PilotEstimate(Usage):
     """What a pilot still needs: counts per stage and per model, time and cost.
 
     Attributes:
@@ -93,14 +96,6 @@ class PilotEstimate:
     cost_bound: float | None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def total(self) -> Tally:
-        """All stages together."""
-        out = Tally()
-        for tally in self.stages.values():
-            out.add(tally)
-        return out
-
     def lines(self) -> list[str]:
         """The estimate as a few lines for a terminal or a log."""
         split = ", ".join(f"{c} {n:.3g}" for c, n in self.per_condition.items())
@@ -109,16 +104,7 @@ class PilotEstimate:
             f"estimate for {self.name}: {self.participants_left} of {self.participants_total} "
             f"simulated participants to run ({split}) · {expected:.3g} turns each expected, "
             f"at most {most} ({self.bound.requests:,.0f} requests)",
-            *tally_lines(
-                self.total,
-                self.stages,
-                self.token_method,
-                self.seconds,
-                self.time_basis,
-                self.cost,
-                self.cost_bound,
-                self.notes,
-            ),
+            *self.usage_lines(),
         ]
 
 
@@ -450,3 +436,52 @@ def combine_pilots(name: str, parts: Sequence[PilotEstimate], at_once: bool) -> 
         sum(bounds) if bounds else None,
         list(dict.fromkeys(n for p in parts for n in p.notes)),
     )
+
+
+class PilotProgress(PeriodicLines):
+    """A progress line every ``interval_s`` seconds while simulated participants take a
+    study: participants finished of those this call runs, replies stored, elapsed time and
+    ETA (from the share finished, else from the estimate). Read from the study's database,
+    so it counts what is stored, whichever worker stored it. Use as a context manager.
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        study: str,
+        to_run: int,
+        log: Callable[[str], None] = print,
+        interval_s: float = 60.0,
+        estimated_s: float | None = None,
+    ) -> None:
+        """``to_run``: the participants this call adds; ``estimated_s``: the estimate's
+        time for them (None: not measured)."""
+        super().__init__(log, interval_s)
+        self.db, self.study, self.to_run, self.estimated_s = Path(db), study, to_run, estimated_s
+        self._first = (0, 0)
+
+    def counts(self) -> tuple[int, int]:
+        """Participants finished and chatbot replies stored, now."""
+        if not self.db.is_file():
+            return 0, 0
+        store = StudyStore(self.db)
+        try:
+            done = sum(1 for p in store.participants(self.study) if p.step == "done")
+            replies = sum(1 for m in store.all_messages() if m.role == "assistant")
+        finally:
+            store.close()
+        return done, replies
+
+    def start(self) -> None:
+        """What was stored before this call (a resumed pilot's earlier participants)."""
+        self._first = self.counts()
+
+    def line(self) -> str:
+        """The progress now."""
+        done, replies = self.counts()
+        done, replies = done - self._first[0], replies - self._first[1]
+        elapsed = self.elapsed
+        return (
+            f"progress: {done}/{self.to_run} participants · {replies} replies · "
+            f"{duration(elapsed)} elapsed · ETA {eta(done, self.to_run, elapsed, self.estimated_s)}"
+        )

@@ -8,8 +8,16 @@ from typing import Annotated
 
 import typer
 
-from stancelab.conversation._console import console, friendly_errors
-from stancelab.debates._estimate import MAX_COST_ENV, default_max_cost
+from stancelab.conversation._console import (
+    DryRunOption,
+    MaxCostOption,
+    MeasureOption,
+    ProgressEveryOption,
+    YesOption,
+    friendly_errors,
+    terminal_confirm,
+)
+from stancelab.conversation._tally import default_max_cost
 from stancelab.tuning._evaluate import TASKS, evaluate
 from stancelab.tuning._pipeline import STAGE_NAMES, run_finetune
 from stancelab.tuning._report import table
@@ -28,22 +36,11 @@ def finetune_command(
         typer.Option("--stage", help=f"Run only this stage (repeatable): {', '.join(STAGE_NAMES)}"),
     ] = None,
     start: Annotated[str | None, typer.Option("--from", help="Run from this stage on")] = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(help="Print the estimate (requests, tokens, steps, time, cost) and stop."),
-    ] = False,
-    measure: Annotated[
-        bool,
-        typer.Option(help="Open the models to count tokens and time a few seconds of work."),
-    ] = True,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(help=f"Ask before running above this cost in USD (default: ${MAX_COST_ENV})."),
-    ] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Run whatever the estimated cost.")] = False,
-    progress_every: Annotated[
-        float, typer.Option(help="Seconds between progress lines when output is not a terminal.")
-    ] = 60.0,
+    dry_run: DryRunOption = False,
+    measure: MeasureOption = True,
+    max_cost: MaxCostOption = None,
+    yes: YesOption = False,
+    progress_every: ProgressEveryOption = 60.0,
 ) -> None:
     """Run the whole loop: questions, datasets, training, export, debates, benchmarks.
 
@@ -61,7 +58,7 @@ def finetune_command(
         dry_run=dry_run,
         max_cost=max_cost if max_cost is not None else default_max_cost(),
         yes=yes,
-        confirm=(lambda q: typer.confirm(q)) if console.is_terminal else None,
+        confirm=terminal_confirm(),
         progress_every=progress_every,
     )
 

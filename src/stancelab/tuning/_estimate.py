@@ -40,12 +40,12 @@ from stancelab.conversation._tally import (
     PeriodicLines,
     RequestCounter,
     Tally,
+    Usage,
     duration,
     eta,
     filler,
     measure_engine,
     seconds_for,
-    tally_lines,
 )
 from stancelab.conversation._templates import read_template
 from stancelab.debates._estimate import Estimate, estimate_run
@@ -102,7 +102,7 @@ class AdapterCount:
 
 
 @dataclass
-class FinetuneEstimate:
+class FinetuneEstimate(Usage):
     """What a fine-tuning run still needs: counts per stage, time and cost."""
 
     name: str
@@ -130,14 +130,6 @@ class FinetuneEstimate:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Estimated seconds per pipeline stage, where they were estimated."""
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> Tally:
-        """Every request together."""
-        out = Tally()
-        for tally in self.stages.values():
-            out.add(tally)
-        return out
 
     def steps(self, kind: str) -> int:
         """Optimiser steps still to take by the adapters of one kind (nwp or dpo)."""
@@ -175,16 +167,7 @@ class FinetuneEstimate:
                 f"  evaluation: {items:,} benchmark items on {len(self.evaluation)} models "
                 f"({items * CHOICES:,} scored choices)"
             )
-        return out + tally_lines(
-            self.total,
-            self.stages,
-            self.token_method,
-            self.seconds,
-            self.time_basis,
-            self.cost,
-            self.cost_bound,
-            self.notes,
-        )
+        return out + self.usage_lines()
 
 
 def optimiser_steps(examples: int, settings: TrainSettings) -> int:

@@ -766,7 +766,7 @@ def run_finetune(
         or ``estimated`` for a dry run.
     """
     # The estimate builds on the pipeline's stages: imported here, not at the top.
-    from stancelab.debates._estimate import check_cost  # noqa: PLC0415
+    from stancelab.conversation._tally import check_cost  # noqa: PLC0415
     from stancelab.tuning._estimate import _estimate, stage_progress  # noqa: PLC0415
 
     config = (
