@@ -264,9 +264,9 @@ def test_a_dry_run_counts_the_intervention_too_and_writes_nothing(tmp_path: Path
     name = "taubenfeld2024-tuning-smoke-smollm2-135m-republican"
     assert f"estimate for finetune {name}" in text
     # Smoke: Table 2's 10 questions x 1 answer x 2 parties; r=16 NWP and r=8 DPO, 1 seed;
-    # 2 debates on the base model and on each tuned one.
+    # 1 debate on the base model and on each tuned one.
     assert "answers: 20 to write" in text
     assert "training nwp-r16-s0" in text and "training dpo-r8-s0" in text
-    assert "6 of 6 debates to run" in text
+    assert "3 of 3 debates to run" in text
     assert "dry run: no debate was run and nothing was trained" in text
     assert not out.exists()

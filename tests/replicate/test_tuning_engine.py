@@ -41,6 +41,8 @@ def test_tuning_runs_the_intervention_and_resumes(tmp_path: Path) -> None:
             benchmarks=EXAMPLES / "finetune-bench",
             out=out,
             log=lines.append,
+            # The estimate's measuring has tests of its own (tests/tuning/test_estimate.py).
+            measure=False,
         )
 
     started = time.perf_counter()
@@ -59,8 +61,8 @@ def test_tuning_runs_the_intervention_and_resumes(tmp_path: Path) -> None:
         "republican · r=8 DPO vs r=16 NWP",
     ]
     assert (tuned["topic"] == "racism").all() and (tuned["model"] == "smollm2-135m").all()
-    # Smoke scale: 2 debates per model, below the 5 a test needs.
-    assert (tuned["n"] == 4).all() and (tuned["verdict"] == "inconclusive").all()
+    # Smoke scale: 1 debate per model, below the 5 a test needs.
+    assert (tuned["n"] == 2).all() and (tuned["verdict"] == "inconclusive").all()
     assert tuned["note"].str.contains("too few to test").all()
     assert tuned["note"].str.contains("1 seed\\(s\\), per-seed means").all()
 

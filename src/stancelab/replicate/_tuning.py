@@ -121,7 +121,7 @@ TUNING_SCALES: dict[str, TuningScale] = {
         dpo_rank=8,
         seeds=(0,),
         topics=(TABLE1_TOPIC,),
-        repetitions=2,
+        repetitions=1,
         iterations=3,
         nwp={**_TINY, "max_steps": 2, "lora": {"dropout": 0.0}},
         dpo={**_TINY, "max_steps": 1, "pairs_per_question": 1, "lora": {"r": 8, "dropout": 0.0}},
@@ -131,7 +131,7 @@ TUNING_SCALES: dict[str, TuningScale] = {
         debate_parallel=2,
         purpose="a pipeline check in minutes on a tiny model: Table 2's 10 questions, one "
         "answer each, 2 training steps, one seed, toward Republican only; no claim can be "
-        "tested (2 debates < 5)",
+        "tested (1 debate per model < 5)",
     ),
     "quick": TuningScale(
         parties=("republican", "democrat"),
