@@ -150,6 +150,7 @@ def run_config(
     log: Callable[[str], None] = print,
     progress_every_s: float = 60.0,
     measured: dict[str, Measurement] | None = None,
+    announce: bool = True,
 ) -> Run:
     """Run (or resume) an experiment in ``OUT/NAME`` and open the finished run.
 
@@ -166,11 +167,13 @@ def run_config(
         progress_every_s: seconds between progress lines.
         measured: models already measured for an estimate (by ``model_key``), not
             measured again (see `estimate_run`).
+        announce: log the estimate; False where a caller has logged one for a whole
+            design (the progress lines still count from it).
     """
     plan = plan_experiment(config, experiment_text(config) if text is None else text)
     with ModelPool() as pool:
         found = estimate_run(plan, out, pool, log, measured)
-        for line in found.lines():
+        for line in found.lines() if announce else ():
             log(line)
         with ProgressLines(found, pool.stats, log, progress_every_s) as lines:
             result = execute(plan, out, None, log, models=pool, events=lines.events())

@@ -420,7 +420,10 @@ def replicate(
     def debates(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, list[Run], list[TuningRun]]:
         experiments = planned[config.name]
         runs = [
-            run_config(load_experiment(e), root, log=told, measured=measured[config.name])
+            # The design's estimate was logged before anything ran: not each part again.
+            run_config(
+                load_experiment(e), root, log=told, measured=measured[config.name], announce=False
+            )
             for e in experiments
         ]
         table = run_findings(*runs, model=config.name, paper=paper, claims=chosen_claims)
