@@ -270,3 +270,23 @@ def test_a_dry_run_counts_the_intervention_too_and_writes_nothing(tmp_path: Path
     assert "3 of 3 debates to run" in text
     assert "dry run: no debate was run and nothing was trained" in text
     assert not out.exists()
+
+
+def test_both_directions_share_the_questions_and_answers_counted_once(tmp_path: Path) -> None:
+    from stancelab.engine._factory import model_config
+    from stancelab.replicate._tuning import estimate_tuning, tuning_configs
+
+    configs = tuning_configs(model_config("smollm2-135m"), "quick", tmp_path)
+    assert [c.party for c in configs] == ["republican", "democrat"]
+    republican, democrat = configs
+    assert republican.questions.file == democrat.questions.file
+    assert republican.dataset.folder == democrat.dataset.folder is not None
+    assert republican.output_dir != democrat.output_dir
+    first, second = estimate_tuning(configs, measure=False, log=lambda _: None)
+    # 30 questions x 5 answers x 2 parties, written once for both directions.
+    assert first.answers_left == 300 and "answers" in first.stages
+    assert second.answers_left == 0 and "answers" not in second.stages
+    assert "questions" not in second.chosen and "nwp" in second.chosen
+    assert any("shared with the republican run" in note for note in second.notes)
+    assert second.adapters  # its own training is counted
+    assert not tmp_path.joinpath("runs").exists() and not any(tmp_path.iterdir())

@@ -30,7 +30,7 @@ from stancelab.replicate.taubenfeld2024 import PAPER, default_finals
 from stancelab.tuning._config import FinetuneConfig
 from stancelab.tuning._estimate import FinetuneEstimate, estimate_finetune
 from stancelab.tuning._evaluate import TASKS
-from stancelab.tuning._pipeline import run_finetune
+from stancelab.tuning._pipeline import STAGE_NAMES, run_finetune
 from stancelab.tuning._report import load_results_file, summarize_rows
 
 Log = Callable[[str], None]
@@ -229,6 +229,9 @@ def finetune_config(
     folder = tuning_folder(root, scale, model, party).resolve()
     # Both directions of one model and scale share one question bank, as in the paper.
     bank = (root / f"{PAPER}-tuning-{scale}-{_slug(model)}-questions.yaml").resolve()
+    # And one set of answers: each direction trains on both parties' (DPO's rejected
+    # answers are the other party's), so the second direction finds them written.
+    answers = (root / f"{PAPER}-tuning-{scale}-{_slug(model)}-answers").resolve()
     evaluation = (
         {
             "tasks": list(tasks),
@@ -248,7 +251,7 @@ def finetune_config(
             "seeds": list(size.seeds),
             "ranks": list(ranks),
             "questions": {"count": size.questions, "file": str(bank)},
-            "dataset": {"answers_per_question": size.answers_per_question},
+            "dataset": {"answers_per_question": size.answers_per_question, "folder": str(answers)},
             "nwp": size.nwp,
             "dpo": {**size.dpo, "lora": {**size.dpo.get("lora", {}), "r": size.dpo_rank}},
             "dpo_rank": max(ranks),
@@ -322,11 +325,31 @@ def tuning_configs(
     ]
 
 
+SHARED_STAGES = ("questions", "answers")
+"""Stages whose output the directions of one model share (the bank and the answers)."""
+
+
 def estimate_tuning(
     configs: Sequence[FinetuneConfig], *, measure: bool, log: Log
 ) -> list[FinetuneEstimate]:
-    """What each fine-tuning run still needs (`stancelab.tuning.estimate_finetune`)."""
-    return [estimate_finetune(finetune, measure=measure, log=log) for finetune in configs]
+    """What each fine-tuning run still needs (`stancelab.tuning.estimate_finetune`); the
+    question bank and answers that directions share are counted for the first of them."""
+    found: list[FinetuneEstimate] = []
+    counted: dict[tuple[Path | None, Path | None], str] = {}
+    for finetune in configs:
+        shared = (finetune.questions.file, finetune.dataset.folder)
+        if shared in counted:
+            later = [s for s in STAGE_NAMES if s not in SHARED_STAGES]
+            part = estimate_finetune(finetune, only=later, measure=measure, log=log)
+            part.notes.append(
+                f"the question bank and the answers are shared with the {counted[shared]} "
+                "run: counted there"
+            )
+        else:
+            counted[shared] = finetune.party
+            part = estimate_finetune(finetune, measure=measure, log=log)
+        found.append(part)
+    return found
 
 
 def run_tuning(

@@ -99,6 +99,10 @@ class DatasetSettings(StrictModel):
     heldout_questions: float = Field(default=0.1, ge=0, lt=1)
     """Share of the questions whose answers are kept out of training, to check on them that
     NWP and DPO learned (at least one question when above zero; 0 turns the check off)."""
+    folder: RelativePath | None = None
+    """Where the answers are written (``PARTY.jsonl``); None: ``OUTPUT/data``. Two runs
+    that tune one model in opposite directions on one question bank can share it: each
+    needs both parties' answers, and the second finds them written."""
 
 
 class ScreeningSettings(StrictModel):
@@ -185,5 +189,6 @@ class FinetuneConfig(StrictModel):
     @classmethod
     def load(cls, path: Path) -> FinetuneConfig:
         """Read a YAML file; relative paths (``output_dir``, ``questions.file``,
-        ``debates.personas``, ``evaluation.data_dir``) are relative to its folder."""
+        ``dataset.folder``, ``debates.personas``, ``evaluation.data_dir``) are relative to
+        its folder."""
         return load_config(cls, path, "fine-tuning config")

@@ -121,7 +121,7 @@ class FinetuneRun:
 
     def answers_file(self, party: str) -> Path:
         """A party's self-written answers."""
-        return self.out / "data" / f"{party}.jsonl"
+        return (self.config.dataset.folder or self.out / "data") / f"{party}.jsonl"
 
     @property
     def parties(self) -> list[str]:
