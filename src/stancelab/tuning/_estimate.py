@@ -112,7 +112,8 @@ class FinetuneEstimate(Usage):
     chosen: list[str]
     """Stages the estimate covers (``--stage`` / ``--from``)."""
     done: list[str]
-    """Chosen stages whose output is already on disk: they count nothing."""
+    """Chosen stages with nothing to do: their output is on disk, or they are off (no
+    benchmarks, no debates, no DPO); they count nothing."""
     questions_left: int
     question_rounds: float
     """Expected rounds of question writing (an expectation: rounds are random)."""
@@ -140,7 +141,7 @@ class FinetuneEstimate(Usage):
         todo = [s for s in self.chosen if s not in self.done]
         out = [
             f"estimate for finetune {self.name}: stages to run {', '.join(todo) or 'none'}"
-            + (f" (done: {', '.join(self.done)})" if self.done else "")
+            + (f" (done or off: {', '.join(self.done)})" if self.done else "")
         ]
         if self.questions_left:
             out.append(
