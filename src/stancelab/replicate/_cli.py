@@ -146,7 +146,7 @@ def replicate_command(
     verdicts = replication.verdicts()
     table = Table(title=f"{paper}: claims by model")
     for column in verdicts.columns:
-        table.add_column(str(column))
+        table.add_column(str(column), overflow="fold")  # a log keeps whole names
     for row in verdicts.itertuples(index=False):
         cells = [str(v) for v in row]
         styled = [
@@ -159,7 +159,7 @@ def replicate_command(
     if not table1.empty:
         cost = Table(title=f"{paper}: Table 1 (paper: Mistral 7B tuned toward Republican)")
         for column in table1.columns:
-            cost.add_column(str(column))
+            cost.add_column(str(column), overflow="fold")
         for row in table1.itertuples(index=False):
             cost.add_row(*("–" if isinstance(v, float) and math.isnan(v) else str(v) for v in row))
         console.print(cost)
