@@ -98,6 +98,11 @@ def test_the_paper_pattern_is_reproduced() -> None:
     # Signed toward the Republican side: lower on racism is positive.
     assert shift["republican · r=256 NWP"] == pytest.approx(3.4, abs=0.3)
     assert shift["republican · r=8 DPO vs r=256 NWP"] == pytest.approx(4.0, abs=0.3)
+    # Each planted shift lies inside its row's 95% CI.
+    planted = {"republican · r=256 NWP": 3.4, "republican · r=8 DPO": 7.4}
+    planted["republican · r=8 DPO vs r=256 NWP"] = 4.0
+    for row in table.itertuples(index=False):
+        assert row.ci_low <= planted[row.setup] <= row.ci_high, row.setup
     # Seeds pooled, the debate is the unit: 3 seeds x 6 debates against 6 base debates.
     assert list(table["n"]) == [24, 24, 36]
     assert table["test"].eq("Welch t").all()

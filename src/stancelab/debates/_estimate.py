@@ -372,8 +372,15 @@ def estimate_run(
     """
     engines: dict[str, LanguageModel] = {}
     measured = {} if measured is None else measured
-    if pool is not None and estimate(plan, out, {}, {}, written_first).total.requests == 0:
-        pool = None  # nothing left to run: measuring would spend requests on nothing
+    first_keys = {model_key(m) for (c, _), m in plan.models.items() if c == plan.conditions[0]}
+    # Nothing left to run: measuring would spend requests on nothing. (A count of the
+    # whole design, seconds at paper scale: skipped when nothing would be measured.)
+    if (
+        pool is not None
+        and not first_keys <= measured.keys()
+        and estimate(plan, out, {}, {}, written_first).total.requests == 0
+    ):
+        pool = None
     if pool is not None:
         first = plan.conditions[0]
         slots: dict[str, int] = {}

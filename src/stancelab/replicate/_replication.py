@@ -330,6 +330,7 @@ def replicate(
     root = Path(out)
     if tuning and paper not in TUNING_PAPERS:
         raise ConfigError(f"--tuning is for {', '.join(TUNING_PAPERS)}, not {paper}")
+    limit = default_max_cost() if max_cost is None else max_cost  # a bad value fails first
     bench_dir = Path(benchmarks) if benchmarks else None
     tasks = benchmark_tasks(bench_dir, allow_network) if tuning else []
     if paper in STUDY_PAPERS:
@@ -348,7 +349,7 @@ def replicate(
             say("dry run: no participant was run")
             names = [c.name for c in configs]
             return Replication(paper, None, root, names, _concat([]), estimate=pilots)
-        check_cost(pilots, default_max_cost() if max_cost is None else max_cost, yes, ask)
+        check_cost(pilots, limit, yes, ask)
         ensure_writable_dir(root)
 
         def pilot(config: ModelConfig, told: Log) -> tuple[pd.DataFrame, Path]:
@@ -411,7 +412,6 @@ def replicate(
             estimate=found,
             tuning_estimates=tuning_found,
         )
-    limit = default_max_cost() if max_cost is None else max_cost
     parts: list[Priced] = [found, *tuning_found]
     for part in parts:
         check_cost(part, limit, yes, ask)

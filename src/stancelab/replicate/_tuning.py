@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stancelab.conversation import PAPER_TOPICS, Topic, paper_topic
+from stancelab.conversation._tally import Measurement
 from stancelab.debates._results import Run, open_run
 from stancelab.engine import ConfigError, get_backend
 from stancelab.engine._factory import ModelConfig
@@ -336,18 +337,21 @@ def estimate_tuning(
     question bank and answers that directions share are counted for the first of them."""
     found: list[FinetuneEstimate] = []
     counted: dict[tuple[Path | None, Path | None], str] = {}
+    measured: dict[str, Measurement] = {}  # the directions debate on one model: measured once
     for finetune in configs:
         shared = (finetune.questions.file, finetune.dataset.folder)
         if shared in counted:
             later = [s for s in STAGE_NAMES if s not in SHARED_STAGES]
-            part = estimate_finetune(finetune, only=later, measure=measure, log=log)
+            part = estimate_finetune(
+                finetune, only=later, measure=measure, log=log, measured=measured
+            )
             part.notes.append(
                 f"the question bank and the answers are shared with the {counted[shared]} "
                 "run: counted there"
             )
         else:
             counted[shared] = finetune.party
-            part = estimate_finetune(finetune, measure=measure, log=log)
+            part = estimate_finetune(finetune, measure=measure, log=log, measured=measured)
         found.append(part)
     return found
 

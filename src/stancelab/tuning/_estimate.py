@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import statistics
 import tempfile
@@ -273,6 +274,7 @@ def estimate_finetune(
     measure: bool = False,
     measure_training: bool | None = None,
     log: Callable[[str], None] = print,
+    measured: dict[str, Measurement] | None = None,
 ) -> FinetuneEstimate:
     """Count what a fine-tuning run still needs for the chosen stages.
 
@@ -291,12 +293,16 @@ def estimate_finetune(
         measure_training: time two forward / backward steps of the base checkpoint
             (None: when ``measure`` and an adapter is still to train).
         log: where a measuring message goes.
+        measured: the debates' models already measured (by model key), not measured
+            again; the ones measured here are added (one dict for the directions of one
+            model, say).
     """
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.load(config)
     own_run = run is None
     run = run if run is not None else FinetuneRun(cfg, lambda _: None)
     try:
-        return _estimate(run, select_stages(only, start), measure, measure_training, log)
+        stages = select_stages(only, start)
+        return _estimate(run, stages, measure, measure_training, log, measured)
     finally:
         if own_run:
             run.release_engines()
@@ -308,6 +314,7 @@ def _estimate(
     measure: bool,
     measure_training: bool | None,
     log: Callable[[str], None],
+    debates_measured: dict[str, Measurement] | None = None,
 ) -> FinetuneEstimate:
     config = run.config
     chosen = [s.name for s in stages]
@@ -399,7 +406,7 @@ def _estimate(
     # 5. Debates on base and tuned models: the debates' own estimate.
     debates = None
     if "debates" in todo and config.debates is not None:
-        debates = _debates(run, measure, log, notes)
+        debates = _debates(run, measure, log, notes, debates_measured)
         for stage, tally in debates.stages.items():
             name = stage if stage == "debates" else f"debate {stage}"
             counter.stages.setdefault(name, Tally()).add(tally)
@@ -633,10 +640,19 @@ def _training(
     return out
 
 
+_TRAINING_SPEEDS: dict[str, tuple[float, str]] = {}
+"""Training speeds timed in this process, by what they depend on: a second run of the same
+model and settings (the other direction of a replication) is not timed again."""
+
+
 def _training_speed(run: FinetuneRun, log: Callable[[str], None]) -> tuple[float, str] | None:
     """Seconds per training token: two forward / backward steps of the base checkpoint
-    with the NWP LoRA on one text of ``nwp.max_length`` tokens, the second timed.
-    None when the training libraries are not installed."""
+    with the NWP LoRA on one text of ``nwp.max_length`` tokens, the second timed (once
+    per model and settings in a process). None when the training libraries are not
+    installed."""
+    key = json.dumps([run.config.model, run.config.nwp.model_dump(mode="json")], sort_keys=True)
+    if key in _TRAINING_SPEEDS:
+        return _TRAINING_SPEEDS[key]
     try:
         import torch  # noqa: PLC0415 - lazy: torch is heavy to import
         from peft import get_peft_model  # noqa: PLC0415 - lazy: peft is heavy to import
@@ -668,14 +684,22 @@ def _training_speed(run: FinetuneRun, log: Callable[[str], None]) -> tuple[float
         seconds = time.perf_counter() - started
     del model
     per_token = seconds / settings.max_length
-    return per_token, (
-        f"training: {1 / per_token:,.0f} tokens/s, one forward / backward step of "
-        f"{settings.max_length} tokens timed on {device.type}"
+    _TRAINING_SPEEDS[key] = (
+        per_token,
+        (
+            f"training: {1 / per_token:,.0f} tokens/s, one forward / backward step of "
+            f"{settings.max_length} tokens timed on {device.type}"
+        ),
     )
+    return _TRAINING_SPEEDS[key]
 
 
 def _debates(
-    run: FinetuneRun, measure: bool, log: Callable[[str], None], notes: list[str]
+    run: FinetuneRun,
+    measure: bool,
+    log: Callable[[str], None],
+    notes: list[str],
+    measured: dict[str, Measurement] | None,
 ) -> Estimate:
     """The side-by-side debates' own estimate. Before the adapters exist every condition
     is counted as the base model's design (the same prompts: tuned replies may differ
@@ -704,7 +728,7 @@ def _debates(
         plan = plan_experiment(load_experiment(design), yaml.safe_dump(design))
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(ModelPool()) if measure else None
-            return estimate_run(plan, run.out / "debates", pool, log)
+            return estimate_run(plan, run.out / "debates", pool, log, measured)
 
 
 class StageProgress(PeriodicLines):
